@@ -1,0 +1,109 @@
+//! The image crate's errors. cri-server maps [`Error::kind`] to a gRPC code;
+//! the message is meant for the person reading kubelet's events.
+
+use crate::reference::ParseReferenceError;
+use crate::unpack::UnpackError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a caller should classify an error (for gRPC codes and retries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    PermissionDenied,
+    FailedPrecondition,
+    Unavailable,
+    DeadlineExceeded,
+    DataLoss,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    InvalidReference(#[from] ParseReferenceError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("registry {registry} refused the credentials: {message}")]
+    Unauthenticated { registry: String, message: String },
+    #[error("registry {registry} denied access to {repository}: {message}")]
+    Denied {
+        registry: String,
+        repository: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Registry(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("pull of {what} made no progress for {secs}s (registry.pull_stall_timeout)")]
+    Stalled { what: String, secs: u64 },
+    #[error("{what}: content does not match its digest (expected {expected}, got {actual})")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("layer {layer}: {source}")]
+    Unpack {
+        layer: String,
+        #[source]
+        source: UnpackError,
+    },
+    #[error("image {0} is pinned (registry.pinned_images) and cannot be removed")]
+    Pinned(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image database: {0}")]
+    Database(String),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidReference(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::Unauthenticated { .. } => ErrorKind::Unauthenticated,
+            Error::Denied { .. } => ErrorKind::PermissionDenied,
+            Error::Registry(_) | Error::Unpack { .. } => ErrorKind::FailedPrecondition,
+            Error::Unavailable(_) => ErrorKind::Unavailable,
+            Error::Stalled { .. } => ErrorKind::DeadlineExceeded,
+            Error::DigestMismatch { .. } => ErrorKind::DataLoss,
+            Error::Pinned(_) => ErrorKind::FailedPrecondition,
+            Error::Io { .. } | Error::Database(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+macro_rules! db_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Database(e.to_string())
+            }
+        }
+    )*};
+}
+db_error!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

@@ -1,0 +1,4 @@
+pub struct Image;
+pub struct ImageService;
+pub struct ImageServiceConfig;
+pub struct FsUsage;
