@@ -1,0 +1,498 @@
+//! A real berthd for one test: its own root, state dir and socket in a
+//! temporary directory, a generated config file, stdout and stderr in a log
+//! file that is printed when the test fails.
+//!
+//! ```no_run
+//! # async fn f(reg: &berth_conformance::registry::Registry) -> anyhow::Result<()> {
+//! use berth_conformance::berthd::{Berthd, BerthdOptions};
+//! let opts = BerthdOptions::default()
+//!     .mirror("registry.k8s.io", &[&reg.url()])
+//!     .pinned("registry.k8s.io/pause:3.10")
+//!     .stall_timeout("2s");
+//! let mut d = Berthd::start(opts).await?;
+//! let cri = d.cri().await?;
+//! d.kill();                 // SIGKILL
+//! d.restart().await?;       // same root, state and socket
+//! d.stop().await?;          // SIGTERM, must exit 0
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::cri::Cri;
+use crate::util;
+
+/// How the daemon learns its root, state dir and socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PathsFrom {
+    /// In the config file and as flags (flags win; same values).
+    #[default]
+    ConfigAndFlags,
+    /// Only in the config file (`--config` alone).
+    ConfigOnly,
+    /// Only as flags, and no `--config` at all (embedded defaults).
+    FlagsOnly,
+}
+
+/// What goes into the generated config file.
+#[derive(Clone, Debug)]
+pub struct BerthdOptions {
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    pub insecure: Vec<String>,
+    pub pinned_images: Vec<String>,
+    pub pull_stall_timeout: Option<String>,
+    pub max_concurrent_downloads: Option<u32>,
+    pub log_level: String,
+    pub log_format: Option<String>,
+    /// Raw TOML put among the top-level keys (before any table).
+    pub extra_top_level: String,
+    /// Raw TOML appended inside `[registry]`.
+    pub extra_registry: String,
+    pub paths_from: PathsFrom,
+    /// Extra environment for the daemon.
+    pub env: Vec<(String, String)>,
+    /// Use this socket path instead of `<state>/berth.sock` (e.g. another
+    /// berthd's, to see it refused).
+    pub socket: Option<PathBuf>,
+}
+
+impl Default for BerthdOptions {
+    fn default() -> Self {
+        BerthdOptions {
+            mirrors: BTreeMap::new(),
+            insecure: Vec::new(),
+            pinned_images: Vec::new(),
+            pull_stall_timeout: None,
+            max_concurrent_downloads: None,
+            log_level: "debug".into(),
+            log_format: None,
+            extra_top_level: String::new(),
+            extra_registry: String::new(),
+            paths_from: PathsFrom::default(),
+            env: Vec::new(),
+            socket: None,
+        }
+    }
+}
+
+impl BerthdOptions {
+    /// `[registry.mirrors] host = [endpoints…]`.
+    pub fn mirror(mut self, host: &str, endpoints: &[&str]) -> Self {
+        self.mirrors.insert(
+            host.into(),
+            endpoints.iter().map(|e| e.to_string()).collect(),
+        );
+        self
+    }
+    pub fn insecure(mut self, host: &str) -> Self {
+        self.insecure.push(host.into());
+        self
+    }
+    pub fn pinned(mut self, image: &str) -> Self {
+        self.pinned_images.push(image.into());
+        self
+    }
+    pub fn stall_timeout(mut self, d: &str) -> Self {
+        self.pull_stall_timeout = Some(d.into());
+        self
+    }
+    pub fn max_concurrent_downloads(mut self, n: u32) -> Self {
+        self.max_concurrent_downloads = Some(n);
+        self
+    }
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = level.into();
+        self
+    }
+    pub fn log_format(mut self, format: &str) -> Self {
+        self.log_format = Some(format.into());
+        self
+    }
+    pub fn extra_top_level(mut self, toml: &str) -> Self {
+        self.extra_top_level.push_str(toml);
+        self.extra_top_level.push('\n');
+        self
+    }
+    pub fn extra_registry(mut self, toml: &str) -> Self {
+        self.extra_registry.push_str(toml);
+        self.extra_registry.push('\n');
+        self
+    }
+    pub fn paths_from(mut self, p: PathsFrom) -> Self {
+        self.paths_from = p;
+        self
+    }
+    pub fn socket(mut self, path: &Path) -> Self {
+        self.socket = Some(path.to_path_buf());
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+}
+
+/// A TOML basic string (JSON string escapes are valid TOML).
+fn q(s: &str) -> String {
+    serde_json::to_string(s).expect("string to JSON")
+}
+
+fn q_list(v: &[String]) -> String {
+    format!(
+        "[{}]",
+        v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// Where the berthd binary is: `$BERTHD`, else `berthd` next to the running
+/// executable's profile dir (`target/<profile>/berthd`; test binaries live in
+/// `target/<profile>/deps/`).
+pub fn berthd_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("BERTHD") {
+        let p = PathBuf::from(p);
+        if !p.exists() {
+            bail!("BERTHD={} does not exist", p.display());
+        }
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("current_exe")?;
+    let mut dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("no parent dir of {}", exe.display()))?
+        .to_path_buf();
+    if dir.file_name().and_then(|n| n.to_str()) == Some("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("berthd");
+    if !bin.exists() {
+        bail!(
+            "berthd not found at {}: run `cargo build -p berth-cri-server` (same profile) first, or set BERTHD=/path/to/berthd",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A berthd owned by one test.
+pub struct Berthd {
+    dir: TempDir,
+    options: BerthdOptions,
+    child: Option<Child>,
+    binary: PathBuf,
+}
+
+impl Berthd {
+    /// Generate the config, start berthd and wait until its socket accepts.
+    pub async fn start(options: BerthdOptions) -> Result<Berthd> {
+        let binary = berthd_binary()?;
+        let dir = tempfile::Builder::new().prefix("berth-test-").tempdir()?;
+        let mut d = Berthd {
+            dir,
+            options,
+            child: None,
+            binary,
+        };
+        d.write_config()?;
+        d.spawn()?;
+        d.wait_ready().await?;
+        Ok(d)
+    }
+
+    /// Start berthd with these options and wait for it to exit by itself (for
+    /// config errors). Returns the exit status and the log.
+    pub async fn run_to_exit(
+        options: BerthdOptions,
+        timeout: Duration,
+    ) -> Result<(ExitStatus, String)> {
+        let binary = berthd_binary()?;
+        let dir = tempfile::Builder::new().prefix("berth-test-").tempdir()?;
+        let mut d = Berthd {
+            dir,
+            options,
+            child: None,
+            binary,
+        };
+        d.write_config()?;
+        d.spawn()?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                d.child = None;
+                return Ok((status, d.log()));
+            }
+            if start.elapsed() > timeout {
+                let log = d.log();
+                d.kill();
+                bail!("berthd still running after {timeout:?}; log:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The test's temporary directory (holds root/, state/, berthd.toml, berthd.log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.options
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.state().join("berth.sock"))
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("berthd.toml")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("berthd.log")
+    }
+    pub fn options(&self) -> &BerthdOptions {
+        &self.options
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        fs::read(self.log_path())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The config file as generated.
+    pub fn config_text(&self) -> String {
+        let o = &self.options;
+        let mut s = String::new();
+        if o.paths_from != PathsFrom::FlagsOnly {
+            s += &format!("root = {}\n", q(&self.root().display().to_string()));
+            s += &format!("state = {}\n", q(&self.state().display().to_string()));
+            s += &format!("socket = {}\n", q(&self.socket().display().to_string()));
+        }
+        s += &o.extra_top_level;
+        s += "\n[log]\n";
+        s += &format!("level = {}\n", q(&o.log_level));
+        if let Some(f) = &o.log_format {
+            s += &format!("format = {}\n", q(f));
+        }
+        s += "\n[registry]\n";
+        if let Some(n) = o.max_concurrent_downloads {
+            s += &format!("max_concurrent_downloads = {n}\n");
+        }
+        if let Some(t) = &o.pull_stall_timeout {
+            s += &format!("pull_stall_timeout = {}\n", q(t));
+        }
+        if !o.insecure.is_empty() {
+            s += &format!("insecure = {}\n", q_list(&o.insecure));
+        }
+        if !o.pinned_images.is_empty() {
+            s += &format!("pinned_images = {}\n", q_list(&o.pinned_images));
+        }
+        s += &o.extra_registry;
+        if !o.mirrors.is_empty() {
+            s += "\n[registry.mirrors]\n";
+            for (host, endpoints) in &o.mirrors {
+                s += &format!("{} = {}\n", q(host), q_list(endpoints));
+            }
+        }
+        s
+    }
+
+    fn write_config(&self) -> Result<()> {
+        fs::write(self.config_path(), self.config_text())?;
+        Ok(())
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut cmd = Command::new(&self.binary);
+        match self.options.paths_from {
+            PathsFrom::ConfigAndFlags => {
+                cmd.arg("--config").arg(self.config_path());
+                cmd.arg("--root")
+                    .arg(self.root())
+                    .arg("--state")
+                    .arg(self.state())
+                    .arg("--socket")
+                    .arg(self.socket());
+            }
+            PathsFrom::ConfigOnly => {
+                cmd.arg("--config").arg(self.config_path());
+            }
+            PathsFrom::FlagsOnly => {
+                cmd.arg("--root")
+                    .arg(self.root())
+                    .arg("--state")
+                    .arg(self.state())
+                    .arg("--socket")
+                    .arg(self.socket());
+            }
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .current_dir(self.dir.path());
+        cmd.env_remove("RUST_LOG");
+        for (k, v) in &self.options.env {
+            cmd.env(k, v);
+        }
+        util::die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", self.binary.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let socket = self.socket();
+        let start = Instant::now();
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                bail!(
+                    "berthd exited during start-up with {status}; log:\n{}",
+                    util::tail(&self.log_path(), 16384)
+                );
+            }
+            if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let log = util::tail(&self.log_path(), 16384);
+                self.kill();
+                bail!(
+                    "berthd did not accept on {} within 30s; log:\n{log}",
+                    socket.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// CRI clients on this berthd's socket.
+    pub async fn cri(&self) -> Result<Cri> {
+        Cri::connect(&self.socket()).await
+    }
+
+    /// SIGKILL berthd and reap it (no clean-up on its side).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            util::kill_and_reap(&mut c);
+        }
+    }
+
+    /// Start again on the same root, state, socket and config (after
+    /// [`Berthd::kill`] or [`Berthd::stop`]; kills a running one first).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.write_config()?;
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    /// SIGTERM, then wait (20 s at most) for exit status 0.
+    pub async fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("berthd is not running")
+        };
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if status.success() {
+                    return Ok(());
+                }
+                bail!(
+                    "berthd exited with {status} on SIGTERM (want 0); log:\n{}",
+                    util::tail(&self.log_path(), 16384)
+                );
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                util::kill_and_reap(&mut child);
+                bail!(
+                    "berthd did not exit within 20s of SIGTERM; log:\n{}",
+                    util::tail(&self.log_path(), 16384)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Send a signal (SIGTERM, SIGINT, …) without waiting.
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        let pid = self.pid().ok_or_else(|| anyhow!("berthd is not running"))?;
+        kill(Pid::from_raw(pid as i32), sig)?;
+        Ok(())
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Wait for the process to exit by itself (after a signal).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            let child = self
+                .child
+                .as_mut()
+                .ok_or_else(|| anyhow!("berthd is not running"))?;
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if start.elapsed() > timeout {
+                bail!("berthd still running after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Detach every mount under `dir` (deepest first) so that removing the
+/// directory can never reach into a mounted file system.
+pub fn unmount_all_under(dir: &Path) {
+    let mounts = crate::leak::mounts_under(&[dir.to_path_buf()]);
+    let mut mounts: Vec<_> = mounts.into_iter().collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = nix::mount::umount2(Path::new(&m), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- berthd log ({}) ----\n{}\n---- config ----\n{}---- end of berthd log ----",
+                self.log_path().display(),
+                util::tail(&self.log_path(), 64 * 1024),
+                self.config_text()
+            );
+        }
+        unmount_all_under(self.dir.path());
+    }
+}

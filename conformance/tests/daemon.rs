@@ -1,0 +1,180 @@
+//! berthd as a process: config file and flags, the socket, signals.
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::time::Duration;
+
+use berth_conformance::berthd::{Berthd, BerthdOptions, PathsFrom};
+use berth_conformance::cri::Cri;
+use nix::sys::signal::Signal;
+
+#[tokio::test]
+async fn sigterm_exits_zero() {
+    let mut d = Berthd::start(BerthdOptions::default()).await.unwrap();
+    d.cri().await.unwrap().version().await.expect("Version");
+    d.stop().await.expect("SIGTERM must exit 0");
+}
+
+#[tokio::test]
+async fn sigint_exits_zero() {
+    let mut d = Berthd::start(BerthdOptions::default()).await.unwrap();
+    d.signal(Signal::SIGINT).unwrap();
+    let status = d
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("exit after SIGINT");
+    assert!(status.success(), "SIGINT: {status}");
+}
+
+#[tokio::test]
+async fn socket_is_created_with_mode_0660_and_its_directory_if_missing() {
+    let d = Berthd::start(BerthdOptions::default()).await.unwrap();
+    let md = std::fs::metadata(d.socket()).unwrap();
+    assert!(md.file_type().is_socket());
+    assert_eq!(md.permissions().mode() & 0o777, 0o660, "socket mode");
+    assert!(d.root().is_dir(), "root not created");
+    assert!(d.state().is_dir(), "state dir not created");
+}
+
+#[tokio::test]
+async fn config_file_alone_sets_root_state_and_socket() {
+    let d = Berthd::start(BerthdOptions::default().paths_from(PathsFrom::ConfigOnly))
+        .await
+        .unwrap();
+    assert!(d.socket().exists());
+    d.cri().await.unwrap().version().await.expect("Version");
+    assert!(d.root().is_dir());
+}
+
+#[tokio::test]
+async fn flags_alone_without_a_config_file_start_berthd() {
+    let d = Berthd::start(BerthdOptions::default().paths_from(PathsFrom::FlagsOnly))
+        .await
+        .unwrap();
+    d.cri().await.unwrap().version().await.expect("Version");
+    assert!(d.root().is_dir());
+}
+
+#[tokio::test]
+async fn unknown_top_level_config_key_is_an_error_naming_the_key() {
+    let opts = BerthdOptions::default().extra_top_level("bogus_top_key = 1");
+    let (status, log) = Berthd::run_to_exit(opts, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(
+        !status.success(),
+        "berthd accepted an unknown key; log:\n{log}"
+    );
+    assert!(
+        log.contains("bogus_top_key"),
+        "error must name the key; log:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_registry_config_key_is_an_error_naming_the_key() {
+    let opts = BerthdOptions::default().extra_registry("mirrorz = 1");
+    let (status, log) = Berthd::run_to_exit(opts, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(
+        !status.success(),
+        "berthd accepted an unknown key; log:\n{log}"
+    );
+    assert!(
+        log.contains("mirrorz"),
+        "error must name the key; log:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn bad_duration_in_config_is_an_error() {
+    let opts = BerthdOptions::default().stall_timeout("soon");
+    let (status, log) = Berthd::run_to_exit(opts, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(
+        !status.success(),
+        "berthd accepted pull_stall_timeout = \"soon\"; log:\n{log}"
+    );
+    assert!(
+        log.contains("pull_stall_timeout") || log.contains("soon"),
+        "error must say what is wrong; log:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_berthd_on_a_live_socket_is_refused() {
+    let first = Berthd::start(BerthdOptions::default()).await.unwrap();
+    let opts = BerthdOptions::default().socket(&first.socket());
+    let (status, log) = Berthd::run_to_exit(opts, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(
+        !status.success(),
+        "a second berthd took a live socket; log:\n{log}"
+    );
+    assert!(!log.trim().is_empty(), "refusal without a message");
+    // the first one is unharmed
+    let cri = Cri::connect(&first.socket()).await.unwrap();
+    cri.version()
+        .await
+        .expect("the first berthd must still answer");
+}
+
+#[tokio::test]
+async fn a_stale_socket_left_by_sigkill_is_replaced() {
+    let mut d = Berthd::start(BerthdOptions::default()).await.unwrap();
+    d.kill();
+    assert!(
+        d.socket().exists(),
+        "SIGKILL leaves the socket file (stale)"
+    );
+    d.restart().await.expect("restart over a stale socket");
+    d.cri()
+        .await
+        .unwrap()
+        .version()
+        .await
+        .expect("Version after restart");
+    d.stop().await.expect("exit 0");
+}
+
+#[tokio::test]
+async fn json_log_format_writes_json_lines() {
+    let mut d = Berthd::start(
+        BerthdOptions::default()
+            .log_format("json")
+            .log_level("debug"),
+    )
+    .await
+    .unwrap();
+    d.cri().await.unwrap().version().await.unwrap();
+    d.stop().await.unwrap();
+    let log = d.log();
+    let json_lines = log
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .count();
+    assert!(json_lines > 0, "no JSON line in the log:\n{log}");
+}
+
+#[tokio::test]
+async fn clients_survive_a_berthd_restart() {
+    let mut d = Berthd::start(BerthdOptions::default()).await.unwrap();
+    let cri = d.cri().await.unwrap();
+    cri.version().await.unwrap();
+    d.stop().await.unwrap();
+    d.restart().await.unwrap();
+    // tonic reconnects through the same connector; a call may need a retry
+    let mut ok = false;
+    for _ in 0..20 {
+        if cri.version().await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the same client did not reach the restarted berthd");
+}
