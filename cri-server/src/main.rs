@@ -1,1 +1,176 @@
-fn main() {}
+//! berthd: berth's CRI v1 server. See ../shared/DESIGN.md.
+
+mod config;
+mod image;
+mod runtime;
+mod socket;
+mod status;
+mod unknown;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{Config, LogFormat, LogLevel};
+
+/// How long in-flight calls get to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// kubelet's own gRPC message limit.
+const MAX_MESSAGE: usize = 16 << 20;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "berthd",
+    version,
+    about = "berth: a Kubernetes container runtime (CRI v1)"
+)]
+struct Args {
+    /// Config file (TOML). Default: /etc/berth/berth.toml if it exists, else built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Root directory for images and persistent state (overrides the config).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// State directory for runtime state (overrides the config).
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// CRI socket path (overrides the config).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berthd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berthd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("berthd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(args: &Args) -> anyhow::Result<Config> {
+    let mut c = Config::load(args.config.as_deref())?;
+    if let Some(r) = &args.root {
+        c.root = r.clone();
+    }
+    if let Some(s) = &args.state {
+        c.state = s.clone();
+    }
+    if let Some(s) = &args.socket {
+        c.socket = s.clone();
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn init_tracing(config: &Config) {
+    let level = match config.log.level {
+        LogLevel::Error => "error",
+        LogLevel::Warn => "warn",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+        LogLevel::Trace => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn"))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.state)
+        .with_context(|| format!("creating state dir {}", config.state.display()))?;
+    let image_config = config.image_service_config();
+    let images = tokio::task::spawn_blocking(move || berth_image::ImageService::open(image_config))
+        .await
+        .context("opening the image store")?
+        .context("opening the image store")?;
+    let images = Arc::new(images);
+    let listener = socket::bind(&config.socket)?;
+    tracing::info!(
+        socket = %config.socket.display(),
+        root = %config.root.display(),
+        state = %config.state.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "berthd serving CRI v1"
+    );
+
+    let runtime = RuntimeServiceServer::new(runtime::RuntimeApi)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let image = ImageServiceServer::new(image::ImageApi::new(images.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tower::layer::layer_fn(unknown::NameUnimplemented::new))
+            .add_service(runtime)
+            .add_service(image)
+            .serve_with_incoming_shutdown(incoming, async move { stopped.notified().await }),
+    );
+
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let result = tokio::select! {
+        r = &mut server => Some(r),
+        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); None }
+        _ = int.recv() => { tracing::info!("SIGINT: shutting down"); None }
+    };
+    let result = match result {
+        Some(r) => r,
+        None => {
+            stop.notify_one();
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(
+                        "in-flight calls did not finish within {SHUTDOWN_GRACE:?}; exiting anyway"
+                    );
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
+    let _ = std::fs::remove_file(&config.socket);
+    result.context("server task")?.context("gRPC server")?;
+    tracing::info!("berthd stopped");
+    Ok(())
+}

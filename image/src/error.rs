@@ -64,6 +64,9 @@ pub enum Error {
     },
     #[error("image database: {0}")]
     Database(String),
+    /// An error of work shared by several callers (a layer two pulls wait on).
+    #[error(transparent)]
+    Shared(std::sync::Arc<Error>),
 }
 
 impl Error {
@@ -86,6 +89,7 @@ impl Error {
             Error::DigestMismatch { .. } => ErrorKind::DataLoss,
             Error::Pinned(_) => ErrorKind::FailedPrecondition,
             Error::Io { .. } | Error::Database(_) => ErrorKind::Internal,
+            Error::Shared(e) => e.kind(),
         }
     }
 }

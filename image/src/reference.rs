@@ -101,14 +101,12 @@ fn valid_domain(d: &str) -> bool {
                 {
                     return false;
                 }
-                (
-                    None,
-                    p.strip_prefix(':').map(Some).unwrap_or(if p.is_empty() {
-                        None
-                    } else {
-                        return false;
-                    }),
-                )
+                let port = match p.strip_prefix(':') {
+                    Some(port) => Some(port),
+                    None if p.is_empty() => None,
+                    None => return false,
+                };
+                (None, port)
             }
             None => return false,
         }

@@ -1,0 +1,290 @@
+//! berthd's configuration: embedded defaults, then the TOML file, then the
+//! command-line flags. `deploy/berth.toml` documents every key.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/berth.toml";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub log: LogConfig,
+    pub registry: RegistrySection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: LogLevel,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    pub max_concurrent_downloads: usize,
+    #[serde(deserialize_with = "duration")]
+    pub pull_stall_timeout: Duration,
+    pub insecure: Vec<String>,
+    pub pinned_images: Vec<String>,
+    pub mirrors: HashMap<String, Vec<String>>,
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not a duration like \"30s\" or \"5m\": {e}"
+        ))
+    })
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            root: "/var/lib/berth".into(),
+            state: "/run/berth".into(),
+            socket: "/run/berth/berth.sock".into(),
+            log: LogConfig::default(),
+            registry: RegistrySection::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: LogLevel::Info,
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        Self {
+            max_concurrent_downloads: 3,
+            pull_stall_timeout: Duration::from_secs(300),
+            insecure: Vec::new(),
+            pinned_images: Vec::new(),
+            mirrors: HashMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parse a config file's text. Unknown keys are errors naming the key.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// `--config FILE` if given (it must exist), else the default path if it
+    /// exists, else the embedded defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match explicit {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (what, p) in [
+            ("root", &self.root),
+            ("state", &self.state),
+            ("socket", &self.socket),
+        ] {
+            if !p.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "{what} must be an absolute path, got {}",
+                    p.display()
+                )));
+            }
+        }
+        if self.registry.max_concurrent_downloads == 0 {
+            return Err(ConfigError::Invalid(
+                "registry.max_concurrent_downloads must be at least 1".into(),
+            ));
+        }
+        if self.registry.pull_stall_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "registry.pull_stall_timeout must be more than 0".into(),
+            ));
+        }
+        for p in &self.registry.pinned_images {
+            p.parse::<berth_image::Reference>()
+                .map_err(|e| ConfigError::Invalid(format!("registry.pinned_images: {e}")))?;
+        }
+        for (host, eps) in &self.registry.mirrors {
+            for ep in eps {
+                let ok = match ep.split_once("://") {
+                    Some((scheme, rest)) => matches!(scheme, "http" | "https") && !rest.is_empty(),
+                    None => !ep.is_empty(),
+                };
+                if !ok {
+                    return Err(ConfigError::Invalid(format!(
+                        "registry.mirrors.{host:?}: {ep:?} is not an http(s) endpoint"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn image_service_config(&self) -> berth_image::ImageServiceConfig {
+        berth_image::ImageServiceConfig {
+            root: self.root.clone(),
+            registry: berth_image::registry::RegistryConfig {
+                mirrors: self.registry.mirrors.clone(),
+                insecure: self.registry.insecure.iter().cloned().collect(),
+                stall_timeout: self.registry.pull_stall_timeout,
+            },
+            max_concurrent_downloads: self.registry.max_concurrent_downloads,
+            pinned_images: self.registry.pinned_images.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_embedded_defaults() {
+        assert_eq!(
+            Config::parse("", Path::new("x")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn deploy_config_is_the_defaults() {
+        let text = include_str!("../../deploy/berth.toml");
+        let c = Config::parse(text, Path::new("deploy/berth.toml")).unwrap();
+        assert_eq!(
+            c,
+            Config::default(),
+            "deploy/berth.toml must document the defaults as they are"
+        );
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = Config::parse(
+            r#"
+root = "/tmp/r"
+state = "/tmp/s"
+socket = "/tmp/s/b.sock"
+[log]
+level = "debug"
+format = "json"
+[registry]
+max_concurrent_downloads = 5
+pull_stall_timeout = "90s"
+insecure = ["my-registry.local:5000"]
+pinned_images = ["registry.k8s.io/pause:3.10"]
+[registry.mirrors]
+"registry.k8s.io" = ["http://127.0.0.1:5000"]
+"#,
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.root, PathBuf::from("/tmp/r"));
+        assert_eq!(c.log.level, LogLevel::Debug);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.registry.max_concurrent_downloads, 5);
+        assert_eq!(c.registry.pull_stall_timeout, Duration::from_secs(90));
+        assert_eq!(
+            c.registry.mirrors["registry.k8s.io"],
+            vec!["http://127.0.0.1:5000"]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse("[registry]\nmirrorz = 1\n", Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mirrorz"), "{e}");
+        let e = Config::parse("rooot = \"/x\"\n", Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rooot"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        for (text, needle) in [
+            ("[registry]\npull_stall_timeout = \"soon\"\n", "soon"),
+            (
+                "[registry]\nmax_concurrent_downloads = 0\n",
+                "max_concurrent_downloads",
+            ),
+            ("[log]\nlevel = \"loud\"\n", "loud"),
+            ("root = \"relative\"\n", "absolute"),
+            (
+                "[registry]\npinned_images = [\"Bad Ref\"]\n",
+                "pinned_images",
+            ),
+            ("[registry.mirrors]\n\"x.io\" = [\"ftp://m\"]\n", "ftp://m"),
+        ] {
+            let e = Config::parse(text, Path::new("f.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults_but_missing_explicit_file_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        assert!(Config::load(Some(&missing)).is_err());
+    }
+}

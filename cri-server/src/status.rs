@@ -1,0 +1,25 @@
+//! Domain errors to gRPC status codes, logged once here.
+
+use berth_image::error::ErrorKind;
+use tonic::{Code, Status};
+
+pub fn image_error(e: berth_image::Error) -> Status {
+    let code = match e.kind() {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::DataLoss => Code::DataLoss,
+        ErrorKind::Internal => Code::Internal,
+    };
+    let msg = e.to_string();
+    if code == Code::Internal {
+        tracing::error!(error = %msg, "request failed");
+    } else {
+        tracing::warn!(code = ?code, error = %msg, "request failed");
+    }
+    Status::new(code, msg)
+}
