@@ -7,13 +7,24 @@ use std::time::Duration;
 
 use berth_conformance::berthd::{Berthd, BerthdOptions, PathsFrom};
 use berth_conformance::cri::Cri;
+use berth_conformance::leak;
 use nix::sys::signal::Signal;
+
+/// After a clean exit: no process and no mount of this berthd left.
+fn assert_nothing_left(d: &Berthd) {
+    let dirs = [d.dir().to_path_buf()];
+    let procs = leak::processes_for(&dirs);
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+    let mounts = leak::mounts_under(&dirs);
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+}
 
 #[tokio::test]
 async fn sigterm_exits_zero() {
     let mut d = Berthd::start(BerthdOptions::default()).await.unwrap();
     d.cri().await.unwrap().version().await.expect("Version");
     d.stop().await.expect("SIGTERM must exit 0");
+    assert_nothing_left(&d);
 }
 
 #[tokio::test]
@@ -25,6 +36,7 @@ async fn sigint_exits_zero() {
         .await
         .expect("exit after SIGINT");
     assert!(status.success(), "SIGINT: {status}");
+    assert_nothing_left(&d);
 }
 
 #[tokio::test]
@@ -139,6 +151,7 @@ async fn a_stale_socket_left_by_sigkill_is_replaced() {
         .await
         .expect("Version after restart");
     d.stop().await.expect("exit 0");
+    assert_nothing_left(&d);
 }
 
 #[tokio::test]
