@@ -153,9 +153,17 @@ fn q_list(v: &[String]) -> String {
     )
 }
 
-/// Where the berthd binary is: `$BERTHD`, else `berthd` next to the running
-/// executable's profile dir (`target/<profile>/berthd`; test binaries live in
-/// `target/<profile>/deps/`).
+/// Where the berthd binary is: `$BERTHD` if set; else `berthd` next to the
+/// running executable's profile dir (`target/<profile>/berthd`; test
+/// binaries live in `target/<profile>/deps/`), brought up to date first.
+///
+/// `cargo test --workspace` builds a package's binaries only for that
+/// package's own integration tests, so `target/<profile>/berthd` may be
+/// missing or stale when the conformance tests run. The first call in a
+/// process therefore runs `cargo build -p berth-cri-server --bin berthd`
+/// (same target dir and profile; a no-op when up to date) unless
+/// `BERTH_CONFORMANCE_NO_BUILD` is set or the workspace is not where this
+/// crate was built from.
 pub fn berthd_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("BERTHD") {
         let p = PathBuf::from(p);
@@ -164,6 +172,15 @@ pub fn berthd_binary() -> Result<PathBuf> {
         }
         return Ok(p);
     }
+    static FOUND: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| locate_and_build().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn locate_and_build() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("current_exe")?;
     let mut dir = exe
         .parent()
@@ -173,6 +190,56 @@ pub fn berthd_binary() -> Result<PathBuf> {
         dir.pop();
     }
     let bin = dir.join("berthd");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf);
+    let manifest = workspace
+        .as_ref()
+        .map(|w| w.join("Cargo.toml"))
+        .filter(|m| m.exists());
+    if let (Some(manifest), None) = (manifest, std::env::var_os("BERTH_CONFORMANCE_NO_BUILD")) {
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let target_dir = dir
+            .parent()
+            .ok_or_else(|| anyhow!("no target dir above {}", dir.display()))?;
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "-p",
+            "berth-cri-server",
+            "--bin",
+            "berthd",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .stdin(Stdio::null());
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        let out = cmd
+            .output()
+            .context("running cargo build -p berth-cri-server")?;
+        if !out.status.success() {
+            bail!(
+                "`cargo build -p berth-cri-server` failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     if !bin.exists() {
         bail!(
             "berthd not found at {}: run `cargo build -p berth-cri-server` (same profile) first, or set BERTHD=/path/to/berthd",
