@@ -1,0 +1,186 @@
+//! berthd ↔ berth-shim: files in the container's state directory and a
+//! control socket that speaks one JSON request line, answered by one JSON
+//! response line, per connection.
+//!
+//! The state directory (`<state>/containers/<id>/`, the OCI bundle):
+//!
+//! | file | written by | holds |
+//! | --- | --- | --- |
+//! | `config.json` | berthd | the OCI runtime spec |
+//! | `shim.json` | berthd | [`ShimConfig`] |
+//! | `shim.sock` | shim | the control socket |
+//! | `shim.pid` | shim | the shim's pid, once it is detached |
+//! | `init.pid` | shim | the container process's pid (host pid namespace) |
+//! | `exit.json` | shim | [`ExitStatus`], written atomically once the process is reaped |
+//!
+//! Start-up: berthd runs `berth-shim <state dir>` with a pipe as stdout. The
+//! shim detaches (new session, reparented away from berthd, child subreaper),
+//! creates the container process stopped before exec, binds `shim.sock`, then
+//! writes one line to the pipe: `ok <init pid>` or `error <message>`, and
+//! closes it. A shim that fails before that line leaves nothing behind.
+
+use serde::{Deserialize, Serialize};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const SHIM_CONFIG_FILE: &str = "shim.json";
+pub const SOCKET_FILE: &str = "shim.sock";
+pub const SHIM_PID_FILE: &str = "shim.pid";
+pub const INIT_PID_FILE: &str = "init.pid";
+pub const EXIT_FILE: &str = "exit.json";
+
+/// What berthd tells the shim beyond the OCI spec.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ShimConfig {
+    pub id: String,
+    /// What the shim runs.
+    pub kind: ShimKind,
+    /// CRI log file (absolute); empty: output is discarded.
+    pub log_path: String,
+    /// Keep a pipe (or the pty) for stdin, for attach.
+    pub stdin: bool,
+    /// Close stdin after the first attach ends.
+    pub stdin_once: bool,
+    /// Allocate a pty; its output is logged as stdout.
+    pub tty: bool,
+    /// oom_score_adj is clamped to this floor when the kernel refuses a lower
+    /// value (a node without CAP_SYS_RESOURCE), as containerd's
+    /// restrict_oom_score_adj does, instead of failing the container.
+    pub restrict_oom_score_adj: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ShimKind {
+    /// Run the spec's process.
+    #[default]
+    Container,
+    /// Hold a pod's PID namespace: a built-in pause process that reaps
+    /// zombies (no image, no exec). Only the spec's namespaces are used.
+    Pause,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Let the created process exec (StartContainer).
+    Start,
+    /// Signal the container's process; `all` signals every process in its
+    /// cgroup (or PID namespace), as at the end of StopContainer.
+    Kill { signal: i32, all: bool },
+    /// The current state.
+    State,
+    /// Close and reopen the log file (kubelet rotated it).
+    ReopenLog,
+    /// Run a process in the container and wait for it (ExecSync). Output is
+    /// capped at [`EXEC_OUTPUT_LIMIT`] per stream.
+    Exec {
+        args: Vec<String>,
+        /// None: the container's environment.
+        env: Option<Vec<String>>,
+        /// None: the container's working directory.
+        cwd: Option<String>,
+        /// 0: no timeout. On timeout the process is killed.
+        timeout_ms: u64,
+    },
+    /// Answer once the container process has exited (at once if it has).
+    Wait,
+    /// Set the pty's size.
+    Resize { width: u16, height: u16 },
+}
+
+pub const EXEC_OUTPUT_LIMIT: usize = 16 << 20;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Ok,
+    State(State),
+    Exec(ExecResult),
+    Exit(ExitStatus),
+    Error { message: String },
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The process exists, stopped before exec.
+    Created,
+    Running,
+    Exited,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub status: Status,
+    /// Container init pid in the host PID namespace.
+    pub pid: i32,
+    /// Nanoseconds since the epoch when Start let it exec; 0 before.
+    pub started_at_ns: i64,
+    pub exit: Option<ExitStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// The exit code, or 128 + signal if a signal killed it (as runc reports).
+    pub code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    pub started_at_ns: i64,
+    pub finished_at_ns: i64,
+    /// The kernel's OOM killer killed a process of the container's cgroup.
+    pub oom_killed: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    #[serde(with = "b64")]
+    pub stdout: Vec<u8>,
+    #[serde(with = "b64")]
+    pub stderr: Vec<u8>,
+    /// The timeout killed it; exit_code is then that of the kill.
+    pub timed_out: bool,
+}
+
+/// Bytes as base64 strings: JSON arrays of numbers would quadruple output.
+mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_are_one_json_line_each() {
+        let r = Request::Kill {
+            signal: 15,
+            all: false,
+        };
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(line, r#"{"op":"kill","signal":15,"all":false}"#);
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
+        let e = Response::Exec(ExecResult {
+            exit_code: 1,
+            stdout: b"out\n".to_vec(),
+            stderr: vec![0, 255],
+            timed_out: false,
+        });
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(!line.contains('\n'));
+        assert!(line.contains(r#""stdout":"b3V0Cg==""#), "{line}");
+        assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), e);
+    }
+}
