@@ -5,5 +5,18 @@
 //! monitor that creates the process from an OCI bundle, stays its parent,
 //! logs its output in the CRI format and records its exit. berthd talks to
 //! it over [`shim::protocol`].
+//!
+//! * [`model`]: the CRI pod and container configs in domain terms.
+//! * [`spec`]: OCI runtime spec generation from those, the image config and
+//!   the sandbox.
+//! * [`user`]: user and group resolution inside an image's root filesystem.
+//! * [`cgroups`]: cgroup v1 and v2 behind one interface.
+//! * [`shim`]: the monitor and its protocol.
 
+pub mod cgroups;
+pub mod model;
+pub mod namespaces;
+pub mod rootfs;
 pub mod shim;
+pub mod spec;
+pub mod user;
