@@ -145,8 +145,9 @@ fn is_loopback(host: &str) -> bool {
 pub struct RegistryClient {
     http: reqwest::Client,
     config: RegistryConfig,
-    /// Bearer tokens by (endpoint base URL, scope).
-    tokens: Mutex<HashMap<(String, String), String>>,
+    /// Bearer tokens by (endpoint base URL, scope, whose credentials): a
+    /// token got with one pull's credentials never serves another's.
+    tokens: Mutex<HashMap<(String, String, u64), String>>,
 }
 
 impl RegistryClient {
@@ -469,14 +470,26 @@ impl Session {
                 )))
             })?;
         if let Ok(mut m) = self.client.tokens.lock() {
-            m.insert((ep.base.clone(), self.scope()), token.clone());
+            m.insert(self.token_key(ep), token.clone());
         }
         Ok(token)
     }
 
+    fn token_key(&self, ep: &Endpoint) -> (String, String, u64) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match self.credentials_for(ep) {
+            Credentials::Anonymous => 0u8.hash(&mut h),
+            Credentials::Basic { username, password } => (1u8, username, password).hash(&mut h),
+            Credentials::IdentityToken { username, token } => (2u8, username, token).hash(&mut h),
+            Credentials::RegistryToken(t) => (3u8, t).hash(&mut h),
+        }
+        (ep.base.clone(), self.scope(), h.finish())
+    }
+
     fn cached_token(&self, ep: &Endpoint) -> Option<String> {
         let m = self.client.tokens.lock().ok()?;
-        m.get(&(ep.base.clone(), self.scope())).cloned()
+        m.get(&self.token_key(ep)).cloned()
     }
 
     /// One GET with the auth dance: send, and on a 401 answer the challenge
