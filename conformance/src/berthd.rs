@@ -220,6 +220,32 @@ fn locate_and_build() -> Result<PathBuf> {
         .arg("--target-dir")
         .arg(target_dir)
         .stdin(Stdio::null());
+        // Cargo gives a test the variables it gives crates (CARGO_PKG_NAME,
+        // CARGO_MANIFEST_DIR, …). Build scripts such as ring's watch them
+        // with rerun-if-env-changed: passed on, they would rebuild half the
+        // dependency tree here and again in the next plain `cargo test`.
+        for (k, _) in std::env::vars_os() {
+            let Some(k) = k.to_str() else { continue };
+            let crate_var = [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_CFG_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+                || matches!(
+                    k,
+                    "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                        | "OUT_DIR"
+                );
+            if crate_var {
+                cmd.env_remove(k);
+            }
+        }
         match profile.as_str() {
             "debug" => {}
             "release" => {
