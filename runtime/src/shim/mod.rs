@@ -1,3 +1,285 @@
-//! The per-container monitor and the protocol berthd speaks with it.
+//! The per-container monitor (`berth-shim`) and the protocol berthd speaks
+//! with it.
+//!
+//! `berth-shim <state dir>`: detaches from berthd, creates the container
+//! process from the bundle in the state dir (stopped before exec), then
+//! serves the control socket and logs output until the process exits;
+//! see [`protocol`] for the files and the socket, [`spawn`] for how the
+//! process is made, [`server`] for the loop.
+//!
+//! One process per container, single-threaded, no async runtime: its
+//! memory is the point. No unwrap on anything from the kernel or a file.
 
+pub mod cgroup;
+pub mod crilog;
+mod pause;
+pub mod plan;
 pub mod protocol;
+pub mod rootfs;
+pub mod server;
+pub mod spawn;
+
+use std::io::Write as _;
+use std::os::fd::BorrowedFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::stat::{Mode, umask};
+
+use protocol::{
+    CONFIG_FILE, EXIT_FILE, ExitStatus, INIT_PID_FILE, SHIM_CONFIG_FILE, SHIM_PID_FILE,
+    SOCKET_FILE, ShimConfig, ShimKind,
+};
+
+/// A problem found after detaching, when nobody reads stderr: appended to
+/// `shim.log` in the state dir (kept small: a line per problem).
+pub const DIAG_FILE: &str = "shim.log";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("parse {path}: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bind {path}: {source}")]
+    Bind {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("signalfd: {0}")]
+    Signals(nix::errno::Errno),
+    #[error(transparent)]
+    Spawn(#[from] spawn::SpawnError),
+    #[error(transparent)]
+    Log(#[from] crilog::LogError),
+}
+
+pub fn diag(state_dir: &Path, msg: &str) {
+    let path = state_dir.join(DIAG_FILE);
+    // Bounded: a shim that keeps failing must not fill the disk.
+    if std::fs::metadata(&path)
+        .map(|m| m.len() > 64 * 1024)
+        .unwrap_or(false)
+    {
+        return;
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        let _ = writeln!(
+            f,
+            "{} {msg}",
+            String::from_utf8_lossy(&crilog::now_timestamp())
+        );
+    }
+}
+
+/// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ShimError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let err = |source| ShimError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(())
+}
+
+pub fn write_exit(dir: &Path, exit: &ExitStatus) -> Result<(), ShimError> {
+    let json = serde_json::to_vec(exit).map_err(|source| ShimError::Parse {
+        path: EXIT_FILE.into(),
+        source,
+    })?;
+    write_atomic(dir, EXIT_FILE, &json)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T, ShimError> {
+    let path = dir.join(name);
+    let bytes = std::fs::read(&path).map_err(|source| ShimError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| ShimError::Parse {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The entry point of the `berth-shim` binary; returns the exit code.
+pub fn main() -> i32 {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let [_, state_dir] = args.as_slice() else {
+        eprintln!("usage: berth-shim <state dir>");
+        return 2;
+    };
+    let state_dir = match std::path::absolute(state_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("berth-shim: {}: {e}", Path::new(state_dir).display());
+            return 2;
+        }
+    };
+    match spawn::detach() {
+        Ok(false) => return 0,
+        Ok(true) => {}
+        Err(e) => {
+            report(&format!("error {e}"));
+            return 1;
+        }
+    }
+    run_detached(&state_dir)
+}
+
+/// One line to berthd on the start-up pipe (our stdout).
+fn report(line: &str) {
+    // SAFETY: fd 1 is the process's stdout for as long as it lives.
+    let out = unsafe { BorrowedFd::borrow_raw(1) };
+    let mut msg: String = line.replace('\n', " ");
+    msg.push('\n');
+    let _ = nix::unistd::write(out, msg.as_bytes());
+}
+
+/// What the shim made before `ok`, removed if it cannot say `ok`.
+struct StartupGuard<'a> {
+    dir: &'a Path,
+    child: Option<nix::unistd::Pid>,
+    log_created: Option<PathBuf>,
+    armed: bool,
+}
+
+impl Drop for StartupGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = self.child {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        if let Some(p) = &self.log_created {
+            let _ = std::fs::remove_file(p);
+        }
+        for f in [SOCKET_FILE, INIT_PID_FILE, SHIM_PID_FILE] {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+    }
+}
+
+fn run_detached(dir: &Path) -> i32 {
+    let mut guard = StartupGuard {
+        dir,
+        child: None,
+        log_created: None,
+        armed: true,
+    };
+    let mut monitor = match start(dir, &mut guard) {
+        Ok(m) => m,
+        Err(e) => {
+            report(&format!("error {e}"));
+            drop(guard);
+            return 1;
+        }
+    };
+    guard.armed = false;
+    report(&format!("ok {}", monitor.pid));
+    // Detached for good: berthd's pipe and our stdio go.
+    if let Ok(null) = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, Mode::empty()) {
+        for fd in 0..3 {
+            // SAFETY: replaces stdio descriptors 0-2, which nothing else owns.
+            unsafe {
+                libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
+            }
+        }
+    }
+    // The spec and the set-up are gone; give their heap back.
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let _ = monitor.run();
+    let _ = std::fs::remove_file(dir.join(SOCKET_FILE));
+    0
+}
+
+fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<server::Monitor, ShimError> {
+    // SIGCHLD only through the signalfd; blocked before any child exists.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(ShimError::Signals)?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(ShimError::Signals)?;
+    write_atomic(
+        dir,
+        SHIM_PID_FILE,
+        std::process::id().to_string().as_bytes(),
+    )?;
+    let cfg: ShimConfig = read_json(dir, SHIM_CONFIG_FILE)?;
+    let spec: oci_spec::runtime::Spec = read_json(dir, CONFIG_FILE)?;
+    let pause = cfg.kind == ShimKind::Pause;
+    let plan = spawn::ContainerPlan::from_spec(
+        &spec,
+        pause,
+        cfg.tty,
+        cfg.stdin,
+        cfg.restrict_oom_score_adj,
+    )?;
+    drop(spec);
+    if !cfg.log_path.is_empty() && !Path::new(&cfg.log_path).exists() {
+        guard.log_created = Some(PathBuf::from(&cfg.log_path));
+    }
+    let log = crilog::LogFile::open(if pause { "" } else { &cfg.log_path })?;
+    let created = spawn::create(&plan)?;
+    guard.child = Some(created.pid);
+    write_atomic(dir, INIT_PID_FILE, created.pid.to_string().as_bytes())?;
+    let sock = dir.join(SOCKET_FILE);
+    let _ = std::fs::remove_file(&sock);
+    // Mode 0600 from the start: no window in which others may connect.
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(&sock);
+    umask(old);
+    let listener = listener.map_err(|source| ShimError::Bind {
+        path: sock.display().to_string(),
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ShimError::Bind {
+            path: sock.display().to_string(),
+            source,
+        })?;
+    let own_pid_ns = plan.ns.pid == plan::PidNs::New;
+    let spawn::ContainerPlan {
+        cgroup, process, ..
+    } = plan;
+    Ok(server::Monitor::new(server::MonitorParts {
+        kind: cfg.kind,
+        created,
+        own_pid_ns,
+        cgroup,
+        exec_cfg: process,
+        log,
+        listener,
+        sigfd,
+        state_dir: dir.to_path_buf(),
+    }))
+}

@@ -1,0 +1,839 @@
+//! The shim's event loop: one poll(2) over the control socket and its
+//! connections, the container's output, a signalfd for SIGCHLD, the start
+//! report and exec processes. Nothing in it blocks for long: output is
+//! read as it comes, connections are non-blocking, exec runs concurrently.
+
+#![deny(unsafe_code)]
+
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::cgroup::Cgroup;
+use super::crilog::{LogFile, ReadOutcome, Relay, Stream};
+use super::plan;
+use super::protocol::{
+    EXEC_OUTPUT_LIMIT, ExecResult, ExitStatus, Request, Response, ShimKind, State, Status,
+};
+use super::spawn::{self, ProcessConfig};
+
+/// A request line longer than this is refused.
+const MAX_REQUEST: usize = 1 << 20;
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNS: usize = 64;
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+struct Output {
+    fd: OwnedFd,
+    stream: Stream,
+    /// A line waiting for its end.
+    carry: Vec<u8>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    Reading,
+    AwaitStart,
+    AwaitExit,
+    AwaitExec,
+    Writing,
+}
+
+struct Conn {
+    id: u64,
+    sock: UnixStream,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    written: usize,
+    state: ConnState,
+}
+
+struct ExecRun {
+    conn: u64,
+    pid: Pid,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    out: Vec<u8>,
+    err: Vec<u8>,
+    deadline: Option<Instant>,
+    timed_out: bool,
+}
+
+/// Everything the loop watches and answers for.
+pub struct Monitor {
+    pub kind: ShimKind,
+    pub pid: Pid,
+    pub status: Status,
+    pub started_at_ns: i64,
+    pub exit: Option<ExitStatus>,
+    pending_exit: Option<ExitStatus>,
+    /// The container is PID 1 of its own namespace: SIGKILL to it kills all.
+    pub own_pid_ns: bool,
+    pub cgroup: Option<Cgroup>,
+    pub exec_cfg: ProcessConfig,
+    pub start: Option<OwnedFd>,
+    pub sync: Option<OwnedFd>,
+    sync_buf: Vec<u8>,
+    start_waiter: Option<u64>,
+    outputs: [Option<Output>; 2],
+    pub stdin: Option<OwnedFd>,
+    pty: Option<OwnedFd>,
+    pub log: LogFile,
+    relay: Relay,
+    listener: UnixListener,
+    conns: Vec<Conn>,
+    next_conn: u64,
+    execs: Vec<ExecRun>,
+    sigfd: SignalFd,
+    oom_base: u64,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Clone, Copy)]
+enum Token {
+    Sig,
+    Listener,
+    Sync,
+    Output(usize),
+    Conn(u64),
+    ExecOut(Pid, bool),
+}
+
+/// The parts the monitor is built from.
+pub struct MonitorParts {
+    pub kind: ShimKind,
+    pub created: spawn::Created,
+    pub own_pid_ns: bool,
+    pub cgroup: Option<Cgroup>,
+    pub exec_cfg: ProcessConfig,
+    pub log: LogFile,
+    pub listener: UnixListener,
+    pub sigfd: SignalFd,
+    pub state_dir: PathBuf,
+}
+
+fn nonblocking(fd: &OwnedFd) {
+    if let Ok(flags) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL) {
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags));
+    }
+}
+
+impl Monitor {
+    pub fn new(p: MonitorParts) -> Monitor {
+        let c = p.created;
+        nonblocking(&c.sync);
+        let mut outputs = [None, None];
+        if let Some(fd) = c.stdout {
+            outputs[0] = Some(Output {
+                fd,
+                stream: Stream::Stdout,
+                carry: Vec::new(),
+            });
+        }
+        if let Some(fd) = c.stderr {
+            outputs[1] = Some(Output {
+                fd,
+                stream: Stream::Stderr,
+                carry: Vec::new(),
+            });
+        }
+        let mut pty = None;
+        if let Some(fd) = c.pty {
+            // The pty's output is logged as stdout; a dup is kept for
+            // resize and stdin.
+            pty = fd.try_clone().ok();
+            outputs[0] = Some(Output {
+                fd,
+                stream: Stream::Stdout,
+                carry: Vec::new(),
+            });
+        }
+        let pause = p.kind == ShimKind::Pause;
+        let oom_base = p.cgroup.as_ref().map(Cgroup::oom_kills).unwrap_or(0);
+        Monitor {
+            kind: p.kind,
+            pid: c.pid,
+            status: if pause {
+                Status::Running
+            } else {
+                Status::Created
+            },
+            started_at_ns: if pause { now_ns() } else { 0 },
+            exit: None,
+            pending_exit: None,
+            own_pid_ns: p.own_pid_ns,
+            cgroup: p.cgroup,
+            exec_cfg: p.exec_cfg,
+            start: c.start,
+            sync: if pause { None } else { Some(c.sync) },
+            sync_buf: Vec::new(),
+            start_waiter: None,
+            outputs,
+            stdin: c.stdin,
+            pty,
+            log: p.log,
+            relay: Relay::new(),
+            listener: p.listener,
+            conns: Vec::new(),
+            next_conn: 0,
+            execs: Vec::new(),
+            sigfd: p.sigfd,
+            oom_base,
+            state_dir: p.state_dir,
+        }
+    }
+
+    /// Serves until the container process has exited and everything about
+    /// it is recorded. Returns the exit status.
+    pub fn run(&mut self) -> ExitStatus {
+        loop {
+            if let Some(exit) = self.exit.clone() {
+                return exit;
+            }
+            let ready = match self.poll_once() {
+                Ok(r) => r,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    super::diag(&self.state_dir, &format!("poll: {e}"));
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            // The start report before the reaper: an exec that succeeded
+            // and exited at once is still a successful Start.
+            for &(t, _) in &ready {
+                if let Token::Sync = t {
+                    self.read_sync();
+                }
+            }
+            for &(t, ev) in &ready {
+                match t {
+                    Token::Output(i) => self.read_output(i),
+                    Token::Sig => self.reap(),
+                    Token::Listener => self.accept(),
+                    Token::Conn(id) => self.service_conn(id, ev),
+                    Token::ExecOut(pid, is_err) => self.read_exec(pid, is_err),
+                    Token::Sync => {}
+                }
+            }
+            self.check_deadlines();
+            if let Some(exit) = self.pending_exit.take() {
+                self.finish(exit);
+            }
+        }
+    }
+
+    fn poll_once(&self) -> Result<Vec<(Token, PollFlags)>, Errno> {
+        let mut tokens = Vec::with_capacity(8 + self.conns.len());
+        let mut fds = Vec::with_capacity(8 + self.conns.len());
+        let inp = PollFlags::POLLIN;
+        tokens.push(Token::Sig);
+        fds.push(PollFd::new(self.sigfd.as_fd(), inp));
+        if self.conns.len() < MAX_CONNS {
+            tokens.push(Token::Listener);
+            fds.push(PollFd::new(self.listener.as_fd(), inp));
+        }
+        if let (Some(fd), Some(_)) = (&self.sync, self.start_waiter) {
+            tokens.push(Token::Sync);
+            fds.push(PollFd::new(fd.as_fd(), inp));
+        }
+        for (i, o) in self.outputs.iter().enumerate() {
+            if let Some(o) = o {
+                tokens.push(Token::Output(i));
+                fds.push(PollFd::new(o.fd.as_fd(), inp));
+            }
+        }
+        for c in &self.conns {
+            let ev = if c.state == ConnState::Writing {
+                PollFlags::POLLOUT
+            } else {
+                inp
+            };
+            tokens.push(Token::Conn(c.id));
+            fds.push(PollFd::new(c.sock.as_fd(), ev));
+        }
+        for e in &self.execs {
+            if let Some(fd) = &e.stdout {
+                tokens.push(Token::ExecOut(e.pid, false));
+                fds.push(PollFd::new(fd.as_fd(), inp));
+            }
+            if let Some(fd) = &e.stderr {
+                tokens.push(Token::ExecOut(e.pid, true));
+                fds.push(PollFd::new(fd.as_fd(), inp));
+            }
+        }
+        let timeout = self
+            .execs
+            .iter()
+            .filter_map(|e| e.deadline)
+            .min()
+            .map(|d| {
+                let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
+                PollTimeout::try_from(ms.min(60_000)).unwrap_or(PollTimeout::MAX)
+            })
+            .unwrap_or(PollTimeout::NONE);
+        poll(&mut fds, timeout)?;
+        Ok(fds
+            .iter()
+            .zip(tokens)
+            .filter_map(|(f, t)| f.revents().filter(|r| !r.is_empty()).map(|r| (t, r)))
+            .collect())
+    }
+
+    fn read_output(&mut self, i: usize) {
+        let Some(o) = self.outputs[i].as_mut() else {
+            return;
+        };
+        // A few reads per wake-up: enough for a flood, fair to the rest.
+        for _ in 0..8 {
+            match self
+                .relay
+                .read_once(&o.fd, o.stream, &mut o.carry, &mut self.log)
+            {
+                ReadOutcome::Data => continue,
+                ReadOutcome::WouldBlock => return,
+                ReadOutcome::Eof => {
+                    self.outputs[i] = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drain_outputs(&mut self) {
+        for i in 0..self.outputs.len() {
+            while let Some(o) = self.outputs[i].as_mut() {
+                match self
+                    .relay
+                    .read_once(&o.fd, o.stream, &mut o.carry, &mut self.log)
+                {
+                    ReadOutcome::Data => continue,
+                    ReadOutcome::WouldBlock => {
+                        Relay::flush(o.stream, &mut o.carry, &mut self.log);
+                        self.outputs[i] = None;
+                    }
+                    ReadOutcome::Eof => self.outputs[i] = None,
+                }
+            }
+        }
+    }
+
+    /// The start report: EOF once execve succeeded, a line if it failed.
+    fn read_sync(&mut self) {
+        let Some(fd) = &self.sync else { return };
+        let mut chunk = [0u8; 512];
+        loop {
+            match nix::unistd::read(fd, &mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if self.sync_buf.len() < 8192 {
+                        self.sync_buf.extend_from_slice(&chunk[..n]);
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return,
+                Err(_) => break,
+            }
+        }
+        self.sync = None;
+        let text = String::from_utf8_lossy(&self.sync_buf).into_owned();
+        self.sync_buf = Vec::new();
+        let failure = text
+            .lines()
+            .find_map(|l| l.strip_prefix("error "))
+            .map(str::to_string);
+        let resp = match failure {
+            Some(msg) => Response::Error { message: msg },
+            None => {
+                if self.status == Status::Created {
+                    self.status = Status::Running;
+                }
+                Response::Ok
+            }
+        };
+        if let Some(id) = self.start_waiter.take() {
+            self.respond(id, &resp);
+        }
+    }
+
+    fn reap(&mut self) {
+        while let Ok(Some(_)) = self.sigfd.read_signal() {}
+        loop {
+            let st = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(st) => st,
+            };
+            let Some(pid) = st.pid() else { continue };
+            let Some((code, signal)) = plan::exit_code(st) else {
+                continue;
+            };
+            if pid == self.pid {
+                self.on_init_exit(code, signal);
+            } else if let Some(i) = self.execs.iter().position(|e| e.pid == pid) {
+                let mut e = self.execs.swap_remove(i);
+                drain_exec(&mut e);
+                let resp = Response::Exec(ExecResult {
+                    exit_code: code,
+                    stdout: std::mem::take(&mut e.out),
+                    stderr: std::mem::take(&mut e.err),
+                    timed_out: e.timed_out,
+                });
+                self.respond(e.conn, &resp);
+            }
+            // Anything else is an orphan of the container, handed to us as
+            // subreaper: reaped, nothing to record.
+        }
+    }
+
+    fn on_init_exit(&mut self, code: i32, signal: Option<i32>) {
+        // A start report still in the pipe decides the Start answer first.
+        if self.start_waiter.is_some() {
+            self.read_sync();
+        }
+        self.status = Status::Exited;
+        let oom_killed = self
+            .cgroup
+            .as_ref()
+            .is_some_and(|c| c.oom_kills() > self.oom_base);
+        self.pending_exit = Some(ExitStatus {
+            code,
+            signal,
+            started_at_ns: self.started_at_ns,
+            finished_at_ns: now_ns(),
+            oom_killed,
+        });
+    }
+
+    fn accept(&mut self) {
+        while self.conns.len() < MAX_CONNS {
+            match self.listener.accept() {
+                Ok((sock, _)) => {
+                    if sock.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    self.next_conn += 1;
+                    self.conns.push(Conn {
+                        id: self.next_conn,
+                        sock,
+                        inbuf: Vec::new(),
+                        out: Vec::new(),
+                        written: 0,
+                        state: ConnState::Reading,
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn conn_index(&self, id: u64) -> Option<usize> {
+        self.conns.iter().position(|c| c.id == id)
+    }
+
+    fn drop_conn(&mut self, id: u64) {
+        if let Some(i) = self.conn_index(id) {
+            self.conns.swap_remove(i);
+        }
+        if self.start_waiter == Some(id) {
+            self.start_waiter = None;
+        }
+    }
+
+    fn service_conn(&mut self, id: u64, ev: PollFlags) {
+        let Some(i) = self.conn_index(id) else { return };
+        let c = &mut self.conns[i];
+        match c.state {
+            ConnState::Writing => {
+                let gone = ev.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)
+                    && !ev.contains(PollFlags::POLLOUT);
+                if gone || flush_conn(c) {
+                    self.drop_conn(id);
+                }
+            }
+            ConnState::Reading => {
+                let mut chunk = [0u8; 1024];
+                let eof = loop {
+                    match c.sock.read(&mut chunk) {
+                        Ok(0) => break true,
+                        Ok(n) => {
+                            c.inbuf.extend_from_slice(&chunk[..n]);
+                            if c.inbuf.len() > MAX_REQUEST || c.inbuf.contains(&b'\n') {
+                                break false;
+                            }
+                        }
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                        Err(_) => break true,
+                    }
+                };
+                let line_end = c.inbuf.iter().position(|&b| b == b'\n');
+                if c.inbuf.len() > MAX_REQUEST {
+                    self.respond(
+                        id,
+                        &Response::Error {
+                            message: "request too long".into(),
+                        },
+                    );
+                    return;
+                }
+                let line = match line_end {
+                    Some(n) => c.inbuf[..n].to_vec(),
+                    None if eof && !c.inbuf.is_empty() => std::mem::take(&mut c.inbuf),
+                    None if eof => {
+                        self.drop_conn(id);
+                        return;
+                    }
+                    None => return,
+                };
+                c.inbuf = Vec::new();
+                match serde_json::from_slice::<Request>(&line) {
+                    Ok(req) => self.handle(id, req),
+                    Err(e) => self.respond(
+                        id,
+                        &Response::Error {
+                            message: format!("bad request: {e}"),
+                        },
+                    ),
+                }
+            }
+            // Waiting for an answer: the peer may only hang up.
+            ConnState::AwaitStart | ConnState::AwaitExit | ConnState::AwaitExec => {
+                let mut b = [0u8; 64];
+                match c.sock.read(&mut b) {
+                    Ok(0) => self.drop_conn(id),
+                    Err(e)
+                        if e.kind() != ErrorKind::WouldBlock
+                            && e.kind() != ErrorKind::Interrupted =>
+                    {
+                        self.drop_conn(id)
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn set_state(&mut self, id: u64, state: ConnState) {
+        if let Some(i) = self.conn_index(id) {
+            self.conns[i].state = state;
+        }
+    }
+
+    /// Queues the answer and sends what the socket takes now.
+    fn respond(&mut self, id: u64, resp: &Response) {
+        let Some(i) = self.conn_index(id) else { return };
+        let c = &mut self.conns[i];
+        let mut line = serde_json::to_vec(resp).unwrap_or_else(|e| {
+            format!(r#"{{"result":"error","message":"encode response: {e}"}}"#).into_bytes()
+        });
+        line.push(b'\n');
+        c.out = line;
+        c.written = 0;
+        c.state = ConnState::Writing;
+        if flush_conn(c) {
+            self.drop_conn(id);
+        }
+    }
+
+    fn handle(&mut self, id: u64, req: Request) {
+        let resp = match req {
+            Request::State => Response::State(State {
+                status: self.status,
+                pid: self.pid.as_raw(),
+                started_at_ns: self.started_at_ns,
+                exit: self.exit.clone(),
+            }),
+            Request::Start => return self.start(id),
+            Request::Kill { signal, all } => self.kill(signal, all),
+            Request::ReopenLog => match self.log.reopen() {
+                Ok(()) => Response::Ok,
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            },
+            Request::Exec {
+                args,
+                env,
+                cwd,
+                timeout_ms,
+            } => return self.exec(id, args, env, cwd, timeout_ms),
+            Request::Wait => match &self.exit {
+                Some(e) => Response::Exit(e.clone()),
+                None => {
+                    self.set_state(id, ConnState::AwaitExit);
+                    return;
+                }
+            },
+            Request::Resize { width, height } => match &self.pty {
+                Some(fd) => match spawn::set_winsize(fd, width, height) {
+                    Ok(()) => Response::Ok,
+                    Err(e) => Response::Error {
+                        message: format!("resize: {e}"),
+                    },
+                },
+                None => Response::Error {
+                    message: "the container has no terminal".into(),
+                },
+            },
+        };
+        self.respond(id, &resp);
+    }
+
+    fn start(&mut self, id: u64) {
+        let err = |m: &str| Response::Error {
+            message: m.to_string(),
+        };
+        let resp = if self.kind == ShimKind::Pause {
+            Response::Ok
+        } else if self.status == Status::Exited {
+            err("the container process has exited")
+        } else if self.start_waiter.is_some() {
+            err("a start is in progress")
+        } else if let Some(fd) = self.start.take() {
+            self.started_at_ns = now_ns();
+            match nix::unistd::write(&fd, b"s") {
+                Ok(_) => {
+                    self.start_waiter = Some(id);
+                    self.set_state(id, ConnState::AwaitStart);
+                    return;
+                }
+                Err(e) => err(&format!("start: {e}")),
+            }
+        } else {
+            err("the container was already started")
+        };
+        self.respond(id, &resp);
+    }
+
+    fn kill(&mut self, signal: i32, all: bool) -> Response {
+        let sig = match Signal::try_from(signal) {
+            Ok(s) => s,
+            Err(_) => {
+                return Response::Error {
+                    message: format!("invalid signal {signal}"),
+                };
+            }
+        };
+        if self.status == Status::Exited {
+            return Response::Ok;
+        }
+        let mut failure = None;
+        let mut targets = vec![self.pid];
+        // PID 1 of its own namespace takes everything with it on SIGKILL;
+        // otherwise (shared or host PID namespace, or a catchable signal)
+        // every process of the cgroup is signalled.
+        let whole_ns = self.own_pid_ns && sig == Signal::SIGKILL;
+        if let (true, false, Some(cg)) = (all, whole_ns, &self.cgroup) {
+            targets.extend(
+                cg.procs()
+                    .into_iter()
+                    .map(Pid::from_raw)
+                    .filter(|p| *p != self.pid),
+            );
+        }
+        for pid in targets {
+            match kill(pid, sig) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => failure = Some(format!("kill {pid} with {sig}: {e}")),
+            }
+        }
+        match failure {
+            Some(message) => Response::Error { message },
+            None => Response::Ok,
+        }
+    }
+
+    fn exec(
+        &mut self,
+        id: u64,
+        args: Vec<String>,
+        env: Option<Vec<String>>,
+        cwd: Option<String>,
+        timeout_ms: u64,
+    ) {
+        if self.status != Status::Running {
+            let message = "exec needs a running container".to_string();
+            return self.respond(id, &Response::Error { message });
+        }
+        if args.is_empty() {
+            return self.respond(
+                id,
+                &Response::Error {
+                    message: "exec needs args".into(),
+                },
+            );
+        }
+        let mut cfg = self.exec_cfg.clone();
+        cfg.args = args;
+        if let Some(env) = env {
+            cfg.env = env;
+        }
+        if let Some(cwd) = cwd {
+            cfg.cwd = PathBuf::from(cwd);
+        }
+        match spawn::spawn_exec(self.pid, self.cgroup.as_ref(), &cfg) {
+            Ok(s) => {
+                self.execs.push(ExecRun {
+                    conn: id,
+                    pid: s.pid,
+                    stdout: Some(s.stdout),
+                    stderr: Some(s.stderr),
+                    out: Vec::new(),
+                    err: Vec::new(),
+                    deadline: (timeout_ms > 0)
+                        .then(|| Instant::now() + Duration::from_millis(timeout_ms)),
+                    timed_out: false,
+                });
+                self.set_state(id, ConnState::AwaitExec);
+            }
+            Err(e) => self.respond(
+                id,
+                &Response::Error {
+                    message: format!("exec: {e}"),
+                },
+            ),
+        }
+    }
+
+    fn read_exec(&mut self, pid: Pid, is_err: bool) {
+        if let Some(e) = self.execs.iter_mut().find(|e| e.pid == pid) {
+            let (fd, buf) = if is_err {
+                (&mut e.stderr, &mut e.err)
+            } else {
+                (&mut e.stdout, &mut e.out)
+            };
+            if read_capped(fd, buf) {
+                *fd = None;
+            }
+        }
+    }
+
+    fn check_deadlines(&mut self) {
+        let now = Instant::now();
+        for e in &mut self.execs {
+            if e.deadline.is_some_and(|d| d <= now) {
+                e.deadline = None;
+                e.timed_out = true;
+                let _ = kill(e.pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// The container process is gone: its last output to the log, the exit
+    /// recorded, everyone who asked answered.
+    fn finish(&mut self, exit: ExitStatus) {
+        self.drain_outputs();
+        if self.log.dropped > 0 {
+            super::diag(
+                &self.state_dir,
+                &format!("{} log records dropped (write errors)", self.log.dropped),
+            );
+        }
+        if let Err(e) = super::write_exit(&self.state_dir, &exit) {
+            super::diag(&self.state_dir, &format!("write exit status: {e}"));
+        }
+        self.exit = Some(exit.clone());
+        if let Some(id) = self.start_waiter.take() {
+            self.respond(
+                id,
+                &Response::Error {
+                    message: "the container process exited before it started".into(),
+                },
+            );
+        }
+        let waiting: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|c| c.state == ConnState::AwaitExit)
+            .map(|c| c.id)
+            .collect();
+        for id in waiting {
+            self.respond(id, &Response::Exit(exit.clone()));
+        }
+        // Exec processes die with the container's namespace, or now.
+        for mut e in std::mem::take(&mut self.execs) {
+            let _ = kill(e.pid, Signal::SIGKILL);
+            let code = waitpid(e.pid, None)
+                .ok()
+                .and_then(plan::exit_code)
+                .map(|(c, _)| c)
+                .unwrap_or(137);
+            drain_exec(&mut e);
+            let resp = Response::Exec(ExecResult {
+                exit_code: code,
+                stdout: e.out,
+                stderr: e.err,
+                timed_out: e.timed_out,
+            });
+            self.respond(e.conn, &resp);
+        }
+        // Send what is queued, bounded: nobody may hold the shim up.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.conns.is_empty() && Instant::now() < deadline {
+            self.conns
+                .retain_mut(|c| c.state == ConnState::Writing && !flush_conn(c));
+            if !self.conns.is_empty() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Writes what the socket takes; true when the answer is all out (or the
+/// peer is gone).
+fn flush_conn(c: &mut Conn) -> bool {
+    while c.written < c.out.len() {
+        match c.sock.write(&c.out[c.written..]) {
+            Ok(0) => return true,
+            Ok(n) => c.written += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+    true
+}
+
+/// Reads what is there into `buf`, keeping at most EXEC_OUTPUT_LIMIT bytes;
+/// true at EOF.
+fn read_capped(fd: &Option<OwnedFd>, buf: &mut Vec<u8>) -> bool {
+    let Some(fd) = fd else { return true };
+    let mut chunk = [0u8; 4096];
+    loop {
+        match nix::unistd::read(fd, &mut chunk) {
+            Ok(0) => return true,
+            Ok(n) => {
+                let room = EXEC_OUTPUT_LIMIT.saturating_sub(buf.len());
+                buf.extend_from_slice(&chunk[..n.min(room)]);
+            }
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// What an exec process wrote before it was reaped.
+fn drain_exec(e: &mut ExecRun) {
+    read_capped(&e.stdout, &mut e.out);
+    read_capped(&e.stderr, &mut e.err);
+    e.stdout = None;
+    e.stderr = None;
+}

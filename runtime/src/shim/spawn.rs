@@ -1,0 +1,899 @@
+//! Creating the container process (and exec processes): the fork/exec
+//! split that runc calls create and start.
+//!
+//! ```text
+//! shim ──fork──▶ intermediate: enter cgroup, setns (joined namespaces),
+//!                unshare (new ones, PID included), setns(pid) if joining
+//!                  └──fork──▶ init: PID 1 of a new PID namespace (or a
+//!                             member of the joined one); mounts,
+//!                             pivot_root, sysctls; "ready"; waits for Start;
+//!                             user, capabilities, execve
+//!                intermediate reports init's pid and exits; the shim, a
+//!                child subreaper, becomes init's parent.
+//! ```
+//!
+//! Two forks because a process never changes its own PID namespace:
+//! unshare(CLONE_NEWPID) and setns(CLONE_NEWPID) only decide where the
+//! *next* child goes (see youki's process/fork.rs).
+//!
+//! The intermediate and init report over one CLOEXEC pipe, a line each:
+//! `pid <n>`, then `ready` or `error <message>`; after Start, either EOF
+//! (execve succeeded and closed the pipe) or `error exec failed: …`.
+//!
+//! The shim is single-threaded, so the children may allocate and use
+//! ordinary code between fork and exec.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use caps::{CapSet, CapsHashSet};
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl, open};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::resource::{Resource, setrlimit};
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::stat::{Mode, umask};
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, pipe2, setsid};
+use oci_spec::runtime::{PosixRlimitType, Spec};
+
+use super::cgroup::{Cgroup, CgroupError};
+use super::plan::{
+    self, DeviceNode, MountStep, NamespacePlan, NsKind, PidNs, PlanError, lookup_path,
+};
+use super::rootfs::{self, RootfsError, RootfsSetup};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error("{op} {what}: {source}")]
+    Sys {
+        op: &'static str,
+        what: String,
+        source: Errno,
+    },
+    #[error("{0}")]
+    Child(String),
+    #[error("the spec's process has no args")]
+    NoArgs,
+}
+
+fn sys(op: &'static str, what: impl std::fmt::Display) -> impl FnOnce(Errno) -> SpawnError {
+    let what = what.to_string();
+    move |source| SpawnError::Sys { op, what, source }
+}
+
+type Result<T> = std::result::Result<T, SpawnError>;
+
+/// Capability sets for a process, already in the `caps` crate's terms.
+#[derive(Clone, Debug, Default)]
+pub struct CapSets {
+    pub bounding: CapsHashSet,
+    pub effective: CapsHashSet,
+    pub inheritable: CapsHashSet,
+    pub permitted: CapsHashSet,
+    pub ambient: CapsHashSet,
+}
+
+/// How a process in the container runs: kept by the shim after the spec
+/// is gone, for exec.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessConfig {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
+    /// None: leave capabilities as they are (the spec had none).
+    pub caps: Option<CapSets>,
+    pub no_new_privs: bool,
+    pub rlimits: Vec<(Resource, u64, u64)>,
+    pub oom_score_adj: Option<i32>,
+    pub restrict_oom_score_adj: bool,
+}
+
+fn to_caps(set: &Option<oci_spec::runtime::Capabilities>) -> CapsHashSet {
+    set.iter()
+        .flatten()
+        .filter_map(|c| format!("CAP_{c}").parse::<caps::Capability>().ok())
+        .collect()
+}
+
+fn rlimit_resource(t: PosixRlimitType) -> Option<Resource> {
+    use PosixRlimitType::*;
+    Some(match t {
+        RlimitCpu => Resource::RLIMIT_CPU,
+        RlimitFsize => Resource::RLIMIT_FSIZE,
+        RlimitData => Resource::RLIMIT_DATA,
+        RlimitStack => Resource::RLIMIT_STACK,
+        RlimitCore => Resource::RLIMIT_CORE,
+        RlimitRss => Resource::RLIMIT_RSS,
+        RlimitNproc => Resource::RLIMIT_NPROC,
+        RlimitNofile => Resource::RLIMIT_NOFILE,
+        RlimitMemlock => Resource::RLIMIT_MEMLOCK,
+        RlimitAs => Resource::RLIMIT_AS,
+        RlimitLocks => Resource::RLIMIT_LOCKS,
+        RlimitSigpending => Resource::RLIMIT_SIGPENDING,
+        RlimitMsgqueue => Resource::RLIMIT_MSGQUEUE,
+        RlimitNice => Resource::RLIMIT_NICE,
+        RlimitRtprio => Resource::RLIMIT_RTPRIO,
+        RlimitRttime => Resource::RLIMIT_RTTIME,
+    })
+}
+
+impl ProcessConfig {
+    pub fn from_spec(spec: &Spec, restrict_oom_score_adj: bool) -> Self {
+        let Some(p) = spec.process() else {
+            return ProcessConfig::default();
+        };
+        let user = p.user();
+        ProcessConfig {
+            args: p.args().clone().unwrap_or_default(),
+            env: p.env().clone().unwrap_or_default(),
+            cwd: p.cwd().clone(),
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            umask: user.umask(),
+            caps: p.capabilities().as_ref().map(|c| CapSets {
+                bounding: to_caps(c.bounding()),
+                effective: to_caps(c.effective()),
+                inheritable: to_caps(c.inheritable()),
+                permitted: to_caps(c.permitted()),
+                ambient: to_caps(c.ambient()),
+            }),
+            no_new_privs: p.no_new_privileges().unwrap_or(false),
+            rlimits: p
+                .rlimits()
+                .iter()
+                .flatten()
+                .filter_map(|r| Some((rlimit_resource(r.typ())?, r.soft(), r.hard())))
+                .collect(),
+            oom_score_adj: p.oom_score_adj(),
+            restrict_oom_score_adj,
+        }
+    }
+}
+
+/// What the container process is made from; lives only while creating it.
+pub struct ContainerPlan {
+    pub pause: bool,
+    pub ns: NamespacePlan,
+    pub rootfs: PathBuf,
+    pub root_readonly: bool,
+    pub propagation: nix::mount::MsFlags,
+    pub mounts: Vec<MountStep>,
+    pub devices: Vec<DeviceNode>,
+    pub masked: Vec<String>,
+    pub readonly: Vec<String>,
+    pub hostname: Option<String>,
+    pub sysctls: Vec<(PathBuf, String)>,
+    pub cgroup: Option<Cgroup>,
+    pub process: ProcessConfig,
+    pub tty: bool,
+    pub stdin: bool,
+}
+
+impl ContainerPlan {
+    pub fn from_spec(
+        spec: &Spec,
+        pause: bool,
+        tty: bool,
+        stdin: bool,
+        restrict_oom: bool,
+    ) -> Result<Self> {
+        let ns = NamespacePlan::from_spec(spec)?;
+        let linux = spec.linux().as_ref();
+        let cgroup = match linux.and_then(|l| l.cgroups_path().as_ref()) {
+            Some(p) if !p.as_os_str().is_empty() => Some(Cgroup::resolve(p)?),
+            _ => None,
+        };
+        let mut sysctls = Vec::new();
+        for (k, v) in linux
+            .and_then(|l| l.sysctl().as_ref())
+            .into_iter()
+            .flatten()
+        {
+            sysctls.push((plan::sysctl_path(k)?, v.clone()));
+        }
+        // Same order every time: a HashMap has none.
+        sysctls.sort();
+        let process = ProcessConfig::from_spec(spec, restrict_oom);
+        if !pause && process.args.is_empty() {
+            return Err(SpawnError::NoArgs);
+        }
+        let rootfs = match spec.root() {
+            Some(r) => r.path().clone(),
+            None if pause => PathBuf::new(),
+            None => return Err(PlanError::Missing("root").into()),
+        };
+        Ok(ContainerPlan {
+            pause,
+            ns,
+            rootfs,
+            root_readonly: spec
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false),
+            propagation: plan::rootfs_propagation(spec),
+            mounts: plan::mount_plan(spec.mounts().as_deref().unwrap_or(&[]))?,
+            devices: plan::device_plan(spec),
+            masked: linux
+                .and_then(|l| l.masked_paths().clone())
+                .unwrap_or_default(),
+            readonly: linux
+                .and_then(|l| l.readonly_paths().clone())
+                .unwrap_or_default(),
+            hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
+            sysctls,
+            cgroup,
+            process,
+            tty: tty && !pause,
+            stdin: stdin && !pause,
+        })
+    }
+}
+
+/// The shim's ends of a created container.
+pub struct Created {
+    pub pid: Pid,
+    /// Writing a byte lets the process exec.
+    pub start: Option<OwnedFd>,
+    /// EOF after Start: execve succeeded; a line: it failed.
+    pub sync: OwnedFd,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    pub pty: Option<OwnedFd>,
+}
+
+/// The child's ends of its stdio.
+#[derive(Default)]
+struct ChildIo {
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    pty_slave: Option<OwnedFd>,
+}
+
+fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {
+    pipe2(OFlag::O_CLOEXEC).map_err(sys("create", "pipe"))
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(sys("fcntl", "F_GETFL"))?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(sys("fcntl", "F_SETFL"))?;
+    Ok(())
+}
+
+fn set_cloexec(fd: &OwnedFd) -> Result<()> {
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(sys("fcntl", "F_SETFD"))?;
+    Ok(())
+}
+
+/// A pipe whose read end the shim keeps, non-blocking.
+fn output_pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = cloexec_pipe()?;
+    set_nonblocking(&r)?;
+    Ok((r, w))
+}
+
+/// Writes one report line (bounded so it stays one atomic pipe write).
+fn report(fd: BorrowedFd<'_>, line: &str) {
+    let mut msg: Vec<u8> = line.bytes().filter(|&b| b != b'\n').take(4000).collect();
+    msg.push(b'\n');
+    let _ = nix::unistd::write(fd, &msg);
+}
+
+/// Reads report lines until `want` returns Some or the pipe closes.
+fn read_report<T>(
+    fd: &OwnedFd,
+    buf: &mut Vec<u8>,
+    mut want: impl FnMut(&str) -> Option<Result<T>>,
+) -> Result<T> {
+    let mut chunk = [0u8; 512];
+    loop {
+        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let line = String::from_utf8_lossy(&line[..i]).into_owned();
+            if let Some(msg) = line.strip_prefix("error ") {
+                return Err(SpawnError::Child(msg.to_string()));
+            }
+            if let Some(r) = want(&line) {
+                return r;
+            }
+        }
+        match nix::unistd::read(fd, &mut chunk) {
+            Ok(0) => {
+                return Err(SpawnError::Child(
+                    "the container process exited during set-up".into(),
+                ));
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(sys("read", "set-up report")(e)),
+        }
+    }
+}
+
+fn parse_pid(line: &str) -> Option<Result<Pid>> {
+    let n = line.strip_prefix("pid ")?;
+    Some(
+        n.parse::<i32>()
+            .map(Pid::from_raw)
+            .map_err(|_| SpawnError::Child(format!("bad report: {line}"))),
+    )
+}
+
+/// Creates the container process, stopped before exec (a pause process
+/// runs at once).
+pub fn create(plan: &ContainerPlan) -> Result<Created> {
+    let (sync_r, sync_w) = cloexec_pipe()?;
+    let (start_r, start_w) = cloexec_pipe()?;
+    let mut parent = Created {
+        pid: Pid::from_raw(0),
+        start: None,
+        sync: sync_r,
+        stdin: None,
+        stdout: None,
+        stderr: None,
+        pty: None,
+    };
+    let mut child = ChildIo::default();
+    if plan.tty {
+        let pty = nix::pty::openpty(None, None).map_err(sys("open", "pty"))?;
+        set_cloexec(&pty.master)?;
+        set_cloexec(&pty.slave)?;
+        set_nonblocking(&pty.master)?;
+        parent.pty = Some(pty.master);
+        child.pty_slave = Some(pty.slave);
+    } else if !plan.pause {
+        let (r, w) = output_pipe()?;
+        parent.stdout = Some(r);
+        child.stdout = Some(w);
+        let (r, w) = output_pipe()?;
+        parent.stderr = Some(r);
+        child.stderr = Some(w);
+    }
+    if plan.stdin && !plan.tty {
+        let (r, w) = cloexec_pipe()?;
+        parent.stdin = Some(w);
+        child.stdin = Some(r);
+    }
+    // SAFETY: the shim is single-threaded, so the child inherits no lock
+    // held by another thread; it runs ordinary code and ends in _exit.
+    match unsafe { fork() }.map_err(sys("fork", "intermediate process"))? {
+        ForkResult::Child => {
+            drop(parent);
+            drop(start_w);
+            let code = match intermediate(plan, &sync_w, start_r, child) {
+                Ok(()) => 0,
+                Err(e) => {
+                    report(sync_w.as_fd(), &format!("error {e}"));
+                    1
+                }
+            };
+            exit_now(code)
+        }
+        ForkResult::Parent { child: mid } => {
+            drop(child);
+            drop(start_r);
+            drop(sync_w);
+            let mut buf = Vec::new();
+            let pid = read_report(&parent.sync, &mut buf, parse_pid);
+            // The intermediate exits right after its report.
+            let _ = waitpid(mid, None);
+            let pid = pid?;
+            parent.pid = pid;
+            if let Err(e) =
+                read_report(&parent.sync, &mut buf, |l| (l == "ready").then_some(Ok(())))
+            {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                return Err(e);
+            }
+            if !plan.pause {
+                parent.start = Some(start_w);
+            }
+            Ok(parent)
+        }
+    }
+}
+
+/// Leaves the process without running Rust's exit path (atexit handlers
+/// and buffers belong to the shim).
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit only ends the process.
+    unsafe { libc::_exit(code) }
+}
+
+fn open_ns(path: &Path) -> Result<OwnedFd> {
+    open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(sys("open namespace", path.display()))
+}
+
+fn intermediate(
+    plan: &ContainerPlan,
+    sync_w: &OwnedFd,
+    start_r: OwnedFd,
+    io: ChildIo,
+) -> Result<()> {
+    // Into the cgroup first: the cgroup namespace, if new, is rooted here.
+    if let Some(cg) = &plan.cgroup {
+        cg.enter_self()?;
+    }
+    let mut joins = Vec::with_capacity(plan.ns.join.len());
+    for (kind, path) in &plan.ns.join {
+        joins.push((*kind, open_ns(path)?, path));
+    }
+    let pid_ns = match &plan.ns.pid {
+        PidNs::Join(p) => Some(open_ns(p)?),
+        _ => None,
+    };
+    for (kind, fd, path) in &joins {
+        setns(fd, kind.clone_flag()).map_err(sys("join namespace", path.display()))?;
+    }
+    let mut create = plan.ns.create;
+    if plan.ns.pid == PidNs::New {
+        create |= CloneFlags::CLONE_NEWPID;
+    }
+    unshare(create).map_err(sys("unshare", format!("{create:?}")))?;
+    if let Some(fd) = pid_ns {
+        setns(&fd, CloneFlags::CLONE_NEWPID).map_err(sys("join namespace", "pid"))?;
+    }
+    // SAFETY: single-threaded (see create).
+    match unsafe { fork() }.map_err(sys("fork", "container process"))? {
+        ForkResult::Child => {
+            let code = init(plan, sync_w, start_r, io);
+            exit_now(code)
+        }
+        ForkResult::Parent { child } => {
+            report(sync_w.as_fd(), &format!("pid {child}"));
+            Ok(())
+        }
+    }
+}
+
+/// The container process: set up, report ready, wait for Start, exec.
+/// Returns only with an exit code.
+fn init(plan: &ContainerPlan, sync_w: &OwnedFd, start_r: OwnedFd, io: ChildIo) -> i32 {
+    if let Err(e) = setup_init(plan, &io) {
+        report(sync_w.as_fd(), &format!("error {e}"));
+        return 1;
+    }
+    drop(io);
+    if plan.pause {
+        report(sync_w.as_fd(), "ready");
+        drop(start_r);
+        close_inherited();
+        super::pause::run();
+    }
+    report(sync_w.as_fd(), "ready");
+    let mut b = [0u8; 1];
+    loop {
+        match nix::unistd::read(&start_r, &mut b) {
+            Ok(1) => break,
+            Err(Errno::EINTR) => continue,
+            // The shim is gone: never start.
+            _ => return 1,
+        }
+    }
+    drop(start_r);
+    exec_process(&plan.process, Some(sync_w.as_fd()))
+}
+
+fn dup_onto(fd: BorrowedFd<'_>, target: i32) -> Result<()> {
+    // SAFETY: dup2 onto 0, 1 or 2; those descriptors are this process's
+    // stdio, which nothing else in it owns.
+    let r = unsafe { libc::dup2(fd.as_raw_fd(), target) };
+    Errno::result(r).map(drop).map_err(sys("dup2", target))
+}
+
+fn dev_null() -> Result<OwnedFd> {
+    open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(sys("open", "/dev/null"))
+}
+
+fn setup_stdio(io: &ChildIo) -> Result<()> {
+    if let Some(slave) = &io.pty_slave {
+        // SAFETY: TIOCSCTTY takes an int argument; the fd is a pty slave
+        // and this process has just become a session leader.
+        let r = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) };
+        Errno::result(r).map_err(sys("ioctl TIOCSCTTY", "pty"))?;
+        for t in 0..3 {
+            dup_onto(slave.as_fd(), t)?;
+        }
+        return Ok(());
+    }
+    let null = dev_null()?;
+    dup_onto(
+        io.stdin.as_ref().map(|f| f.as_fd()).unwrap_or(null.as_fd()),
+        0,
+    )?;
+    dup_onto(
+        io.stdout
+            .as_ref()
+            .map(|f| f.as_fd())
+            .unwrap_or(null.as_fd()),
+        1,
+    )?;
+    dup_onto(
+        io.stderr
+            .as_ref()
+            .map(|f| f.as_fd())
+            .unwrap_or(null.as_fd()),
+        2,
+    )?;
+    Ok(())
+}
+
+fn setup_init(plan: &ContainerPlan, io: &ChildIo) -> Result<()> {
+    setsid().map_err(sys("setsid", "container process"))?;
+    umask(Mode::empty());
+    setup_stdio(io)?;
+    // Sysctls and oom_score_adj through the host's /proc, which still
+    // shows this process and its (new or joined) namespaces.
+    for (path, value) in &plan.sysctls {
+        std::fs::write(path, value.as_bytes())
+            .map_err(|e| sys("write sysctl", path.display())(io_errno(&e)))?;
+    }
+    if let Some(adj) = plan.process.oom_score_adj {
+        set_oom_score_adj(adj, plan.process.restrict_oom_score_adj);
+    }
+    if plan.pause {
+        return Ok(());
+    }
+    if let (Some(h), true) = (&plan.hostname, plan.ns.new_uts()) {
+        nix::unistd::sethostname(h).map_err(sys("sethostname", h))?;
+    }
+    let setup = RootfsSetup {
+        rootfs: &plan.rootfs,
+        propagation: plan.propagation,
+        mounts: &plan.mounts,
+        devices: &plan.devices,
+        cgroup: plan.cgroup.as_ref(),
+        new_cgroup_ns: plan.ns.new_cgroup(),
+        console: io.pty_slave.as_ref().map(|f| f.as_fd()),
+    };
+    let root = rootfs::prepare(&setup)?;
+    rootfs::pivot(&root, &plan.rootfs)?;
+    drop(root);
+    rootfs::finish(
+        &plan.masked,
+        &plan.readonly,
+        plan.root_readonly,
+        &plan.process.cwd,
+    )?;
+    Ok(())
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Writes oom_score_adj; never fails the container. A node that refuses a
+/// lower value (no CAP_SYS_RESOURCE) keeps the current one when
+/// restrict_oom_score_adj is set, as containerd does; otherwise the
+/// refusal is ignored the same way.
+pub fn set_oom_score_adj(adj: i32, restrict: bool) {
+    const PATH: &str = "/proc/self/oom_score_adj";
+    if std::fs::write(PATH, adj.to_string()).is_ok() {
+        return;
+    }
+    if restrict {
+        let current = std::fs::read_to_string(PATH)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        if let Some(current) = current {
+            let _ = std::fs::write(PATH, adj.max(current).to_string());
+        }
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn drop_privileges(cfg: &ProcessConfig) -> Result<()> {
+    for &(res, soft, hard) in &cfg.rlimits {
+        setrlimit(res, soft, hard).map_err(sys("setrlimit", format!("{res:?}")))?;
+    }
+    let caps_err = |op: &'static str| {
+        move |e: caps::errors::CapsError| SpawnError::Sys {
+            op,
+            what: e.to_string(),
+            source: Errno::EPERM,
+        }
+    };
+    if let Some(c) = &cfg.caps {
+        let supported = caps::runtime::thread_all_supported();
+        for cap in supported.difference(&c.bounding) {
+            caps::drop(None, CapSet::Bounding, *cap)
+                .map_err(caps_err("drop bounding capability"))?;
+        }
+        // Keep the permitted set across the uid change; set below.
+        nix::sys::prctl::set_keepcaps(true).map_err(sys("prctl", "PR_SET_KEEPCAPS"))?;
+    }
+    let gids: Vec<Gid> = cfg
+        .additional_gids
+        .iter()
+        .map(|&g| Gid::from_raw(g))
+        .collect();
+    nix::unistd::setgroups(&gids)
+        .map_err(sys("setgroups", format!("{:?}", cfg.additional_gids)))?;
+    let gid = Gid::from_raw(cfg.gid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(sys("setresgid", cfg.gid))?;
+    let uid = Uid::from_raw(cfg.uid);
+    nix::unistd::setresuid(uid, uid, uid).map_err(sys("setresuid", cfg.uid))?;
+    if let Some(c) = &cfg.caps {
+        nix::sys::prctl::set_keepcaps(false).map_err(sys("prctl", "PR_SET_KEEPCAPS"))?;
+        // Inheritable while CAP_SETPCAP may still be effective, then
+        // effective down to the new permitted, then permitted.
+        caps::set(None, CapSet::Inheritable, &c.inheritable)
+            .map_err(caps_err("set inheritable capabilities"))?;
+        let effective: CapsHashSet = c.effective.intersection(&c.permitted).copied().collect();
+        caps::set(None, CapSet::Effective, &effective)
+            .map_err(caps_err("set effective capabilities"))?;
+        caps::set(None, CapSet::Permitted, &c.permitted)
+            .map_err(caps_err("set permitted capabilities"))?;
+        caps::set(None, CapSet::Effective, &effective)
+            .map_err(caps_err("set effective capabilities"))?;
+        let ambient: CapsHashSet = c
+            .ambient
+            .iter()
+            .filter(|a| c.permitted.contains(a) && c.inheritable.contains(a))
+            .copied()
+            .collect();
+        caps::set(None, CapSet::Ambient, &ambient).map_err(caps_err("set ambient capabilities"))?;
+    }
+    if cfg.no_new_privs {
+        nix::sys::prctl::set_no_new_privs().map_err(sys("prctl", "PR_SET_NO_NEW_PRIVS"))?;
+    }
+    Ok(())
+}
+
+/// Leaves nothing of the shim's state to the program: signal mask and
+/// SIGPIPE disposition (ignored by Rust's runtime) back to defaults, every
+/// descriptor above stderr closed at exec.
+fn clean_process_state() {
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // SAFETY: SIG_DFL installs no handler.
+    let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only marks descriptors.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
+}
+
+/// Becomes `cfg`'s program: user, capabilities, execve. Returns only on
+/// failure, with the exit code (127 not found, 126 not executable or
+/// refused) after telling stderr and `sync` why.
+pub fn exec_process(cfg: &ProcessConfig, sync: Option<BorrowedFd<'_>>) -> i32 {
+    let (code, msg) = match try_exec(cfg) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let line = format!("exec failed: {msg}");
+    // SAFETY: fd 2 is this process's stderr for its whole life.
+    let stderr = unsafe { BorrowedFd::borrow_raw(2) };
+    let _ = nix::unistd::write(stderr, format!("berth-shim: {line}\n").as_bytes());
+    if let Some(fd) = sync {
+        report(fd, &format!("error {line}"));
+    }
+    code
+}
+
+fn try_exec(cfg: &ProcessConfig) -> std::result::Result<std::convert::Infallible, (i32, String)> {
+    let program = cfg.args.first().cloned().unwrap_or_default();
+    drop_privileges(cfg).map_err(|e| (126, e.to_string()))?;
+    umask(Mode::from_bits_truncate(cfg.umask.unwrap_or(0o022)));
+    let Some(path) = lookup_path(&program, &cfg.env, is_executable) else {
+        return Err((
+            127,
+            format!("{program:?}: executable file not found in $PATH"),
+        ));
+    };
+    let cstr = |s: &str| CString::new(s).map_err(|_| (126, format!("{s:?} contains a NUL byte")));
+    let path_c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| (126, "NUL in path".to_string()))?;
+    let args = cfg
+        .args
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let env = cfg
+        .env
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    clean_process_state();
+    let e = match nix::unistd::execve(&path_c, &args, &env) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let code = if e == Errno::ENOENT { 127 } else { 126 };
+    Err((code, format!("{}: {}", path.display(), e.desc())))
+}
+
+/// A process started by Exec: the shim's ends.
+pub struct ExecSpawned {
+    pub pid: Pid,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Starts `cfg` inside the namespaces of `init` (same cgroup, user and
+/// capabilities as the container), as runc exec does.
+pub fn spawn_exec(init: Pid, cgroup: Option<&Cgroup>, cfg: &ProcessConfig) -> Result<ExecSpawned> {
+    let (report_r, report_w) = cloexec_pipe()?;
+    let (out_r, out_w) = output_pipe()?;
+    let (err_r, err_w) = output_pipe()?;
+    // SAFETY: single-threaded (see create).
+    match unsafe { fork() }.map_err(sys("fork", "exec process"))? {
+        ForkResult::Child => {
+            drop((report_r, out_r, err_r));
+            let code = match exec_intermediate(init, cgroup, cfg, &report_w, out_w, err_w) {
+                Ok(()) => 0,
+                Err(e) => {
+                    report(report_w.as_fd(), &format!("error {e}"));
+                    1
+                }
+            };
+            exit_now(code)
+        }
+        ForkResult::Parent { child: mid } => {
+            drop((report_w, out_w, err_w));
+            let pid = read_report(&report_r, &mut Vec::new(), parse_pid);
+            let _ = waitpid(mid, None);
+            Ok(ExecSpawned {
+                pid: pid?,
+                stdout: out_r,
+                stderr: err_r,
+            })
+        }
+    }
+}
+
+fn exec_intermediate(
+    init: Pid,
+    cgroup: Option<&Cgroup>,
+    cfg: &ProcessConfig,
+    report_w: &OwnedFd,
+    out_w: OwnedFd,
+    err_w: OwnedFd,
+) -> Result<()> {
+    if let Some(cg) = cgroup {
+        cg.enter_self()?;
+    }
+    // Mount last: after it, /proc is the container's.
+    let kinds = [
+        NsKind::Ipc,
+        NsKind::Uts,
+        NsKind::Net,
+        NsKind::Cgroup,
+        NsKind::Pid,
+        NsKind::Mount,
+    ];
+    let mut fds = Vec::with_capacity(kinds.len());
+    for k in kinds {
+        let path = PathBuf::from(format!("/proc/{init}/ns/{}", k.proc_name()));
+        match open_ns(&path) {
+            Ok(fd) => fds.push((k, fd)),
+            // A kernel without cgroup namespaces.
+            Err(_) if k == NsKind::Cgroup => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for (k, fd) in &fds {
+        setns(fd, k.clone_flag()).map_err(sys("join namespace", k.proc_name()))?;
+    }
+    drop(fds);
+    // SAFETY: single-threaded (see create).
+    match unsafe { fork() }.map_err(sys("fork", "exec process"))? {
+        ForkResult::Child => {
+            let io = ChildIo {
+                stdin: None,
+                stdout: Some(out_w),
+                stderr: Some(err_w),
+                pty_slave: None,
+            };
+            if let Err(e) = setup_stdio(&io) {
+                report(report_w.as_fd(), &format!("error {e}"));
+                exit_now(126);
+            }
+            drop(io);
+            let cwd = if cfg.cwd.as_os_str().is_empty() {
+                Path::new("/")
+            } else {
+                &cfg.cwd
+            };
+            if let Err(e) = nix::unistd::chdir(cwd) {
+                // SAFETY: fd 2 is this process's stderr.
+                let stderr = unsafe { BorrowedFd::borrow_raw(2) };
+                let _ = nix::unistd::write(
+                    stderr,
+                    format!("berth-shim: chdir {}: {}\n", cwd.display(), e.desc()).as_bytes(),
+                );
+                exit_now(126);
+            }
+            if let Some(adj) = cfg.oom_score_adj {
+                set_oom_score_adj(adj, cfg.restrict_oom_score_adj);
+            }
+            let code = exec_process(cfg, None);
+            exit_now(code)
+        }
+        ForkResult::Parent { child } => {
+            report(report_w.as_fd(), &format!("pid {child}"));
+            Ok(())
+        }
+    }
+}
+
+/// Opens a descriptor number inherited from the parent; used by the shim
+/// binary for its stdout pipe.
+///
+/// # Safety
+/// `fd` must be open and owned by nothing else in this process.
+pub unsafe fn owned_from_raw(fd: i32) -> OwnedFd {
+    // SAFETY: the caller promises `fd` is open and unowned.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Sets the pty's window size (TIOCSWINSZ on the master).
+pub fn set_winsize(pty: &OwnedFd, width: u16, height: u16) -> std::result::Result<(), Errno> {
+    let ws = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which is valid
+    // for the call.
+    let r = unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    Errno::result(r).map(drop)
+}
+
+/// Closes every descriptor above stderr (the pause process, which never
+/// execs, must not hold the shim's).
+fn close_inherited() {
+    // SAFETY: closes descriptors; nothing in the pause process uses any
+    // above 2 afterwards.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
+}
+
+/// Detaches from the caller: forks; the parent returns `false` (and should
+/// exit, to be reaped by whoever started it), the child `true`, in a new
+/// session and a child subreaper.
+pub fn detach() -> Result<bool> {
+    // SAFETY: the shim is single-threaded at this point (nothing has
+    // started a thread), so the child inherits no held lock.
+    match unsafe { fork() }.map_err(sys("fork", "shim"))? {
+        ForkResult::Parent { .. } => Ok(false),
+        ForkResult::Child => {
+            setsid().map_err(sys("setsid", "shim"))?;
+            nix::sys::prctl::set_child_subreaper(true)
+                .map_err(sys("prctl", "PR_SET_CHILD_SUBREAPER"))?;
+            Ok(true)
+        }
+    }
+}
