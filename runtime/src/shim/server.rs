@@ -204,9 +204,10 @@ impl Monitor {
     pub fn run(&mut self) -> ExitStatus {
         loop {
             if let Some(exit) = self.exit.clone() {
+                self.linger();
                 return exit;
             }
-            let ready = match self.poll_once() {
+            let ready = match self.poll_once(None) {
                 Ok(r) => r,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -239,7 +240,29 @@ impl Monitor {
         }
     }
 
-    fn poll_once(&self) -> Result<Vec<(Token, PollFlags)>, Errno> {
+    /// After the exit is recorded: the socket file goes (new clients read
+    /// exit.json), and clients already queued on the socket get answers.
+    fn linger(&mut self) {
+        let _ = std::fs::remove_file(self.state_dir.join(super::protocol::SOCKET_FILE));
+        let deadline = Instant::now() + Duration::from_millis(200);
+        loop {
+            self.accept();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.conns.is_empty() || left.is_zero() {
+                return;
+            }
+            let Ok(ready) = self.poll_once(Some(left)) else {
+                return;
+            };
+            for (t, ev) in ready {
+                if let Token::Conn(id) = t {
+                    self.service_conn(id, ev);
+                }
+            }
+        }
+    }
+
+    fn poll_once(&self, cap: Option<Duration>) -> Result<Vec<(Token, PollFlags)>, Errno> {
         let mut tokens = Vec::with_capacity(8 + self.conns.len());
         let mut fds = Vec::with_capacity(8 + self.conns.len());
         let inp = PollFlags::POLLIN;
@@ -278,15 +301,16 @@ impl Monitor {
                 fds.push(PollFd::new(fd.as_fd(), inp));
             }
         }
-        let timeout = self
+        let now = Instant::now();
+        let wait = self
             .execs
             .iter()
             .filter_map(|e| e.deadline)
-            .min()
-            .map(|d| {
-                let ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
-                PollTimeout::try_from(ms.min(60_000)).unwrap_or(PollTimeout::MAX)
-            })
+            .map(|d| d.saturating_duration_since(now) + Duration::from_millis(1))
+            .chain(cap)
+            .min();
+        let timeout = wait
+            .map(|d| PollTimeout::try_from(d.as_millis().min(60_000)).unwrap_or(PollTimeout::MAX))
             .unwrap_or(PollTimeout::NONE);
         poll(&mut fds, timeout)?;
         Ok(fds
