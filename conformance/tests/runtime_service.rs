@@ -5,10 +5,7 @@ mod common;
 
 use berth_conformance::Env;
 use common::*;
-use k8s_cri::v1::{
-    CreateContainerRequest, ListContainersRequest, ListPodSandboxRequest, RunPodSandboxRequest,
-    StopPodSandboxRequest,
-};
+use k8s_cri::v1::{CreateContainerRequest, ListContainersRequest};
 use tonic::Code;
 
 #[tokio::test]
@@ -62,45 +59,10 @@ async fn runtime_config_answers() {
 }
 
 #[tokio::test]
-async fn run_pod_sandbox_answers_unimplemented_with_its_name() {
-    let env = Env::start().await;
-    let mut rt = env.cri.runtime.clone();
-    let req = RunPodSandboxRequest {
-        config: Some(berth_conformance::cri::sandbox_config("unimpl")),
-        runtime_handler: String::new(),
-    };
-    let s = expect_code(
-        rt.run_pod_sandbox(req).await,
-        &[Code::Unimplemented],
-        "RunPodSandbox",
-    );
-    assert!(
-        s.message().contains("RunPodSandbox"),
-        "message {:?} must name the call",
-        s.message()
-    );
-    env.finish().await;
-}
-
-#[tokio::test]
 async fn other_runtime_calls_answer_unimplemented_with_their_names() {
     let env = Env::start().await;
     let mut rt = env.cri.runtime.clone();
     let checks = vec![
-        (
-            "StopPodSandbox",
-            rt.stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: "x".into(),
-            })
-            .await
-            .map(|_| ()),
-        ),
-        (
-            "ListPodSandbox",
-            rt.list_pod_sandbox(ListPodSandboxRequest::default())
-                .await
-                .map(|_| ()),
-        ),
         (
             "CreateContainer",
             rt.create_container(CreateContainerRequest::default())

@@ -1,6 +1,7 @@
 //! berthd: berth's CRI v1 server. See ../shared/DESIGN.md.
 
 mod config;
+mod convert;
 mod image;
 mod runtime;
 mod socket;
@@ -120,6 +121,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("opening the image store")?
         .context("opening the image store")?;
     let images = Arc::new(images);
+    let runtime_config = berth_runtime::service::RuntimeConfig {
+        root: config.root.clone(),
+        state: config.state.clone(),
+        shim: shim_path()?,
+    };
+    let runtime =
+        tokio::task::spawn_blocking(move || berth_runtime::service::Runtime::open(runtime_config))
+            .await
+            .context("opening the runtime state")?
+            .context("opening the runtime state")?;
+    let runtime = Arc::new(runtime);
     let listener = socket::bind(&config.socket)?;
     tracing::info!(
         socket = %config.socket.display(),
@@ -129,7 +141,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "berthd serving CRI v1"
     );
 
-    let runtime = RuntimeServiceServer::new(runtime::RuntimeApi)
+    let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(runtime))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let image = ImageServiceServer::new(image::ImageApi::new(images.clone()))
@@ -173,4 +185,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     result.context("server task")?.context("gRPC server")?;
     tracing::info!("berthd stopped");
     Ok(())
+}
+
+/// berth-shim is installed next to berthd.
+fn shim_path() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating berthd's own binary")?;
+    Ok(exe.with_file_name("berth-shim"))
 }

@@ -2,15 +2,53 @@
 //! and container calls answer UNIMPLEMENTED, naming the call, until the
 //! runtime lands.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use berth_runtime::service::{Runtime, SandboxFilter};
+use berth_runtime::state::{SandboxRecord, SandboxState};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::convert;
+use crate::status::runtime_error;
 
 /// The CRI API version berth speaks (VersionResponse.version is the kubelet
 /// runtime API version, "0.1.0" for every runtime today).
 const KUBELET_API_VERSION: &str = "0.1.0";
 
-pub struct RuntimeApi;
+pub struct RuntimeApi {
+    runtime: Arc<Runtime>,
+}
+
+impl RuntimeApi {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime }
+    }
+}
+
+fn sandbox_state(s: SandboxState) -> i32 {
+    match s {
+        SandboxState::Ready => cri::PodSandboxState::SandboxReady as i32,
+        SandboxState::NotReady => cri::PodSandboxState::SandboxNotready as i32,
+    }
+}
+
+fn sandbox_metadata(r: &SandboxRecord) -> cri::PodSandboxMetadata {
+    let m = r.config.metadata();
+    cri::PodSandboxMetadata {
+        name: m.name,
+        uid: m.uid,
+        namespace: m.namespace,
+        attempt: m.attempt,
+    }
+}
+
+fn labels(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
 
 fn not_yet(call: &str) -> Status {
     Status::unimplemented(format!("{call} is not implemented by berth yet"))
@@ -96,6 +134,155 @@ impl RuntimeService for RuntimeApi {
         }))
     }
 
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let req = request.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is required"))?;
+        let config = convert::sandbox_config(config)?;
+        let m = config.metadata();
+        let span = tracing::info_span!("RunPodSandbox", pod = %m.name, namespace = %m.namespace, uid = %m.uid);
+        async {
+            let id = self
+                .runtime
+                .run_pod_sandbox(config, &req.runtime_handler)
+                .await
+                .map_err(runtime_error)?;
+            Ok(Response::new(cri::RunPodSandboxResponse {
+                pod_sandbox_id: id,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        let span = tracing::info_span!("StopPodSandbox", pod_sandbox_id = %id);
+        async {
+            self.runtime
+                .stop_pod_sandbox(&id)
+                .await
+                .map_err(runtime_error)?;
+            Ok(Response::new(cri::StopPodSandboxResponse {}))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        let span = tracing::info_span!("RemovePodSandbox", pod_sandbox_id = %id);
+        async {
+            self.runtime
+                .remove_pod_sandbox(&id)
+                .await
+                .map_err(runtime_error)?;
+            Ok(Response::new(cri::RemovePodSandboxResponse {}))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        let req = request.into_inner();
+        let r = self
+            .runtime
+            .sandbox(&req.pod_sandbox_id)
+            .map_err(runtime_error)?;
+        let status = cri::PodSandboxStatus {
+            id: r.id.clone(),
+            metadata: Some(sandbox_metadata(&r)),
+            state: sandbox_state(r.state),
+            created_at: r.created_at_ns,
+            // The pod network comes with the network plugin: loopback only.
+            network: None,
+            linux: Some(cri::LinuxPodSandboxStatus {
+                namespaces: Some(cri::Namespace {
+                    options: Some(convert::ns_options_to_cri(r.config.namespace_options())),
+                }),
+            }),
+            labels: labels(&r.config.labels),
+            annotations: labels(&r.config.annotations),
+            runtime_handler: r.runtime_handler.clone(),
+        };
+        let mut info = HashMap::new();
+        if req.verbose {
+            let v = serde_json::json!({
+                "pid": r.pause.as_ref().map(|p| p.pid).unwrap_or(0),
+                "namespaces": {
+                    "network": r.namespaces.net,
+                    "ipc": r.namespaces.ipc,
+                    "uts": r.namespaces.uts,
+                    "pid": r.pause.as_ref().map(|p| format!("/proc/{}/ns/pid", p.pid)),
+                },
+                "stateDir": r.dir,
+                "cgroup": r.cgroup,
+                "config": r.config,
+            });
+            info.insert("info".to_string(), v.to_string());
+        }
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            containers_statuses: vec![],
+            timestamp: berth_runtime::service::now_ns(),
+        }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        let f = request.into_inner().filter.unwrap_or_default();
+        let state = match f.state {
+            None => None,
+            Some(s) => match cri::PodSandboxState::try_from(s.state) {
+                Ok(cri::PodSandboxState::SandboxReady) => Some(SandboxState::Ready),
+                Ok(cri::PodSandboxState::SandboxNotready) => Some(SandboxState::NotReady),
+                Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "{} is not a PodSandboxState",
+                        s.state
+                    )));
+                }
+            },
+        };
+        let filter = SandboxFilter {
+            id: f.id,
+            state,
+            labels: f.label_selector.into_iter().collect(),
+        };
+        let items = self
+            .runtime
+            .list_sandboxes(&filter)
+            .map_err(runtime_error)?
+            .iter()
+            .map(|r| cri::PodSandbox {
+                id: r.id.clone(),
+                metadata: Some(sandbox_metadata(r)),
+                state: sandbox_state(r.state),
+                created_at: r.created_at_ns,
+                labels: labels(&r.config.labels),
+                annotations: labels(&r.config.annotations),
+                runtime_handler: r.runtime_handler.clone(),
+            })
+            .collect();
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
+    }
+
     type GetContainerEventsStream = std::pin::Pin<
         Box<dyn futures::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>,
     >;
@@ -108,11 +295,6 @@ impl RuntimeService for RuntimeApi {
     }
 
     unimplemented_calls! {
-        run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse = "RunPodSandbox";
-        stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse = "StopPodSandbox";
-        remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse = "RemovePodSandbox";
-        pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse = "PodSandboxStatus";
-        list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse = "ListPodSandbox";
         create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
         start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
         stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";

@@ -23,3 +23,22 @@ pub fn image_error(e: berth_image::Error) -> Status {
     }
     Status::new(code, msg)
 }
+
+pub fn runtime_error(e: berth_runtime::error::Error) -> Status {
+    use berth_runtime::error::ErrorKind as K;
+    let code = match e.kind() {
+        K::InvalidArgument => Code::InvalidArgument,
+        K::NotFound => Code::NotFound,
+        K::AlreadyExists => Code::AlreadyExists,
+        K::FailedPrecondition => Code::FailedPrecondition,
+        K::DeadlineExceeded => Code::DeadlineExceeded,
+        K::Internal => Code::Internal,
+    };
+    let msg = e.to_string();
+    if code == Code::Internal {
+        tracing::error!(error = %msg, "request failed");
+    } else {
+        tracing::warn!(code = ?code, error = %msg, "request failed");
+    }
+    Status::new(code, msg)
+}

@@ -14,9 +14,14 @@
 //! * [`shim`]: the monitor and its protocol.
 
 pub mod cgroups;
+pub mod error;
 pub mod model;
 pub mod namespaces;
+pub mod pod_files;
 pub mod rootfs;
+pub mod service;
 pub mod shim;
+pub mod shim_client;
 pub mod spec;
+pub mod state;
 pub mod user;

@@ -1,0 +1,148 @@
+//! CRI messages → berth's domain model (`berth_runtime::model`). Enum values
+//! the CRI does not define are refused here; everything else is checked by
+//! the model's validation.
+
+use std::collections::BTreeMap;
+
+use berth_runtime::model as m;
+use k8s_cri::v1 as cri;
+use tonic::Status;
+
+fn map(h: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    h.into_iter().collect()
+}
+
+fn bad(e: m::ValidationError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn ns_options(o: Option<cri::NamespaceOption>) -> Result<m::NamespaceOptions, Status> {
+    let Some(o) = o else {
+        return Ok(m::NamespaceOptions::default());
+    };
+    Ok(m::NamespaceOptions {
+        network: m::NamespaceMode::try_from(o.network).map_err(bad)?,
+        pid: m::NamespaceMode::try_from(o.pid).map_err(bad)?,
+        ipc: m::NamespaceMode::try_from(o.ipc).map_err(bad)?,
+        target_id: o.target_id,
+        userns_options: match o.userns_options {
+            None => None,
+            Some(u) => Some(m::UserNamespace {
+                mode: m::NamespaceMode::try_from(u.mode).map_err(bad)?,
+                uids: u.uids.into_iter().map(idmap).collect(),
+                gids: u.gids.into_iter().map(idmap).collect(),
+            }),
+        },
+    })
+}
+
+fn idmap(i: cri::IdMapping) -> m::IdMapping {
+    m::IdMapping {
+        host_id: i.host_id,
+        container_id: i.container_id,
+        length: i.length,
+    }
+}
+
+fn profile(p: Option<cri::SecurityProfile>) -> Result<Option<m::SecurityProfile>, Status> {
+    p.map(|p| {
+        Ok(m::SecurityProfile {
+            profile_type: m::ProfileType::try_from(p.profile_type).map_err(bad)?,
+            localhost_ref: p.localhost_ref,
+        })
+    })
+    .transpose()
+}
+
+pub fn resources(r: cri::LinuxContainerResources) -> m::LinuxResources {
+    m::LinuxResources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_in_bytes: r.memory_limit_in_bytes,
+        oom_score_adj: r.oom_score_adj,
+        cpuset_cpus: r.cpuset_cpus,
+        cpuset_mems: r.cpuset_mems,
+        hugepage_limits: r
+            .hugepage_limits
+            .into_iter()
+            .map(|h| m::HugepageLimit {
+                page_size: h.page_size,
+                limit: h.limit,
+            })
+            .collect(),
+        unified: map(r.unified),
+        memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
+    }
+}
+
+pub fn sandbox_config(c: cri::PodSandboxConfig) -> Result<m::SandboxConfig, Status> {
+    let linux = c.linux.unwrap_or_default();
+    let sc = linux.security_context.unwrap_or_default();
+    Ok(m::SandboxConfig {
+        metadata: c.metadata.map(|md| m::SandboxMetadata {
+            name: md.name,
+            uid: md.uid,
+            namespace: md.namespace,
+            attempt: md.attempt,
+        }),
+        hostname: c.hostname,
+        log_directory: c.log_directory,
+        dns_config: c.dns_config.map(|d| m::DnsConfig {
+            servers: d.servers,
+            searches: d.searches,
+            options: d.options,
+        }),
+        port_mappings: c
+            .port_mappings
+            .into_iter()
+            .map(|p| {
+                Ok(m::PortMapping {
+                    protocol: m::Protocol::try_from(p.protocol).map_err(bad)?,
+                    container_port: p.container_port,
+                    host_port: p.host_port,
+                    host_ip: p.host_ip,
+                })
+            })
+            .collect::<Result<_, Status>>()?,
+        labels: map(c.labels),
+        annotations: map(c.annotations),
+        linux: m::LinuxSandboxConfig {
+            cgroup_parent: linux.cgroup_parent,
+            security_context: m::SandboxSecurityContext {
+                namespace_options: ns_options(sc.namespace_options)?,
+                run_as_user: sc.run_as_user.map(|v| v.value),
+                run_as_group: sc.run_as_group.map(|v| v.value),
+                readonly_rootfs: sc.readonly_rootfs,
+                supplemental_groups: sc.supplemental_groups,
+                supplemental_groups_policy: m::SupplementalGroupsPolicy::try_from(
+                    sc.supplemental_groups_policy,
+                )
+                .map_err(bad)?,
+                privileged: sc.privileged,
+                seccomp: profile(sc.seccomp)?,
+                apparmor: profile(sc.apparmor)?,
+            },
+            sysctls: map(linux.sysctls),
+            overhead: linux.overhead.map(resources),
+            resources: linux.resources.map(resources),
+        },
+    })
+}
+
+/// Domain namespace options back to CRI (PodSandboxStatus reports them).
+pub fn ns_options_to_cri(o: &m::NamespaceOptions) -> cri::NamespaceOption {
+    let mode = |m: m::NamespaceMode| match m {
+        m::NamespaceMode::Pod => cri::NamespaceMode::Pod as i32,
+        m::NamespaceMode::Container => cri::NamespaceMode::Container as i32,
+        m::NamespaceMode::Node => cri::NamespaceMode::Node as i32,
+        m::NamespaceMode::Target => cri::NamespaceMode::Target as i32,
+    };
+    cri::NamespaceOption {
+        network: mode(o.network),
+        pid: mode(o.pid),
+        ipc: mode(o.ipc),
+        target_id: o.target_id.clone(),
+        userns_options: None,
+    }
+}

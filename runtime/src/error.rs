@@ -1,0 +1,80 @@
+//! The runtime's errors; cri-server maps [`Error::kind`] to gRPC codes.
+
+use crate::model::ValidationError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    DeadlineExceeded,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Namespace(#[from] crate::namespaces::NamespaceError),
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
+    #[error(transparent)]
+    Shim(#[from] crate::shim_client::ShimError),
+    #[error(transparent)]
+    Image(#[from] berth_image::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Invalid(_) | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Error::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
+            Error::Image(e) => match e.kind() {
+                berth_image::error::ErrorKind::NotFound => ErrorKind::NotFound,
+                berth_image::error::ErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Internal,
+            },
+            Error::Shim(crate::shim_client::ShimError::Failed(_)) => ErrorKind::FailedPrecondition,
+            Error::Internal(_)
+            | Error::State(_)
+            | Error::Namespace(_)
+            | Error::Rootfs(_)
+            | Error::Shim(_)
+            | Error::Io { .. } => ErrorKind::Internal,
+        }
+    }
+}

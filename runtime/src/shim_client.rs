@@ -1,0 +1,173 @@
+//! berthd's side of [`crate::shim::protocol`]: start a shim, and send it one
+//! request per connection.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::shim::protocol::{self, Request, Response};
+
+/// How long a shim gets to create its container process and answer.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("starting berth-shim {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+    #[error("shim of {dir} did not answer within {secs}s")]
+    Timeout { dir: String, secs: u64 },
+    /// The shim is gone (its container exited and it ended, or it died).
+    #[error("shim of {dir} is not running: {source}")]
+    Gone {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("shim of {dir}: {what}: {source}")]
+    Io {
+        dir: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("shim of {dir} sent a malformed answer: {detail}")]
+    Protocol { dir: String, detail: String },
+}
+
+/// Run `shim <dir>` and wait for its `ok <pid>` line. The shim detaches; the
+/// process we started exits right after the line and is reaped here.
+pub async fn spawn(shim: &Path, dir: &Path) -> Result<i32, ShimError> {
+    let mut child = tokio::process::Command::new(shim)
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|source| ShimError::Spawn {
+            path: shim.to_path_buf(),
+            source,
+        })?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let dir_s = dir.display().to_string();
+    let read = async {
+        let mut line = String::new();
+        if let Some(out) = stdout {
+            BufReader::new(out)
+                .read_line(&mut line)
+                .await
+                .map_err(|source| ShimError::Io {
+                    dir: dir_s.clone(),
+                    what: "reading the start line",
+                    source,
+                })?;
+        }
+        let mut err_text = String::new();
+        if line.trim().is_empty()
+            && let Some(mut e) = stderr
+        {
+            use tokio::io::AsyncReadExt;
+            let _ = e.read_to_string(&mut err_text).await;
+        }
+        let _ = child.wait().await;
+        Ok::<_, ShimError>((line, err_text))
+    };
+    let (line, err_text) = tokio::time::timeout(START_TIMEOUT, read)
+        .await
+        .map_err(|_| ShimError::Timeout {
+            dir: dir_s.clone(),
+            secs: START_TIMEOUT.as_secs(),
+        })??;
+    let line = line.trim();
+    if let Some(pid) = line.strip_prefix("ok ") {
+        return pid.trim().parse().map_err(|_| ShimError::Protocol {
+            dir: dir_s,
+            detail: format!("start line {line:?}"),
+        });
+    }
+    if let Some(msg) = line.strip_prefix("error ") {
+        return Err(ShimError::Failed(msg.to_string()));
+    }
+    let detail = if err_text.trim().is_empty() {
+        line.to_string()
+    } else {
+        err_text.trim().to_string()
+    };
+    Err(ShimError::Failed(format!(
+        "berth-shim failed to start the container: {detail}"
+    )))
+}
+
+/// Send one request to the shim of `dir` and read its answer.
+pub async fn call(
+    dir: &Path,
+    req: &Request,
+    timeout: Option<Duration>,
+) -> Result<Response, ShimError> {
+    let dir_s = dir.display().to_string();
+    let fut = async {
+        let mut s = UnixStream::connect(dir.join(protocol::SOCKET_FILE))
+            .await
+            .map_err(|source| ShimError::Gone {
+                dir: dir_s.clone(),
+                source,
+            })?;
+        let mut line = serde_json::to_vec(req).map_err(|e| ShimError::Protocol {
+            dir: dir_s.clone(),
+            detail: e.to_string(),
+        })?;
+        line.push(b'\n');
+        s.write_all(&line).await.map_err(|source| ShimError::Io {
+            dir: dir_s.clone(),
+            what: "sending a request",
+            source,
+        })?;
+        let mut answer = String::new();
+        BufReader::new(s)
+            .read_line(&mut answer)
+            .await
+            .map_err(|source| ShimError::Io {
+                dir: dir_s.clone(),
+                what: "reading the answer",
+                source,
+            })?;
+        if answer.is_empty() {
+            return Err(ShimError::Gone {
+                dir: dir_s.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed without an answer",
+                ),
+            });
+        }
+        serde_json::from_str::<Response>(&answer).map_err(|e| ShimError::Protocol {
+            dir: dir_s.clone(),
+            detail: format!("{e}: {answer:?}"),
+        })
+    };
+    match timeout {
+        None => fut.await,
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .map_err(|_| ShimError::Timeout {
+                dir: dir_s.clone(),
+                secs: t.as_secs(),
+            })?,
+    }
+}
+
+/// Read the exit file a shim left, if any.
+pub fn read_exit(dir: &Path) -> Option<protocol::ExitStatus> {
+    let b = std::fs::read(dir.join(protocol::EXIT_FILE)).ok()?;
+    serde_json::from_slice(&b).ok()
+}

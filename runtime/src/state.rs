@@ -1,0 +1,216 @@
+//! Sandbox and container records in berthd's embedded database
+//! (`<root>/runtime.redb`), so that berthd can be killed at any moment and
+//! rebuild its view on start. Each write is one transaction.
+
+use std::path::{Path, PathBuf};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ContainerConfig, SandboxConfig};
+use crate::namespaces::Pinned;
+use crate::rootfs::Rootfs;
+
+const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+
+#[derive(Debug, thiserror::Error)]
+#[error("runtime database: {0}")]
+pub struct StateError(pub String);
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StateError {
+            fn from(e: $t) -> Self {
+                StateError(e.to_string())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    serde_json::Error
+);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxState {
+    Ready,
+    NotReady,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub config: SandboxConfig,
+    pub runtime_handler: String,
+    pub state: SandboxState,
+    pub created_at_ns: i64,
+    /// `<state>/sandboxes/<id>`.
+    pub dir: PathBuf,
+    pub namespaces: Pinned,
+    /// The pause shim holding the pod's PID namespace, if it has one.
+    pub pause: Option<ShimRef>,
+    /// The pod cgroup (relative to the cgroup root), if one was made.
+    pub cgroup: Option<String>,
+    /// The pod's /dev/shm tmpfs, if the pod has its own IPC namespace.
+    pub shm: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShimRef {
+    /// The shim's state dir (its bundle).
+    pub dir: PathBuf,
+    /// The process it runs, in the host PID namespace.
+    pub pid: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub sandbox_id: String,
+    pub config: ContainerConfig,
+    /// What CreateContainer asked for, the image id and the name it was
+    /// resolved by.
+    pub image_ref: String,
+    pub image_id: String,
+    pub image_name: String,
+    pub state: ContainerState,
+    pub created_at_ns: i64,
+    pub started_at_ns: i64,
+    pub finished_at_ns: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub pid: i32,
+    /// `<state>/containers/<id>`: the bundle and the shim's files.
+    pub dir: PathBuf,
+    pub rootfs: Rootfs,
+    /// Absolute log path (log_directory + log_path), empty if none.
+    pub log_path: String,
+    pub cgroup: Option<String>,
+}
+
+pub struct StateStore {
+    db: redb::Database,
+}
+
+impl StateStore {
+    pub fn open(root: &Path) -> Result<Self, StateError> {
+        std::fs::create_dir_all(root)
+            .map_err(|e| StateError(format!("creating {}: {e}", root.display())))?;
+        let db = redb::Database::create(root.join("runtime.redb"))?;
+        let tx = db.begin_write()?;
+        tx.open_table(SANDBOXES)?;
+        tx.open_table(CONTAINERS)?;
+        tx.commit()?;
+        Ok(Self { db })
+    }
+
+    fn put(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        id: &str,
+        v: &impl Serialize,
+    ) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(v)?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(table)?.insert(id, bytes.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn delete(&self, table: TableDefinition<&str, &[u8]>, id: &str) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(table)?.remove(id)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn all<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, StateError> {
+        let tx = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for row in tx.open_table(table)?.iter()? {
+            let (k, v) = row?;
+            match serde_json::from_slice(v.value()) {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::warn!(id = k.value(), error = %e, "skipping unreadable record"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put_sandbox(&self, r: &SandboxRecord) -> Result<(), StateError> {
+        self.put(SANDBOXES, &r.id, r)
+    }
+
+    pub fn delete_sandbox(&self, id: &str) -> Result<(), StateError> {
+        self.delete(SANDBOXES, id)
+    }
+
+    pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>, StateError> {
+        self.all(SANDBOXES)
+    }
+
+    pub fn put_container(&self, r: &ContainerRecord) -> Result<(), StateError> {
+        self.put(CONTAINERS, &r.id, r)
+    }
+
+    pub fn delete_container(&self, id: &str) -> Result<(), StateError> {
+        self.delete(CONTAINERS, id)
+    }
+
+    pub fn containers(&self) -> Result<Vec<ContainerRecord>, StateError> {
+        self.all(CONTAINERS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopen_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = SandboxRecord {
+            id: "abc".into(),
+            config: SandboxConfig::default(),
+            runtime_handler: String::new(),
+            state: SandboxState::Ready,
+            created_at_ns: 1,
+            dir: dir.path().join("sb"),
+            namespaces: Pinned::default(),
+            pause: None,
+            cgroup: None,
+            shm: None,
+        };
+        {
+            let s = StateStore::open(dir.path()).unwrap();
+            s.put_sandbox(&rec).unwrap();
+        }
+        let s = StateStore::open(dir.path()).unwrap();
+        let all = s.sandboxes().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].id, "abc");
+        s.delete_sandbox("abc").unwrap();
+        assert!(s.sandboxes().unwrap().is_empty());
+        s.delete_sandbox("abc").unwrap();
+    }
+}
