@@ -1225,6 +1225,59 @@ mod tests {
         );
     }
 
+    /// Root-only: what the spec asks of cgroups, the node's kernel takes
+    /// (device rules, swap, quota), written as berthd will write it.
+    #[test]
+    fn generated_resources_are_accepted_by_the_real_cgroup() {
+        use crate::cgroups::{CgroupManager, CgroupPath, Cgroups};
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let Ok(cgroups) = Cgroups::detect() else {
+            eprintln!("skipped: no cgroups");
+            return;
+        };
+        let mut f = Fixture::new();
+        f.ctr.linux.resources = Some(CriResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 256,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        });
+        f.ctr.devices = vec![model::Device {
+            container_path: "/dev/zero2".into(),
+            host_path: "/dev/zero".into(),
+            permissions: "rw".into(),
+        }];
+        let spec = {
+            let input = ContainerInputs {
+                id: "ctr1",
+                config: &f.ctr,
+                image: &f.image,
+                image_name: "img",
+                pod: Pod {
+                    id: "pod1",
+                    config: &f.pod,
+                    paths: &f.paths,
+                    hostname: "web",
+                },
+                rootfs: Path::new("/nonexistent"),
+                user: &f.user,
+                cgroups_path: "/unused",
+                target_pid_ns: None,
+            };
+            container_spec(&f.node, &input, &RealHost).unwrap().spec
+        };
+        let resources = spec.linux().as_ref().unwrap().resources().clone().unwrap();
+        let path = CgroupPath::new(&format!("berth-test-spec-{}", std::process::id())).unwrap();
+        cgroups.create(&path).unwrap();
+        let applied = cgroups.apply(&path, &resources);
+        cgroups.remove(&path).unwrap();
+        applied.unwrap();
+    }
+
     #[test]
     fn resources_and_oom_score_adj_are_carried() {
         let mut f = Fixture::new();
