@@ -152,8 +152,9 @@ pub(super) fn default_device_rules() -> Result<Vec<LinuxDeviceCgroup>, OciSpecEr
     Ok(rules)
 }
 
-/// The CRI's devices as device nodes and cgroup rules; privileged: every
-/// device of the node, all allowed.
+/// The CRI's devices as device nodes and cgroup rules (a directory brings
+/// every device below it); privileged adds every device of the node, all
+/// allowed.
 pub(super) fn plan_devices(
     c: &ContainerConfig,
     host: &dyn Host,
@@ -169,23 +170,6 @@ pub(super) fn plan_devices(
             .gid(d.gid)
             .build()
     };
-    if c.security_context().privileged {
-        let all = host
-            .devices(Path::new("/dev"))
-            .map_err(|source| SpecError::Device {
-                path: "/dev".into(),
-                source,
-            })?;
-        let nodes = all
-            .iter()
-            .map(|d| node(d, &d.path))
-            .collect::<Result<_, _>>()?;
-        let allow_all = LinuxDeviceCgroupBuilder::default()
-            .allow(true)
-            .access("rwm")
-            .build()?;
-        return Ok((nodes, vec![allow_all]));
-    }
     let mut nodes = Vec::new();
     let mut rules = default_device_rules()?;
     for d in &c.devices {
@@ -217,6 +201,26 @@ pub(super) fn plan_devices(
                     .build()?,
             );
         }
+    }
+    if c.security_context().privileged {
+        // Every device of the node too, under its own path, and no rule
+        // but "all allowed".
+        let all = host
+            .devices(Path::new("/dev"))
+            .map_err(|source| SpecError::Device {
+                path: "/dev".into(),
+                source,
+            })?;
+        for d in &all {
+            if !nodes.iter().any(|n: &LinuxDevice| n.path() == &d.path) {
+                nodes.push(node(d, &d.path)?);
+            }
+        }
+        let allow_all = LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .access("rwm")
+            .build()?;
+        rules = vec![allow_all];
     }
     Ok((nodes, rules))
 }

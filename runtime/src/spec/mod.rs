@@ -1093,6 +1093,24 @@ mod tests {
             .map(|d| d.path().clone())
             .collect();
         assert_eq!(devs, [PathBuf::from("/dev/null"), "/dev/fuse".into()]);
+        // The CRI's devices stay, under their container paths.
+        f.ctr.devices = vec![model::Device {
+            container_path: "/dev/fuse-in-ctr".into(),
+            host_path: "/dev/fuse".into(),
+            permissions: "rwm".into(),
+        }];
+        let s = f.spec();
+        let devs: Vec<_> = s
+            .linux()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|d| d.path().display().to_string())
+            .collect();
+        assert_eq!(devs, ["/dev/fuse-in-ctr", "/dev/null", "/dev/fuse"]);
         let rules = l.resources().as_ref().unwrap().devices().clone().unwrap();
         assert_eq!(rules.len(), 1);
         assert_eq!(rules[0].to_string(), "a *:* rwm");

@@ -114,7 +114,15 @@ pub fn pod_sysctls(config: &SandboxConfig) -> Result<Vec<(String, String)>, Spec
             key: raw.clone(),
             reason,
         };
-        if key.is_empty() || key.split('.').any(|p| p.is_empty() || p == "..") {
+        // Each /proc/sys path component: a name, never `.` or `..`.
+        let well_formed = key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '_' | '-'))
+            && key.split('.').all(|part| {
+                let component = part.replace('/', ".");
+                !component.is_empty() && component != "." && component != ".."
+            });
+        if !well_formed {
             return Err(err("is not a sysctl name".into()));
         }
         let ipc = key.starts_with("kernel.shm")
@@ -262,6 +270,14 @@ mod tests {
             sysctl_proc_path("net.ipv4.conf.eth0/100.rp_filter"),
             Path::new("/proc/sys/net/ipv4/conf/eth0.100/rp_filter")
         );
+    }
+
+    #[test]
+    fn sysctl_names_cannot_climb_out_of_proc_sys() {
+        for bad in ["net.//.x", "net./.x", "net..x", "net.a\nb", "net/../../x"] {
+            let e = pod_sysctls(&with_sysctls(&[(bad, "1")])).unwrap_err();
+            assert!(e.to_string().contains("not a sysctl name"), "{bad:?}: {e}");
+        }
     }
 
     #[test]
