@@ -208,12 +208,17 @@ fn locate_and_build() -> Result<PathBuf> {
             .ok_or_else(|| anyhow!("no target dir above {}", dir.display()))?;
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
+        // berthd runs berth-shim from its own directory: build both.
         cmd.args([
             "build",
             "-p",
             "berth-cri-server",
+            "-p",
+            "berth-runtime",
             "--bin",
             "berthd",
+            "--bin",
+            "berth-shim",
             "--manifest-path",
         ])
         .arg(&manifest)

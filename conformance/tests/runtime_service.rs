@@ -5,7 +5,7 @@ mod common;
 
 use berth_conformance::Env;
 use common::*;
-use k8s_cri::v1::{CreateContainerRequest, ListContainersRequest};
+use k8s_cri::v1::{ContainerStatsRequest, UpdateContainerResourcesRequest};
 use tonic::Code;
 
 #[tokio::test]
@@ -64,14 +64,14 @@ async fn other_runtime_calls_answer_unimplemented_with_their_names() {
     let mut rt = env.cri.runtime.clone();
     let checks = vec![
         (
-            "CreateContainer",
-            rt.create_container(CreateContainerRequest::default())
+            "UpdateContainerResources",
+            rt.update_container_resources(UpdateContainerResourcesRequest::default())
                 .await
                 .map(|_| ()),
         ),
         (
-            "ListContainers",
-            rt.list_containers(ListContainersRequest::default())
+            "ContainerStats",
+            rt.container_stats(ContainerStatsRequest::default())
                 .await
                 .map(|_| ()),
         ),

@@ -130,6 +130,93 @@ pub fn sandbox_config(c: cri::PodSandboxConfig) -> Result<m::SandboxConfig, Stat
     })
 }
 
+pub fn container_config(c: cri::ContainerConfig) -> Result<m::ContainerConfig, Status> {
+    let linux = c.linux.unwrap_or_default();
+    let sc = linux.security_context.unwrap_or_default();
+    let caps = sc.capabilities.unwrap_or_default();
+    Ok(m::ContainerConfig {
+        metadata: c.metadata.map(|md| m::ContainerMetadata {
+            name: md.name,
+            attempt: md.attempt,
+        }),
+        image: c
+            .image
+            .map(|i| m::ImageSpec {
+                image: i.image,
+                annotations: map(i.annotations),
+                user_specified_image: i.user_specified_image,
+            })
+            .unwrap_or_default(),
+        command: c.command,
+        args: c.args,
+        working_dir: c.working_dir,
+        envs: c
+            .envs
+            .into_iter()
+            .map(|kv| m::KeyValue {
+                key: kv.key,
+                value: kv.value,
+            })
+            .collect(),
+        mounts: c
+            .mounts
+            .into_iter()
+            .map(|mt| {
+                Ok(m::Mount {
+                    container_path: mt.container_path,
+                    host_path: mt.host_path,
+                    readonly: mt.readonly,
+                    selinux_relabel: mt.selinux_relabel,
+                    propagation: m::MountPropagation::try_from(mt.propagation).map_err(bad)?,
+                    recursive_read_only: mt.recursive_read_only,
+                    image: mt.image.map(|i| i.image).unwrap_or_default(),
+                })
+            })
+            .collect::<Result<_, Status>>()?,
+        devices: c
+            .devices
+            .into_iter()
+            .map(|d| m::Device {
+                container_path: d.container_path,
+                host_path: d.host_path,
+                permissions: d.permissions,
+            })
+            .collect(),
+        labels: map(c.labels),
+        annotations: map(c.annotations),
+        log_path: c.log_path,
+        stdin: c.stdin,
+        stdin_once: c.stdin_once,
+        tty: c.tty,
+        linux: m::LinuxContainerConfig {
+            resources: linux.resources.map(resources),
+            security_context: m::ContainerSecurityContext {
+                capabilities: m::Capabilities {
+                    add_capabilities: caps.add_capabilities,
+                    drop_capabilities: caps.drop_capabilities,
+                    add_ambient_capabilities: caps.add_ambient_capabilities,
+                },
+                privileged: sc.privileged,
+                namespace_options: ns_options(sc.namespace_options)?,
+                run_as_user: sc.run_as_user.map(|v| v.value),
+                run_as_group: sc.run_as_group.map(|v| v.value),
+                run_as_username: sc.run_as_username,
+                readonly_rootfs: sc.readonly_rootfs,
+                supplemental_groups: sc.supplemental_groups,
+                supplemental_groups_policy: m::SupplementalGroupsPolicy::try_from(
+                    sc.supplemental_groups_policy,
+                )
+                .map_err(bad)?,
+                no_new_privs: sc.no_new_privs,
+                masked_paths: sc.masked_paths,
+                readonly_paths: sc.readonly_paths,
+                seccomp: profile(sc.seccomp)?,
+                apparmor: profile(sc.apparmor)?,
+            },
+        },
+    })
+}
+
 /// Domain namespace options back to CRI (PodSandboxStatus reports them).
 pub fn ns_options_to_cri(o: &m::NamespaceOptions) -> cri::NamespaceOption {
     let mode = |m: m::NamespaceMode| match m {

@@ -126,12 +126,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         state: config.state.clone(),
         shim: shim_path()?,
     };
-    let runtime =
-        tokio::task::spawn_blocking(move || berth_runtime::service::Runtime::open(runtime_config))
-            .await
-            .context("opening the runtime state")?
-            .context("opening the runtime state")?;
+    let images2 = images.clone();
+    let runtime = tokio::task::spawn_blocking(move || {
+        berth_runtime::service::Runtime::open(runtime_config, images2)
+    })
+    .await
+    .context("opening the runtime state")?
+    .context("opening the runtime state")?;
     let runtime = Arc::new(runtime);
+    runtime.recover().await.context("recovering containers")?;
     let listener = socket::bind(&config.socket)?;
     tracing::info!(
         socket = %config.socket.display(),

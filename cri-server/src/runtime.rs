@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use berth_runtime::service::{Runtime, SandboxFilter};
-use berth_runtime::state::{SandboxRecord, SandboxState};
+use berth_runtime::service::{ContainerFilter, EventKind, Runtime, SandboxFilter};
+use berth_runtime::state::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
@@ -43,6 +43,81 @@ fn sandbox_metadata(r: &SandboxRecord) -> cri::PodSandboxMetadata {
         uid: m.uid,
         namespace: m.namespace,
         attempt: m.attempt,
+    }
+}
+
+fn container_state(s: ContainerState) -> i32 {
+    match s {
+        ContainerState::Created => cri::ContainerState::ContainerCreated as i32,
+        ContainerState::Running => cri::ContainerState::ContainerRunning as i32,
+        ContainerState::Exited => cri::ContainerState::ContainerExited as i32,
+        ContainerState::Unknown => cri::ContainerState::ContainerUnknown as i32,
+    }
+}
+
+fn container_metadata(r: &ContainerRecord) -> cri::ContainerMetadata {
+    let m = r.config.metadata();
+    cri::ContainerMetadata {
+        name: m.name,
+        attempt: m.attempt,
+    }
+}
+
+fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
+    let mounts = r
+        .config
+        .mounts
+        .iter()
+        .map(|m| cri::Mount {
+            container_path: m.container_path.clone(),
+            host_path: m.host_path.clone(),
+            readonly: m.readonly,
+            selinux_relabel: m.selinux_relabel,
+            propagation: m.propagation as i32,
+            ..Default::default()
+        })
+        .collect();
+    let resources = r
+        .config
+        .linux
+        .resources
+        .as_ref()
+        .map(|res| cri::ContainerResources {
+            linux: Some(cri::LinuxContainerResources {
+                cpu_period: res.cpu_period,
+                cpu_quota: res.cpu_quota,
+                cpu_shares: res.cpu_shares,
+                memory_limit_in_bytes: res.memory_limit_in_bytes,
+                oom_score_adj: res.oom_score_adj,
+                cpuset_cpus: res.cpuset_cpus.clone(),
+                cpuset_mems: res.cpuset_mems.clone(),
+                memory_swap_limit_in_bytes: res.memory_swap_limit_in_bytes,
+                ..Default::default()
+            }),
+            windows: None,
+        });
+    cri::ContainerStatus {
+        id: r.id.clone(),
+        metadata: Some(container_metadata(r)),
+        state: container_state(r.state),
+        created_at: r.created_at_ns,
+        started_at: r.started_at_ns,
+        finished_at: r.finished_at_ns,
+        exit_code: r.exit_code,
+        image: Some(cri::ImageSpec {
+            image: r.image_name.clone(),
+            ..Default::default()
+        }),
+        image_ref: r.image_id.clone(),
+        reason: r.reason.clone(),
+        message: r.message.clone(),
+        labels: labels(&r.config.labels),
+        annotations: labels(&r.config.annotations),
+        mounts,
+        log_path: r.log_path.clone(),
+        resources,
+        image_id: r.image_id.clone(),
+        user: None,
     }
 }
 
@@ -291,19 +366,232 @@ impl RuntimeService for RuntimeApi {
         &self,
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(not_yet("GetContainerEvents"))
+        let rx = self.runtime.subscribe();
+        let runtime = self.runtime.clone();
+        let stream = futures::stream::unfold((rx, runtime), |(mut rx, runtime)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        let kind = match ev.kind {
+                            EventKind::Created => cri::ContainerEventType::ContainerCreatedEvent,
+                            EventKind::Started => cri::ContainerEventType::ContainerStartedEvent,
+                            EventKind::Stopped => cri::ContainerEventType::ContainerStoppedEvent,
+                            EventKind::Deleted => cri::ContainerEventType::ContainerDeletedEvent,
+                        };
+                        let statuses = runtime
+                            .container(&ev.container_id)
+                            .map(|c| vec![container_status(&c)])
+                            .unwrap_or_default();
+                        let resp = cri::ContainerEventResponse {
+                            container_id: ev.container_id,
+                            container_event_type: kind as i32,
+                            created_at: ev.at_ns,
+                            pod_sandbox_status: None,
+                            containers_statuses: statuses,
+                        };
+                        return Some((Ok(resp), (rx, runtime)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "an events client fell behind");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        let req = request.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is required"))?;
+        let config = convert::container_config(config)?;
+        let span = tracing::info_span!("CreateContainer", pod_sandbox_id = %req.pod_sandbox_id, container = %config.metadata().name);
+        async {
+            let id = self
+                .runtime
+                .create_container(&req.pod_sandbox_id, config)
+                .await
+                .map_err(runtime_error)?;
+            Ok(Response::new(cri::CreateContainerResponse {
+                container_id: id,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let span = tracing::info_span!("StartContainer", container_id = %id);
+        async {
+            self.runtime
+                .start_container(&id)
+                .await
+                .map_err(runtime_error)?;
+            Ok(Response::new(cri::StartContainerResponse {}))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("StopContainer", container_id = %req.container_id);
+        async {
+            self.runtime
+                .stop_container(&req.container_id, req.timeout)
+                .await
+                .map_err(runtime_error)?;
+            Ok(Response::new(cri::StopContainerResponse {}))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let span = tracing::info_span!("RemoveContainer", container_id = %id);
+        async {
+            self.runtime
+                .remove_container(&id)
+                .await
+                .map_err(runtime_error)?;
+            Ok(Response::new(cri::RemoveContainerResponse {}))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        let f = request.into_inner().filter.unwrap_or_default();
+        let state = match f.state {
+            None => None,
+            Some(s) => Some(match cri::ContainerState::try_from(s.state) {
+                Ok(cri::ContainerState::ContainerCreated) => ContainerState::Created,
+                Ok(cri::ContainerState::ContainerRunning) => ContainerState::Running,
+                Ok(cri::ContainerState::ContainerExited) => ContainerState::Exited,
+                Ok(cri::ContainerState::ContainerUnknown) => ContainerState::Unknown,
+                Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "{} is not a ContainerState",
+                        s.state
+                    )));
+                }
+            }),
+        };
+        let filter = ContainerFilter {
+            id: f.id,
+            sandbox_id: f.pod_sandbox_id,
+            state,
+            labels: f.label_selector.into_iter().collect(),
+        };
+        let containers = self
+            .runtime
+            .list_containers(&filter)
+            .map_err(runtime_error)?
+            .iter()
+            .map(|r| cri::Container {
+                id: r.id.clone(),
+                pod_sandbox_id: r.sandbox_id.clone(),
+                metadata: Some(container_metadata(r)),
+                image: Some(cri::ImageSpec {
+                    image: r.image_name.clone(),
+                    ..Default::default()
+                }),
+                image_ref: r.image_id.clone(),
+                state: container_state(r.state),
+                created_at: r.created_at_ns,
+                labels: labels(&r.config.labels),
+                annotations: labels(&r.config.annotations),
+                image_id: r.image_id.clone(),
+            })
+            .collect();
+        Ok(Response::new(cri::ListContainersResponse { containers }))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        let req = request.into_inner();
+        let r = self
+            .runtime
+            .container(&req.container_id)
+            .map_err(runtime_error)?;
+        let mut info = HashMap::new();
+        if req.verbose {
+            let spec: serde_json::Value = std::fs::read(r.dir.join("config.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(serde_json::Value::Null);
+            let v = serde_json::json!({
+                "pid": r.pid,
+                "sandboxID": r.sandbox_id,
+                "runtimeSpec": spec,
+                "config": r.config,
+                "stateDir": r.dir,
+            });
+            info.insert("info".to_string(), v.to_string());
+        }
+        Ok(Response::new(cri::ContainerStatusResponse {
+            status: Some(container_status(&r)),
+            info,
+        }))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("ExecSync", container_id = %req.container_id);
+        async {
+            let out = self
+                .runtime
+                .exec_sync(&req.container_id, req.cmd, req.timeout)
+                .await
+                .map_err(runtime_error)?;
+            Ok(Response::new(cri::ExecSyncResponse {
+                stdout: out.stdout,
+                stderr: out.stderr,
+                exit_code: out.exit_code,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        let id = request.into_inner().container_id;
+        self.runtime
+            .reopen_container_log(&id)
+            .await
+            .map_err(runtime_error)?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
     unimplemented_calls! {
-        create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
-        start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
-        stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";
-        remove_container(RemoveContainerRequest) -> RemoveContainerResponse = "RemoveContainer";
-        list_containers(ListContainersRequest) -> ListContainersResponse = "ListContainers";
-        container_status(ContainerStatusRequest) -> ContainerStatusResponse = "ContainerStatus";
         update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
-        reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog";
-        exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync";
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
         port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";

@@ -40,6 +40,12 @@ pub enum Error {
     Shim(#[from] crate::shim_client::ShimError),
     #[error(transparent)]
     Image(#[from] berth_image::Error),
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error(transparent)]
+    User(#[from] crate::user::UserError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroups::CgroupError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -69,11 +75,16 @@ impl Error {
                 _ => ErrorKind::Internal,
             },
             Error::Shim(crate::shim_client::ShimError::Failed(_)) => ErrorKind::FailedPrecondition,
+            Error::Spec(e) if e.is_invalid_argument() => ErrorKind::InvalidArgument,
+            Error::User(crate::user::UserError::Rootfs { .. }) => ErrorKind::Internal,
+            Error::User(_) => ErrorKind::InvalidArgument,
             Error::Internal(_)
             | Error::State(_)
             | Error::Namespace(_)
             | Error::Rootfs(_)
             | Error::Shim(_)
+            | Error::Spec(_)
+            | Error::Cgroup(_)
             | Error::Io { .. } => ErrorKind::Internal,
         }
     }

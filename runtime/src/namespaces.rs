@@ -106,7 +106,7 @@ fn pin_in_this_thread(
         loopback_up().map_err(sys("bringing up lo in the pod network namespace"))?;
     }
     for (k, v) in sysctls {
-        let path = Path::new("/proc/sys").join(k.replace('.', "/"));
+        let path = crate::spec::sysctl_proc_path(k);
         fs::write(&path, v).map_err(sys(format!("setting sysctl {k}={v}")))?;
     }
     let mut pinned = Pinned::default();

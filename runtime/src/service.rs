@@ -14,12 +14,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
+use crate::cgroups::{CgroupManager, CgroupPath, Cgroups};
 use crate::error::{Error, Result};
-use crate::model::{self, NamespaceMode, SandboxConfig};
+use crate::model::{self, ContainerConfig, NamespaceMode, SandboxConfig};
 use crate::namespaces::{self, Wanted};
-use crate::state::{SandboxRecord, SandboxState, StateStore};
+use crate::shim::protocol::{self as proto, Request, Response, ShimConfig, ShimKind};
+use crate::shim_client;
+use crate::spec::{self, PodPaths};
+use crate::state::{
+    ContainerRecord, ContainerState, SandboxRecord, SandboxState, ShimRef, StateStore,
+};
+
+/// Where pods without a `cgroup_parent` get their cgroup (`berth/<id>`).
+const DEFAULT_CGROUP_PARENT: &str = "berth";
 
 /// Size of a pod's /dev/shm, as containerd and Docker default it.
 const SHM_SIZE: &str = "size=65536k";
@@ -87,6 +96,40 @@ enum NameSlot {
     Taken(String),
 }
 
+/// What GetContainerEvents streams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Started,
+    Stopped,
+    Deleted,
+}
+
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub container_id: String,
+    pub sandbox_id: String,
+    pub kind: EventKind,
+    pub at_ns: i64,
+}
+
+/// Filter of ListContainers.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerFilter {
+    pub id: String,
+    pub sandbox_id: String,
+    pub state: Option<ContainerState>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// ExecSync's answer.
+#[derive(Clone, Debug)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+}
+
 /// Filter of ListPodSandbox.
 #[derive(Clone, Debug, Default)]
 pub struct SandboxFilter {
@@ -103,6 +146,11 @@ pub struct Runtime {
 struct Inner {
     cfg: RuntimeConfig,
     store: StateStore,
+    images: Arc<berth_image::ImageService>,
+    cgroups: Cgroups,
+    node: spec::Node,
+    events: broadcast::Sender<Event>,
+    containers: RwLock<HashMap<String, ContainerRecord>>,
     sandboxes: RwLock<HashMap<String, SandboxRecord>>,
     names: Mutex<HashMap<String, NameSlot>>,
     /// Serialises lifecycle calls on one id (Stop and Remove racing).
@@ -115,7 +163,7 @@ fn poisoned() -> Error {
 
 impl Runtime {
     /// Open the runtime database and rebuild the in-memory view.
-    pub fn open(cfg: RuntimeConfig) -> Result<Self> {
+    pub fn open(cfg: RuntimeConfig, images: Arc<berth_image::ImageService>) -> Result<Self> {
         for d in [cfg.state.join("sandboxes"), cfg.state.join("containers")] {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -124,6 +172,8 @@ impl Runtime {
                 .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
         }
         let store = StateStore::open(&cfg.root)?;
+        let cgroups = Cgroups::detect()?;
+        let node = spec::Node::host(cgroups.version() == crate::cgroups::CgroupVersion::V2);
         let mut sandboxes = HashMap::new();
         let mut names = HashMap::new();
         for s in store.sandboxes()? {
@@ -133,10 +183,27 @@ impl Runtime {
             );
             sandboxes.insert(s.id.clone(), s);
         }
+        let mut containers = HashMap::new();
+        for c in store.containers()? {
+            if let Some(sb) = sandboxes.get(&c.sandbox_id) {
+                names.insert(
+                    container_name(&c.config, &sb.config),
+                    NameSlot::Taken(c.id.clone()),
+                );
+            }
+            containers.insert(c.id.clone(), c);
+        }
+        cleanup_unrecorded(&cfg, &sandboxes, &containers, &images);
+        let (events, _) = broadcast::channel(1024);
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
                 store,
+                images,
+                cgroups,
+                node,
+                events,
+                containers: RwLock::new(containers),
                 sandboxes: RwLock::new(sandboxes),
                 names: Mutex::new(names),
                 locks: Mutex::new(HashMap::new()),
@@ -291,6 +358,10 @@ impl Runtime {
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        // Its containers first, killed at once (as containerd does).
+        for c in self.containers_of(&full)? {
+            self.stop_container(&c, 0).await?;
+        }
         let lock = self.lock_for(&full)?;
         let _g = lock.lock().await;
         let Some(mut rec) = self
@@ -329,6 +400,9 @@ impl Runtime {
             Err(e) => return Err(e),
         };
         self.stop_pod_sandbox(&full).await?;
+        for c in self.containers_of(&full)? {
+            self.remove_container(&c).await?;
+        }
         let lock = self.lock_for(&full)?;
         let _g = lock.lock().await;
         let Some(rec) = self
@@ -342,9 +416,32 @@ impl Runtime {
             return Ok(());
         };
         let dir = rec.dir.clone();
-        tokio::task::spawn_blocking(move || remove_dir_logged(&dir))
-            .await
-            .map_err(|e| Error::Internal(format!("remove task failed: {e}")))?;
+        let cgroup = rec.cgroup.clone();
+        let cgroups = self.inner.cgroups.clone();
+        let pause_cg = rec.pause.as_ref().and_then(|_| {
+            crate::cgroups::pod_cgroup_path(&rec.config.linux.cgroup_parent, &rec.id)
+                .and_then(|p| p.join("pause"))
+                .ok()
+        });
+        tokio::task::spawn_blocking(move || {
+            if let Some(cg) = pause_cg {
+                remove_cgroup_logged(&cgroups, &cg);
+            }
+            if let Some(cg) = cgroup.as_deref().and_then(|c| CgroupPath::new(c).ok()) {
+                remove_cgroup_logged(&cgroups, &cg);
+                // berth's own parent of pods without a cgroup_parent goes
+                // with its last pod (it stays while another pod is in it).
+                if cg
+                    .as_str()
+                    .starts_with(&format!("{DEFAULT_CGROUP_PARENT}/"))
+                {
+                    remove_default_parent_if_empty();
+                }
+            }
+            remove_dir_logged(&dir)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("remove task failed: {e}")))?;
         self.inner.store.delete_sandbox(&full)?;
         self.inner
             .sandboxes
@@ -450,7 +547,21 @@ impl Inner {
             )
         })?;
 
-        let record = SandboxRecord {
+        // The pod cgroup: kubelet's cgroup_parent (which kubelet made and
+        // removes itself), or berth/<id> made here.
+        let cg = crate::cgroups::pod_cgroup_path(&config.linux.cgroup_parent, id)?;
+        // The last pod's removal may take away berth's default parent
+        // between our mkdirs: one retry makes it again.
+        let made = match self.cgroups.create(&cg) {
+            Ok(m) => m,
+            Err(_) => self.cgroups.create(&cg)?,
+        };
+        if made {
+            let (cgroups, c) = (self.cgroups.clone(), cg.clone());
+            undo.push("pod cgroup", move || remove_cgroup_logged(&cgroups, &c));
+        }
+
+        let mut record = SandboxRecord {
             id: id.to_string(),
             config,
             runtime_handler: String::new(),
@@ -459,9 +570,43 @@ impl Inner {
             dir,
             namespaces: pinned,
             pause: None,
-            cgroup: None,
+            cgroup: made.then(|| cg.as_str().to_string()),
             shm,
         };
+
+        // A shared PID namespace is held by berth-shim's own pause process.
+        if ns.pid == NamespaceMode::Pod {
+            let pause_dir = record.dir.join("pause");
+            let paths = pod_paths(&record);
+            let hostname = pod_hostname(&record.config);
+            let pod = spec::Pod {
+                id,
+                config: &record.config,
+                paths: &paths,
+                hostname: &hostname,
+            };
+            // In a leaf of its own: on cgroup v2 a cgroup with children
+            // cannot hold processes.
+            let pause_cg = cg.join("pause")?;
+            if self.cgroups.create(&pause_cg)? {
+                let (cgroups, c) = (self.cgroups.clone(), pause_cg.clone());
+                undo.push("pause cgroup", move || remove_cgroup_logged(&cgroups, &c));
+            }
+            let spec = spec::pause_spec(&pod, &self.cgroups.spec_path(&pause_cg))?;
+            let shim_cfg = ShimConfig {
+                id: format!("{id}-pause"),
+                kind: ShimKind::Pause,
+                restrict_oom_score_adj: true,
+                ..Default::default()
+            };
+            let pid = self.start_shim(&pause_dir, &spec, &shim_cfg)?;
+            let d = pause_dir.clone();
+            undo.push("pause", move || kill_shim(&d, pid));
+            record.pause = Some(ShimRef {
+                dir: pause_dir,
+                pid,
+            });
+        }
         self.store.put_sandbox(&record)?;
         undo.disarm();
         Ok(record)
@@ -469,10 +614,47 @@ impl Inner {
 
     /// What StopPodSandbox releases; safe to run twice.
     fn release_sandbox_resources(&self, rec: &SandboxRecord) {
+        if let Some(p) = &rec.pause {
+            kill_shim(&p.dir, p.pid);
+        }
         if let Some(shm) = &rec.shm {
             unmount_logged(shm);
         }
         namespaces::unpin(&rec.namespaces);
+    }
+
+    /// Write a bundle and start its shim; returns the process's pid. On
+    /// error the bundle dir is removed. Runs on a blocking thread.
+    fn start_shim(
+        &self,
+        dir: &Path,
+        spec: &oci_spec::runtime::Spec,
+        shim_cfg: &ShimConfig,
+    ) -> Result<i32> {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let r = (|| {
+            let spec_json = serde_json::to_vec(spec)
+                .map_err(|e| Error::Internal(format!("encoding the OCI spec: {e}")))?;
+            fs::write(dir.join(proto::CONFIG_FILE), spec_json)
+                .map_err(|e| Error::io(format!("writing the bundle in {}", dir.display()), e))?;
+            let shim_json = serde_json::to_vec(shim_cfg)
+                .map_err(|e| Error::Internal(format!("encoding shim.json: {e}")))?;
+            fs::write(dir.join(proto::SHIM_CONFIG_FILE), shim_json)
+                .map_err(|e| Error::io(format!("writing the bundle in {}", dir.display()), e))?;
+            let handle = tokio::runtime::Handle::try_current()
+                .map_err(|_| Error::Internal("no async runtime to start the shim from".into()))?;
+            handle
+                .block_on(shim_client::spawn(&self.cfg.shim, dir))
+                .map_err(Error::from)
+        })();
+        if r.is_err() {
+            remove_dir_logged(dir);
+        }
+        r
     }
 }
 
@@ -512,6 +694,839 @@ fn namespaced_sysctls(
         out.push((k.clone(), v.clone()));
     }
     Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Helpers shared by pods and containers
+
+/// rmdir of berth's default parent cgroup in every hierarchy: the kernel
+/// refuses while it has child cgroups, so another pod's is never touched.
+fn remove_default_parent_if_empty() {
+    let root = Path::new("/sys/fs/cgroup");
+    let _ = fs::remove_dir(root.join(DEFAULT_CGROUP_PARENT));
+    for e in fs::read_dir(root).into_iter().flatten().flatten() {
+        let _ = fs::remove_dir(e.path().join(DEFAULT_CGROUP_PARENT));
+    }
+}
+
+fn remove_cgroup_logged(cgroups: &Cgroups, cg: &CgroupPath) {
+    if let Err(e) = cgroups.remove(cg) {
+        tracing::warn!(cgroup = %cg, error = %e, "removing cgroup");
+    }
+}
+
+/// SIGKILL everything a shim runs and wait (5 s at most) for the shim to
+/// record the exit and go. Cleanup: errors are logged.
+fn kill_shim(dir: &Path, pid: i32) {
+    let req = Request::Kill {
+        signal: libc::SIGKILL,
+        all: true,
+    };
+    match shim_client::call_blocking(dir, &req, std::time::Duration::from_secs(5)) {
+        Ok(_) => {}
+        Err(shim_client::ShimError::Gone { .. }) => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "asking the shim to kill; killing the process directly");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let sock = dir.join(proto::SOCKET_FILE);
+    for _ in 0..500 {
+        if !sock.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    tracing::warn!(dir = %dir.display(), "shim still there 5 s after the kill");
+}
+
+/// What a pod offers its containers' specs.
+fn pod_paths(rec: &SandboxRecord) -> PodPaths {
+    let files = crate::pod_files::PodFiles::in_dir(&rec.dir);
+    PodPaths {
+        net_ns: rec.namespaces.net.clone(),
+        ipc_ns: rec.namespaces.ipc.clone(),
+        uts_ns: rec.namespaces.uts.clone(),
+        pid_ns: rec
+            .pause
+            .as_ref()
+            .map(|p| PathBuf::from(format!("/proc/{}/ns/pid", p.pid))),
+        hostname_file: Some(files.hostname),
+        hosts_file: Some(files.hosts),
+        resolv_conf: Some(files.resolv_conf),
+        dev_shm: rec.shm.clone(),
+    }
+}
+
+fn pod_hostname(c: &SandboxConfig) -> String {
+    if c.hostname.is_empty() || c.namespace_options().network == NamespaceMode::Node {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        c.hostname.clone()
+    }
+}
+
+/// kubelet's container name key: `<name>_<pod>_<namespace>_<uid>_<attempt>`.
+pub fn container_name(c: &ContainerConfig, pod: &SandboxConfig) -> String {
+    let m = c.metadata();
+    let p = pod.metadata();
+    format!(
+        "{}_{}_{}_{}_{}",
+        m.name, p.name, p.namespace, p.uid, m.attempt
+    )
+}
+
+/// At start: what a crash left half made (a directory of a pod or container
+/// whose record never committed) is removed, with its mounts and processes.
+fn cleanup_unrecorded(
+    cfg: &RuntimeConfig,
+    sandboxes: &HashMap<String, SandboxRecord>,
+    containers: &HashMap<String, ContainerRecord>,
+    images: &berth_image::ImageService,
+) {
+    let containers_dir = cfg.state.join("containers");
+    for e in fs::read_dir(&containers_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if containers.contains_key(&id) {
+            continue;
+        }
+        tracing::info!(container = %id, "removing a container a crash left half made");
+        let dir = e.path();
+        let pid = fs::read_to_string(dir.join(proto::INIT_PID_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if pid > 0 {
+            kill_shim(&dir, pid);
+        }
+        crate::rootfs::Rootfs::new(dir.join("rootfs"), cfg.root.join("containers").join(&id))
+            .remove();
+        remove_dir_logged(&dir);
+        let _ = images.store().release(&id);
+    }
+    for e in fs::read_dir(cfg.root.join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if !containers.contains_key(&id) {
+            remove_dir_logged(&e.path());
+        }
+    }
+    for e in fs::read_dir(cfg.state.join("sandboxes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if sandboxes.contains_key(&id) {
+            continue;
+        }
+        tracing::info!(pod = %id, "removing a pod a crash left half made");
+        let dir = e.path();
+        let pause = dir.join("pause");
+        if let Some(pid) = fs::read_to_string(pause.join(proto::INIT_PID_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            kill_shim(&pause, pid);
+        }
+        unmount_logged(&dir.join("shm"));
+        namespaces::unpin(&namespaces::Pinned {
+            net: Some(dir.join("net")),
+            ipc: Some(dir.join("ipc")),
+            uts: Some(dir.join("uts")),
+        });
+        remove_dir_logged(&dir);
+    }
+}
+
+fn exit_reason(e: &proto::ExitStatus) -> (&'static str, String) {
+    if e.oom_killed {
+        ("OOMKilled", String::new())
+    } else if e.code == 0 {
+        ("Completed", String::new())
+    } else {
+        ("Error", String::new())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Containers
+
+impl Runtime {
+    /// Events of every container, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    fn emit(&self, c: &ContainerRecord, kind: EventKind) {
+        let _ = self.inner.events.send(Event {
+            container_id: c.id.clone(),
+            sandbox_id: c.sandbox_id.clone(),
+            kind,
+            at_ns: now_ns(),
+        });
+    }
+
+    fn containers_of(&self, sandbox_id: &str) -> Result<Vec<String>> {
+        Ok(self
+            .inner
+            .containers
+            .read()
+            .map_err(|_| poisoned())?
+            .values()
+            .filter(|c| c.sandbox_id == sandbox_id)
+            .map(|c| c.id.clone())
+            .collect())
+    }
+
+    pub fn resolve_container(&self, id: &str) -> Result<String> {
+        if id.is_empty() {
+            return Err(Error::InvalidArgument("container id is required".into()));
+        }
+        let m = self.inner.containers.read().map_err(|_| poisoned())?;
+        if m.contains_key(id) {
+            return Ok(id.to_string());
+        }
+        let hits: Vec<&String> = m.keys().filter(|k| k.starts_with(id)).collect();
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(Error::NotFound(format!("container {id:?} not found"))),
+            _ => Err(Error::InvalidArgument(format!(
+                "container id prefix {id:?} is ambiguous ({} matches)",
+                hits.len()
+            ))),
+        }
+    }
+
+    pub fn container(&self, id: &str) -> Result<ContainerRecord> {
+        let full = self.resolve_container(id)?;
+        self.inner
+            .containers
+            .read()
+            .map_err(|_| poisoned())?
+            .get(&full)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
+    }
+
+    pub fn list_containers(&self, f: &ContainerFilter) -> Result<Vec<ContainerRecord>> {
+        let m = self.inner.containers.read().map_err(|_| poisoned())?;
+        let mut out: Vec<ContainerRecord> = m
+            .values()
+            .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
+            .filter(|c| f.sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.sandbox_id))
+            .filter(|c| f.state.is_none_or(|st| st == c.state))
+            .filter(|c| {
+                f.labels
+                    .iter()
+                    .all(|(k, v)| c.config.labels.get(k) == Some(v))
+            })
+            .cloned()
+            .collect();
+        out.sort_by_key(|c| c.created_at_ns);
+        Ok(out)
+    }
+
+    fn update_container(&self, rec: ContainerRecord) -> Result<()> {
+        self.inner.store.put_container(&rec)?;
+        self.inner
+            .containers
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(rec.id.clone(), rec);
+        Ok(())
+    }
+
+    /// CreateContainer. A retry of the same container name gets the first
+    /// call's container.
+    pub async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: ContainerConfig,
+    ) -> Result<String> {
+        model::validate_container_config(&config)?;
+        let sb = self.sandbox(sandbox_id)?;
+        if sb.state != SandboxState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready (stopped); containers cannot be created in it",
+                sb.id
+            )));
+        }
+        let name = container_name(&config, &sb.config);
+        let tx = {
+            let mut names = self.inner.names.lock().map_err(|_| poisoned())?;
+            match names.get(&name) {
+                Some(NameSlot::Taken(id)) => return Ok(id.clone()),
+                Some(NameSlot::InFlight(rx)) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    names.insert(name.clone(), NameSlot::InFlight(rx));
+                    Ok(tx)
+                }
+            }
+        };
+        let tx = match tx {
+            Ok(tx) => tx,
+            Err(mut rx) => loop {
+                if let Some(r) = rx.borrow().clone() {
+                    return r.map_err(|e| {
+                        Error::FailedPrecondition(format!("the first CreateContainer failed: {e}"))
+                    });
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Error::FailedPrecondition(
+                        "the first CreateContainer was abandoned".into(),
+                    ));
+                }
+            },
+        };
+        let inner = self.inner.clone();
+        let r = tokio::task::spawn_blocking(move || inner.make_container(&sb, config))
+            .await
+            .map_err(|e| Error::Internal(format!("create task failed: {e}")))
+            .and_then(|r| r);
+        let mut names = self.inner.names.lock().map_err(|_| poisoned())?;
+        let out = match r {
+            Ok(rec) => {
+                names.insert(name, NameSlot::Taken(rec.id.clone()));
+                let id = rec.id.clone();
+                self.emit(&rec, EventKind::Created);
+                self.inner
+                    .containers
+                    .write()
+                    .map_err(|_| poisoned())?
+                    .insert(id.clone(), rec);
+                Ok(id)
+            }
+            Err(e) => {
+                names.remove(&name);
+                Err(e)
+            }
+        };
+        let _ = tx.send(Some(
+            out.as_ref().map(Clone::clone).map_err(|e| e.to_string()),
+        ));
+        out
+    }
+
+    /// StartContainer: let the created process exec.
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let full = self.resolve_container(id)?;
+        let lock = self.lock_for(&full)?;
+        let _g = lock.lock().await;
+        let mut rec = self.container(&full)?;
+        if rec.state != ContainerState::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "container {full} is {:?}, not created; only a created container can start",
+                rec.state
+            )));
+        }
+        match shim_client::call(&rec.dir, &Request::Start, Some(shim_client::START_TIMEOUT)).await?
+        {
+            Response::Ok => {}
+            Response::Error { message } => {
+                return Err(Error::FailedPrecondition(format!(
+                    "starting container {full}: {message}"
+                )));
+            }
+            other => {
+                return Err(Error::Internal(format!(
+                    "shim answered Start with {other:?}"
+                )));
+            }
+        }
+        rec.state = ContainerState::Running;
+        rec.started_at_ns = now_ns();
+        self.update_container(rec.clone())?;
+        self.emit(&rec, EventKind::Started);
+        self.watch_exit(full);
+        Ok(())
+    }
+
+    /// Follow a container until it exits, then record how.
+    fn watch_exit(&self, id: String) {
+        let rt = Runtime {
+            inner: self.inner.clone(),
+        };
+        tokio::spawn(async move {
+            let Ok(rec) = rt.container(&id) else { return };
+            let exit = match shim_client::call(&rec.dir, &Request::Wait, None).await {
+                Ok(Response::Exit(e)) => Some(e),
+                _ => shim_client::read_exit(&rec.dir),
+            };
+            if let Err(e) = rt.record_exit(&id, exit).await {
+                tracing::warn!(container = %id, error = %e, "recording the exit");
+            }
+        });
+    }
+
+    async fn record_exit(&self, id: &str, exit: Option<proto::ExitStatus>) -> Result<()> {
+        let lock = self.lock_for(id)?;
+        let _g = lock.lock().await;
+        let Ok(mut rec) = self.container(id) else {
+            return Ok(());
+        };
+        if rec.state == ContainerState::Exited {
+            return Ok(());
+        }
+        match exit {
+            Some(e) => {
+                let (reason, message) = exit_reason(&e);
+                rec.exit_code = e.code;
+                rec.finished_at_ns = e.finished_at_ns;
+                // The shim's own clock of the exec, not when berthd heard.
+                if e.started_at_ns > 0 {
+                    rec.started_at_ns = e.started_at_ns;
+                }
+                rec.reason = reason.to_string();
+                rec.message = message;
+            }
+            None => {
+                rec.exit_code = 255;
+                rec.finished_at_ns = now_ns();
+                rec.reason = "Unknown".into();
+                rec.message = "the container's monitor is gone and left no exit status".into();
+            }
+        }
+        rec.state = ContainerState::Exited;
+        self.update_container(rec.clone())?;
+        self.emit(&rec, EventKind::Stopped);
+        Ok(())
+    }
+
+    /// StopContainer: the image's stop signal (or SIGTERM), then SIGKILL
+    /// after `timeout` seconds. Stopping a stopped or unknown container
+    /// succeeds.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let full = match self.resolve_container(id) {
+            Ok(f) => f,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let rec = self.container(&full)?;
+        if rec.state == ContainerState::Exited {
+            return Ok(());
+        }
+        if timeout > 0 && rec.state == ContainerState::Running {
+            let sig = self.stop_signal(&rec);
+            let _ = shim_client::call(
+                &rec.dir,
+                &Request::Kill {
+                    signal: sig,
+                    all: false,
+                },
+                Some(std::time::Duration::from_secs(5)),
+            )
+            .await;
+            let wait = std::time::Duration::from_secs(timeout as u64);
+            if let Ok(Response::Exit(e)) =
+                shim_client::call(&rec.dir, &Request::Wait, Some(wait)).await
+            {
+                return self.record_exit(&full, Some(e)).await;
+            }
+        }
+        let _ = shim_client::call(
+            &rec.dir,
+            &Request::Kill {
+                signal: libc::SIGKILL,
+                all: true,
+            },
+            Some(std::time::Duration::from_secs(5)),
+        )
+        .await;
+        let exit = match shim_client::call(
+            &rec.dir,
+            &Request::Wait,
+            Some(std::time::Duration::from_secs(10)),
+        )
+        .await
+        {
+            Ok(Response::Exit(e)) => Some(e),
+            _ => shim_client::read_exit(&rec.dir),
+        };
+        self.record_exit(&full, exit).await
+    }
+
+    fn stop_signal(&self, rec: &ContainerRecord) -> i32 {
+        let from_image = self
+            .inner
+            .images
+            .status(&rec.image_id)
+            .and_then(|i| i.config.config.stop_signal.clone());
+        from_image
+            .as_deref()
+            .and_then(parse_signal)
+            .unwrap_or(libc::SIGTERM)
+    }
+
+    /// RemoveContainer: kill it if it runs, then remove its root filesystem,
+    /// cgroup, state and record. Removing an unknown container succeeds.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let full = match self.resolve_container(id) {
+            Ok(f) => f,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop_container(&full, 0).await?;
+        let lock = self.lock_for(&full)?;
+        let _g = lock.lock().await;
+        let Ok(rec) = self.container(&full) else {
+            return Ok(());
+        };
+        let inner = self.inner.clone();
+        let rec2 = rec.clone();
+        tokio::task::spawn_blocking(move || {
+            kill_shim(&rec2.dir, rec2.pid);
+            rec2.rootfs.remove();
+            if let Some(cg) = rec2.cgroup.as_deref().and_then(|c| CgroupPath::new(c).ok()) {
+                remove_cgroup_logged(&inner.cgroups, &cg);
+            }
+            remove_dir_logged(&rec2.dir);
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("remove task failed: {e}")))?;
+        self.inner.images.release(&full).await?;
+        self.inner.store.delete_container(&full)?;
+        self.inner
+            .containers
+            .write()
+            .map_err(|_| poisoned())?
+            .remove(&full);
+        if let Ok(sb) = self.sandbox(&rec.sandbox_id) {
+            self.inner
+                .names
+                .lock()
+                .map_err(|_| poisoned())?
+                .remove(&container_name(&rec.config, &sb.config));
+        }
+        self.inner
+            .locks
+            .lock()
+            .map_err(|_| poisoned())?
+            .remove(&full);
+        self.emit(&rec, EventKind::Deleted);
+        Ok(())
+    }
+
+    /// ExecSync: run a command in the container and collect its output.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout_secs: i64,
+    ) -> Result<ExecOutput> {
+        let rec = self.container(id)?;
+        if cmd.is_empty() {
+            return Err(Error::InvalidArgument("cmd is required".into()));
+        }
+        if rec.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let timeout_ms = (timeout_secs.max(0) as u64) * 1000;
+        let deadline =
+            (timeout_ms > 0).then(|| std::time::Duration::from_millis(timeout_ms + 10_000));
+        let req = Request::Exec {
+            args: cmd,
+            env: None,
+            cwd: None,
+            timeout_ms,
+        };
+        match shim_client::call(&rec.dir, &req, deadline).await? {
+            Response::Exec(r) if r.timed_out => Err(Error::DeadlineExceeded(format!(
+                "command timed out after {timeout_secs}s and was killed"
+            ))),
+            Response::Exec(r) => Ok(ExecOutput {
+                stdout: r.stdout,
+                stderr: r.stderr,
+                exit_code: r.exit_code,
+            }),
+            Response::Error { message } => Err(Error::FailedPrecondition(format!(
+                "exec in {}: {message}",
+                rec.id
+            ))),
+            other => Err(Error::Internal(format!(
+                "shim answered Exec with {other:?}"
+            ))),
+        }
+    }
+
+    /// ReopenContainerLog (kubelet rotated the file).
+    pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
+        let rec = self.container(id)?;
+        if rec.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        match shim_client::call(
+            &rec.dir,
+            &Request::ReopenLog,
+            Some(std::time::Duration::from_secs(10)),
+        )
+        .await?
+        {
+            Response::Ok => Ok(()),
+            Response::Error { message } => Err(Error::FailedPrecondition(message)),
+            other => Err(Error::Internal(format!(
+                "shim answered ReopenLog with {other:?}"
+            ))),
+        }
+    }
+
+    /// After a restart: ask each live container's shim (bounded, so one
+    /// hung shim cannot block start-up) and follow it again; a shim that is
+    /// gone left its exit in exit.json.
+    pub async fn recover(&self) -> Result<()> {
+        let ids: Vec<String> = self
+            .inner
+            .containers
+            .read()
+            .map_err(|_| poisoned())?
+            .values()
+            .filter(|c| matches!(c.state, ContainerState::Created | ContainerState::Running))
+            .map(|c| c.id.clone())
+            .collect();
+        for id in ids {
+            let rec = self.container(&id)?;
+            match shim_client::call(
+                &rec.dir,
+                &Request::State,
+                Some(std::time::Duration::from_secs(2)),
+            )
+            .await
+            {
+                Ok(Response::State(st)) => match st.status {
+                    proto::Status::Exited => self.record_exit(&id, st.exit).await?,
+                    proto::Status::Running => {
+                        if rec.state != ContainerState::Running {
+                            let mut r = rec.clone();
+                            r.state = ContainerState::Running;
+                            r.started_at_ns = st.started_at_ns;
+                            self.update_container(r)?;
+                        }
+                        self.watch_exit(id);
+                    }
+                    proto::Status::Created => {}
+                },
+                _ => {
+                    self.record_exit(&id, shim_client::read_exit(&rec.dir))
+                        .await?
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Some(n);
+    }
+    let name = s.trim().to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
+}
+
+impl Inner {
+    /// The blocking part of CreateContainer, with its undo list.
+    fn make_container(
+        &self,
+        sb: &SandboxRecord,
+        config: ContainerConfig,
+    ) -> Result<ContainerRecord> {
+        let image_ref = config.image.image.clone();
+        let image = self.images.status(&image_ref).ok_or_else(|| {
+            Error::NotFound(format!(
+                "image {image_ref:?} not found: pull it first (PullImage)"
+            ))
+        })?;
+        let id = new_id()?;
+        let mut undo = Undo::default();
+
+        let dir = self.cfg.state.join("containers").join(&id);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let d = dir.clone();
+        undo.push("container dir", move || remove_dir_logged(&d));
+
+        let lowers = self.images.hold(&id, &image.record.id)?;
+        {
+            let (images, holder) = (self.images.clone(), id.clone());
+            undo.push("image hold", move || {
+                let _ = images.store().release(&holder);
+            });
+        }
+        let rootfs = crate::rootfs::Rootfs::new(
+            dir.join("rootfs"),
+            self.cfg.root.join("containers").join(&id),
+        );
+        rootfs.mount(&lowers)?;
+        {
+            let r = rootfs.clone();
+            undo.push("rootfs", move || r.remove());
+        }
+
+        let user = crate::user::resolve(
+            &rootfs.target,
+            image.config.config.user.as_deref(),
+            config.security_context(),
+        )?;
+        let pod_cg = crate::cgroups::pod_cgroup_path(&sb.config.linux.cgroup_parent, &sb.id)?;
+        let cg = pod_cg.join(&id)?;
+        if self.cgroups.create(&cg)? {
+            let (cgroups, c) = (self.cgroups.clone(), cg.clone());
+            undo.push("container cgroup", move || {
+                remove_cgroup_logged(&cgroups, &c)
+            });
+        }
+        let paths = pod_paths(sb);
+        let hostname = pod_hostname(&sb.config);
+        let image_name = image
+            .record
+            .repo_tags
+            .first()
+            .or(image.record.repo_digests.first())
+            .cloned()
+            .unwrap_or_else(|| image.record.id.to_string());
+        // A container asking for the pod's PID namespace in a pod that has
+        // none to share (the pod's own pid mode is CONTAINER) gets its own.
+        let mut config = config;
+        if config.security_context().namespace_options.pid == NamespaceMode::Pod
+            && sb.pause.is_none()
+        {
+            config.linux.security_context.namespace_options.pid = NamespaceMode::Container;
+        }
+        let target_pid_ns = self.target_pid_ns(&config)?;
+        let cgroups_path = self.cgroups.spec_path(&cg);
+        let input = spec::ContainerInputs {
+            id: &id,
+            config: &config,
+            image: &image.config.config,
+            image_name: &image_name,
+            pod: spec::Pod {
+                id: &sb.id,
+                config: &sb.config,
+                paths: &paths,
+                hostname: &hostname,
+            },
+            rootfs: &rootfs.target,
+            user: &user,
+            cgroups_path: &cgroups_path,
+            target_pid_ns: target_pid_ns.as_deref(),
+        };
+        let cs = spec::container_spec(&self.node, &input, &spec::RealHost)?;
+        if let Some(res) = cs
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+        {
+            self.cgroups.apply(&cg, res)?;
+        }
+        for d in &cs.host_dirs {
+            fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("creating mount source {}", d.display()), e))?;
+        }
+        spec::mkdir_in_rootfs(&rootfs.target, &cs.rootfs_dirs)?;
+
+        let log_path = if sb.config.log_directory.is_empty() || config.log_path.is_empty() {
+            String::new()
+        } else {
+            Path::new(&sb.config.log_directory)
+                .join(&config.log_path)
+                .display()
+                .to_string()
+        };
+        let shim_cfg = ShimConfig {
+            id: id.clone(),
+            kind: ShimKind::Container,
+            log_path: log_path.clone(),
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
+            tty: config.tty,
+            restrict_oom_score_adj: true,
+        };
+        let pid = self.start_shim(&dir, &cs.spec, &shim_cfg)?;
+        {
+            let d = dir.clone();
+            undo.push("shim", move || kill_shim(&d, pid));
+        }
+        let rec = ContainerRecord {
+            id: id.clone(),
+            sandbox_id: sb.id.clone(),
+            image_ref,
+            image_id: image.record.id.to_string(),
+            image_name,
+            config,
+            state: ContainerState::Created,
+            created_at_ns: now_ns(),
+            started_at_ns: 0,
+            finished_at_ns: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid,
+            dir,
+            rootfs,
+            log_path,
+            cgroup: Some(cg.as_str().to_string()),
+        };
+        self.store.put_container(&rec)?;
+        undo.disarm();
+        Ok(rec)
+    }
+
+    /// pid TARGET: the target container's PID namespace.
+    fn target_pid_ns(&self, config: &ContainerConfig) -> Result<Option<PathBuf>> {
+        let ns = &config.security_context().namespace_options;
+        if ns.pid != NamespaceMode::Target {
+            return Ok(None);
+        }
+        let m = self.containers.read().map_err(|_| poisoned())?;
+        let target = m
+            .values()
+            .find(|c| {
+                c.id == ns.target_id
+                    || (!ns.target_id.is_empty() && c.id.starts_with(&ns.target_id))
+            })
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "target container {:?} for the PID namespace not found",
+                    ns.target_id
+                ))
+            })?;
+        if target.state != ContainerState::Running && target.state != ContainerState::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "target container {} is not running",
+                target.id
+            )));
+        }
+        Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid))))
+    }
 }
 
 #[cfg(test)]

@@ -108,6 +108,21 @@ pub async fn spawn(shim: &Path, dir: &Path) -> Result<i32, ShimError> {
     )))
 }
 
+/// A short path to the socket in `dir`, through an open fd of the
+/// directory: a socket path is limited to 108 bytes, and state dirs with
+/// 64-digit ids under a long state root go past that. The returned file
+/// must stay open while connecting.
+fn socket_path(dir: &Path) -> std::io::Result<(std::fs::File, PathBuf)> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(dir)?;
+    let p = PathBuf::from(format!(
+        "/proc/self/fd/{}/{}",
+        f.as_raw_fd(),
+        protocol::SOCKET_FILE
+    ));
+    Ok((f, p))
+}
+
 /// Send one request to the shim of `dir` and read its answer.
 pub async fn call(
     dir: &Path,
@@ -116,12 +131,12 @@ pub async fn call(
 ) -> Result<Response, ShimError> {
     let dir_s = dir.display().to_string();
     let fut = async {
-        let mut s = UnixStream::connect(dir.join(protocol::SOCKET_FILE))
-            .await
-            .map_err(|source| ShimError::Gone {
-                dir: dir_s.clone(),
-                source,
-            })?;
+        let gone = |source| ShimError::Gone {
+            dir: dir_s.clone(),
+            source,
+        };
+        let (_dir_fd, path) = socket_path(dir).map_err(gone)?;
+        let mut s = UnixStream::connect(&path).await.map_err(gone)?;
         let mut line = serde_json::to_vec(req).map_err(|e| ShimError::Protocol {
             dir: dir_s.clone(),
             detail: e.to_string(),
@@ -170,4 +185,38 @@ pub async fn call(
 pub fn read_exit(dir: &Path) -> Option<protocol::ExitStatus> {
     let b = std::fs::read(dir.join(protocol::EXIT_FILE)).ok()?;
     serde_json::from_slice(&b).ok()
+}
+
+/// [`call`] from a blocking context (cleanup paths on blocking threads).
+pub fn call_blocking(dir: &Path, req: &Request, timeout: Duration) -> Result<Response, ShimError> {
+    use std::io::{BufRead, Write};
+    let dir_s = dir.display().to_string();
+    let io = |what: &'static str| {
+        let dir = dir_s.clone();
+        move |source| ShimError::Io { dir, what, source }
+    };
+    let gone = |source| ShimError::Gone {
+        dir: dir_s.clone(),
+        source,
+    };
+    let (_dir_fd, path) = socket_path(dir).map_err(gone)?;
+    let mut s = std::os::unix::net::UnixStream::connect(&path).map_err(gone)?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(io("setting a timeout"))?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(io("setting a timeout"))?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ShimError::Protocol {
+        dir: dir_s.clone(),
+        detail: e.to_string(),
+    })?;
+    line.push(b'\n');
+    s.write_all(&line).map_err(io("sending a request"))?;
+    let mut answer = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut answer)
+        .map_err(io("reading the answer"))?;
+    serde_json::from_str(&answer).map_err(|e| ShimError::Protocol {
+        dir: dir_s,
+        detail: format!("{e}: {answer:?}"),
+    })
 }
