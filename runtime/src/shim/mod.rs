@@ -253,9 +253,15 @@ fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<server::Monitor, Sh
     write_atomic(dir, INIT_PID_FILE, created.pid.to_string().as_bytes())?;
     let sock = dir.join(SOCKET_FILE);
     let _ = std::fs::remove_file(&sock);
+    // Bound by a relative name from inside the state dir: a socket path is
+    // limited to 108 bytes and state dirs with 64-digit ids come close.
+    std::env::set_current_dir(dir).map_err(|source| ShimError::Bind {
+        path: dir.display().to_string(),
+        source,
+    })?;
     // Mode 0600 from the start: no window in which others may connect.
     let old = umask(Mode::from_bits_truncate(0o177));
-    let listener = UnixListener::bind(&sock);
+    let listener = UnixListener::bind(SOCKET_FILE);
     umask(old);
     let listener = listener.map_err(|source| ShimError::Bind {
         path: sock.display().to_string(),
