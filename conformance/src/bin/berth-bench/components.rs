@@ -13,7 +13,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use berth_conformance::images::Image;
@@ -22,33 +22,53 @@ use sha2::{Digest, Sha256};
 
 use crate::workload::MB;
 
+/// Wall-clock and CPU seconds of one stage.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Cost {
+    pub wall_s: f64,
+    pub cpu_s: f64,
+}
+
+impl std::ops::Add for Cost {
+    type Output = Cost;
+    fn add(self, o: Cost) -> Cost {
+        Cost {
+            wall_s: self.wall_s + o.wall_s,
+            cpu_s: self.cpu_s + o.cpu_s,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct LayerTimes {
     pub digest: String,
     pub compressed_bytes: u64,
     pub uncompressed_bytes: u64,
     pub entries: u64,
-    pub network_s: f64,
-    pub inflate_s: f64,
-    pub hash_compressed_s: f64,
-    pub hash_uncompressed_s: f64,
-    pub unpack_s: f64,
+    /// The GET alone; cpu = this process (client side).
+    pub network: Cost,
+    /// The registry's CPU while serving that GET.
+    pub registry_cpu_s: f64,
+    pub inflate: Cost,
+    pub hash_compressed: Cost,
+    pub hash_uncompressed: Cost,
+    pub unpack: Cost,
 }
 
 impl LayerTimes {
-    /// berthd's per-layer pipeline: a tokio task downloads and hashes the
+    /// berthd's per-layer pipeline on an idle machine: a tokio task
+    /// downloads (client and registry work in parallel) and hashes the
     /// compressed stream; a blocking thread inflates, hashes the tar and
-    /// unpacks. The layer takes about the slower of the two.
+    /// unpacks. The layer takes about the slower of the two (CPU seconds:
+    /// they do not depend on what else runs on the machine).
     pub fn pipeline_s(&self) -> f64 {
-        (self.network_s + self.hash_compressed_s)
-            .max(self.inflate_s + self.hash_uncompressed_s + self.unpack_s)
+        let download = self.network.cpu_s.max(self.registry_cpu_s) + self.hash_compressed.cpu_s;
+        let unpack = self.inflate.cpu_s + self.hash_uncompressed.cpu_s + self.unpack.cpu_s;
+        download.max(unpack)
     }
-    pub fn sum_s(&self) -> f64 {
-        self.network_s
-            + self.hash_compressed_s
-            + self.inflate_s
-            + self.hash_uncompressed_s
-            + self.unpack_s
+    /// Every stage of this layer (berth's side: without the registry).
+    pub fn sum(&self) -> Cost {
+        self.network + self.hash_compressed + self.inflate + self.hash_uncompressed + self.unpack
     }
 }
 
@@ -56,7 +76,7 @@ impl LayerTimes {
 pub struct Components {
     pub layers: Vec<LayerTimes>,
     /// All blobs fetched 3 at a time (berthd's default max_concurrent_downloads).
-    pub network_parallel_s: f64,
+    pub network_parallel: Cost,
     pub syncfs_s: f64,
     pub compressed_bytes: u64,
     pub uncompressed_bytes: u64,
@@ -67,17 +87,28 @@ pub struct Components {
 }
 
 impl Components {
-    pub fn total(&self, f: impl Fn(&LayerTimes) -> f64) -> f64 {
-        self.layers.iter().map(f).sum()
+    pub fn total(&self, f: impl Fn(&LayerTimes) -> Cost) -> Cost {
+        self.layers
+            .iter()
+            .map(f)
+            .fold(Cost::default(), |a, b| a + b)
     }
 
-    /// Every stage of every layer one after the other.
-    pub fn serial_s(&self) -> f64 {
-        self.total(LayerTimes::sum_s) + self.syncfs_s
+    pub fn registry_cpu_s(&self) -> f64 {
+        self.layers.iter().map(|l| l.registry_cpu_s).sum()
+    }
+
+    /// Every stage of every layer one after the other, plus the syncfs.
+    pub fn serial(&self) -> Cost {
+        self.total(LayerTimes::sum)
+            + Cost {
+                wall_s: self.syncfs_s,
+                cpu_s: 0.0,
+            }
     }
 
     /// The layers scheduled `concurrency` at a time in manifest order, each
-    /// taking its pipeline time (unbounded CPU), plus the final syncfs.
+    /// taking its pipeline time (unbounded cores), plus the final syncfs.
     pub fn critical_path_s(&self) -> f64 {
         let mut slots = vec![0.0f64; self.concurrency.max(1)];
         for l in &self.layers {
@@ -92,20 +123,49 @@ impl Components {
         slots.into_iter().fold(0.0, f64::max) + self.syncfs_s
     }
 
-    /// All stages' time spread over every core (network time includes the
-    /// registry's side, which shares the same cores).
+    /// Every stage's CPU (the registry's included: it shares the cores)
+    /// spread over all cores, plus the syncfs.
     pub fn cpu_bound_s(&self) -> f64 {
-        self.total(LayerTimes::sum_s) / self.cores.max(1) as f64 + self.syncfs_s
+        (self.serial().cpu_s + self.registry_cpu_s()) / self.cores.max(1) as f64 + self.syncfs_s
     }
 
-    /// What a perfect one-pass, parallel-layer pull could reach here.
+    /// What a perfect one-pass, parallel-layer pull could reach on this
+    /// machine when nothing else runs.
     pub fn estimate_s(&self) -> f64 {
         self.critical_path_s().max(self.cpu_bound_s())
     }
 }
 
-async fn get_to_sink(http: &reqwest::Client, url: &str, expect: u64) -> Result<f64> {
-    let t = Instant::now();
+fn thread_cpu() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+fn process_cpu() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// Run `f` on this thread, measuring wall and this thread's CPU time.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Cost) {
+    let (w, c) = (Instant::now(), thread_cpu());
+    let r = f();
+    (
+        r,
+        Cost {
+            wall_s: w.elapsed().as_secs_f64(),
+            cpu_s: thread_cpu() - c,
+        },
+    )
+}
+
+fn registry_cpu(pid: Option<u32>) -> f64 {
+    pid.and_then(|p| crate::cpu::sample_tree(p).ok())
+        .map(|s| s.total())
+        .unwrap_or(0.0)
+}
+
+async fn get_to_sink(http: &reqwest::Client, url: &str, expect: u64) -> Result<()> {
     let mut resp = http
         .get(url)
         .send()
@@ -125,11 +185,7 @@ async fn get_to_sink(http: &reqwest::Client, url: &str, expect: u64) -> Result<f
     if n != expect {
         bail!("GET {url}: {n} bytes, expected {expect}");
     }
-    Ok(t.elapsed().as_secs_f64())
-}
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
+    Ok(())
 }
 
 /// Measure every stage. `registry_url` is `http://127.0.0.1:PORT`, `repo` the
@@ -138,6 +194,7 @@ fn secs(d: Duration) -> f64 {
 pub async fn measure(
     image: &Image,
     registry_url: &str,
+    registry_pid: Option<u32>,
     repo: &str,
     work: &Path,
     berth_root: Option<&Path>,
@@ -158,21 +215,28 @@ pub async fn measure(
     });
 
     // (a) network, each blob alone, then all of them `concurrency` at a time.
+    // CPU: this whole process (the client side; nothing else runs in it
+    // meanwhile) and, separately, the registry.
     let http = reqwest::Client::builder().build()?;
     let url = |d: &str| format!("{registry_url}/v2/{repo}/blobs/{d}");
     for l in &image.layers {
-        let network_s = get_to_sink(&http, &url(&l.blob.digest), l.blob.size()).await?;
+        let (w, cpu, reg) = (Instant::now(), process_cpu(), registry_cpu(registry_pid));
+        get_to_sink(&http, &url(&l.blob.digest), l.blob.size()).await?;
         c.layers.push(LayerTimes {
             digest: l.blob.digest.clone(),
             compressed_bytes: l.blob.size(),
             uncompressed_bytes: l.tar_size,
-            network_s,
+            network: Cost {
+                wall_s: w.elapsed().as_secs_f64(),
+                cpu_s: process_cpu() - cpu,
+            },
+            registry_cpu_s: registry_cpu(registry_pid) - reg,
             ..Default::default()
         });
     }
-    let t = Instant::now();
+    let (w, cpu) = (Instant::now(), process_cpu());
     let http = Arc::new(http);
-    let results: Vec<Result<f64>> = futures::stream::iter(image.layers.iter().map(|l| {
+    let results: Vec<Result<()>> = futures::stream::iter(image.layers.iter().map(|l| {
         let http = http.clone();
         let u = url(&l.blob.digest);
         let size = l.blob.size();
@@ -184,9 +248,13 @@ pub async fn measure(
     for r in results {
         r?;
     }
-    c.network_parallel_s = secs(t.elapsed());
+    c.network_parallel = Cost {
+        wall_s: w.elapsed().as_secs_f64(),
+        cpu_s: process_cpu() - cpu,
+    };
 
-    // (b) inflate, (c) hash, (d) unpack: layer by layer, on a blocking thread.
+    // (b) inflate, (c) hash, (d) unpack: layer by layer, on one blocking
+    // thread (its CPU time is exact).
     let layers: Vec<_> = image
         .layers
         .iter()
@@ -207,14 +275,12 @@ pub async fn measure(
             // One buffer for every layer, touched once so that page faults are
             // not counted as inflate time.
             let mut tar = vec![0u8; max_tar + (1 << 20)];
-            tar.clear();
             for (i, (blob, digest, diff_id, tar_size)) in layers.iter().enumerate() {
                 tar.clear();
-                let t = Instant::now();
-                let mut dec = flate2::bufread::MultiGzDecoder::new(&blob[..]);
-                dec.read_to_end(&mut tar)
-                    .with_context(|| format!("inflating {digest}"))?;
-                times[i].inflate_s = secs(t.elapsed());
+                let (r, cost) =
+                    timed(|| flate2::bufread::MultiGzDecoder::new(&blob[..]).read_to_end(&mut tar));
+                r.with_context(|| format!("inflating {digest}"))?;
+                times[i].inflate = cost;
                 if tar.len() as u64 != *tar_size {
                     bail!(
                         "{digest} inflated to {} bytes, expected {tar_size}",
@@ -222,12 +288,10 @@ pub async fn measure(
                     );
                 }
 
-                let t = Instant::now();
-                let hc = Sha256::digest(&blob[..]);
-                times[i].hash_compressed_s = secs(t.elapsed());
-                let t = Instant::now();
-                let hu = Sha256::digest(&tar[..]);
-                times[i].hash_uncompressed_s = secs(t.elapsed());
+                let (hc, cost) = timed(|| Sha256::digest(&blob[..]));
+                times[i].hash_compressed = cost;
+                let (hu, cost) = timed(|| Sha256::digest(&tar[..]));
+                times[i].hash_uncompressed = cost;
                 if format!("sha256:{}", hex::encode(hc)) != *digest
                     || format!("sha256:{}", hex::encode(hu)) != *diff_id
                 {
@@ -236,17 +300,16 @@ pub async fn measure(
 
                 let dir = work.join(format!("layer-{i}"));
                 std::fs::create_dir(&dir)?;
-                let t = Instant::now();
-                let stats = berth_image::unpack::unpack_layer(&tar[..], &dir)
-                    .with_context(|| format!("unpacking {digest} into {}", dir.display()))?;
-                times[i].unpack_s = secs(t.elapsed());
+                let (stats, cost) = timed(|| berth_image::unpack::unpack_layer(&tar[..], &dir));
+                let stats =
+                    stats.with_context(|| format!("unpacking {digest} into {}", dir.display()))?;
+                times[i].unpack = cost;
                 times[i].entries = stats.entries;
             }
             let t = Instant::now();
             let f = std::fs::File::open(&work)?;
             rustix::fs::syncfs(&f).context("syncfs")?;
-            let syncfs_s = secs(t.elapsed());
-            Ok((times, syncfs_s))
+            Ok((times, t.elapsed().as_secs_f64()))
         })
         .await
         .context("component task")??;

@@ -496,6 +496,7 @@ async fn run(args: Args, berthd: Option<String>) -> Result<i32> {
         let r = components::measure(
             img,
             &registry.url(),
+            registry.pid(),
             repo,
             &work,
             berth_root_seen.as_deref(),
