@@ -347,6 +347,15 @@ async fn image_config_user_env_entrypoint_cmd_and_workdir_are_honoured_and_overr
         e.lines().any(|l| l == "GREETING=hello") && e.lines().any(|l| l == "KEEP=image"),
         "image env: {e}"
     );
+    let st = status(&env, &plain).await.unwrap();
+    let user = st.user.and_then(|u| u.linux).expect("ContainerStatus.user");
+    assert_eq!((user.uid, user.gid), (1000, 1000), "the image's user");
+    assert!(user.supplemental_groups.contains(&1000), "{user:?}");
+    assert_eq!(
+        Path::new(&st.log_path),
+        p.logs.path().join("plain.log"),
+        "ContainerStatus.log_path"
+    );
 
     // 2. args replace Cmd, Entrypoint stays.
     let mut c = container(&p, "args", &[]);
@@ -377,6 +386,8 @@ async fn image_config_user_env_entrypoint_cmd_and_workdir_are_honoured_and_overr
     let both = run(&env, &p, c).await;
     assert_eq!(pid1_args(&env, &both).await, ["sleep", "1004"]);
     assert_eq!(sh(&env, &both, "id -u").await, "0\n");
+    let user = status(&env, &both).await.unwrap().user.and_then(|u| u.linux);
+    assert_eq!(user.map(|u| u.uid), Some(0), "run_as_user in ContainerStatus");
     assert_eq!(sh(&env, &both, "pwd").await, "/tmp\n");
     let e = sh(&env, &both, "env").await;
     let greetings: Vec<&str> = e.lines().filter(|l| l.starts_with("GREETING=")).collect();
@@ -730,6 +741,10 @@ async fn berthd_killed_during_stop_container_then_stop_again_kills_and_remove_le
     assert!(
         !env.berthd.state().join("containers").join(&id).exists(),
         "state dir removed"
+    );
+    assert!(
+        !env.berthd.root().join("containers").join(&id).exists(),
+        "writable layer removed"
     );
     assert!(cgroups_named(&p.id).iter().all(|d| !d.join(&id).exists()));
     remove_pod(&env, p).await;

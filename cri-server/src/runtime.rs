@@ -117,8 +117,28 @@ fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
         log_path: r.log_path.clone(),
         resources,
         image_id: r.image_id.clone(),
-        user: None,
+        user: process_user(&r.dir),
     }
+}
+
+/// The credentials the container's process started with, from its OCI spec
+/// (`process.user`), as containerd reports them in ContainerStatus.
+fn process_user(dir: &std::path::Path) -> Option<cri::ContainerUser> {
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
+    let user = spec.get("process")?.get("user")?;
+    let id = |k: &str| user.get(k).and_then(serde_json::Value::as_i64);
+    Some(cri::ContainerUser {
+        linux: Some(cri::LinuxContainerUser {
+            uid: id("uid")?,
+            gid: id("gid")?,
+            supplemental_groups: user
+                .get("additionalGids")
+                .and_then(serde_json::Value::as_array)
+                .map(|a| a.iter().filter_map(serde_json::Value::as_i64).collect())
+                .unwrap_or_default(),
+        }),
+    })
 }
 
 fn labels(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
