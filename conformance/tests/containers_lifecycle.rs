@@ -386,8 +386,16 @@ async fn image_config_user_env_entrypoint_cmd_and_workdir_are_honoured_and_overr
     let both = run(&env, &p, c).await;
     assert_eq!(pid1_args(&env, &both).await, ["sleep", "1004"]);
     assert_eq!(sh(&env, &both, "id -u").await, "0\n");
-    let user = status(&env, &both).await.unwrap().user.and_then(|u| u.linux);
-    assert_eq!(user.map(|u| u.uid), Some(0), "run_as_user in ContainerStatus");
+    let user = status(&env, &both)
+        .await
+        .unwrap()
+        .user
+        .and_then(|u| u.linux);
+    assert_eq!(
+        user.map(|u| u.uid),
+        Some(0),
+        "run_as_user in ContainerStatus"
+    );
     assert_eq!(sh(&env, &both, "pwd").await, "/tmp\n");
     let e = sh(&env, &both, "env").await;
     let greetings: Vec<&str> = e.lines().filter(|l| l.starts_with("GREETING=")).collect();
