@@ -701,8 +701,31 @@ pub fn exec_process(cfg: &ProcessConfig, sync: Option<BorrowedFd<'_>>) -> i32 {
     code
 }
 
+/// The home directory of `uid` in the container's /etc/passwd (a regular
+/// file of at most 1 MiB), or "/".
+fn home_dir(uid: u32) -> String {
+    const MAX: u64 = 1 << 20;
+    let passwd = match std::fs::metadata("/etc/passwd") {
+        Ok(m) if m.is_file() && m.len() <= MAX => {
+            std::fs::read_to_string("/etc/passwd").unwrap_or_default()
+        }
+        _ => String::new(),
+    };
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 6 && f[2].parse::<u32>() == Ok(uid))
+        .map(|f| f[5].to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".to_string())
+}
+
 fn try_exec(cfg: &ProcessConfig) -> std::result::Result<std::convert::Infallible, (i32, String)> {
     let program = cfg.args.first().cloned().unwrap_or_default();
+    // As runc does: HOME from the user's /etc/passwd entry in the container
+    // (read while still root), "/" without one, unless the env sets it.
+    let home = (!cfg.env.iter().any(|e| e.starts_with("HOME=")))
+        .then(|| format!("HOME={}", home_dir(cfg.uid)));
     drop_privileges(cfg).map_err(|e| (126, e.to_string()))?;
     umask(Mode::from_bits_truncate(cfg.umask.unwrap_or(0o022)));
     let Some(path) = lookup_path(&program, &cfg.env, is_executable) else {
@@ -722,6 +745,7 @@ fn try_exec(cfg: &ProcessConfig) -> std::result::Result<std::convert::Infallible
     let env = cfg
         .env
         .iter()
+        .chain(home.iter())
         .map(|a| cstr(a))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     clean_process_state();
