@@ -347,6 +347,14 @@ async fn image_config_user_env_entrypoint_cmd_and_workdir_are_honoured_and_overr
         e.lines().any(|l| l == "GREETING=hello") && e.lines().any(|l| l == "KEEP=image"),
         "image env: {e}"
     );
+    // HOME from the user's passwd entry, as runc sets it, for the process
+    // and for exec.
+    assert!(e.lines().any(|l| l == "HOME=/home/app"), "HOME: {e}");
+    let environ = sh(&env, &plain, "tr '\\0' '\\n' < /proc/1/environ").await;
+    assert!(
+        environ.lines().any(|l| l == "HOME=/home/app"),
+        "PID 1 HOME: {environ}"
+    );
     let st = status(&env, &plain).await.unwrap();
     let user = st.user.and_then(|u| u.linux).expect("ContainerStatus.user");
     assert_eq!((user.uid, user.gid), (1000, 1000), "the image's user");
@@ -402,6 +410,7 @@ async fn image_config_user_env_entrypoint_cmd_and_workdir_are_honoured_and_overr
     assert_eq!(greetings, ["GREETING=from-cri"], "CRI env wins by key: {e}");
     assert!(e.lines().any(|l| l == "ADDED=1"), "CRI env added: {e}");
     assert!(e.lines().any(|l| l == "KEEP=image"), "image env kept: {e}");
+    assert!(e.lines().any(|l| l == "HOME=/root"), "root's HOME: {e}");
     // The process itself (not only exec) got the merged env.
     let environ = sh(&env, &both, "tr '\\0' '\\n' < /proc/1/environ").await;
     assert!(
