@@ -414,3 +414,32 @@ fn a_bad_bundle_is_an_error_line_and_leaves_nothing() {
     }
     assert!(b.cgroup.as_ref().unwrap().procs().is_empty());
 }
+
+#[test]
+fn a_tty_container_logs_its_terminal_as_stdout_and_can_be_resized() {
+    require_root!();
+    let mut b = Bundle::new("tty");
+    b.write_with(
+        &b.spec(&["sh", "-c", "tty; stty size; echo done"]),
+        ShimKind::Container,
+        true,
+    );
+    b.run_shim().unwrap();
+    assert_eq!(
+        b.request(&Request::Resize {
+            width: 100,
+            height: 40
+        }),
+        Response::Ok
+    );
+    assert_eq!(b.start(), Response::Ok);
+    assert_eq!(b.wait().code, 0);
+    let log = b.log_text();
+    assert_eq!(
+        log_contents(&log, "stdout"),
+        // The host pty, bound on /dev/console as runc does.
+        vec!["/dev/console", "40 100", "done"],
+        "{log}"
+    );
+    assert!(log_contents(&log, "stderr").is_empty());
+}

@@ -257,9 +257,13 @@ pub enum ReadOutcome {
     Eof,
 }
 
+/// Bytes read from a stream at a time.
+pub const READ_CHUNK: usize = 8 * 1024;
+
 /// Relays a stream (a pipe or the pty master) into the log. `carry` holds
-/// a line waiting for its end between reads; `scratch` is one buffer shared
-/// by all streams, allocated on first use.
+/// a line waiting for its end between reads (at most [`MAX_RECORD`] plus a
+/// chunk, usually nothing); `scratch` is one buffer shared by all streams,
+/// allocated on first use.
 pub struct Relay {
     scratch: Vec<u8>,
 }
@@ -285,19 +289,13 @@ impl Relay {
         carry: &mut Vec<u8>,
         log: &mut LogFile,
     ) -> ReadOutcome {
-        if self.scratch.len() != MAX_RECORD + 1 {
-            self.scratch = vec![0; MAX_RECORD + 1];
+        if self.scratch.len() != READ_CHUNK {
+            self.scratch = vec![0; READ_CHUNK];
         }
-        let held = carry.len().min(MAX_RECORD);
-        self.scratch[..held].copy_from_slice(&carry[..held]);
-        carry.clear();
         let n = loop {
-            match nix::unistd::read(fd.as_fd(), &mut self.scratch[held..]) {
+            match nix::unistd::read(fd.as_fd(), &mut self.scratch) {
                 Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) => {
-                    carry.extend_from_slice(&self.scratch[..held]);
-                    return ReadOutcome::WouldBlock;
-                }
+                Err(Errno::EAGAIN) => return ReadOutcome::WouldBlock,
                 // EIO: the pty's other side is closed. Any other error ends
                 // the stream too: there is nothing better to do with it.
                 Err(_) => break 0,
@@ -305,9 +303,14 @@ impl Relay {
             }
         };
         let eof = n == 0;
-        let len = held + n;
-        let used = log.write_records(stream, &self.scratch[..len], eof);
-        carry.extend_from_slice(&self.scratch[used..len]);
+        if carry.is_empty() {
+            let used = log.write_records(stream, &self.scratch[..n], eof);
+            carry.extend_from_slice(&self.scratch[used..n]);
+        } else {
+            carry.extend_from_slice(&self.scratch[..n]);
+            let used = log.write_records(stream, carry, eof);
+            carry.drain(..used);
+        }
         if carry.is_empty() && carry.capacity() > 256 {
             // A long partial line came and went: give its memory back.
             *carry = Vec::new();
@@ -447,5 +450,45 @@ mod tests {
     fn an_empty_path_discards_output() {
         let mut log = LogFile::open("").unwrap();
         assert_eq!(log.write_records(Stream::Stdout, b"x\ny", false), 2);
+    }
+
+    #[test]
+    fn a_stream_relayed_in_chunks_keeps_its_lines_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.log");
+        let mut log = LogFile::open(path.to_str().unwrap()).unwrap();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        let mut relay = Relay::new();
+        let mut carry = Vec::new();
+        let mut feed = |bytes: &[u8], carry: &mut Vec<u8>| {
+            nix::unistd::write(&w, bytes).unwrap();
+            while relay.read_once(&r, Stream::Stdout, carry, &mut log) == ReadOutcome::Data {}
+        };
+        feed(b"one\ntw", &mut carry);
+        assert_eq!(carry, b"tw");
+        feed(b"o\n", &mut carry);
+        assert!(carry.is_empty());
+        // A line of 20000 bytes, in pieces smaller than a read chunk.
+        let long = vec![b'z'; 20_000];
+        for piece in long.chunks(3000) {
+            feed(piece, &mut carry);
+        }
+        feed(b"\n", &mut carry);
+        drop(w);
+        assert_eq!(
+            relay.read_once(&r, Stream::Stdout, &mut carry, &mut log),
+            ReadOutcome::Eof
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let recs: Vec<(&str, usize)> = text.lines().map(|l| (&l[31..39], l.len() - 40)).collect();
+        assert_eq!(
+            recs,
+            vec![
+                ("stdout F", 3),
+                ("stdout F", 3),
+                ("stdout P", MAX_RECORD),
+                ("stdout F", 20_000 - MAX_RECORD)
+            ]
+        );
     }
 }

@@ -139,6 +139,9 @@ pub fn main() -> i32 {
             return 2;
         }
     };
+    // Whatever berthd (or a test harness) let us inherit is not ours to
+    // hold open for the container's lifetime.
+    spawn::close_inherited();
     match spawn::detach() {
         Ok(false) => return 0,
         Ok(true) => {}
@@ -211,16 +214,64 @@ fn run_detached(dir: &Path) -> i32 {
             }
         }
     }
-    // The spec and the set-up are gone; give their heap back.
-    // SAFETY: malloc_trim only releases free memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    // The spec and the set-up are gone; give their heap and stack back.
+    release_memory();
     let _ = monitor.run();
     let _ = std::fs::remove_file(dir.join(SOCKET_FILE));
     0
 }
 
+/// Gives back the memory that start-up used and the loop will not: free
+/// heap, and the stack below the caller.
+#[inline(never)]
+pub(crate) fn release_memory() {
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    release_unused_stack();
+}
+
+/// Parsing the spec and setting up the container went deep into the stack;
+/// those pages stay resident (and private to each shim) unless given back.
+/// Everything below the current frame, less a margin, is unused now: it is
+/// dropped, and faults back in as zero pages if the loop ever goes as deep.
+#[inline(never)]
+fn release_unused_stack() {
+    let marker = 0u8;
+    let sp = std::hint::black_box(&marker) as *const u8 as usize;
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    let Some(range) = maps
+        .lines()
+        .find(|l| l.ends_with("[stack]"))
+        .and_then(|l| l.split(' ').next())
+    else {
+        return;
+    };
+    let Some((lo, hi)) = range.split_once('-') else {
+        return;
+    };
+    let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) else {
+        return;
+    };
+    const MARGIN: usize = 16 * 1024;
+    let top = sp.saturating_sub(MARGIN) & !4095;
+    if sp < lo || sp >= hi || top <= lo {
+        return;
+    }
+    // SAFETY: [lo, top) lies in this thread's stack, at least MARGIN below
+    // the live frame; no live data is there (no signal handler runs on
+    // this stack), and MADV_DONTNEED leaves it mapped, to refault as zeroes.
+    unsafe {
+        libc::madvise(lo as *mut libc::c_void, top - lo, libc::MADV_DONTNEED);
+    }
+}
+
+// Never inlined: its deep frame (the spec, the plan) must lie below the
+// loop's, where release_memory can give it back.
+#[inline(never)]
 fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<server::Monitor, ShimError> {
     // SIGCHLD only through the signalfd; blocked before any child exists.
     let mut mask = SigSet::empty();

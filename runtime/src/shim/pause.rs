@@ -17,6 +17,8 @@ pub fn run() -> ! {
     set.add(Signal::SIGINT);
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&set), None);
     let _ = nix::unistd::chdir("/");
+    // Forked from the shim mid set-up: drop what that left behind.
+    super::release_memory();
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     loop {

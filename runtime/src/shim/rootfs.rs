@@ -159,7 +159,12 @@ pub fn prepare(s: &RootfsSetup<'_>) -> Result<OwnedFd> {
         make_devices(root.as_fd(), s.devices)?;
         if let Some(console) = s.console {
             let target = open_in_root(root.as_fd(), Path::new("dev/console"), Create::File)?;
-            let source = format!("/proc/self/fd/{}", console.as_raw_fd());
+            // By its name: the fd's mount is the old namespace's, which a
+            // bind from /proc/self/fd/N would refuse.
+            let fd_link = format!("/proc/self/fd/{}", console.as_raw_fd());
+            let source = std::fs::read_link(&fd_link)
+                .map_err(|e| fail("read pty name", &fd_link)(io_errno(&e)))?;
+            let source = source.to_string_lossy();
             mount_at(
                 Some(&source),
                 &target,

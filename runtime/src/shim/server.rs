@@ -325,7 +325,7 @@ impl Monitor {
             return;
         };
         // A few reads per wake-up: enough for a flood, fair to the rest.
-        for _ in 0..8 {
+        for _ in 0..16 {
             match self
                 .relay
                 .read_once(&o.fd, o.stream, &mut o.carry, &mut self.log)

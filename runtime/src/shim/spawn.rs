@@ -390,19 +390,32 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
             drop(child);
             drop(start_r);
             drop(sync_w);
+            // Two reports, in either order: the intermediate's "pid" may
+            // come after init has already set up and said "ready".
             let mut buf = Vec::new();
-            let pid = read_report(&parent.sync, &mut buf, parse_pid);
+            let mut pid = None;
+            let mut ready = false;
+            let r = read_report(&parent.sync, &mut buf, |line| {
+                match parse_pid(line) {
+                    Some(Ok(p)) => pid = Some(p),
+                    Some(Err(e)) => return Some(Err(e)),
+                    None => ready |= line == "ready",
+                }
+                (pid.is_some() && ready).then_some(Ok(()))
+            });
             // The intermediate exits right after its report.
             let _ = waitpid(mid, None);
-            let pid = pid?;
-            parent.pid = pid;
-            if let Err(e) =
-                read_report(&parent.sync, &mut buf, |l| (l == "ready").then_some(Ok(())))
-            {
-                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-                let _ = waitpid(pid, None);
+            if let Err(e) = r {
+                if let Some(pid) = pid {
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                }
                 return Err(e);
             }
+            let Some(pid) = pid else {
+                return Err(SpawnError::Child("no pid reported".into()));
+            };
+            parent.pid = pid;
             if !plan.pause {
                 parent.start = Some(start_w);
             }
@@ -895,11 +908,11 @@ pub fn set_winsize(pty: &OwnedFd, width: u16, height: u16) -> std::result::Resul
     Errno::result(r).map(drop)
 }
 
-/// Closes every descriptor above stderr (the pause process, which never
-/// execs, must not hold the shim's).
-fn close_inherited() {
-    // SAFETY: closes descriptors; nothing in the pause process uses any
-    // above 2 afterwards.
+/// Closes every descriptor above stderr: at shim start (what berthd let it
+/// inherit), and in the pause process, which never execs.
+pub fn close_inherited() {
+    // SAFETY: closes descriptors; the callers own nothing above 2 that they
+    // use afterwards (the pause process never returns to its owners).
     unsafe {
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
     }

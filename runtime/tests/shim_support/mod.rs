@@ -300,15 +300,19 @@ impl Bundle {
     }
 
     pub fn write(&self, spec: &Spec, kind: ShimKind) {
+        self.write_with(spec, kind, false);
+    }
+
+    pub fn write_with(&self, spec: &Spec, kind: ShimKind, tty: bool) {
         std::fs::create_dir_all(self.log.parent().unwrap()).unwrap();
         spec.save(self.dir.join("config.json")).unwrap();
         let cfg = ShimConfig {
             id: self.dir.file_name().unwrap().to_string_lossy().into_owned(),
             kind,
             log_path: self.log.to_string_lossy().into_owned(),
-            stdin: false,
+            stdin: tty,
             stdin_once: false,
-            tty: false,
+            tty,
             restrict_oom_score_adj: true,
         };
         std::fs::write(
@@ -327,9 +331,28 @@ impl Bundle {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        out.read_line(&mut line).unwrap();
+        // One line, within a bound: a hung set-up fails the test instead of
+        // hanging it.
+        let mut out = child.stdout.take().unwrap();
+        let mut bytes = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !bytes.ends_with(b"\n") {
+            use std::os::fd::AsFd as _;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut pfd = [nix::poll::PollFd::new(
+                out.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let n = nix::poll::poll(&mut pfd, ms).unwrap();
+            assert!(n > 0, "berth-shim said nothing within 30 s");
+            let mut chunk = [0u8; 256];
+            match out.read(&mut chunk).unwrap() {
+                0 => break,
+                k => bytes.extend_from_slice(&chunk[..k]),
+            }
+        }
+        let line = String::from_utf8_lossy(&bytes).into_owned();
         // The shim's first process exits at once; reap it.
         child.wait().unwrap();
         if let Ok(p) = std::fs::read_to_string(self.dir.join("shim.pid")) {
