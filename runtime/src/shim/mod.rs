@@ -198,8 +198,9 @@ fn run_detached(dir: &Path) -> i32 {
     let mut monitor = match start(dir, &mut guard) {
         Ok(m) => m,
         Err(e) => {
-            report(&format!("error {e}"));
+            // Clean first: when berthd reads the line, nothing is left.
             drop(guard);
+            report(&format!("error {e}"));
             return 1;
         }
     };
