@@ -157,6 +157,25 @@ struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// A full id from an id or a unique prefix of one (crictl takes prefixes).
+fn resolve_id<T>(m: &HashMap<String, T>, id: &str, what: &str) -> Result<String> {
+    if id.is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} id is required")));
+    }
+    if m.contains_key(id) {
+        return Ok(id.to_string());
+    }
+    let hits: Vec<&String> = m.keys().filter(|k| k.starts_with(id)).collect();
+    match hits.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(Error::NotFound(format!("{what} {id:?} not found"))),
+        _ => Err(Error::InvalidArgument(format!(
+            "{what} id prefix {id:?} is ambiguous ({} matches)",
+            hits.len()
+        ))),
+    }
+}
+
 fn poisoned() -> Error {
     Error::Internal("runtime state lock poisoned by an earlier panic".into())
 }
@@ -218,22 +237,11 @@ impl Runtime {
 
     /// The full id of a sandbox given by id or unique prefix.
     pub fn resolve_sandbox(&self, id: &str) -> Result<String> {
-        if id.is_empty() {
-            return Err(Error::InvalidArgument("pod sandbox id is required".into()));
-        }
-        let m = self.inner.sandboxes.read().map_err(|_| poisoned())?;
-        if m.contains_key(id) {
-            return Ok(id.to_string());
-        }
-        let hits: Vec<&String> = m.keys().filter(|k| k.starts_with(id)).collect();
-        match hits.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(Error::NotFound(format!("pod sandbox {id:?} not found"))),
-            _ => Err(Error::InvalidArgument(format!(
-                "pod sandbox id prefix {id:?} is ambiguous ({} matches)",
-                hits.len()
-            ))),
-        }
+        resolve_id(
+            &*self.inner.sandboxes.read().map_err(|_| poisoned())?,
+            id,
+            "pod sandbox",
+        )
     }
 
     pub fn sandbox(&self, id: &str) -> Result<SandboxRecord> {
@@ -891,23 +899,13 @@ impl Runtime {
             .collect())
     }
 
+    /// The full id of a container given by id or unique prefix.
     pub fn resolve_container(&self, id: &str) -> Result<String> {
-        if id.is_empty() {
-            return Err(Error::InvalidArgument("container id is required".into()));
-        }
-        let m = self.inner.containers.read().map_err(|_| poisoned())?;
-        if m.contains_key(id) {
-            return Ok(id.to_string());
-        }
-        let hits: Vec<&String> = m.keys().filter(|k| k.starts_with(id)).collect();
-        match hits.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(Error::NotFound(format!("container {id:?} not found"))),
-            _ => Err(Error::InvalidArgument(format!(
-                "container id prefix {id:?} is ambiguous ({} matches)",
-                hits.len()
-            ))),
-        }
+        resolve_id(
+            &*self.inner.containers.read().map_err(|_| poisoned())?,
+            id,
+            "container",
+        )
     }
 
     pub fn container(&self, id: &str) -> Result<ContainerRecord> {
