@@ -353,6 +353,45 @@ fn a_pause_shim_holds_a_pid_namespace_that_a_container_joins() {
     assert_ne!(out[0], "me=1", "{out:?}");
     assert!(out[1].contains("berth-shim"), "the pause is PID 1: {out:?}");
 
+    // Not PID 1 of its own namespace: Kill { all } reaches every process of
+    // the container's cgroup, a background one too.
+    let mut d = Bundle::new("inpod2");
+    let mut namespaces = new_namespaces();
+    namespaces[0] = ns(
+        LinuxNamespaceType::Pid,
+        Some(format!("/proc/{pause_pid}/ns/pid")),
+    );
+    d.write(
+        &container_spec(
+            &d.rootfs,
+            &["sh", "-c", "sleep 1000 & echo bg; exec sleep 1000"],
+            d.cgroup_name().as_deref(),
+            namespaces,
+        ),
+        ShimKind::Container,
+    );
+    d.run_shim().unwrap();
+    assert_eq!(d.start(), Response::Ok);
+    d.wait_log(10, |t| t.contains("bg"));
+    let cg = d.cgroup.as_ref().unwrap();
+    assert_eq!(cg.procs().len(), 2);
+    assert_eq!(
+        d.request(&Request::Kill {
+            signal: 15,
+            all: true
+        }),
+        Response::Ok
+    );
+    assert_eq!(d.wait().code, 143);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cg.procs().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        cg.procs().is_empty(),
+        "the background process got the signal too"
+    );
+
     // SIGTERM is ignored, SIGKILL ends it.
     assert_eq!(
         pause.request(&Request::Kill {
@@ -442,4 +481,31 @@ fn a_tty_container_logs_its_terminal_as_stdout_and_can_be_resized() {
         "{log}"
     );
     assert!(log_contents(&log, "stderr").is_empty());
+}
+
+#[test]
+fn an_oom_kill_is_recorded() {
+    require_root!();
+    let mut b = Bundle::new("oom");
+    let cg = b.cgroup.as_ref().unwrap();
+    let mem = cg
+        .dirs
+        .iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/memory"))
+        .unwrap();
+    std::fs::write(mem.join("memory.limit_in_bytes"), "16777216").unwrap();
+    let _ = std::fs::write(mem.join("memory.memsw.limit_in_bytes"), "16777216");
+    // A shell variable of 64 MB in a 16 MB cgroup.
+    b.write(
+        &b.spec(&[
+            "sh",
+            "-c",
+            "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived",
+        ]),
+        ShimKind::Container,
+    );
+    b.run_shim().unwrap();
+    assert_eq!(b.start(), Response::Ok);
+    let exit = b.wait();
+    assert!(exit.oom_killed, "{exit:?}: {}", b.log_text());
 }

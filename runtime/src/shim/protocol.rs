@@ -12,12 +12,22 @@
 //! | `shim.pid` | shim | the shim's pid, once it is detached |
 //! | `init.pid` | shim | the container process's pid (host pid namespace) |
 //! | `exit.json` | shim | [`ExitStatus`], written atomically once the process is reaped |
+//! | `shim.log` | shim | problems met after start-up, when nobody reads its stderr (small) |
 //!
 //! Start-up: berthd runs `berth-shim <state dir>` with a pipe as stdout. The
 //! shim detaches (new session, reparented away from berthd, child subreaper),
 //! creates the container process stopped before exec, binds `shim.sock`, then
 //! writes one line to the pipe: `ok <init pid>` or `error <message>`, and
-//! closes it. A shim that fails before that line leaves nothing behind.
+//! closes it. A shim that fails before that line leaves nothing behind (it
+//! has cleaned up by the time the line is written).
+//!
+//! Exit: once the container process is reaped the shim logs its last
+//! output, writes `exit.json`, answers pending `Wait`s (and clients already
+//! queued on the socket), removes `shim.sock` and exits. A client that finds
+//! no socket, or whose connection is refused or reset, reads `exit.json`.
+//!
+//! A [`ShimKind::Pause`] process runs from creation on: its state is
+//! `Running` at once and `Start` is a no-op.
 
 use serde::{Deserialize, Serialize};
 
