@@ -286,6 +286,9 @@ pub struct Berthd {
     options: BerthdOptions,
     child: Option<Child>,
     binary: PathBuf,
+    /// This berthd's own parent cgroup for pods (`[runtime] cgroup_parent`),
+    /// so that a scenario can check that its pods left no cgroup.
+    cgroup_parent: String,
 }
 
 impl Berthd {
@@ -298,6 +301,7 @@ impl Berthd {
             options,
             child: None,
             binary,
+            cgroup_parent: format!("berth-test-{}", util::unique_suffix()),
         };
         d.write_config()?;
         d.spawn()?;
@@ -318,6 +322,7 @@ impl Berthd {
             options,
             child: None,
             binary,
+            cgroup_parent: format!("berth-test-{}", util::unique_suffix()),
         };
         d.write_config()?;
         d.spawn()?;
@@ -408,7 +413,53 @@ impl Berthd {
                 s += &format!("{} = {}\n", q(host), q_list(endpoints));
             }
         }
+        s += &format!("\n[runtime]\ncgroup_parent = {}\n", q(&self.cgroup_parent));
         s
+    }
+
+    /// The parent cgroup of this berthd's pods.
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
+    }
+
+    /// Cgroups left under this berthd's parent, in any hierarchy.
+    pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for dir in cgroup_parent_dirs(&self.cgroup_parent) {
+            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        out
+    }
+
+    /// Kill what still runs in this berthd's cgroups (their shims then end)
+    /// and remove them, deepest first: cleanup after a failed scenario.
+    pub fn remove_cgroups(&self) {
+        for dir in cgroup_parent_dirs(&self.cgroup_parent) {
+            let mut dirs: Vec<PathBuf> = walk_dirs(&dir);
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for d in &dirs {
+                for pid in fs::read_to_string(d.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                {
+                    if let Ok(pid) = pid.trim().parse::<i32>() {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+            }
+            for d in &dirs {
+                for _ in 0..50 {
+                    if fs::remove_dir(d).is_ok() || !d.exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
     }
 
     fn write_config(&self) -> Result<()> {
@@ -592,5 +643,41 @@ impl Drop for Berthd {
             );
         }
         unmount_all_under(self.dir.path());
+        self.remove_cgroups();
     }
+}
+
+/// `<hierarchy>/<parent>` for every mounted hierarchy that has it.
+fn cgroup_parent_dirs(parent: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut out: Vec<PathBuf> = std::iter::once(root.join(parent))
+        .chain(
+            fs::read_dir(root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path().join(parent)),
+        )
+        .filter(|p| p.is_dir())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `dir` and every directory below it.
+fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let d = out[i].clone();
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(e.path());
+            }
+        }
+        i += 1;
+    }
+    out
 }

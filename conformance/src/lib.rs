@@ -179,6 +179,12 @@ impl Env {
         } else {
             self.assert_no_temp_files();
         }
+        let cgroups = self.berthd.leftover_cgroups();
+        assert!(
+            cgroups.is_empty(),
+            "cgroups left under this berthd's parent {}: {cgroups:#?}",
+            self.berthd.cgroup_parent()
+        );
         self.berthd
             .stop()
             .await

@@ -17,6 +17,22 @@ pub struct Config {
     pub socket: PathBuf,
     pub log: LogConfig,
     pub registry: RegistrySection,
+    pub runtime: RuntimeSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Parent cgroup of pods that come without a cgroup_parent.
+    pub cgroup_parent: String,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        Self {
+            cgroup_parent: "berth".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -71,6 +87,7 @@ impl Default for Config {
             socket: "/run/berth/berth.sock".into(),
             log: LogConfig::default(),
             registry: RegistrySection::default(),
+            runtime: RuntimeSection::default(),
         }
     }
 }
@@ -146,6 +163,12 @@ impl Config {
                     p.display()
                 )));
             }
+        }
+        let cg = &self.runtime.cgroup_parent;
+        if cg.trim_matches('/').is_empty() || cg.split('/').any(|c| c == ".." || c == ".") {
+            return Err(ConfigError::Invalid(format!(
+                "runtime.cgroup_parent {cg:?} must name a cgroup below the root, without . or .."
+            )));
         }
         if self.registry.max_concurrent_downloads == 0 {
             return Err(ConfigError::Invalid(
@@ -273,6 +296,7 @@ pinned_images = ["registry.k8s.io/pause:3.10"]
                 "pinned_images",
             ),
             ("[registry.mirrors]\n\"x.io\" = [\"ftp://m\"]\n", "ftp://m"),
+            ("[runtime]\ncgroup_parent = \"../x\"\n", "cgroup_parent"),
         ] {
             let e = Config::parse(text, Path::new("f.toml"))
                 .unwrap_err()

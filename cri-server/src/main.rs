@@ -125,6 +125,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         root: config.root.clone(),
         state: config.state.clone(),
         shim: shim_path()?,
+        cgroup_parent: config.runtime.cgroup_parent.clone(),
     };
     let images2 = images.clone();
     let runtime = tokio::task::spawn_blocking(move || {

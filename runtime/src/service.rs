@@ -27,9 +27,6 @@ use crate::state::{
     ContainerRecord, ContainerState, SandboxRecord, SandboxState, ShimRef, StateStore,
 };
 
-/// Where pods without a `cgroup_parent` get their cgroup (`berth/<id>`).
-const DEFAULT_CGROUP_PARENT: &str = "berth";
-
 /// Size of a pod's /dev/shm, as containerd and Docker default it.
 const SHM_SIZE: &str = "size=65536k";
 
@@ -41,6 +38,9 @@ pub struct RuntimeConfig {
     pub state: PathBuf,
     /// The berth-shim binary.
     pub shim: PathBuf,
+    /// Parent cgroup of pods that come without a `cgroup_parent` (crictl,
+    /// tests): their cgroup is `<this>/<pod id>`.
+    pub cgroup_parent: String,
 }
 
 type UndoStep = (&'static str, Box<dyn FnOnce() + Send>);
@@ -426,9 +426,11 @@ impl Runtime {
         let dir = rec.dir.clone();
         let cgroup = rec.cgroup.clone();
         let cgroups = self.inner.cgroups.clone();
+        let default_parent = self.inner.cfg.cgroup_parent.clone();
         let pause_cg = rec.pause.as_ref().and_then(|_| {
-            crate::cgroups::pod_cgroup_path(&rec.config.linux.cgroup_parent, &rec.id)
-                .and_then(|p| p.join("pause"))
+            self.inner
+                .pod_cgroup(&rec.config, &rec.id)
+                .and_then(|p| p.join("pause").map_err(Error::from))
                 .ok()
         });
         tokio::task::spawn_blocking(move || {
@@ -439,11 +441,8 @@ impl Runtime {
                 remove_cgroup_logged(&cgroups, &cg);
                 // berth's own parent of pods without a cgroup_parent goes
                 // with its last pod (it stays while another pod is in it).
-                if cg
-                    .as_str()
-                    .starts_with(&format!("{DEFAULT_CGROUP_PARENT}/"))
-                {
-                    remove_default_parent_if_empty();
+                if cg.as_str().starts_with(&format!("{default_parent}/")) {
+                    remove_default_parent_if_empty(&default_parent);
                 }
             }
             remove_dir_logged(&dir)
@@ -488,6 +487,17 @@ fn unmount_logged(p: &Path) {
 }
 
 impl Inner {
+    /// A pod's cgroup: the `cgroup_parent` kubelet gave (kubelet made it),
+    /// or `<runtime cgroup_parent>/<pod id>`.
+    fn pod_cgroup(&self, config: &SandboxConfig, id: &str) -> Result<CgroupPath> {
+        let given = CgroupPath::new(&config.linux.cgroup_parent)?;
+        if given.is_root() {
+            Ok(CgroupPath::new(&self.cfg.cgroup_parent)?.join(id)?)
+        } else {
+            Ok(given)
+        }
+    }
+
     /// The blocking part of RunPodSandbox, with its undo list.
     fn make_sandbox(&self, id: &str, config: SandboxConfig) -> Result<SandboxRecord> {
         let ns = config.namespace_options().clone();
@@ -557,7 +567,7 @@ impl Inner {
 
         // The pod cgroup: kubelet's cgroup_parent (which kubelet made and
         // removes itself), or berth/<id> made here.
-        let cg = crate::cgroups::pod_cgroup_path(&config.linux.cgroup_parent, id)?;
+        let cg = self.pod_cgroup(&config, id)?;
         // The last pod's removal may take away berth's default parent
         // between our mkdirs: one retry makes it again.
         let made = match self.cgroups.create(&cg) {
@@ -709,11 +719,11 @@ fn namespaced_sysctls(
 
 /// rmdir of berth's default parent cgroup in every hierarchy: the kernel
 /// refuses while it has child cgroups, so another pod's is never touched.
-fn remove_default_parent_if_empty() {
+fn remove_default_parent_if_empty(parent: &str) {
     let root = Path::new("/sys/fs/cgroup");
-    let _ = fs::remove_dir(root.join(DEFAULT_CGROUP_PARENT));
+    let _ = fs::remove_dir(root.join(parent));
     for e in fs::read_dir(root).into_iter().flatten().flatten() {
-        let _ = fs::remove_dir(e.path().join(DEFAULT_CGROUP_PARENT));
+        let _ = fs::remove_dir(e.path().join(parent));
     }
 }
 
@@ -1393,7 +1403,7 @@ impl Inner {
             image.config.config.user.as_deref(),
             config.security_context(),
         )?;
-        let pod_cg = crate::cgroups::pod_cgroup_path(&sb.config.linux.cgroup_parent, &sb.id)?;
+        let pod_cg = self.pod_cgroup(&sb.config, &sb.id)?;
         let cg = pod_cg.join(&id)?;
         if self.cgroups.create(&cg)? {
             let (cgroups, c) = (self.cgroups.clone(), cg.clone());
