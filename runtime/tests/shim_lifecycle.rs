@@ -272,6 +272,12 @@ fn the_container_keeps_running_and_logging_when_berthd_hangs_up() {
     // asks to wait and dies too.
     send_and_hang_up(&b.dir.join("shim.sock"), &Request::Start);
     send_and_hang_up(&b.dir.join("shim.sock"), &Request::Wait);
+    // A restarted berthd finds it running.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.state().status != Status::Running {
+        assert!(Instant::now() < deadline, "never reported running");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let log = b.wait_log(20, |t| t.contains("line19"));
     let want: Vec<String> = (0..20).map(|i| format!("line{i}")).collect();
     assert_eq!(log_contents(&log, "stdout"), want);

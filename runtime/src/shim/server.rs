@@ -272,7 +272,9 @@ impl Monitor {
             tokens.push(Token::Listener);
             fds.push(PollFd::new(self.listener.as_fd(), inp));
         }
-        if let (Some(fd), Some(_)) = (&self.sync, self.start_waiter) {
+        // After Start was sent, whether or not its client still waits: the
+        // report moves the state to Running.
+        if let (Some(fd), None) = (&self.sync, &self.start) {
             tokens.push(Token::Sync);
             fds.push(PollFd::new(fd.as_fd(), inp));
         }
@@ -340,15 +342,20 @@ impl Monitor {
         }
     }
 
+    /// What the container wrote before it exited. Bounded: a process it
+    /// left behind (in a shared PID namespace) may hold the pipe and write
+    /// forever.
     fn drain_outputs(&mut self) {
         for i in 0..self.outputs.len() {
+            let mut reads = 0;
             while let Some(o) = self.outputs[i].as_mut() {
+                reads += 1;
                 match self
                     .relay
                     .read_once(&o.fd, o.stream, &mut o.carry, &mut self.log)
                 {
-                    ReadOutcome::Data => continue,
-                    ReadOutcome::WouldBlock => {
+                    ReadOutcome::Data if reads < 1024 => continue,
+                    ReadOutcome::Data | ReadOutcome::WouldBlock => {
                         Relay::flush(o.stream, &mut o.carry, &mut self.log);
                         self.outputs[i] = None;
                     }
@@ -427,7 +434,7 @@ impl Monitor {
 
     fn on_init_exit(&mut self, code: i32, signal: Option<i32>) {
         // A start report still in the pipe decides the Start answer first.
-        if self.start_waiter.is_some() {
+        if self.sync.is_some() && self.start.is_none() {
             self.read_sync();
         }
         self.status = Status::Exited;
