@@ -1,0 +1,44 @@
+//! berthd's command line, run as a process. (Being an integration test of
+//! this package also makes `cargo test --workspace` build the berthd binary
+//! that the conformance suite starts.)
+
+use std::process::Command;
+
+const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
+
+#[test]
+fn help_lists_the_flags_that_override_the_config() {
+    let out = Command::new(BERTHD)
+        .arg("--help")
+        .output()
+        .expect("run berthd --help");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--config", "--root", "--state", "--socket"] {
+        assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_an_error_that_names_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nope.toml");
+    let out = Command::new(BERTHD)
+        .arg("--config")
+        .arg(&missing)
+        .output()
+        .expect("run berthd");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope.toml"), "{err}");
+}
+
+#[test]
+fn relative_paths_are_refused() {
+    let out = Command::new(BERTHD)
+        .args(["--root", "relative/root"])
+        .output()
+        .expect("run berthd");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("absolute"));
+}
