@@ -515,3 +515,82 @@ fn an_oom_kill_is_recorded() {
     let exit = b.wait();
     assert!(exit.oom_killed, "{exit:?}: {}", b.log_text());
 }
+
+#[test]
+fn a_flood_of_output_and_a_long_line_are_logged_completely_in_order() {
+    require_root!();
+    let mut b = Bundle::new("flood");
+    b.write(
+        &b.spec(&[
+            "sh",
+            "-c",
+            "seq 1 100000; head -c 40000 /dev/zero | tr '\\0' x; echo; echo end",
+        ]),
+        ShimKind::Container,
+    );
+    b.run_shim().unwrap();
+    assert_eq!(b.start(), Response::Ok);
+    assert_eq!(b.wait().code, 0);
+    let log = b.log_text();
+    let records: Vec<(&str, &str)> = log
+        .lines()
+        .map(|l| {
+            let mut p = l.splitn(4, ' ');
+            let _ts = p.next();
+            let _stream = p.next();
+            (p.next().unwrap(), p.next().unwrap_or(""))
+        })
+        .collect();
+    assert_eq!(records.len(), 100_000 + 3 + 1);
+    for (i, (tag, content)) in records[..100_000].iter().enumerate() {
+        assert_eq!((*tag, *content), ("F", (i + 1).to_string().as_str()));
+    }
+    // 40000 bytes: two partial records of 16 KiB and a full one.
+    let long = &records[100_000..100_003];
+    assert_eq!(long[0].0, "P");
+    assert_eq!(long[0].1.len(), 16384);
+    assert_eq!(long[1].0, "P");
+    assert_eq!(long[2], ("F", "x".repeat(40_000 - 2 * 16384).as_str()));
+    assert_eq!(records[100_003], ("F", "end"));
+}
+
+/// A tmpfs, unmounted on drop.
+struct TinyFs(std::path::PathBuf);
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_full_disk_drops_output_instead_of_blocking_the_container() {
+    require_root!();
+    let mut b = Bundle::new("diskfull");
+    let logs = b.log.parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&logs).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &logs,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .unwrap();
+    let fs = TinyFs(logs);
+    b.write(
+        &b.spec(&["sh", "-c", "seq 1 200000; echo done >&2; exit 7"]),
+        ShimKind::Container,
+    );
+    b.run_shim().unwrap();
+    assert_eq!(b.start(), Response::Ok);
+    let started = Instant::now();
+    assert_eq!(b.wait().code, 7);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let log = b.log_text();
+    assert!(log.len() <= 64 * 1024);
+    assert!(log.contains(" stdout F 1\n"), "what fitted was logged");
+    // Unmount before the bundle's leak check.
+    drop(fs);
+    drop(b);
+}
