@@ -24,7 +24,7 @@
 //! ordinary code between fork and exec.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
@@ -882,16 +882,6 @@ fn exec_intermediate(
             Ok(())
         }
     }
-}
-
-/// Opens a descriptor number inherited from the parent; used by the shim
-/// binary for its stdout pipe.
-///
-/// # Safety
-/// `fd` must be open and owned by nothing else in this process.
-pub unsafe fn owned_from_raw(fd: i32) -> OwnedFd {
-    // SAFETY: the caller promises `fd` is open and unowned.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Sets the pty's window size (TIOCSWINSZ on the master).
