@@ -519,6 +519,35 @@ pub fn parse_cgroup_v1_mounts(mountinfo: &str) -> Vec<Hierarchy> {
     out
 }
 
+/// The mount point of the mount that holds `path` (the longest mount point
+/// that is a prefix of it), when that mount is shared: it must be made
+/// private before the rootfs is bound and pivoted (runc's
+/// rootfsParentMountPrivate), or pivot_root fails with EINVAL and the
+/// container's mounts would propagate to the host.
+pub fn shared_parent_mount(mountinfo: &str, path: &Path) -> Option<PathBuf> {
+    let mut best: Option<(PathBuf, bool)> = None;
+    for line in mountinfo.lines() {
+        let Some((left, _)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = left.split(' ').collect();
+        let Some(mp) = fields.get(4) else { continue };
+        let mp = PathBuf::from(unescape_mountinfo(mp));
+        if !path.starts_with(&mp) {
+            continue;
+        }
+        let shared = fields.iter().skip(6).any(|f| f.starts_with("shared:"));
+        // Later lines win at the same mount point (stacked mounts).
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| mp.as_os_str().len() >= b.as_os_str().len())
+        {
+            best = Some((mp, shared));
+        }
+    }
+    best.filter(|(_, shared)| *shared).map(|(mp, _)| mp)
+}
+
 /// mountinfo escapes space, tab, newline and backslash as \ooo.
 fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
@@ -700,6 +729,22 @@ mod tests {
             .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn the_shared_mount_holding_the_rootfs_is_found() {
+        let mi = "27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                  40 27 0:50 / /run rw shared:5 - tmpfs tmpfs rw\n\
+                  41 40 0:51 / /run/b rw - tmpfs tmpfs rw\n";
+        assert_eq!(
+            shared_parent_mount(mi, Path::new("/run/berth/c/rootfs")),
+            Some(PathBuf::from("/run"))
+        );
+        assert_eq!(shared_parent_mount(mi, Path::new("/run/b/rootfs")), None);
+        assert_eq!(
+            shared_parent_mount(mi, Path::new("/var/x")),
+            Some(PathBuf::from("/"))
+        );
     }
 
     #[test]

@@ -136,6 +136,22 @@ pub struct RootfsSetup<'a> {
 pub fn prepare(s: &RootfsSetup<'_>) -> Result<OwnedFd> {
     mount(None::<&str>, "/", None::<&str>, s.propagation, None::<&str>)
         .map_err(fail("set propagation of", "/"))?;
+    if s.propagation.contains(MsFlags::MS_SHARED) {
+        // runc's rootfsParentMountPrivate: pivot_root refuses a shared
+        // parent, and the rootfs's own mounts must not reach the host.
+        let mi = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| fail("read", "/proc/self/mountinfo")(io_errno(&e)))?;
+        if let Some(parent) = super::plan::shared_parent_mount(&mi, s.rootfs) {
+            mount(
+                None::<&str>,
+                &parent,
+                None::<&str>,
+                MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(fail("make private", &parent))?;
+        }
+    }
     mount(
         Some(s.rootfs),
         s.rootfs,
@@ -346,10 +362,20 @@ fn make_devices(root: BorrowedFd<'_>, devices: &[DeviceNode]) -> Result<()> {
 
 /// Makes `root` the root of the mount namespace and lets go of the old one.
 pub fn pivot(root: &OwnedFd, rootfs: &Path) -> Result<()> {
+    let old_root: OwnedFd = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(fail("open old root", "/"))?;
     fchdir(root).map_err(fail("chdir", rootfs))?;
     pivot_root(".", ".").map_err(fail("pivot_root", rootfs))?;
-    // The old root is stacked on "."; make sure unmounting it cannot
-    // propagate to the host, then detach it.
+    // The old root is stacked on the new one. Into it (as runc does): "."
+    // may still be the new root, whose mounts (an rshared bind) must keep
+    // their propagation. Make sure unmounting it cannot propagate to the
+    // host, then detach it.
+    fchdir(&old_root).map_err(fail("chdir to old root", "/"))?;
+    drop(old_root);
     mount(
         None::<&str>,
         ".",
