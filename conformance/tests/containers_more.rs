@@ -1,0 +1,584 @@
+//! More container scenarios of issue 4: mount propagation (private,
+//! host-to-container, bidirectional), devices, pid TARGET, image VOLUMEs,
+//! a read-only rootfs and a command that does not exist. Each scenario
+//! drives a real berthd through the socket, removes what it made (pods,
+//! its own host mounts and dirs) and ends with `env.finish()`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_conformance::Env;
+use berth_conformance::cri::sandbox_config;
+use berth_conformance::images::{Format, ImageBuilder};
+use common::*;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerFilter, ContainerMetadata, CreateContainerRequest, Device,
+    ExecSyncRequest, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest, Mount,
+    MountPropagation, NamespaceMode, NamespaceOption, PodSandboxConfig, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+};
+use nix::mount::{MntFlags, MsFlags};
+use tonic::Code;
+
+struct Pod {
+    id: String,
+    config: PodSandboxConfig,
+    image: String,
+    _logs: tempfile::TempDir,
+}
+
+/// kubelet's usual pod: containers get their own PID namespaces.
+async fn pod_with_image(env: &Env, name: &str, image: &str) -> Pod {
+    pod_with(env, name, image, false).await
+}
+
+/// A pod (privileged as asked: its containers may be) running `image`.
+async fn pod_with(env: &Env, name: &str, image: &str, privileged: bool) -> Pod {
+    let logs = tempfile::tempdir().expect("log dir");
+    let mut config = sandbox_config(name);
+    config.log_directory = logs.path().display().to_string();
+    config.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                pid: NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            privileged,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let mut rt = env.cri.runtime.clone();
+    let id = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    Pod {
+        id,
+        config,
+        image: image.to_string(),
+        _logs: logs,
+    }
+}
+
+async fn push_busybox(env: &Env) -> String {
+    let img = ImageBuilder::busybox(Format::Oci).build();
+    let r = env.push("more/busybox:1", &img).await;
+    env.cri.pull(&r).await.expect("pull busybox");
+    r
+}
+
+async fn pod(env: &Env, name: &str) -> Pod {
+    let r = push_busybox(env).await;
+    pod_with_image(env, name, &r).await
+}
+
+fn container(p: &Pod, name: &str, cmd: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: p.image.clone(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        labels: HashMap::from([("name".into(), name.into())]),
+        ..Default::default()
+    }
+}
+
+fn security(c: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    c.linux
+        .get_or_insert_with(LinuxContainerConfig::default)
+        .security_context
+        .get_or_insert_with(LinuxContainerSecurityContext::default)
+}
+
+fn bind(container_path: &str, host: &Path, propagation: MountPropagation) -> Mount {
+    Mount {
+        container_path: container_path.into(),
+        host_path: host.display().to_string(),
+        propagation: propagation as i32,
+        ..Default::default()
+    }
+}
+
+async fn create(env: &Env, p: &Pod, c: ContainerConfig) -> Result<String, tonic::Status> {
+    let mut rt = env.cri.runtime.clone();
+    rt.create_container(CreateContainerRequest {
+        pod_sandbox_id: p.id.clone(),
+        config: Some(c),
+        sandbox_config: Some(p.config.clone()),
+    })
+    .await
+    .map(|r| r.into_inner().container_id)
+}
+
+async fn start(env: &Env, id: &str) -> Result<(), tonic::Status> {
+    let mut rt = env.cri.runtime.clone();
+    rt.start_container(StartContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+/// CreateContainer + StartContainer, both required to succeed.
+async fn run(env: &Env, p: &Pod, c: ContainerConfig) -> String {
+    let name = c
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let id = create(env, p, c)
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"));
+    start(env, &id)
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
+    id
+}
+
+async fn exec(
+    env: &Env,
+    id: &str,
+    cmd: &[&str],
+) -> Result<k8s_cri::v1::ExecSyncResponse, tonic::Status> {
+    let mut rt = env.cri.runtime.clone();
+    rt.exec_sync(ExecSyncRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout: 10,
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// ExecSync of `sh -c script`: (exit code, stdout, stderr).
+async fn try_sh(env: &Env, id: &str, script: &str) -> (i32, String, String) {
+    let r = exec(env, id, &["sh", "-c", script])
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}"));
+    (
+        r.exit_code,
+        String::from_utf8_lossy(&r.stdout).into_owned(),
+        String::from_utf8_lossy(&r.stderr).into_owned(),
+    )
+}
+
+/// ExecSync that must exit 0; its stdout.
+async fn sh(env: &Env, id: &str, script: &str) -> String {
+    let (code, out, err) = try_sh(env, id, script).await;
+    assert_eq!(
+        code, 0,
+        "{script:?} exited {code}: stdout {out:?} stderr {err:?}"
+    );
+    out
+}
+
+async fn list_containers(env: &Env, pod_id: &str) -> Vec<k8s_cri::v1::Container> {
+    let mut rt = env.cri.runtime.clone();
+    rt.list_containers(ListContainersRequest {
+        filter: Some(ContainerFilter {
+            pod_sandbox_id: pod_id.into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("ListContainers")
+    .into_inner()
+    .containers
+}
+
+async fn remove_pod(env: &Env, p: Pod) {
+    let mut rt = env.cri.runtime.clone();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: p.id.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    let left = list_containers(env, &p.id).await;
+    assert!(
+        left.is_empty(),
+        "RemovePodSandbox removes its containers: {left:?}"
+    );
+}
+
+/// Mount points of the host (this process's namespace).
+fn host_mount_points() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(String::from))
+        .collect()
+}
+
+/// Poll an async condition every 50 ms; panic after `within`.
+macro_rules! poll_until {
+    ($what:expr, $within:expr, $cond:expr) => {{
+        let t = Instant::now();
+        loop {
+            if $cond {
+                break;
+            }
+            assert!(t.elapsed() < $within, "{}: not within {:?}", $what, $within);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }};
+}
+
+/// A host directory that is its own bind mount with shared propagation
+/// (what a kubelet volume dir on a shared mount looks like). Mounts this
+/// test makes under it are listed in `submounts`; Drop unmounts them all,
+/// innermost first, then the directory itself, and removes it.
+struct SharedDir {
+    dir: tempfile::TempDir,
+    submounts: Vec<PathBuf>,
+}
+
+impl SharedDir {
+    fn new() -> SharedDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        nix::mount::mount(
+            Some(dir.path()),
+            dir.path(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind mount of the test dir on itself");
+        let d = SharedDir {
+            dir,
+            submounts: Vec::new(),
+        };
+        // a fresh peer group of its own, then shared
+        for f in [MsFlags::MS_PRIVATE, MsFlags::MS_SHARED] {
+            nix::mount::mount(None::<&str>, d.path(), None::<&str>, f, None::<&str>)
+                .expect("mount --make-private/--make-shared");
+        }
+        d
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A tmpfs on `sub` (made) below the shared dir.
+    fn mount_tmpfs(&mut self, sub: &str) -> PathBuf {
+        let p = self.path().join(sub);
+        std::fs::create_dir_all(&p).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &p,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .expect("tmpfs mount");
+        self.submounts.push(p.clone());
+        p
+    }
+}
+
+impl Drop for SharedDir {
+    fn drop(&mut self) {
+        // Every mount at or below the dir, deepest first (a mount made in a
+        // container with bidirectional propagation included).
+        let root = self.path().to_path_buf();
+        for _ in 0..8 {
+            let mut here: Vec<String> = host_mount_points()
+                .into_iter()
+                .filter(|m| Path::new(m).starts_with(&root))
+                .collect();
+            if here.is_empty() {
+                break;
+            }
+            here.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in here {
+                let _ = nix::mount::umount2(Path::new(&m), MntFlags::MNT_DETACH);
+            }
+        }
+        self.submounts.clear();
+    }
+}
+
+// ---------------------------------------------------------------- scenarios
+
+#[tokio::test]
+async fn host_to_container_propagation_shows_new_host_mounts_and_private_does_not() {
+    let env = Env::start().await;
+    let mut src = SharedDir::new();
+    let p = pod(&env, "propagation").await;
+    let mut c = container(&p, "slave", &["sleep", "1000"]);
+    c.mounts = vec![bind(
+        "/mnt/in",
+        src.path(),
+        MountPropagation::PropagationHostToContainer,
+    )];
+    let slave = run(&env, &p, c).await;
+    let mut c = container(&p, "private", &["sleep", "1000"]);
+    c.mounts = vec![bind(
+        "/mnt/in",
+        src.path(),
+        MountPropagation::PropagationPrivate,
+    )];
+    let private = run(&env, &p, c).await;
+
+    // Mounted on the host after both containers started.
+    let sub = src.mount_tmpfs("sub");
+    let m = marker("host-to-container");
+    std::fs::write(sub.join("marker"), &m).unwrap();
+
+    poll_until!(
+        "the host's new mount seen in the rslave container",
+        Duration::from_secs(10),
+        try_sh(&env, &slave, "cat /mnt/in/sub/marker").await.1 == m
+    );
+    let mi = sh(&env, &slave, "cat /proc/self/mountinfo").await;
+    assert!(
+        mi.lines()
+            .any(|l| l.split(' ').nth(4) == Some("/mnt/in/sub")),
+        "/mnt/in/sub in the container's mountinfo:\n{mi}"
+    );
+    // The private one sees the directory, not what is mounted on it.
+    let (_, out, _) = try_sh(&env, &private, "cat /mnt/in/sub/marker").await;
+    assert_ne!(out, m, "a private mount does not receive host mounts");
+    let mi = sh(&env, &private, "cat /proc/self/mountinfo").await;
+    assert!(
+        !mi.lines()
+            .any(|l| l.split(' ').nth(4) == Some("/mnt/in/sub")),
+        "no /mnt/in/sub in the private container's mountinfo:\n{mi}"
+    );
+    // And a mount made in the containers does not reach the host: neither
+    // may mount (not privileged), so nothing more to check here.
+
+    remove_pod(&env, p).await;
+    drop(src);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn bidirectional_propagation_shows_a_container_mount_on_the_host() {
+    let env = Env::start().await;
+    let src = SharedDir::new();
+    let image = push_busybox(&env).await;
+    let p = pod_with(&env, "bidirectional", &image, true).await;
+    let mut c = container(&p, "shared", &["sleep", "1000"]);
+    c.mounts = vec![bind(
+        "/mnt/shared",
+        src.path(),
+        MountPropagation::PropagationBidirectional,
+    )];
+    security(&mut c).privileged = true;
+    let id = run(&env, &p, c).await;
+
+    let m = marker("bidirectional");
+    sh(
+        &env,
+        &id,
+        &format!(
+            "mkdir -p /mnt/shared/x && mount -t tmpfs none /mnt/shared/x && echo '{m}' > /mnt/shared/x/f"
+        ),
+    )
+    .await;
+    let x = src.path().join("x");
+    let xs = x.display().to_string();
+    poll_until!(
+        "the container's mount seen on the host",
+        Duration::from_secs(10),
+        host_mount_points().contains(&xs)
+    );
+    assert_eq!(
+        std::fs::read_to_string(x.join("f")).unwrap(),
+        format!("{m}\n"),
+        "the host reads the container's tmpfs"
+    );
+    // Only the shared dir got the container's mount: none of the
+    // container's own mounts (its rootfs, /proc…) leaked to the host.
+    let leaked: Vec<String> = host_mount_points()
+        .into_iter()
+        .filter(|mp| mp.contains(&p.id) || mp.contains(&id))
+        .filter(|mp| mp.ends_with("/proc") || mp.ends_with("/dev") || mp.ends_with("/sys"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "container mounts on the host: {leaked:#?}"
+    );
+
+    // The host unmounts it: gone in the container too.
+    nix::mount::umount2(&x, MntFlags::empty()).expect("umount on the host");
+    poll_until!(
+        "the host's unmount seen in the container",
+        Duration::from_secs(10),
+        !sh(&env, &id, "cat /proc/self/mountinfo")
+            .await
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/mnt/shared/x"))
+    );
+
+    remove_pod(&env, p).await;
+    drop(src);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_device_is_mapped_and_an_unknown_device_is_invalid_argument() {
+    let env = Env::start().await;
+    let p = pod(&env, "devices").await;
+    let mut c = container(&p, "dev", &["sleep", "1000"]);
+    c.devices = vec![Device {
+        container_path: "/dev/berth-null".into(),
+        host_path: "/dev/null".into(),
+        permissions: "rwm".into(),
+    }];
+    let id = run(&env, &p, c).await;
+    sh(&env, &id, "echo discarded > /dev/berth-null").await;
+    let ls = sh(&env, &id, "ls -l /dev/berth-null").await;
+    assert!(ls.starts_with('c'), "a char device: {ls}");
+    let nums: String = ls.split_whitespace().skip(4).take(2).collect();
+    assert_eq!(nums, "1,3", "major,minor 1,3: {ls}");
+    assert_eq!(
+        sh(&env, &id, "cat /dev/berth-null | wc -c").await.trim(),
+        "0"
+    );
+
+    let before = list_containers(&env, &p.id).await.len();
+    let mut c = container(&p, "nodev", &["sleep", "1000"]);
+    c.devices = vec![Device {
+        container_path: "/dev/nothing".into(),
+        host_path: "/dev/berth-no-such-device".into(),
+        permissions: "rwm".into(),
+    }];
+    let s = expect_code(
+        create(&env, &p, c).await,
+        &[Code::InvalidArgument],
+        "CreateContainer with an unknown device",
+    );
+    assert!(
+        s.message().contains("/dev/berth-no-such-device"),
+        "the error names the device: {}",
+        s.message()
+    );
+    assert_eq!(
+        list_containers(&env, &p.id).await.len(),
+        before,
+        "a failed CreateContainer leaves no container"
+    );
+
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn pid_target_sees_the_target_containers_processes() {
+    let env = Env::start().await;
+    let p = pod(&env, "pidtarget").await;
+    let target = run(&env, &p, container(&p, "target", &["sleep", "4242"])).await;
+    let mut c = container(&p, "debug", &["sleep", "1000"]);
+    security(&mut c).namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Target as i32,
+        target_id: target.clone(),
+        ..Default::default()
+    });
+    let debug = run(&env, &p, c).await;
+    let ps = sh(&env, &debug, "ps").await;
+    assert!(ps.contains("sleep 4242"), "the target's process: {ps}");
+    assert!(ps.contains("sleep 1000"), "its own process: {ps}");
+    // The target sees the debug container's process too (one namespace).
+    let ps = sh(&env, &target, "ps").await;
+    assert!(ps.contains("sleep 1000"), "shared namespace: {ps}");
+    // A third, plain container sees neither.
+    let other = run(&env, &p, container(&p, "other", &["sleep", "999"])).await;
+    let ps = sh(&env, &other, "ps").await;
+    assert!(
+        !ps.contains("sleep 4242") && !ps.contains("sleep 1000"),
+        "its own PID namespace: {ps}"
+    );
+
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn image_volume_directory_exists_and_is_writable() {
+    let env = Env::start().await;
+    let img = ImageBuilder::busybox(Format::Oci)
+        .volumes(&["/data", "/var/lib/deep/vol"])
+        .build();
+    let r = env.push("more/volumes:1", &img).await;
+    env.cri.pull(&r).await.expect("pull");
+    let p = pod_with_image(&env, "volumes", &r).await;
+    let id = run(&env, &p, container(&p, "v", &["sleep", "1000"])).await;
+    for v in ["/data", "/var/lib/deep/vol"] {
+        sh(&env, &id, &format!("test -d {v}")).await;
+        assert_eq!(
+            sh(&env, &id, &format!("echo in-volume > {v}/f && cat {v}/f")).await,
+            "in-volume\n"
+        );
+    }
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn readonly_rootfs_refuses_writes_but_a_rw_mount_takes_them() {
+    let env = Env::start().await;
+    let host = tempfile::tempdir().unwrap();
+    let p = pod(&env, "rorootfs").await;
+    let mut c = container(&p, "ro", &["sleep", "1000"]);
+    security(&mut c).readonly_rootfs = true;
+    c.mounts = vec![bind(
+        "/data",
+        host.path(),
+        MountPropagation::PropagationPrivate,
+    )];
+    let id = run(&env, &p, c).await;
+    let (code, _, err) = try_sh(&env, &id, "touch /written").await;
+    assert_ne!(code, 0, "writing to / fails");
+    assert!(err.contains("Read-only file system"), "EROFS: {err}");
+    let (code, _, _) = try_sh(&env, &id, "mkdir /etc/new").await;
+    assert_ne!(code, 0, "no directory made in the rootfs");
+    sh(&env, &id, "echo ok > /data/out").await;
+    assert_eq!(std::fs::read(host.path().join("out")).unwrap(), b"ok\n");
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn missing_command_fails_start_container_and_remove_leaves_nothing() {
+    let env = Env::start().await;
+    let p = pod(&env, "nobinary").await;
+    let id = create(&env, &p, container(&p, "nobin", &["/no/such/binary"]))
+        .await
+        .expect("CreateContainer (runc checks the command at start)");
+    let s = expect_err(start(&env, &id).await, "StartContainer of /no/such/binary");
+    assert!(
+        s.message().contains("/no/such/binary")
+            && s.message()
+                .to_lowercase()
+                .contains("no such file or directory"),
+        "runc's error: {}",
+        s.message()
+    );
+    let mut rt = env.cri.runtime.clone();
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("RemoveContainer");
+    assert!(list_containers(&env, &p.id).await.is_empty());
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
