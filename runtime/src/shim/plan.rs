@@ -525,7 +525,16 @@ pub fn parse_cgroup_v1_mounts(mountinfo: &str) -> Vec<Hierarchy> {
 /// rootfsParentMountPrivate), or pivot_root fails with EINVAL and the
 /// container's mounts would propagate to the host.
 pub fn shared_parent_mount(mountinfo: &str, path: &Path) -> Option<PathBuf> {
-    let mut best: Option<(PathBuf, bool)> = None;
+    mount_holding(mountinfo, path)
+        .filter(|(_, tags)| tags.iter().any(|t| t.starts_with("shared:")))
+        .map(|(mp, _)| mp)
+}
+
+/// The mount that holds `path` in a mountinfo text (the longest mount point
+/// that is a prefix of it; the last one of stacked mounts): its mount point
+/// and its propagation tags (`shared:N`, `master:N`…).
+pub fn mount_holding(mountinfo: &str, path: &Path) -> Option<(PathBuf, Vec<String>)> {
+    let mut best: Option<(PathBuf, Vec<String>)> = None;
     for line in mountinfo.lines() {
         let Some((left, _)) = line.split_once(" - ") else {
             continue;
@@ -536,16 +545,15 @@ pub fn shared_parent_mount(mountinfo: &str, path: &Path) -> Option<PathBuf> {
         if !path.starts_with(&mp) {
             continue;
         }
-        let shared = fields.iter().skip(6).any(|f| f.starts_with("shared:"));
-        // Later lines win at the same mount point (stacked mounts).
         if best
             .as_ref()
             .is_none_or(|(b, _)| mp.as_os_str().len() >= b.as_os_str().len())
         {
-            best = Some((mp, shared));
+            let tags = fields.iter().skip(6).map(|t| t.to_string()).collect();
+            best = Some((mp, tags));
         }
     }
-    best.filter(|(_, shared)| *shared).map(|(mp, _)| mp)
+    best
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo.

@@ -38,6 +38,10 @@ pub trait Host {
     /// The device node at `path` (symlinks followed), or every device node
     /// below it when it is a directory, each under its own path.
     fn devices(&self, path: &Path) -> io::Result<Vec<HostDevice>>;
+
+    /// The mount point of the mount holding `path` and its propagation
+    /// tags from mountinfo (`shared:N`, `master:N`; none when private).
+    fn mount_propagation(&self, path: &Path) -> io::Result<(PathBuf, Vec<String>)>;
 }
 
 /// The real node.
@@ -63,6 +67,25 @@ impl Host for RealHost {
         device_from_stat(path, &st)
             .map(|d| vec![d])
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a device node"))
+    }
+
+    fn mount_propagation(&self, path: &Path) -> io::Result<(PathBuf, Vec<String>)> {
+        // A missing source is made later: its nearest existing ancestor's
+        // mount is the one it will be on.
+        let mut p = path;
+        let real = loop {
+            match std::fs::canonicalize(p) {
+                Ok(r) => break r.join(path.strip_prefix(p).unwrap_or(Path::new(""))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match p.parent() {
+                    Some(parent) => p = parent,
+                    None => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
+        };
+        let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
+        crate::shim::plan::mount_holding(&mi, &real)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no mount holds it"))
     }
 }
 

@@ -134,6 +134,12 @@ pub enum SpecError {
         #[source]
         source: io::Error,
     },
+    #[error("path {path:?} is mounted on {mountpoint:?} but it is not a {want} mount")]
+    Propagation {
+        path: String,
+        mountpoint: PathBuf,
+        want: &'static str,
+    },
     #[error("mount source {path}: {source}")]
     HostPath {
         path: String,
@@ -654,6 +660,9 @@ mod tests {
     impl Host for FakeHost {
         fn exists(&self, path: &Path) -> io::Result<bool> {
             Ok(self.existing.iter().any(|p| p == path))
+        }
+        fn mount_propagation(&self, _path: &Path) -> io::Result<(PathBuf, Vec<String>)> {
+            Ok((PathBuf::from("/"), vec!["shared:1".into()]))
         }
         fn devices(&self, path: &Path) -> io::Result<Vec<HostDevice>> {
             let found: Vec<HostDevice> = self

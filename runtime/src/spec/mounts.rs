@@ -117,16 +117,37 @@ pub(super) fn plan_mounts(
                 host_dirs.push(PathBuf::from(&b.host_path));
             }
         }
+        // containerd's ensureShared / ensureSharedOrSlave: propagation
+        // needs a source on a mount that has it.
+        let check = |want: &'static str, ok: &[&str]| -> Result<(), SpecError> {
+            let (mountpoint, tags) =
+                host.mount_propagation(Path::new(&b.host_path))
+                    .map_err(|source| SpecError::HostPath {
+                        path: b.host_path.clone(),
+                        source,
+                    })?;
+            if tags.iter().any(|t| ok.iter().any(|o| t.starts_with(o))) {
+                Ok(())
+            } else {
+                Err(SpecError::Propagation {
+                    path: b.host_path.clone(),
+                    mountpoint,
+                    want,
+                })
+            }
+        };
         let mut options = vec!["rbind".to_string()];
         match b.propagation {
             MountPropagation::Private => options.push("rprivate".into()),
             MountPropagation::HostToContainer => {
+                check("shared or slave", &["shared:", "master:"])?;
                 options.push("rslave".into());
                 if propagation.as_deref() != Some("rshared") {
                     propagation = Some("rslave".into());
                 }
             }
             MountPropagation::Bidirectional => {
+                check("shared", &["shared:"])?;
                 options.push("rshared".into());
                 propagation = Some("rshared".into());
             }
