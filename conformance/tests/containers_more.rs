@@ -250,6 +250,11 @@ struct SharedDir {
 
 impl SharedDir {
     fn new() -> SharedDir {
+        SharedDir::with(MsFlags::MS_SHARED)
+    }
+
+    /// Its own bind mount, private (`MS_PRIVATE`) or shared.
+    fn with(propagation: MsFlags) -> SharedDir {
         let dir = tempfile::tempdir().expect("temp dir");
         nix::mount::mount(
             Some(dir.path()),
@@ -264,7 +269,7 @@ impl SharedDir {
             submounts: Vec::new(),
         };
         // a fresh peer group of its own, then shared
-        for f in [MsFlags::MS_PRIVATE, MsFlags::MS_SHARED] {
+        for f in [MsFlags::MS_PRIVATE, propagation] {
             nix::mount::mount(None::<&str>, d.path(), None::<&str>, f, None::<&str>)
                 .expect("mount --make-private/--make-shared");
         }
@@ -428,6 +433,41 @@ async fn bidirectional_propagation_shows_a_container_mount_on_the_host() {
             .any(|l| l.split(' ').nth(4) == Some("/mnt/shared/x"))
     );
 
+    remove_pod(&env, p).await;
+    drop(src);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn propagation_from_a_private_host_mount_is_refused_as_containerd_does() {
+    let env = Env::start().await;
+    let src = SharedDir::with(MsFlags::MS_PRIVATE);
+    let image = push_busybox(&env).await;
+    let p = pod_with(&env, "privsrc", &image, true).await;
+    for (prop, want) in [
+        (
+            MountPropagation::PropagationBidirectional,
+            "is not a shared mount",
+        ),
+        (
+            MountPropagation::PropagationHostToContainer,
+            "is not a shared or slave mount",
+        ),
+    ] {
+        let mut c = container(&p, "refused", &["sleep", "1000"]);
+        c.mounts = vec![bind("/mnt/x", src.path(), prop)];
+        security(&mut c).privileged = true;
+        let s = expect_err(create(&env, &p, c).await, "CreateContainer");
+        assert!(
+            s.message().contains(want) && s.message().contains(&src.path().display().to_string()),
+            "{prop:?}: containerd's error: {}",
+            s.message()
+        );
+        assert!(
+            list_containers(&env, &p.id).await.is_empty(),
+            "a refused CreateContainer leaves no container"
+        );
+    }
     remove_pod(&env, p).await;
     drop(src);
     env.finish().await;
