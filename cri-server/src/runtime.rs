@@ -117,26 +117,19 @@ fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
         log_path: r.log_path.clone(),
         resources,
         image_id: r.image_id.clone(),
-        user: process_user(&r.dir),
+        user: process_user(r.user.as_ref()),
     }
 }
 
-/// The credentials the container's process started with, from its OCI spec
-/// (`process.user`), as containerd reports them in ContainerStatus.
-fn process_user(dir: &std::path::Path) -> Option<cri::ContainerUser> {
-    let spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
-    let user = spec.get("process")?.get("user")?;
-    let id = |k: &str| user.get(k).and_then(serde_json::Value::as_i64);
+/// The credentials the container's process started with, as containerd
+/// reports them in ContainerStatus (kept in the record: no file read here).
+fn process_user(u: Option<&berth_runtime::user::ResolvedUser>) -> Option<cri::ContainerUser> {
+    let u = u?;
     Some(cri::ContainerUser {
         linux: Some(cri::LinuxContainerUser {
-            uid: id("uid")?,
-            gid: id("gid")?,
-            supplemental_groups: user
-                .get("additionalGids")
-                .and_then(serde_json::Value::as_array)
-                .map(|a| a.iter().filter_map(serde_json::Value::as_i64).collect())
-                .unwrap_or_default(),
+            uid: u.uid.into(),
+            gid: u.gid.into(),
+            supplemental_groups: u.additional_gids.iter().map(|g| i64::from(*g)).collect(),
         }),
     })
 }

@@ -1502,6 +1502,7 @@ impl Inner {
             rootfs,
             log_path,
             cgroup: Some(cg.as_str().to_string()),
+            user: Some(user),
         };
         self.store.put_container(&rec)?;
         undo.disarm();

@@ -103,6 +103,9 @@ pub struct ContainerRecord {
     /// Absolute log path (log_directory + log_path), empty if none.
     pub log_path: String,
     pub cgroup: Option<String>,
+    /// The process's credentials, for ContainerStatus.
+    #[serde(default)]
+    pub user: Option<crate::user::ResolvedUser>,
 }
 
 pub struct StateStore {
