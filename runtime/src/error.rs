@@ -77,7 +77,9 @@ impl Error {
             Error::Shim(crate::shim_client::ShimError::Failed(_)) => ErrorKind::FailedPrecondition,
             Error::Spec(e) if e.is_invalid_argument() => ErrorKind::InvalidArgument,
             // The node's mounts, not the request, are in the way.
-            Error::Spec(crate::spec::SpecError::Propagation { .. }) => ErrorKind::FailedPrecondition,
+            Error::Spec(crate::spec::SpecError::Propagation { .. }) => {
+                ErrorKind::FailedPrecondition
+            }
             Error::User(crate::user::UserError::Rootfs { .. }) => ErrorKind::Internal,
             Error::User(_) => ErrorKind::InvalidArgument,
             Error::Internal(_)
