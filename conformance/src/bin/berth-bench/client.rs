@@ -44,6 +44,11 @@ pub async fn connect(socket: &Path, timeout: Duration) -> Result<Client> {
 }
 
 impl Client {
+    /// The RuntimeService stub (pods and containers), cloned per call.
+    pub fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        self.runtime.clone()
+    }
+
     pub async fn version(&self) -> Result<VersionResponse, Status> {
         let req = VersionRequest {
             version: CRI_CLIENT_VERSION.to_string(),

@@ -5,6 +5,7 @@ mod client;
 mod components;
 mod containerd;
 mod cpu;
+mod pods;
 mod report;
 mod workload;
 
@@ -49,7 +50,8 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(3600);
         (berth >= 2x containerd's throughput), and a breakdown of berth's stages measured in-process \
         (network, inflate, hash, write). MB = 10^6 bytes. Must run as root. Only 127.0.0.1 is contacted.",
     after_help = "Example: cargo build --release -p berth-cri-server -p berth-conformance && \
-        sudo target/release/berth-bench --containerd --iterations 3 --json bench.json"
+        sudo target/release/berth-bench --containerd --iterations 3 --json bench.json\n\n\
+        The pod and container benchmark (issue 4) is another mode: berth-bench pods --help"
 )]
 struct Args {
     /// Cold pulls per runtime.
@@ -207,9 +209,24 @@ fn mtime(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The modes: the pull benchmark (no subcommand, issue 3) or `pods`
+/// (issue 4).
+enum Mode {
+    Pull(Args),
+    Pods(pods::PodsArgs),
+}
+
 fn main() {
-    let args = Args::parse();
-    let code = match start(args) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mode = if argv.get(1).is_some_and(|a| a == "pods") {
+        Mode::Pods(pods::PodsArgs::parse_from(
+            std::iter::once(std::ffi::OsString::from("berth-bench pods"))
+                .chain(argv[2..].iter().cloned()),
+        ))
+    } else {
+        Mode::Pull(Args::parse())
+    };
+    let code = match start(mode) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("berth-bench: error: {e:#}");
@@ -221,11 +238,15 @@ fn main() {
 
 /// Exit status: 0 all pulls and measurements done, 1 something failed,
 /// 2 mounts were left behind, 130 interrupted.
-fn start(args: Args) -> Result<i32> {
+fn start(mode: Mode) -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
         bail!("berth-bench must run as root (berthd and containerd unpack image layers as root)");
     }
-    let berthd = if args.skip_berth {
+    let skip_berth = match &mode {
+        Mode::Pull(a) => a.skip_berth,
+        Mode::Pods(a) => a.skip_berth,
+    };
+    let berthd = if skip_berth {
         None
     } else {
         Some(choose_berthd()?)
@@ -238,7 +259,12 @@ fn start(args: Args) -> Result<i32> {
     // with it every guard (daemons, containerd and its mounts, temp dirs).
     let outcome = runtime.block_on(async {
         tokio::select! {
-            r = run(args, berthd) => r,
+            r = async {
+                match mode {
+                    Mode::Pull(args) => run(args, berthd).await,
+                    Mode::Pods(args) => pods::run(args, berthd).await,
+                }
+            } => r,
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("berth-bench: interrupted: stopping and removing everything it started");
                 Ok(130)

@@ -1,0 +1,1274 @@
+//! `berth-bench pods`: the pod and container workload of issue 4, berth
+//! against containerd in the same run.
+//!
+//! Per runtime (a fresh daemon each, the busybox image pulled once first):
+//!
+//! * N pod lifecycles serially, then N with C at a time: RunPodSandbox,
+//!   CreateContainer+StartContainer of a busybox `sleep 3600`,
+//!   StopContainer+RemoveContainer, StopPodSandbox+RemovePodSandbox, each
+//!   step timed (p50, p99);
+//! * memory: one pod with K running containers, RSS and PSS (smaps_rollup) of
+//!   the daemon and of its shims;
+//! * ListContainers with M running containers (pods of 10).
+//!
+//! Pods use the host network (NamespaceMode NODE) for both runtimes: berth
+//! has no pod network yet, and containerd sets up CNI for every pod whose
+//! network is POD. PID namespace CONTAINER and IPC POD, as kubelet's
+//! defaults.
+//!
+//! Everything is removed on every path: the pods through CRI, then the
+//! daemons are stopped; shims of ours still alive are killed, mounts under
+//! the bench's directories detached, and new cgroups under
+//! /sys/fs/cgroup/*/berth and /sys/fs/cgroup/*/k8s.io removed (and reported).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use berth_conformance::berthd::{Berthd, BerthdOptions, unmount_all_under};
+use berth_conformance::images::{Format, ImageBuilder};
+use berth_conformance::leak;
+use berth_conformance::registry::Registry;
+use clap::Parser;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
+};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::client::{self, Client};
+use crate::containerd::{Containerd, ContainerdSetup};
+
+/// A CRI call taking longer than this is a failure.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Targets of issue 4.
+const TARGET_RUN_POD_MS: f64 = 10.0;
+const TARGET_RUN_POD_RATIO: f64 = 10.0;
+const TARGET_CREATE_START_RATIO: f64 = 4.0;
+const TARGET_SHIM_PSS_KIB: u64 = 300;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "berth-bench pods",
+    about = "Pod and container benchmark (issue 4): berth against containerd",
+    long_about = "Pod and container benchmark for berth (issue 4).\n\n\
+        Per runtime, with a fresh daemon (berthd: $BERTHD, else target/release/berthd; --containerd: \
+        Debian's containerd 1.6 + runc with its own root, state, socket and config): pull a busybox image \
+        from a loopback docker-registry once, then\n\n\
+        * --pods pod lifecycles serially, then --pods more --concurrency at a time: RunPodSandbox, \
+        CreateContainer+StartContainer (busybox `sleep 3600`), StopContainer (timeout 0)+RemoveContainer, \
+        StopPodSandbox+RemovePodSandbox; p50 and p99 per step;\n\
+        * memory: one pod with --memory-containers running containers: RSS and PSS (smaps_rollup) of the \
+        daemon and of its shims;\n\
+        * ListContainers with --list-containers running containers (pods of 10).\n\n\
+        Pods use the host network (NamespaceMode NODE) for both runtimes (berth has no pod network yet; \
+        containerd would run CNI for a POD network), PID namespace CONTAINER, IPC POD. Must run as root. \
+        Only 127.0.0.1 is contacted.",
+    after_help = "Example: cargo build --release -p berth-cri-server -p berth-runtime -p berth-conformance && \
+        sudo target/release/berth-bench pods --containerd --json pods.json"
+)]
+pub struct PodsArgs {
+    /// Pod lifecycles per phase (serial, then concurrent).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pods: u32,
+
+    /// Pods in flight at a time in the concurrent phase.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    concurrency: u32,
+
+    /// Running containers in the one pod whose shims' memory is measured.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    memory_containers: u32,
+
+    /// Running containers (pods of 10) while ListContainers is timed; 0 skips it.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    list_containers: u32,
+
+    /// Stop creating containers for the ListContainers step after this many
+    /// seconds per runtime, and time ListContainers with those made so far.
+    #[arg(long, default_value_t = 300)]
+    list_setup_limit_s: u64,
+
+    /// Also start Debian's containerd (CRI plugin, overlayfs, runc) and run the same workload.
+    #[arg(long)]
+    containerd: bool,
+
+    /// Do not run berthd.
+    #[arg(long)]
+    pub skip_berth: bool,
+
+    /// Also write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+// ------------------------------------------------------------------ results
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+struct Steps {
+    /// Milliseconds per call, in order.
+    run_pod: Vec<f64>,
+    create: Vec<f64>,
+    start: Vec<f64>,
+    create_start: Vec<f64>,
+    stop_remove_container: Vec<f64>,
+    stop_remove_pod: Vec<f64>,
+    /// Whole phase.
+    wall_s: f64,
+}
+
+impl Steps {
+    fn add(&mut self, l: &Lifecycle) {
+        self.run_pod.push(l.run_pod);
+        self.create.push(l.create);
+        self.start.push(l.start);
+        self.create_start.push(l.create + l.start);
+        self.stop_remove_container.push(l.stop_remove_container);
+        self.stop_remove_pod.push(l.stop_remove_pod);
+    }
+    fn named(&self) -> [(&'static str, &Vec<f64>); 6] {
+        [
+            ("RunPodSandbox", &self.run_pod),
+            ("CreateContainer", &self.create),
+            ("StartContainer", &self.start),
+            ("Create+Start", &self.create_start),
+            ("StopContainer+RemoveContainer", &self.stop_remove_container),
+            ("StopPodSandbox+RemovePodSandbox", &self.stop_remove_pod),
+        ]
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+struct ProcMem {
+    pid: i32,
+    name: String,
+    rss_kib: u64,
+    pss_kib: u64,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+struct Memory {
+    containers: u32,
+    daemon: Option<ProcMem>,
+    /// Every shim process of this daemon (berth: one per container;
+    /// containerd-shim-runc-v2: one per pod).
+    shims: Vec<ProcMem>,
+    /// Other processes of the pod that are the runtime's overhead
+    /// (containerd: the sandbox's pause container).
+    pause: Vec<ProcMem>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+struct Listing {
+    asked: u32,
+    /// Containers actually running while listing.
+    containers: usize,
+    setup_s: f64,
+    /// Milliseconds per ListContainers call.
+    list_ms: Vec<f64>,
+    teardown_s: f64,
+    note: String,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+struct RtResult {
+    name: String,
+    how: String,
+    pull_s: f64,
+    serial: Steps,
+    concurrent: Steps,
+    memory: Option<Memory>,
+    listing: Option<Listing>,
+    error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+struct PodsReport {
+    cores: usize,
+    kernel: String,
+    loadavg_start: String,
+    loadavg_end: String,
+    pods: u32,
+    concurrency: u32,
+    network: String,
+    runtimes: Vec<RtResult>,
+    leftover_mounts: Vec<String>,
+    leftover_processes: Vec<String>,
+    leftover_cgroups: Vec<String>,
+}
+
+/// Nearest-rank percentile.
+fn pct(v: &[f64], p: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    Some(s[rank.clamp(1, s.len()) - 1])
+}
+
+// ---------------------------------------------------------------- processes
+
+/// `Pss:` and `Rss:` of /proc/PID/smaps_rollup, in KiB.
+fn mem_of(pid: i32, name: &str) -> Option<ProcMem> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |k: &str| {
+        text.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    Some(ProcMem {
+        pid,
+        name: name.to_string(),
+        rss_kib: field("Rss:")?,
+        pss_kib: field("Pss:")?,
+    })
+}
+
+/// Processes whose comm is in `comms` (empty: any) and whose command line
+/// names `dir`: (pid, comm, cmdline).
+fn procs_naming(dir: &Path, comms: &[&str]) -> Vec<(i32, String, String)> {
+    let needle = dir.display().to_string();
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let comm = fs::read_to_string(e.path().join("comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if !comms.is_empty() && !comms.contains(&comm.as_str()) {
+            continue;
+        }
+        let cmdline = fs::read(e.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if cmdline.contains(&needle) {
+            out.push((pid, comm, cmdline.trim().to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in rd.flatten() {
+            if let Ok(s) = fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+fn comm_of(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+// ------------------------------------------------------------------ cgroups
+
+const CGROUP_PARENTS: &[&str] = &["berth", "k8s.io"];
+
+/// Every directory under /sys/fs/cgroup/*/{berth,k8s.io} (and the unified
+/// hierarchy's), the parents included.
+fn cgroup_dirs() -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(rd) = fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                roots.push(e.path());
+            }
+        }
+    }
+    fn walk(d: &Path, out: &mut BTreeSet<PathBuf>) {
+        out.insert(d.to_path_buf());
+        if let Ok(rd) = fs::read_dir(d) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out);
+                }
+            }
+        }
+    }
+    for r in roots {
+        for p in CGROUP_PARENTS {
+            let d = r.join(p);
+            if d.is_dir() {
+                walk(&d, &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// Remove the cgroups that were not there at the start, deepest first;
+/// returns them (those that could not be removed marked).
+fn remove_new_cgroups(before: &BTreeSet<PathBuf>) -> Vec<String> {
+    let mut new: Vec<PathBuf> = cgroup_dirs().difference(before).cloned().collect();
+    new.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    let mut out = Vec::new();
+    for d in new {
+        // A cgroup with processes cannot go: kill them first.
+        if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
+            for pid in procs
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        let mut ok = false;
+        for _ in 0..50 {
+            if fs::remove_dir(&d).is_ok() || !d.exists() {
+                ok = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        out.push(if ok {
+            d.display().to_string()
+        } else {
+            format!("{} (could not be removed)", d.display())
+        });
+    }
+    out
+}
+
+// ---------------------------------------------------------------- workload
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow!("{what}: {:?}: {}", s.code(), s.message())
+}
+
+/// What every pod and container needs.
+struct Ctx {
+    client: Client,
+    image: String,
+    logs: PathBuf,
+    /// Distinguishes the pods of one run phase from another's.
+    tag: String,
+}
+
+impl Ctx {
+    fn pod_config(&self, name: &str) -> Result<PodSandboxConfig> {
+        let logs = self.logs.join(name);
+        fs::create_dir_all(&logs)?;
+        Ok(PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{}-{name}", self.tag),
+                namespace: "berth-bench".into(),
+                attempt: 0,
+            }),
+            log_directory: logs.display().to_string(),
+            labels: HashMap::from([("berth-bench".into(), self.tag.clone())]),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        pid: NamespaceMode::Container as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn container_config(&self, name: &str) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command: vec!["sleep".into(), "3600".into()],
+            log_path: format!("{name}.log"),
+            labels: HashMap::from([("name".into(), name.into())]),
+            ..Default::default()
+        }
+    }
+
+    async fn run_pod(&self, config: &PodSandboxConfig) -> Result<String> {
+        Ok(self
+            .client
+            .runtime()
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .map_err(|s| status_err("RunPodSandbox", s))?
+            .into_inner()
+            .pod_sandbox_id)
+    }
+
+    async fn create(&self, pod: &str, config: &PodSandboxConfig, name: &str) -> Result<String> {
+        Ok(self
+            .client
+            .runtime()
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(self.container_config(name)),
+                sandbox_config: Some(config.clone()),
+            })
+            .await
+            .map_err(|s| status_err("CreateContainer", s))?
+            .into_inner()
+            .container_id)
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        self.client
+            .runtime()
+            .start_container(StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .map_err(|s| status_err("StartContainer", s))?;
+        Ok(())
+    }
+
+    async fn stop_remove_container(&self, id: &str) -> Result<()> {
+        let mut rt = self.client.runtime();
+        rt.stop_container(StopContainerRequest {
+            container_id: id.into(),
+            timeout: 0,
+        })
+        .await
+        .map_err(|s| status_err("StopContainer", s))?;
+        rt.remove_container(RemoveContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .map_err(|s| status_err("RemoveContainer", s))?;
+        Ok(())
+    }
+
+    async fn stop_remove_pod(&self, id: &str) -> Result<()> {
+        let mut rt = self.client.runtime();
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .map_err(|s| status_err("StopPodSandbox", s))?;
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .map_err(|s| status_err("RemovePodSandbox", s))?;
+        Ok(())
+    }
+
+    /// One timed pod lifecycle.
+    async fn lifecycle(&self, name: &str) -> Result<Lifecycle> {
+        let config = self.pod_config(name)?;
+        let t = Instant::now();
+        let pod = self.run_pod(&config).await?;
+        let run_pod = ms(t);
+        let t = Instant::now();
+        let c = self.create(&pod, &config, "sleep").await?;
+        let create = ms(t);
+        let t = Instant::now();
+        self.start(&c).await?;
+        let start = ms(t);
+        let t = Instant::now();
+        self.stop_remove_container(&c).await?;
+        let stop_remove_container = ms(t);
+        let t = Instant::now();
+        self.stop_remove_pod(&pod).await?;
+        let stop_remove_pod = ms(t);
+        Ok(Lifecycle {
+            run_pod,
+            create,
+            start,
+            stop_remove_container,
+            stop_remove_pod,
+        })
+    }
+
+    /// Remove every pod of the runtime (best effort, C at a time); returns
+    /// how many and the first error.
+    async fn remove_all_pods(&self) -> Result<usize> {
+        let pods = self
+            .client
+            .runtime()
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .map_err(|s| status_err("ListPodSandbox", s))?
+            .into_inner()
+            .items;
+        let n = pods.len();
+        let ids: Vec<String> = pods.into_iter().map(|p| p.id).collect();
+        let errors =
+            for_each_concurrently(ids, 10, |id| async move { self.stop_remove_pod(&id).await })
+                .await;
+        if let Some(e) = errors.into_iter().next() {
+            return Err(e);
+        }
+        Ok(n)
+    }
+}
+
+struct Lifecycle {
+    run_pod: f64,
+    create: f64,
+    start: f64,
+    stop_remove_container: f64,
+    stop_remove_pod: f64,
+}
+
+/// Run `f` on every item, `c` at a time; returns the errors.
+async fn for_each_concurrently<T, F, Fut>(items: Vec<T>, c: usize, f: F) -> Vec<anyhow::Error>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(items)
+        .map(f)
+        .buffer_unordered(c.max(1))
+        .filter_map(|r| async move { r.err() })
+        .collect()
+        .await
+}
+
+async fn phase(ctx: &Ctx, prefix: &str, n: u32, concurrency: u32) -> Result<Steps> {
+    let t = Instant::now();
+    let mut steps = Steps::default();
+    if concurrency <= 1 {
+        for i in 0..n {
+            let l = ctx.lifecycle(&format!("{prefix}-{i}")).await?;
+            steps.add(&l);
+        }
+    } else {
+        let next = Arc::new(AtomicUsize::new(0));
+        let results = futures::future::join_all((0..concurrency).map(|_| {
+            let next = next.clone();
+            async move {
+                let mut out = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= n as usize {
+                        return Ok::<_, anyhow::Error>(out);
+                    }
+                    out.push(ctx.lifecycle(&format!("{prefix}-{i}")).await?);
+                }
+            }
+        }))
+        .await;
+        for r in results {
+            for l in r? {
+                steps.add(&l);
+            }
+        }
+    }
+    steps.wall_s = t.elapsed().as_secs_f64();
+    Ok(steps)
+}
+
+/// How the runtime's processes are found.
+struct Procs {
+    daemon_pid: Option<u32>,
+    /// The daemon's directory, which its shims' command lines name.
+    dir: PathBuf,
+    shim_comm: &'static str,
+}
+
+async fn memory(ctx: &Ctx, procs: &Procs, k: u32) -> Result<Memory> {
+    let config = ctx.pod_config("mem")?;
+    let pod = ctx.run_pod(&config).await?;
+    for i in 0..k {
+        let c = ctx.create(&pod, &config, &format!("sleep-{i}")).await?;
+        ctx.start(&c).await?;
+    }
+    // Let the shims settle (lazy set-up, freed start-up memory).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut m = Memory {
+        containers: k,
+        daemon: procs.daemon_pid.and_then(|p| mem_of(p as i32, "daemon")),
+        ..Default::default()
+    };
+    for (pid, comm, _) in procs_naming(&procs.dir, &[procs.shim_comm]) {
+        if let Some(pm) = mem_of(pid, &comm) {
+            m.shims.push(pm);
+        }
+        // containerd's shim: its children besides the containers' processes
+        // are the sandbox (pause) containers.
+        if procs.shim_comm.starts_with("containerd") {
+            for child in children_of(pid) {
+                let c = comm_of(child);
+                if c != "sleep"
+                    && let Some(pm) = mem_of(child, &format!("{c} (sandbox container)"))
+                {
+                    m.pause.push(pm);
+                }
+            }
+        }
+    }
+    ctx.stop_remove_pod(&pod).await?;
+    Ok(m)
+}
+
+async fn listing(ctx: &Ctx, m: u32, limit: Duration) -> Result<Listing> {
+    let t = Instant::now();
+    let pods = m.div_ceil(10);
+    let made = AtomicUsize::new(0);
+    let timed_out = std::sync::atomic::AtomicBool::new(false);
+    let errors = for_each_concurrently((0..pods).collect(), 10, |p| {
+        let (made, timed_out) = (&made, &timed_out);
+        async move {
+            if t.elapsed() > limit {
+                timed_out.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            let config = ctx.pod_config(&format!("list-{p}"))?;
+            let pod = ctx.run_pod(&config).await?;
+            for i in 0..10.min(m - p * 10) {
+                if t.elapsed() > limit {
+                    timed_out.store(true, Ordering::SeqCst);
+                    return Ok(());
+                }
+                let c = ctx.create(&pod, &config, &format!("sleep-{i}")).await?;
+                ctx.start(&c).await?;
+                made.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        }
+    })
+    .await;
+    let setup_s = t.elapsed().as_secs_f64();
+    let mut l = Listing {
+        asked: m,
+        setup_s,
+        ..Default::default()
+    };
+    let result = async {
+        if let Some(e) = errors.into_iter().next() {
+            return Err(e);
+        }
+        // One call not timed (connection, caches), then 10 timed.
+        let mut rt = ctx.client.runtime();
+        let n = rt
+            .list_containers(ListContainersRequest::default())
+            .await
+            .map_err(|s| status_err("ListContainers", s))?
+            .into_inner()
+            .containers
+            .len();
+        l.containers = n;
+        for _ in 0..10 {
+            let t = Instant::now();
+            let got = rt
+                .list_containers(ListContainersRequest::default())
+                .await
+                .map_err(|s| status_err("ListContainers", s))?
+                .into_inner()
+                .containers
+                .len();
+            l.list_ms.push(ms(t));
+            if got != n {
+                bail!("ListContainers returned {got} containers, then {n}");
+            }
+        }
+        if timed_out.load(Ordering::SeqCst) {
+            l.note = format!(
+                "set-up stopped after --list-setup-limit-s {} s: {} of {m} containers made",
+                limit.as_secs(),
+                made.load(Ordering::SeqCst)
+            );
+        }
+        Ok(())
+    }
+    .await;
+    let t = Instant::now();
+    let removed = ctx.remove_all_pods().await;
+    l.teardown_s = t.elapsed().as_secs_f64();
+    result?;
+    removed?;
+    Ok(l)
+}
+
+/// The whole workload against one runtime; the pods it made are removed
+/// by the caller on error.
+async fn workload(
+    ctx: &Ctx,
+    procs: &Procs,
+    args: &PodsArgs,
+    r: &mut RtResult,
+    name: &str,
+) -> Result<()> {
+    let t = Instant::now();
+    ctx.client
+        .pull(&ctx.image)
+        .await
+        .map_err(|s| status_err("PullImage busybox", s))?;
+    r.pull_s = t.elapsed().as_secs_f64();
+    // Warm-up, not counted: one lifecycle (first snapshot, caches).
+    ctx.lifecycle("warmup").await.context("warm-up lifecycle")?;
+    println!("{name:<11} serial: {} pod lifecycles...", args.pods);
+    r.serial = phase(ctx, "serial", args.pods, 1)
+        .await
+        .context("serial phase")?;
+    print_steps(name, "serial", &r.serial);
+    println!(
+        "{name:<11} concurrent: {} pod lifecycles, {} at a time...",
+        args.pods, args.concurrency
+    );
+    r.concurrent = phase(ctx, "conc", args.pods, args.concurrency)
+        .await
+        .context("concurrent phase")?;
+    print_steps(name, "concurrency", &r.concurrent);
+    let m = memory(ctx, procs, args.memory_containers)
+        .await
+        .context("memory")?;
+    print_memory(name, &m);
+    r.memory = Some(m);
+    if args.list_containers > 0 {
+        println!(
+            "{name:<11} ListContainers: starting {} containers in pods of 10...",
+            args.list_containers
+        );
+        let l = listing(
+            ctx,
+            args.list_containers,
+            Duration::from_secs(args.list_setup_limit_s),
+        )
+        .await
+        .context("ListContainers step")?;
+        println!(
+            "{name:<11} ListContainers with {} containers: p50 {:.2} ms, p99 {:.2} ms (set-up {:.1} s, teardown {:.1} s){}",
+            l.containers,
+            pct(&l.list_ms, 50.0).unwrap_or(f64::NAN),
+            pct(&l.list_ms, 99.0).unwrap_or(f64::NAN),
+            l.setup_s,
+            l.teardown_s,
+            if l.note.is_empty() {
+                String::new()
+            } else {
+                format!("  NOTE: {}", l.note)
+            }
+        );
+        r.listing = Some(l);
+    }
+    Ok(())
+}
+
+fn print_steps(name: &str, what: &str, s: &Steps) {
+    println!(
+        "{name:<11} {what}: {} lifecycles in {:.2} s",
+        s.run_pod.len(),
+        s.wall_s
+    );
+    for (step, v) in s.named() {
+        println!(
+            "{name:<11}   {step:<32} p50 {:>8.2} ms  p99 {:>8.2} ms",
+            pct(v, 50.0).unwrap_or(f64::NAN),
+            pct(v, 99.0).unwrap_or(f64::NAN)
+        );
+    }
+}
+
+fn print_memory(name: &str, m: &Memory) {
+    if let Some(d) = &m.daemon {
+        println!(
+            "{name:<11} memory with {} running containers: daemon PSS {} KiB (RSS {} KiB)",
+            m.containers, d.pss_kib, d.rss_kib
+        );
+    }
+    let pss: u64 = m.shims.iter().map(|s| s.pss_kib).sum();
+    let rss: u64 = m.shims.iter().map(|s| s.rss_kib).sum();
+    if let Some(s) = m.shims.first() {
+        println!(
+            "{name:<11}   one shim ({}) PSS {} KiB (RSS {} KiB); all {} shims PSS {} KiB (RSS {} KiB)",
+            s.name,
+            s.pss_kib,
+            s.rss_kib,
+            m.shims.len(),
+            pss,
+            rss
+        );
+    }
+    for p in &m.pause {
+        println!(
+            "{name:<11}   {} PSS {} KiB (RSS {} KiB)",
+            p.name, p.pss_kib, p.rss_kib
+        );
+    }
+}
+
+// --------------------------------------------------------------------- run
+
+pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
+    let loadavg_start = crate::loadavg();
+    let cgroups_before = cgroup_dirs();
+    let run_dir = tempfile::Builder::new()
+        .prefix("berth-bench-pods-")
+        .tempdir()
+        .context("creating the run's temp dir")?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    println!(
+        "berth-bench pods: {cores} cores, kernel {kernel}, load average {loadavg_start}, temp dir {}",
+        run_dir.path().display()
+    );
+    println!(
+        "pods: host network (NamespaceMode NODE) for every runtime, pid CONTAINER, ipc POD; \
+         containers: busybox `sleep 3600`, StopContainer timeout 0"
+    );
+    if let Some(b) = &berthd {
+        println!("berthd: {b}");
+    }
+    let containerd_version = if args.containerd {
+        let v = Containerd::check_installed()?;
+        println!("containerd: {v} ({})", crate::containerd::CONTAINERD_BIN);
+        Some(v)
+    } else {
+        None
+    };
+
+    let registry = Registry::start()
+        .await
+        .context("starting docker-registry")?;
+    let busybox = ImageBuilder::busybox(Format::Oci)
+        .label("berth.bench", "busybox")
+        .build();
+    registry
+        .push("berth-bench/busybox", "1", &busybox)
+        .await
+        .context("pushing busybox")?;
+    registry
+        .push("berth-bench/pause", "1", &crate::workload::pause_image())
+        .await
+        .context("pushing the pause image")?;
+    let image = registry.reference("berth-bench/busybox:1");
+    let setup = ContainerdSetup {
+        registry_host: registry.host(),
+        registry_url: registry.url(),
+        sandbox_image: registry.reference("berth-bench/pause:1"),
+    };
+
+    let mut dirs = vec![run_dir.path().to_path_buf(), registry.dir().to_path_buf()];
+    let mut leftover_processes = Vec::new();
+    let mut results = Vec::new();
+    if !args.skip_berth {
+        let mut r = RtResult {
+            name: "berth".into(),
+            how: berthd.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let d = Berthd::start(BerthdOptions::default().log_level("info"))
+            .await
+            .context("starting berthd");
+        match d {
+            Ok(mut d) => {
+                dirs.push(d.dir().to_path_buf());
+                let out = async {
+                    let client = client::connect(&d.socket(), CALL_TIMEOUT).await?;
+                    let ctx = Ctx {
+                        client,
+                        image: image.clone(),
+                        logs: run_dir.path().join("logs-berth"),
+                        tag: "berth".into(),
+                    };
+                    let procs = Procs {
+                        daemon_pid: d.pid(),
+                        dir: d.dir().to_path_buf(),
+                        shim_comm: "berth-shim",
+                    };
+                    let w = workload(&ctx, &procs, &args, &mut r, "berth").await;
+                    let c = ctx.remove_all_pods().await;
+                    match (w, c) {
+                        (Err(e), _) => Err(e),
+                        (Ok(()), Err(e)) => Err(e.context("removing the pods at the end")),
+                        (Ok(()), Ok(_)) => Ok(()),
+                    }
+                }
+                .await;
+                if let Err(e) = out {
+                    r.error = Some(format!(
+                        "{e:#}\n---- berthd log (tail) ----\n{}",
+                        crate::tail_lines(&d.log(), 40)
+                    ));
+                }
+                if let Err(e) = d.stop().await {
+                    let msg = format!("berthd did not stop cleanly: {e:#}");
+                    eprintln!("berth-bench: {msg}");
+                    r.error.get_or_insert(msg);
+                }
+                // Shims (and their containers) still alive: report, kill.
+                for (pid, comm, cmd) in procs_naming(d.dir(), &[]) {
+                    leftover_processes.push(format!("{pid} {comm}: {cmd}"));
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                unmount_all_under(d.dir());
+            }
+            Err(e) => r.error = Some(format!("{e:#}")),
+        }
+        if let Some(e) = &r.error {
+            println!("berth       FAILED:\n{e}");
+        }
+        results.push(r);
+    }
+    if args.containerd {
+        let mut r = RtResult {
+            name: "containerd".into(),
+            how: containerd_version.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        match Containerd::start(run_dir.path(), &setup).await {
+            Ok(c) => {
+                dirs.push(c.path().to_path_buf());
+                let out = async {
+                    let client = client::connect(&c.socket(), CALL_TIMEOUT).await?;
+                    let ctx = Ctx {
+                        client,
+                        image: image.clone(),
+                        logs: run_dir.path().join("logs-containerd"),
+                        tag: "containerd".into(),
+                    };
+                    let procs = Procs {
+                        daemon_pid: c.pid(),
+                        dir: c.path().to_path_buf(),
+                        shim_comm: "containerd-shim",
+                    };
+                    let w = workload(&ctx, &procs, &args, &mut r, "containerd").await;
+                    let cl = ctx.remove_all_pods().await;
+                    match (w, cl) {
+                        (Err(e), _) => Err(e),
+                        (Ok(()), Err(e)) => Err(e.context("removing the pods at the end")),
+                        (Ok(()), Ok(_)) => Ok(()),
+                    }
+                }
+                .await;
+                if let Err(e) = out {
+                    r.error = Some(format!(
+                        "{e:#}\n---- containerd log (tail) ----\n{}",
+                        crate::tail_lines(&c.log_tail(), 40)
+                    ));
+                }
+                // Kills its shims, detaches its mounts; the directory goes
+                // with the run's.
+                match c.stop().await {
+                    Ok(dir) => drop(dir),
+                    Err(e) => {
+                        let msg = format!("stopping containerd: {e:#}");
+                        eprintln!("berth-bench: {msg}");
+                        r.error.get_or_insert(msg);
+                    }
+                }
+            }
+            Err(e) => r.error = Some(format!("{e:#}")),
+        }
+        if let Some(e) = &r.error {
+            println!("containerd  FAILED:\n{e}");
+        }
+        results.push(r);
+    }
+
+    // ------------------------------------------------------------ teardown
+    drop(registry);
+    let mut leftover_mounts: Vec<String> = leak::mounts_under(&dirs).into_iter().collect();
+    for d in &dirs {
+        unmount_all_under(d);
+    }
+    for m in leak::mounts_under(&dirs) {
+        if !leftover_mounts.contains(&m) {
+            leftover_mounts.push(m);
+        }
+    }
+    let leftover_cgroups =
+        tokio::task::spawn_blocking(move || remove_new_cgroups(&cgroups_before)).await?;
+    let run_path = run_dir.path().to_path_buf();
+    if leftover_mounts.is_empty() {
+        run_dir
+            .close()
+            .with_context(|| format!("removing {}", run_path.display()))?;
+    } else {
+        drop(run_dir);
+    }
+
+    let report = PodsReport {
+        cores,
+        kernel,
+        loadavg_start,
+        loadavg_end: crate::loadavg(),
+        pods: args.pods,
+        concurrency: args.concurrency,
+        network: "host (NamespaceMode NODE) for every runtime".into(),
+        runtimes: results,
+        leftover_mounts,
+        leftover_processes,
+        leftover_cgroups,
+    };
+    print_report(&report);
+    if let Some(path) = &args.json {
+        fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("results written to {}", path.display());
+    }
+    // Cgroups the runtimes left are removed above; only those that could
+    // not be removed count as left behind.
+    let stuck: Vec<&String> = report
+        .leftover_cgroups
+        .iter()
+        .filter(|c| c.ends_with("(could not be removed)"))
+        .collect();
+    let left = !report.leftover_mounts.is_empty()
+        || !report.leftover_processes.is_empty()
+        || !stuck.is_empty();
+    if left {
+        eprintln!("berth-bench: LEFT BEHIND after the run:");
+        for m in report
+            .leftover_mounts
+            .iter()
+            .chain(&report.leftover_processes)
+            .chain(stuck)
+        {
+            eprintln!("  {m}");
+        }
+        return Ok(2);
+    }
+    Ok(if report.runtimes.iter().any(|r| r.error.is_some()) {
+        1
+    } else {
+        0
+    })
+}
+
+// ------------------------------------------------------------------ report
+
+fn met(ok: bool) -> &'static str {
+    if ok { "MET" } else { "NOT MET" }
+}
+
+fn print_report(r: &PodsReport) {
+    println!();
+    println!("==== pods benchmark: summary ====");
+    println!(
+        "{} cores, kernel {}, load average {} -> {}; {} pods per phase, concurrency {}; network: {}",
+        r.cores, r.kernel, r.loadavg_start, r.loadavg_end, r.pods, r.concurrency, r.network
+    );
+    let by: BTreeMap<&str, &RtResult> = r.runtimes.iter().map(|x| (x.name.as_str(), x)).collect();
+    for (label, pick) in [
+        (
+            "serial",
+            (|x: &RtResult| &x.serial) as fn(&RtResult) -> &Steps,
+        ),
+        ("concurrency", |x: &RtResult| &x.concurrent),
+    ] {
+        println!();
+        let c = if label == "serial" {
+            "serial".to_string()
+        } else {
+            format!("concurrency {}", r.concurrency)
+        };
+        print!("{:<34}", format!("{c}, ms (p50 / p99)"));
+        for x in &r.runtimes {
+            print!("{:>22}", x.name);
+        }
+        if by.contains_key("berth") && by.contains_key("containerd") {
+            print!("{:>20}", "containerd/berth");
+        }
+        println!();
+        let names: Vec<&str> = Steps::default().named().iter().map(|(n, _)| *n).collect();
+        for (i, step) in names.iter().enumerate() {
+            print!("{step:<34}");
+            for x in &r.runtimes {
+                let v = pick(x).named()[i].1.clone();
+                match (pct(&v, 50.0), pct(&v, 99.0)) {
+                    (Some(a), Some(b)) => print!("{:>22}", format!("{a:.2} / {b:.2}")),
+                    _ => print!("{:>22}", "-"),
+                }
+            }
+            if let (Some(b), Some(c)) = (by.get("berth"), by.get("containerd")) {
+                let (vb, vc) = (pick(b).named()[i].1.clone(), pick(c).named()[i].1.clone());
+                match (pct(&vb, 50.0), pct(&vc, 50.0)) {
+                    (Some(b), Some(c)) if b > 0.0 => print!("{:>20}", format!("{:.1}x", c / b)),
+                    _ => print!("{:>20}", "-"),
+                }
+            }
+            println!();
+        }
+        print!("{:<34}", "wall time of the phase, s");
+        for x in &r.runtimes {
+            print!("{:>22}", format!("{:.2}", pick(x).wall_s));
+        }
+        println!();
+    }
+
+    println!();
+    println!("memory (KiB, from /proc/PID/smaps_rollup)     PSS        RSS");
+    for x in &r.runtimes {
+        let Some(m) = &x.memory else { continue };
+        if let Some(d) = &m.daemon {
+            println!(
+                "{:<44} {:>6} {:>10}",
+                format!("{} daemon", x.name),
+                d.pss_kib,
+                d.rss_kib
+            );
+        }
+        if let Some(s) = m.shims.first() {
+            println!(
+                "{:<44} {:>6} {:>10}",
+                format!("{} one shim", x.name),
+                s.pss_kib,
+                s.rss_kib
+            );
+        }
+        println!(
+            "{:<44} {:>6} {:>10}",
+            format!(
+                "{} all {} shims ({} containers)",
+                x.name,
+                m.shims.len(),
+                m.containers
+            ),
+            m.shims.iter().map(|s| s.pss_kib).sum::<u64>(),
+            m.shims.iter().map(|s| s.rss_kib).sum::<u64>()
+        );
+        for p in &m.pause {
+            println!(
+                "{:<44} {:>6} {:>10}",
+                format!("{} {}", x.name, p.name),
+                p.pss_kib,
+                p.rss_kib
+            );
+        }
+    }
+    if by.contains_key("containerd") {
+        println!(
+            "(containerd-shim-runc-v2: one shim per pod serving all its containers, plus the pod's \
+             sandbox (pause) container; berth-shim: one per container, no sandbox process with pid \
+             CONTAINER)"
+        );
+    }
+
+    println!();
+    for x in &r.runtimes {
+        if let Some(l) = &x.listing {
+            println!(
+                "{:<11} ListContainers with {} running containers: p50 {:.2} ms, p99 {:.2} ms (set-up {:.1} s){}",
+                x.name,
+                l.containers,
+                pct(&l.list_ms, 50.0).unwrap_or(f64::NAN),
+                pct(&l.list_ms, 99.0).unwrap_or(f64::NAN),
+                l.setup_s,
+                if l.note.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", l.note)
+                }
+            );
+        }
+    }
+    for x in &r.runtimes {
+        if let Some(e) = &x.error {
+            println!(
+                "{}: FAILED: {}",
+                x.name,
+                e.lines().next().unwrap_or_default()
+            );
+        }
+    }
+
+    println!();
+    println!("targets (issue 4; serial p50s):");
+    let b = by.get("berth").filter(|b| b.error.is_none());
+    let c = by.get("containerd").filter(|c| c.error.is_none());
+    let p50 = |x: &RtResult, f: fn(&Steps) -> &Vec<f64>| pct(f(&x.serial), 50.0);
+    match b.and_then(|b| p50(b, |s| &s.run_pod)) {
+        Some(v) => println!(
+            "  RunPodSandbox p50 under {TARGET_RUN_POD_MS} ms (no network): {v:.2} ms: {}",
+            met(v < TARGET_RUN_POD_MS)
+        ),
+        None => println!("  RunPodSandbox p50 under {TARGET_RUN_POD_MS} ms: not measured"),
+    }
+    match (
+        b.and_then(|b| p50(b, |s| &s.run_pod)),
+        c.and_then(|c| p50(c, |s| &s.run_pod)),
+    ) {
+        (Some(vb), Some(vc)) => println!(
+            "  RunPodSandbox p50 at most 1/{TARGET_RUN_POD_RATIO} of containerd's: {vb:.2} vs {vc:.2} ms ({:.1}x faster): {}",
+            vc / vb,
+            met(vb * TARGET_RUN_POD_RATIO <= vc)
+        ),
+        _ => println!(
+            "  RunPodSandbox at most 1/{TARGET_RUN_POD_RATIO} of containerd's: not measured"
+        ),
+    }
+    match (
+        b.and_then(|b| p50(b, |s| &s.create_start)),
+        c.and_then(|c| p50(c, |s| &s.create_start)),
+    ) {
+        (Some(vb), Some(vc)) => println!(
+            "  Create+Start p50 at most 1/{TARGET_CREATE_START_RATIO} of containerd's: {vb:.2} vs {vc:.2} ms ({:.1}x faster): {}",
+            vc / vb,
+            met(vb * TARGET_CREATE_START_RATIO <= vc)
+        ),
+        _ => println!(
+            "  Create+Start at most 1/{TARGET_CREATE_START_RATIO} of containerd's: not measured"
+        ),
+    }
+    match b
+        .and_then(|b| b.memory.as_ref())
+        .and_then(|m| m.shims.iter().map(|s| s.pss_kib).max())
+    {
+        Some(v) => println!(
+            "  berth-shim PSS under {TARGET_SHIM_PSS_KIB} KiB: largest of the shims {v} KiB: {}",
+            met(v < TARGET_SHIM_PSS_KIB)
+        ),
+        None => println!("  berth-shim PSS under {TARGET_SHIM_PSS_KIB} KiB: not measured"),
+    }
+    if r.leftover_mounts.is_empty() && r.leftover_processes.is_empty() {
+        println!(
+            "clean-up: no mount or process left under the bench's directories; cgroups removed after the run: {}",
+            if r.leftover_cgroups.is_empty() {
+                "none".to_string()
+            } else {
+                r.leftover_cgroups.join(", ")
+            }
+        );
+    }
+}
