@@ -1310,35 +1310,46 @@ impl Runtime {
             .filter(|c| matches!(c.state, ContainerState::Created | ContainerState::Running))
             .map(|c| c.id.clone())
             .collect();
-        for id in ids {
-            let rec = self.container(&id)?;
-            match shim_client::call(
-                &rec.dir,
-                &Request::State,
-                Some(std::time::Duration::from_secs(2)),
-            )
-            .await
-            {
-                Ok(Response::State(st)) => match st.status {
-                    proto::Status::Exited => self.record_exit(&id, st.exit).await?,
-                    proto::Status::Running => {
-                        if rec.state != ContainerState::Running {
-                            let mut r = rec.clone();
-                            r.state = ContainerState::Running;
-                            r.started_at_ns = st.started_at_ns;
-                            self.update_container(r)?;
-                        }
-                        self.watch_exit(id);
-                    }
-                    proto::Status::Created => {}
-                },
-                _ => {
-                    self.record_exit(&id, shim_client::read_exit(&rec.dir))
-                        .await?
-                }
-            }
+        // All shims at once, each bounded: one hung shim delays start-up by
+        // its own 2 s, not 2 s per container.
+        let results =
+            futures::future::join_all(ids.into_iter().map(|id| self.recover_one(id))).await;
+        for r in results {
+            r?;
         }
         Ok(())
+    }
+}
+
+impl Runtime {
+    async fn recover_one(&self, id: String) -> Result<()> {
+        let rec = self.container(&id)?;
+        match shim_client::call(
+            &rec.dir,
+            &Request::State,
+            Some(std::time::Duration::from_secs(2)),
+        )
+        .await
+        {
+            Ok(Response::State(st)) => match st.status {
+                proto::Status::Exited => self.record_exit(&id, st.exit).await,
+                proto::Status::Running => {
+                    if rec.state != ContainerState::Running {
+                        let mut r = rec.clone();
+                        r.state = ContainerState::Running;
+                        r.started_at_ns = st.started_at_ns;
+                        self.update_container(r)?;
+                    }
+                    self.watch_exit(id);
+                    Ok(())
+                }
+                proto::Status::Created => Ok(()),
+            },
+            _ => {
+                self.record_exit(&id, shim_client::read_exit(&rec.dir))
+                    .await
+            }
+        }
     }
 }
 
