@@ -158,6 +158,14 @@ fn choose_berthd() -> Result<String> {
     };
     if let Some(p) = std::env::var_os("BERTHD") {
         let p = PathBuf::from(p);
+        if !p.is_absolute() {
+            // berthd is spawned from another working directory.
+            bail!(
+                "BERTHD={} is relative: give an absolute path (e.g. BERTHD=$PWD/{})",
+                p.display(),
+                p.display()
+            );
+        }
         return Ok(format!(
             "{} ($BERTHD, {}{})",
             p.display(),
