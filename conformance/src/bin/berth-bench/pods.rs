@@ -19,7 +19,8 @@
 //! Everything is removed on every path: the pods through CRI, then the
 //! daemons are stopped; shims of ours still alive are killed, mounts under
 //! the bench's directories detached, and new cgroups under
-//! /sys/fs/cgroup/*/berth and /sys/fs/cgroup/*/k8s.io removed (and reported).
+//! /sys/fs/cgroup/*/berth, berthd's own parent (the harness's
+//! `berth-test-…`) and /sys/fs/cgroup/*/k8s.io removed (and reported).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -293,9 +294,9 @@ fn comm_of(pid: i32) -> String {
 
 const CGROUP_PARENTS: &[&str] = &["berth", "k8s.io"];
 
-/// Every directory under /sys/fs/cgroup/*/{berth,k8s.io} (and the unified
-/// hierarchy's), the parents included.
-fn cgroup_dirs() -> BTreeSet<PathBuf> {
+/// Every directory under /sys/fs/cgroup/*/{berth,k8s.io,EXTRA…} (and the
+/// unified hierarchy's), the parents included.
+fn cgroup_dirs(extra: &[String]) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
     let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
     if let Ok(rd) = fs::read_dir("/sys/fs/cgroup") {
@@ -316,7 +317,11 @@ fn cgroup_dirs() -> BTreeSet<PathBuf> {
         }
     }
     for r in roots {
-        for p in CGROUP_PARENTS {
+        for p in CGROUP_PARENTS
+            .iter()
+            .copied()
+            .chain(extra.iter().map(String::as_str))
+        {
             let d = r.join(p);
             if d.is_dir() {
                 walk(&d, &mut out);
@@ -328,8 +333,8 @@ fn cgroup_dirs() -> BTreeSet<PathBuf> {
 
 /// Remove the cgroups that were not there at the start, deepest first;
 /// returns them (those that could not be removed marked).
-fn remove_new_cgroups(before: &BTreeSet<PathBuf>) -> Vec<String> {
-    let mut new: Vec<PathBuf> = cgroup_dirs().difference(before).cloned().collect();
+fn remove_new_cgroups(before: &BTreeSet<PathBuf>, extra: &[String]) -> Vec<String> {
+    let mut new: Vec<PathBuf> = cgroup_dirs(extra).difference(before).cloned().collect();
     new.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     let mut out = Vec::new();
     for d in new {
@@ -836,7 +841,9 @@ fn print_memory(name: &str, m: &Memory) {
 
 pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
     let loadavg_start = crate::loadavg();
-    let cgroups_before = cgroup_dirs();
+    let cgroups_before = cgroup_dirs(&[]);
+    // berthd's own parent of pods (the harness gives each berthd one).
+    let mut cgroup_parents: Vec<String> = Vec::new();
     let run_dir = tempfile::Builder::new()
         .prefix("berth-bench-pods-")
         .tempdir()
@@ -903,6 +910,7 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
         match d {
             Ok(mut d) => {
                 dirs.push(d.dir().to_path_buf());
+                cgroup_parents.push(d.cgroup_parent().to_string());
                 let out = async {
                     let client = client::connect(&d.socket(), CALL_TIMEOUT).await?;
                     let ctx = Ctx {
@@ -1018,7 +1026,8 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
         }
     }
     let leftover_cgroups =
-        tokio::task::spawn_blocking(move || remove_new_cgroups(&cgroups_before)).await?;
+        tokio::task::spawn_blocking(move || remove_new_cgroups(&cgroups_before, &cgroup_parents))
+            .await?;
     let run_path = run_dir.path().to_path_buf();
     if leftover_mounts.is_empty() {
         run_dir
