@@ -201,6 +201,9 @@ struct PodsReport {
     pods: u32,
     concurrency: u32,
     network: String,
+    /// Milliseconds per `cgroup.procs` write of a fresh process (see
+    /// [`cgroup_join_probe`]).
+    cgroup_join_ms: Vec<f64>,
     runtimes: Vec<RtResult>,
     leftover_mounts: Vec<String>,
     leftover_processes: Vec<String>,
@@ -362,6 +365,53 @@ fn remove_new_cgroups(before: &BTreeSet<PathBuf>, extra: &[String]) -> Vec<Strin
         });
     }
     out
+}
+
+/// The kernel's price of moving a process into a cgroup (what every runtime
+/// pays once per container): a fresh `sleep` moved into a fresh cgroup of
+/// its own, 7 times, 50 ms apart; milliseconds of the `cgroup.procs` write.
+/// Under strace only the first write of a burst is slow, which points at
+/// an RCU grace period taken for cgroup_threadgroup_rwsem (the cgroup mount
+/// option favordynmods would avoid it; not verified here).
+fn cgroup_join_probe() -> Result<Vec<f64>> {
+    let base = [
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup",
+    ]
+    .into_iter()
+    .map(Path::new)
+    .find(|p| p.join("cgroup.procs").exists())
+    .ok_or_else(|| anyhow!("no cgroup hierarchy found under /sys/fs/cgroup"))?;
+    let dir = base.join(format!("berth-bench-probe-{}", std::process::id()));
+    fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut out = Vec::new();
+    let r = (|| {
+        for _ in 0..7 {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut child = std::process::Command::new("sleep").arg("10").spawn()?;
+            let t = Instant::now();
+            let w = fs::write(dir.join("cgroup.procs"), child.id().to_string());
+            out.push(ms(t));
+            let _ = child.kill();
+            let _ = child.wait();
+            w?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })();
+    let mut removed = false;
+    for _ in 0..50 {
+        if fs::remove_dir(&dir).is_ok() {
+            removed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    r?;
+    if !removed {
+        bail!("could not remove {}", dir.display());
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------- workload
@@ -874,6 +924,22 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
         None
     };
 
+    let cgroup_join_ms = match tokio::task::spawn_blocking(cgroup_join_probe).await? {
+        Ok(v) => {
+            println!(
+                "kernel: moving a fresh process into a cgroup (cgroup.procs write): p50 {:.2} ms, max {:.2} ms \
+                 (paid once per container by every runtime)",
+                pct(&v, 50.0).unwrap_or(f64::NAN),
+                pct(&v, 100.0).unwrap_or(f64::NAN)
+            );
+            v
+        }
+        Err(e) => {
+            println!("kernel: cgroup join probe failed: {e:#}");
+            Vec::new()
+        }
+    };
+
     let registry = Registry::start()
         .await
         .context("starting docker-registry")?;
@@ -1045,6 +1111,7 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
         pods: args.pods,
         concurrency: args.concurrency,
         network: "host (NamespaceMode NODE) for every runtime".into(),
+        cgroup_join_ms,
         runtimes: results,
         leftover_mounts,
         leftover_processes,
@@ -1220,6 +1287,14 @@ fn print_report(r: &PodsReport) {
                 e.lines().next().unwrap_or_default()
             );
         }
+    }
+
+    if !r.cgroup_join_ms.is_empty() {
+        println!(
+            "kernel floor: moving a fresh process into a cgroup takes p50 {:.2} ms here (most likely an RCU grace period \
+             on the cgroup threadgroup lock), once per container in every runtime",
+            pct(&r.cgroup_join_ms, 50.0).unwrap_or(f64::NAN)
+        );
     }
 
     println!();
