@@ -245,12 +245,9 @@ impl Runtime {
     }
 
     pub fn sandbox(&self, id: &str) -> Result<SandboxRecord> {
-        let full = self.resolve_sandbox(id)?;
-        self.inner
-            .sandboxes
-            .read()
-            .map_err(|_| poisoned())?
-            .get(&full)
+        let m = self.inner.sandboxes.read().map_err(|_| poisoned())?;
+        let full = resolve_id(&m, id, "pod sandbox")?;
+        m.get(&full)
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
     }
@@ -919,12 +916,9 @@ impl Runtime {
     }
 
     pub fn container(&self, id: &str) -> Result<ContainerRecord> {
-        let full = self.resolve_container(id)?;
-        self.inner
-            .containers
-            .read()
-            .map_err(|_| poisoned())?
-            .get(&full)
+        let m = self.inner.containers.read().map_err(|_| poisoned())?;
+        let full = resolve_id(&m, id, "container")?;
+        m.get(&full)
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
     }
