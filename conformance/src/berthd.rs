@@ -29,6 +29,7 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use crate::cri::Cri;
+use crate::netns::NetNs;
 use crate::util;
 
 /// How the daemon learns its root, state dir and socket.
@@ -63,6 +64,12 @@ pub struct BerthdOptions {
     /// Use this socket path instead of `<state>/berth.sock` (e.g. another
     /// berthd's, to see it refused).
     pub socket: Option<PathBuf>,
+    /// Raw TOML inside `[network]`.
+    pub network: String,
+    /// Run berthd in the host's network namespace instead of a node
+    /// namespace of its own (only with `plugin = "none"` or a unique
+    /// bridge, subnet and nft table).
+    pub host_netns: bool,
 }
 
 impl Default for BerthdOptions {
@@ -80,6 +87,8 @@ impl Default for BerthdOptions {
             paths_from: PathsFrom::default(),
             env: Vec::new(),
             socket: None,
+            network: String::new(),
+            host_netns: false,
         }
     }
 }
@@ -135,6 +144,12 @@ impl BerthdOptions {
         self.socket = Some(path.to_path_buf());
         self
     }
+    /// Raw TOML put inside `[network]`.
+    pub fn network(mut self, toml: &str) -> Self {
+        self.network.push_str(toml);
+        self
+    }
+
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
         self
@@ -289,6 +304,9 @@ pub struct Berthd {
     /// This berthd's own parent cgroup for pods (`[runtime] cgroup_parent`),
     /// so that a scenario can check that its pods left no cgroup.
     cgroup_parent: String,
+    /// The network namespace berthd runs in: the node, as its pods see it.
+    /// Dropped (deleted) after berthd and its cgroups are gone.
+    node: Option<NetNs>,
 }
 
 impl Berthd {
@@ -302,7 +320,11 @@ impl Berthd {
             child: None,
             binary,
             cgroup_parent: format!("berth-test-{}", util::unique_suffix()),
+            node: None,
         };
+        if !d.options.host_netns {
+            d.node = Some(NetNs::create("berth-node")?);
+        }
         d.write_config()?;
         d.spawn()?;
         d.wait_ready().await?;
@@ -323,7 +345,11 @@ impl Berthd {
             child: None,
             binary,
             cgroup_parent: format!("berth-test-{}", util::unique_suffix()),
+            node: None,
         };
+        if !d.options.host_netns {
+            d.node = Some(NetNs::create("berth-node")?);
+        }
         d.write_config()?;
         d.spawn()?;
         let start = Instant::now();
@@ -414,7 +440,15 @@ impl Berthd {
             }
         }
         s += &format!("\n[runtime]\ncgroup_parent = {}\n", q(&self.cgroup_parent));
+        if !o.network.is_empty() {
+            s += &format!("\n[network]\n{}\n", o.network);
+        }
         s
+    }
+
+    /// The node's network namespace (None: the host's).
+    pub fn node(&self) -> Option<&NetNs> {
+        self.node.as_ref()
     }
 
     /// The parent cgroup of this berthd's pods.
@@ -472,7 +506,10 @@ impl Berthd {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = match &self.node {
+            Some(ns) => ns.command(&self.binary.display().to_string())?,
+            None => Command::new(&self.binary),
+        };
         match self.options.paths_from {
             PathsFrom::ConfigAndFlags => {
                 cmd.arg("--config").arg(self.config_path());

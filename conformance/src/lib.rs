@@ -24,6 +24,7 @@ pub mod fault;
 pub mod images;
 pub mod inspect;
 pub mod leak;
+pub mod netns;
 pub mod registry;
 pub mod util;
 
@@ -159,6 +160,52 @@ impl Env {
         pinned
     }
 
+    /// The pod network holds nothing once no pod does: no address in
+    /// IPAM (berthd's view, Status verbose), no pod veth in the node, no
+    /// hostPort element in berth's nftables table. Veths go with their
+    /// netns, which the kernel cleans up asynchronously: waited for.
+    pub async fn assert_network_clean(&self) {
+        let status = self.cri.status(true).await.expect("Status");
+        let net: serde_json::Value = status
+            .info
+            .get("network")
+            .map(|s| serde_json::from_str(s).expect("network info is JSON"))
+            .unwrap_or_default();
+        if let Some(allocated) = net.get("allocated").and_then(|a| a.as_array()) {
+            assert!(
+                allocated.is_empty(),
+                "addresses still allocated with no pod: {allocated:?}"
+            );
+        }
+        let Some(node) = self.berthd.node() else {
+            return;
+        };
+        let start = Instant::now();
+        loop {
+            let veths: Vec<String> = node
+                .links()
+                .expect("listing the node's links")
+                .into_iter()
+                .filter(|l| l.starts_with("bth"))
+                .collect();
+            if veths.is_empty() {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                panic!("pod veths left on the node: {veths:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let table = node
+            .exec("nft", &["list", "table", "inet", "berth"])
+            .expect("nft");
+        let text = String::from_utf8_lossy(&table.stdout);
+        assert!(
+            !text.contains("elements"),
+            "hostPort elements left in berth's table:\n{text}"
+        );
+    }
+
     /// End of a scenario: remove every image (pinned ones stay), check that
     /// root and state are back to the baseline (if nothing pinned stayed),
     /// stop berthd with SIGTERM (exit 0 required), stop the registry, and
@@ -185,6 +232,7 @@ impl Env {
             "cgroups left under this berthd's parent {}: {cgroups:#?}",
             self.berthd.cgroup_parent()
         );
+        self.assert_network_clean().await;
         self.berthd
             .stop()
             .await

@@ -18,6 +18,7 @@ pub struct Config {
     pub log: LogConfig,
     pub registry: RegistrySection,
     pub runtime: RuntimeSection,
+    pub network: berth_network::NetworkConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -88,6 +89,7 @@ impl Default for Config {
             log: LogConfig::default(),
             registry: RegistrySection::default(),
             runtime: RuntimeSection::default(),
+            network: berth_network::NetworkConfig::default(),
         }
     }
 }
@@ -170,6 +172,7 @@ impl Config {
                 "runtime.cgroup_parent {cg:?} must name a cgroup below the root, without . or .."
             )));
         }
+        self.network.validate().map_err(ConfigError::Invalid)?;
         if self.registry.max_concurrent_downloads == 0 {
             return Err(ConfigError::Invalid(
                 "registry.max_concurrent_downloads must be at least 1".into(),

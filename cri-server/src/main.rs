@@ -128,8 +128,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         cgroup_parent: config.runtime.cgroup_parent.clone(),
     };
     let images2 = images.clone();
+    let (net_cfg, root) = (config.network.clone(), config.root.clone());
     let runtime = tokio::task::spawn_blocking(move || {
-        berth_runtime::service::Runtime::open(runtime_config, images2)
+        let network = berth_network::open(&net_cfg, &root)?;
+        berth_runtime::service::Runtime::open(runtime_config, images2, network)
     })
     .await
     .context("opening the runtime state")?

@@ -187,11 +187,19 @@ impl RuntimeService for RuntimeApi {
                 reason: String::new(),
                 message: String::new(),
             },
-            cri::RuntimeCondition {
-                r#type: "NetworkReady".to_string(),
-                status: false,
-                reason: "NetworkPluginNotReady".to_string(),
-                message: "berth has no pod network yet: the network plugin is not implemented in this version".to_string(),
+            match self.runtime.network_readiness() {
+                berth_network::Readiness::Ready => cri::RuntimeCondition {
+                    r#type: "NetworkReady".to_string(),
+                    status: true,
+                    reason: String::new(),
+                    message: String::new(),
+                },
+                berth_network::Readiness::NotReady { reason, message } => cri::RuntimeCondition {
+                    r#type: "NetworkReady".to_string(),
+                    status: false,
+                    reason,
+                    message,
+                },
             },
         ];
         let mut info = std::collections::HashMap::new();
@@ -200,6 +208,10 @@ impl RuntimeService for RuntimeApi {
                 "config".to_string(),
                 serde_json::json!({"runtimeName": "berth", "version": env!("CARGO_PKG_VERSION")})
                     .to_string(),
+            );
+            info.insert(
+                "network".to_string(),
+                self.runtime.network_info().to_string(),
             );
         }
         Ok(Response::new(cri::StatusResponse {
@@ -295,8 +307,13 @@ impl RuntimeService for RuntimeApi {
             metadata: Some(sandbox_metadata(&r)),
             state: sandbox_state(r.state),
             created_at: r.created_at_ns,
-            // The pod network comes with the network plugin: loopback only.
-            network: None,
+            network: r.network.as_ref().and_then(|n| {
+                let mut ips = n.ips.iter().map(|ip| ip.to_string());
+                ips.next().map(|ip| cri::PodSandboxNetworkStatus {
+                    ip,
+                    additional_ips: ips.map(|ip| cri::PodIp { ip }).collect(),
+                })
+            }),
             linux: Some(cri::LinuxPodSandboxStatus {
                 namespaces: Some(cri::Namespace {
                     options: Some(convert::ns_options_to_cri(r.config.namespace_options())),
@@ -317,6 +334,7 @@ impl RuntimeService for RuntimeApi {
                     "pid": r.pause.as_ref().map(|p| format!("/proc/{}/ns/pid", p.pid)),
                 },
                 "stateDir": r.dir,
+                "network": r.network,
                 "cgroup": r.cgroup,
                 "config": r.config,
             });
@@ -603,6 +621,27 @@ impl RuntimeService for RuntimeApi {
         Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
+    /// kubelet sends the node's pod CIDR; the bridge plugin uses it when
+    /// no subnet is configured and no pod holds an address yet.
+    async fn update_runtime_config(
+        &self,
+        request: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        let cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        if !cidr.is_empty() {
+            self.runtime
+                .set_pod_cidr(cidr)
+                .await
+                .map_err(runtime_error)?;
+        }
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+
     unimplemented_calls! {
         update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
         exec(ExecRequest) -> ExecResponse = "Exec";
@@ -612,7 +651,6 @@ impl RuntimeService for RuntimeApi {
         list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
         pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
         list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
-        update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";

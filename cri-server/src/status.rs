@@ -32,6 +32,8 @@ pub fn runtime_error(e: berth_runtime::error::Error) -> Status {
         K::AlreadyExists => Code::AlreadyExists,
         K::FailedPrecondition => Code::FailedPrecondition,
         K::DeadlineExceeded => Code::DeadlineExceeded,
+        K::ResourceExhausted => Code::ResourceExhausted,
+        K::Unavailable => Code::Unavailable,
         K::Internal => Code::Internal,
     };
     let msg = e.to_string();

@@ -192,7 +192,7 @@ impl Plugin for NoNetwork {
 pub fn open(cfg: &NetworkConfig, root: &Path) -> Result<std::sync::Arc<dyn Plugin>> {
     Ok(match cfg.plugin {
         PluginKind::None => std::sync::Arc::new(NoNetwork),
-        PluginKind::Bridge => std::sync::Arc::new(bridge::BridgePlugin::open(cfg)?),
+        PluginKind::Bridge => std::sync::Arc::new(bridge::BridgePlugin::open(cfg, root)?),
         PluginKind::Cni => std::sync::Arc::new(cni::CniPlugin::open(cfg, root)?),
     })
 }

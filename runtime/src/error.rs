@@ -11,6 +11,8 @@ pub enum ErrorKind {
     AlreadyExists,
     FailedPrecondition,
     DeadlineExceeded,
+    ResourceExhausted,
+    Unavailable,
     Internal,
 }
 
@@ -46,6 +48,8 @@ pub enum Error {
     User(#[from] crate::user::UserError),
     #[error(transparent)]
     Cgroup(#[from] crate::cgroups::CgroupError),
+    #[error("pod network: {0}")]
+    Network(#[from] berth_network::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -82,6 +86,13 @@ impl Error {
             }
             Error::User(crate::user::UserError::Rootfs { .. }) => ErrorKind::Internal,
             Error::User(_) => ErrorKind::InvalidArgument,
+            Error::Network(e) => match e {
+                berth_network::Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+                berth_network::Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
+                berth_network::Error::Exhausted(_) => ErrorKind::ResourceExhausted,
+                berth_network::Error::NotReady(_) => ErrorKind::Unavailable,
+                berth_network::Error::Failed(_) => ErrorKind::Internal,
+            },
             Error::Internal(_)
             | Error::State(_)
             | Error::Namespace(_)

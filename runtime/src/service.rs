@@ -147,6 +147,7 @@ struct Inner {
     cfg: RuntimeConfig,
     store: StateStore,
     images: Arc<berth_image::ImageService>,
+    network: Arc<dyn berth_network::Plugin>,
     cgroups: Cgroups,
     node: spec::Node,
     events: broadcast::Sender<Event>,
@@ -182,7 +183,11 @@ fn poisoned() -> Error {
 
 impl Runtime {
     /// Open the runtime database and rebuild the in-memory view.
-    pub fn open(cfg: RuntimeConfig, images: Arc<berth_image::ImageService>) -> Result<Self> {
+    pub fn open(
+        cfg: RuntimeConfig,
+        images: Arc<berth_image::ImageService>,
+        network: Arc<dyn berth_network::Plugin>,
+    ) -> Result<Self> {
         for d in [cfg.state.join("sandboxes"), cfg.state.join("containers")] {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -213,12 +218,20 @@ impl Runtime {
             containers.insert(c.id.clone(), c);
         }
         cleanup_unrecorded(&cfg, &sandboxes, &containers, &images);
+        // The network plugin rebuilds its view (addresses, ports, rules)
+        // from the pods that hold a network, and drops the rest.
+        let live: Vec<(String, berth_network::Attachment)> = sandboxes
+            .values()
+            .filter_map(|s: &SandboxRecord| s.network.clone().map(|n| (s.id.clone(), n)))
+            .collect();
+        network.recover(&live)?;
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
                 store,
                 images,
+                network,
                 cgroups,
                 node,
                 events,
@@ -228,6 +241,25 @@ impl Runtime {
                 locks: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The network plugin's NetworkReady condition.
+    pub fn network_readiness(&self) -> berth_network::Readiness {
+        self.inner.network.readiness()
+    }
+
+    /// The network plugin's state, for Status verbose info.
+    pub fn network_info(&self) -> serde_json::Value {
+        self.inner.network.info()
+    }
+
+    /// kubelet's pod CIDR (UpdateRuntimeConfig).
+    pub async fn set_pod_cidr(&self, cidr: String) -> Result<()> {
+        let net = self.inner.network.clone();
+        tokio::task::spawn_blocking(move || net.set_pod_cidr(&cidr))
+            .await
+            .map_err(|e| Error::Internal(format!("pod CIDR task failed: {e}")))??;
+        Ok(())
     }
 
     fn lock_for(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<()>>> {
@@ -383,9 +415,11 @@ impl Runtime {
         let rec2 = rec.clone();
         tokio::task::spawn_blocking(move || inner.release_sandbox_resources(&rec2))
             .await
-            .map_err(|e| Error::Internal(format!("stop task failed: {e}")))?;
-        if rec.state != SandboxState::NotReady {
+            .map_err(|e| Error::Internal(format!("stop task failed: {e}")))??;
+        if rec.state != SandboxState::NotReady || rec.network.is_some() {
             rec.state = SandboxState::NotReady;
+            // The addresses are free from this commit on.
+            rec.network = None;
             self.inner.store.put_sandbox(&rec)?;
             self.inner
                 .sandboxes
@@ -467,6 +501,74 @@ impl Runtime {
     }
 }
 
+/// What the network plugin needs of a pod.
+fn network_request(
+    id: &str,
+    config: &SandboxConfig,
+    netns: &Path,
+) -> Result<berth_network::PodRequest> {
+    let meta = config.metadata();
+    let mut ports = Vec::new();
+    for (i, p) in config.port_mappings.iter().enumerate() {
+        // validate_sandbox_config checked the ranges and the address.
+        let host_ip = match p.host_ip.as_str() {
+            "" => None,
+            s => Some(s.parse::<std::net::IpAddr>().map_err(|e| {
+                Error::InvalidArgument(format!("port_mappings[{i}].host_ip {s:?}: {e}"))
+            })?),
+        }
+        .filter(|ip| !ip.is_unspecified());
+        let port = |v: i32, f: &str| {
+            u16::try_from(v).map_err(|_| {
+                Error::InvalidArgument(format!("port_mappings[{i}].{f}: {v} is not a port"))
+            })
+        };
+        ports.push(berth_network::PortMapping {
+            protocol: match p.protocol {
+                model::Protocol::Tcp => berth_network::Protocol::Tcp,
+                model::Protocol::Udp => berth_network::Protocol::Udp,
+                model::Protocol::Sctp => berth_network::Protocol::Sctp,
+            },
+            container_port: port(p.container_port, "container_port")?,
+            host_port: port(p.host_port, "host_port")?,
+            host_ip,
+        });
+    }
+    Ok(berth_network::PodRequest {
+        id: id.to_string(),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        netns: netns.to_path_buf(),
+        port_mappings: ports,
+        annotations: config.annotations.clone(),
+        cgroup_parent: config.linux.cgroup_parent.clone(),
+    })
+}
+
+/// The plugin request of a recorded pod (for teardown; its netns may be
+/// gone already).
+fn pod_request(rec: &SandboxRecord) -> berth_network::PodRequest {
+    let netns = rec
+        .namespaces
+        .net
+        .clone()
+        .unwrap_or_else(|| rec.dir.join("net"));
+    network_request(&rec.id, &rec.config, &netns).unwrap_or_else(|_| {
+        let meta = rec.config.metadata();
+        berth_network::PodRequest {
+            id: rec.id.clone(),
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            uid: meta.uid.clone(),
+            netns,
+            port_mappings: Vec::new(),
+            annotations: rec.config.annotations.clone(),
+            cgroup_parent: rec.config.linux.cgroup_parent.clone(),
+        }
+    })
+}
+
 fn remove_dir_logged(dir: &Path) {
     match fs::remove_dir_all(dir) {
         Ok(()) => {}
@@ -520,6 +622,22 @@ impl Inner {
         let pinned = namespaces::pin(&dir, want, hostname, &sysctls)?;
         let p = pinned.clone();
         undo.push("namespaces", move || namespaces::unpin(&p));
+
+        // The pod network, in the pinned netns.
+        let network = match &pinned.net {
+            Some(netns) => {
+                let req = network_request(id, &config, netns)?;
+                let att = self.network.setup(&req)?;
+                let (plugin, a) = (self.network.clone(), att.clone());
+                undo.push("network", move || {
+                    if let Err(e) = plugin.teardown(&req, &a) {
+                        tracing::warn!(error = %e, "taking down the network of a pod that failed");
+                    }
+                });
+                Some(att)
+            }
+            None => None,
+        };
 
         let shm = if own_ipc {
             let shm = dir.join("shm");
@@ -587,6 +705,7 @@ impl Inner {
             pause: None,
             cgroup: made.then(|| cg.as_str().to_string()),
             shm,
+            network,
         };
 
         // A shared PID namespace is held by berth-shim's own pause process.
@@ -627,8 +746,14 @@ impl Inner {
         Ok(record)
     }
 
-    /// What StopPodSandbox releases; safe to run twice.
-    fn release_sandbox_resources(&self, rec: &SandboxRecord) {
+    /// What StopPodSandbox releases; safe to run twice. The network goes
+    /// first, while the netns is still pinned (CNI plugins want to enter
+    /// it); if it cannot be taken down, nothing else is released and the
+    /// Stop fails, to be retried.
+    fn release_sandbox_resources(&self, rec: &SandboxRecord) -> Result<()> {
+        if let Some(att) = &rec.network {
+            self.network.teardown(&pod_request(rec), att)?;
+        }
         if let Some(p) = &rec.pause {
             kill_shim(&p.dir, p.pid);
         }
@@ -636,6 +761,7 @@ impl Inner {
             unmount_logged(shm);
         }
         namespaces::unpin(&rec.namespaces);
+        Ok(())
     }
 
     /// Write a bundle and start its shim; returns the process's pid. On

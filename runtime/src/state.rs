@@ -60,6 +60,12 @@ pub struct SandboxRecord {
     pub cgroup: Option<String>,
     /// The pod's /dev/shm tmpfs, if the pod has its own IPC namespace.
     pub shm: Option<PathBuf>,
+    /// The pod's network while it is set up (addresses, host veth, ports);
+    /// None for host-network pods and once StopPodSandbox took it down.
+    /// Stored in the same transaction as the rest of the record: this is
+    /// where IPAM's allocations live.
+    #[serde(default)]
+    pub network: Option<berth_network::Attachment>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -203,6 +209,12 @@ mod tests {
             pause: None,
             cgroup: None,
             shm: None,
+            network: Some(berth_network::Attachment {
+                plugin: "bridge".into(),
+                ips: vec!["10.89.0.2".parse().unwrap()],
+                host_veth: Some("bthabc".into()),
+                port_mappings: vec![],
+            }),
         };
         {
             let s = StateStore::open(dir.path()).unwrap();
