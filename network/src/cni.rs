@@ -228,11 +228,12 @@ fn plain_file_name(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')
 }
 
-/// A CNI container id (the spec's pattern), which also makes a safe file name.
+/// A CNI container id (the spec's pattern), which also makes a safe file name
+/// (short enough for `.<id>.json.tmp` to fit NAME_MAX).
 fn valid_id(id: &str) -> bool {
     let b = id.as_bytes();
     !b.is_empty()
-        && b.len() <= 255
+        && b.len() <= 200
         && b[0].is_ascii_alphanumeric()
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
@@ -2095,6 +2096,8 @@ mod tests {
         cni.setup(&pod).expect("setup");
         assert!(cni.check(&pod.id).is_err());
         assert!(cni.check("../x").is_err());
+        assert!(cni.check(&"a".repeat(201)).is_err());
+        assert!(valid_id(&"a".repeat(200)) && !valid_id("-a") && !valid_id("a/b"));
     }
 
     #[test]
