@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -64,12 +65,13 @@ pub struct BerthdOptions {
     /// Use this socket path instead of `<state>/berth.sock` (e.g. another
     /// berthd's, to see it refused).
     pub socket: Option<PathBuf>,
-    /// Raw TOML inside `[network]`.
+    /// Raw TOML inside `[network]`. Empty: `plugin = "none"` unless a
+    /// node netns is given (berthd's default bridge and nftables table are
+    /// node-wide: tests in parallel must not share them).
     pub network: String,
-    /// Run berthd in the host's network namespace instead of a node
-    /// namespace of its own (only with `plugin = "none"` or a unique
-    /// bridge, subnet and nft table).
-    pub host_netns: bool,
+    /// The network namespace berthd runs in (the node its pods see); the
+    /// test's thread should be in it too (see `NetNs::enter_current_thread`).
+    pub node: Option<Arc<NetNs>>,
 }
 
 impl Default for BerthdOptions {
@@ -88,7 +90,7 @@ impl Default for BerthdOptions {
             env: Vec::new(),
             socket: None,
             network: String::new(),
-            host_netns: false,
+            node: None,
         }
     }
 }
@@ -147,6 +149,12 @@ impl BerthdOptions {
     /// Raw TOML put inside `[network]`.
     pub fn network(mut self, toml: &str) -> Self {
         self.network.push_str(toml);
+        self
+    }
+
+    /// Run berthd in this node netns.
+    pub fn node(mut self, ns: Arc<NetNs>) -> Self {
+        self.node = Some(ns);
         self
     }
 
@@ -305,8 +313,9 @@ pub struct Berthd {
     /// so that a scenario can check that its pods left no cgroup.
     cgroup_parent: String,
     /// The network namespace berthd runs in: the node, as its pods see it.
-    /// Dropped (deleted) after berthd and its cgroups are gone.
-    node: Option<NetNs>,
+    /// Dropped (deleted, when the test holds it no more) after berthd and
+    /// its cgroups are gone.
+    node: Option<Arc<NetNs>>,
 }
 
 impl Berthd {
@@ -322,9 +331,7 @@ impl Berthd {
             cgroup_parent: format!("berth-test-{}", util::unique_suffix()),
             node: None,
         };
-        if !d.options.host_netns {
-            d.node = Some(NetNs::create("berth-node")?);
-        }
+        d.node = d.options.node.clone();
         d.write_config()?;
         d.spawn()?;
         d.wait_ready().await?;
@@ -347,9 +354,7 @@ impl Berthd {
             cgroup_parent: format!("berth-test-{}", util::unique_suffix()),
             node: None,
         };
-        if !d.options.host_netns {
-            d.node = Some(NetNs::create("berth-node")?);
-        }
+        d.node = d.options.node.clone();
         d.write_config()?;
         d.spawn()?;
         let start = Instant::now();
@@ -442,13 +447,15 @@ impl Berthd {
         s += &format!("\n[runtime]\ncgroup_parent = {}\n", q(&self.cgroup_parent));
         if !o.network.is_empty() {
             s += &format!("\n[network]\n{}\n", o.network);
+        } else if o.node.is_none() {
+            s += "\n[network]\nplugin = \"none\"\n";
         }
         s
     }
 
     /// The node's network namespace (None: the host's).
     pub fn node(&self) -> Option<&NetNs> {
-        self.node.as_ref()
+        self.node.as_deref()
     }
 
     /// The parent cgroup of this berthd's pods.

@@ -189,6 +189,17 @@ impl Cri {
             .into_inner())
     }
 
+    /// ListPodSandbox without a filter (panics on error: test helper).
+    pub async fn list_pods(&self) -> Vec<k8s_cri::v1::PodSandbox> {
+        self.runtime
+            .clone()
+            .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+            .await
+            .expect("ListPodSandbox")
+            .into_inner()
+            .items
+    }
+
     pub async fn runtime_config(&self) -> Result<RuntimeConfigResponse, Status> {
         Ok(self
             .runtime

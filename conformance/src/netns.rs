@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::util;
 
+#[derive(Debug)]
 pub struct NetNs {
     name: String,
 }
@@ -39,6 +40,18 @@ impl NetNs {
         let ns = NetNs { name };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// Move the calling thread into this namespace; what it spawns from
+    /// then on (registry, berthd, threads) starts there too. A test's own
+    /// thread does this first thing, so that its registry and berthd share
+    /// a loopback and berthd's bridge, table and sysctls are the test's.
+    pub fn enter_current_thread(&self) -> Result<()> {
+        let f = fs::File::open(self.path())
+            .with_context(|| format!("opening {}", self.path().display()))?;
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering netns {}", self.name))?;
+        Ok(())
     }
 
     pub fn name(&self) -> &str {

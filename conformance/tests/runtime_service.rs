@@ -1,5 +1,6 @@
-//! RuntimeService calls in scope before the runtime lands: Version, Status,
-//! RuntimeConfig answer; the others answer UNIMPLEMENTED naming themselves.
+//! RuntimeService calls: Version, Status (RuntimeReady, NetworkReady with
+//! its reason), RuntimeConfig answer; the calls of later issues answer
+//! UNIMPLEMENTED naming themselves.
 
 mod common;
 
@@ -20,8 +21,21 @@ async fn version_reports_berth_and_cri_v1() {
 }
 
 #[tokio::test]
-async fn status_reports_runtime_ready_and_network_not_ready_with_a_reason() {
-    let env = Env::start().await;
+async fn status_reports_network_not_ready_with_a_reason_a_person_can_act_on() {
+    // The CNI plugin with an empty config dir: NetworkReady false, saying
+    // where the config was looked for.
+    let conf = tempfile::tempdir().unwrap();
+    let registry = berth_conformance::registry::Registry::start()
+        .await
+        .expect("registry");
+    let env = Env::start_with(
+        registry,
+        berth_conformance::berthd::BerthdOptions::default().network(&format!(
+            "plugin = \"cni\"\ncni_conf_dir = \"{}\"\n",
+            conf.path().display()
+        )),
+    )
+    .await;
     for verbose in [false, true] {
         let st = env.cri.status(verbose).await.expect("Status");
         let conds = st.status.expect("status.status").conditions;
@@ -36,12 +50,13 @@ async fn status_reports_runtime_ready_and_network_not_ready_with_a_reason() {
             .expect("NetworkReady condition");
         assert!(
             !net.status,
-            "NetworkReady must be false until the network lands"
+            "NetworkReady must be false without a CNI config"
         );
-        assert!(!net.reason.is_empty(), "NetworkReady false needs a reason");
+        assert_eq!(net.reason, "NetworkPluginNotReady");
         assert!(
-            !net.message.is_empty(),
-            "NetworkReady false needs a message"
+            net.message.contains(&conf.path().display().to_string()),
+            "the message names the config dir: {}",
+            net.message
         );
     }
     env.finish().await;

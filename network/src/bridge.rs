@@ -355,7 +355,8 @@ impl BridgePlugin {
                 .link_by_name(&host)
                 .map_err(nl)?
                 .ok_or_else(|| Error::Failed(format!("veth {host} vanished after creation")))?;
-            sock.set_up(link.index, true).map_err(nl)?;
+            sock.set_up_with_alias(link.index, true, Some(&pod.id))
+                .map_err(nl)?;
             configure_pod_side(&netns, ips, gateways)?;
             Ok(link.index)
         })();
@@ -622,13 +623,17 @@ impl Plugin for BridgePlugin {
         drop(st);
         // Veths on our bridge that belong to no live pod: left by a crash.
         let keep: HashSet<&str> = live.iter().map(|(id, _)| id.as_str()).collect();
+        let keep_names: HashSet<String> = live.iter().map(|(id, _)| host_veth_name(id)).collect();
         let mut sock = Netlink::open().map_err(nl)?;
         let orphans: Vec<(u32, String)> = sock
             .links()
             .map_err(nl)?
             .into_iter()
             .filter(|l| l.master == Some(index) && l.name.starts_with(VETH_PREFIX))
-            .filter(|l| !l.alias.as_deref().is_some_and(|a| keep.contains(a)))
+            .filter(|l| {
+                !keep_names.contains(&l.name)
+                    && !l.alias.as_deref().is_some_and(|a| keep.contains(a))
+            })
             .map(|l| (l.index, l.name))
             .collect();
         if !orphans.is_empty() {

@@ -220,8 +220,8 @@ impl Netlink {
             .push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(host.to_string()));
-        msg.attributes
-            .push(LinkAttribute::IfAlias(alias.to_string()));
+        // The alias is set by set_up: the kernel ignores IFLA_IFALIAS on creation.
+        let _ = alias;
         msg.attributes.push(LinkAttribute::Mtu(mtu));
         msg.attributes.push(LinkAttribute::Controller(master));
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
@@ -238,10 +238,23 @@ impl Netlink {
     /// Bring a link up; with `hairpin`, also turn on the bridge port's
     /// hairpin mode (a pod reaches itself through its own hostPort).
     pub fn set_up(&mut self, index: u32, hairpin: bool) -> NlResult<()> {
+        self.set_up_with_alias(index, hairpin, None)
+    }
+
+    /// [`Self::set_up`], also setting the link's alias.
+    pub fn set_up_with_alias(
+        &mut self,
+        index: u32,
+        hairpin: bool,
+        alias: Option<&str>,
+    ) -> NlResult<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
+        if let Some(a) = alias {
+            msg.attributes.push(LinkAttribute::IfAlias(a.to_string()));
+        }
         if hairpin {
             msg.attributes.push(LinkAttribute::LinkInfo(vec![
                 LinkInfo::PortKind(InfoPortKind::Bridge),

@@ -217,7 +217,13 @@ impl Runtime {
             }
             containers.insert(c.id.clone(), c);
         }
-        cleanup_unrecorded(&cfg, &sandboxes, &containers, &images);
+        cleanup_unrecorded(&cfg, &sandboxes, &containers, &images, &cgroups);
+        // A Stop that a crash cut short after its NotReady commit.
+        for s in sandboxes.values() {
+            if s.state == SandboxState::NotReady {
+                release_sandbox(s);
+            }
+        }
         // The network plugin rebuilds its view (addresses, ports, rules)
         // from the pods that hold a network, and drops the rest.
         let live: Vec<(String, berth_network::Attachment)> = sandboxes
@@ -411,22 +417,33 @@ impl Runtime {
         else {
             return Ok(());
         };
-        let inner = self.inner.clone();
-        let rec2 = rec.clone();
-        tokio::task::spawn_blocking(move || inner.release_sandbox_resources(&rec2))
-            .await
-            .map_err(|e| Error::Internal(format!("stop task failed: {e}")))??;
+        // The network first, while the netns is pinned (CNI plugins enter
+        // it). If it cannot be taken down, nothing changes and the Stop
+        // fails, to be retried.
+        if let Some(att) = rec.network.clone() {
+            let net = self.inner.network.clone();
+            let req = pod_request(&rec);
+            tokio::task::spawn_blocking(move || net.teardown(&req, &att))
+                .await
+                .map_err(|e| Error::Internal(format!("network teardown task failed: {e}")))??;
+        }
+        // Then the record: NotReady, its addresses free from this commit on.
+        // A crash after it leaves a NotReady pod whose namespaces, pause and
+        // shm berthd releases again when it starts (see `open`).
         if rec.state != SandboxState::NotReady || rec.network.is_some() {
             rec.state = SandboxState::NotReady;
-            // The addresses are free from this commit on.
             rec.network = None;
             self.inner.store.put_sandbox(&rec)?;
             self.inner
                 .sandboxes
                 .write()
                 .map_err(|_| poisoned())?
-                .insert(full, rec);
+                .insert(full, rec.clone());
         }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.release_sandbox_resources(&rec))
+            .await
+            .map_err(|e| Error::Internal(format!("stop task failed: {e}")))?;
         Ok(())
     }
 
@@ -746,24 +763,24 @@ impl Inner {
         Ok(record)
     }
 
-    /// What StopPodSandbox releases; safe to run twice. The network goes
-    /// first, while the netns is still pinned (CNI plugins want to enter
-    /// it); if it cannot be taken down, nothing else is released and the
-    /// Stop fails, to be retried.
-    fn release_sandbox_resources(&self, rec: &SandboxRecord) -> Result<()> {
-        if let Some(att) = &rec.network {
-            self.network.teardown(&pod_request(rec), att)?;
-        }
-        if let Some(p) = &rec.pause {
-            kill_shim(&p.dir, p.pid);
-        }
-        if let Some(shm) = &rec.shm {
-            unmount_logged(shm);
-        }
-        namespaces::unpin(&rec.namespaces);
-        Ok(())
+    /// What StopPodSandbox releases after the network; safe to run twice.
+    fn release_sandbox_resources(&self, rec: &SandboxRecord) {
+        release_sandbox(rec)
     }
+}
 
+/// A stopped pod's pause, /dev/shm and namespace pins; idempotent.
+fn release_sandbox(rec: &SandboxRecord) {
+    if let Some(p) = &rec.pause {
+        kill_shim(&p.dir, p.pid);
+    }
+    if let Some(shm) = &rec.shm {
+        unmount_logged(shm);
+    }
+    namespaces::unpin(&rec.namespaces);
+}
+
+impl Inner {
     /// Write a bundle and start its shim; returns the process's pid. On
     /// error the bundle dir is removed. Runs on a blocking thread.
     fn start_shim(
@@ -929,6 +946,7 @@ fn cleanup_unrecorded(
     sandboxes: &HashMap<String, SandboxRecord>,
     containers: &HashMap<String, ContainerRecord>,
     images: &berth_image::ImageService,
+    cgroups: &Cgroups,
 ) {
     let containers_dir = cfg.state.join("containers");
     for e in fs::read_dir(&containers_dir)
@@ -988,6 +1006,15 @@ fn cleanup_unrecorded(
             ipc: Some(dir.join("ipc")),
             uts: Some(dir.join("uts")),
         });
+        // Its cgroup, if it was to be under berth's own parent (kubelet
+        // makes and removes the ones under its parents itself).
+        if let Ok(cg) = CgroupPath::new(&cfg.cgroup_parent).and_then(|p| p.join(&id)) {
+            if let Ok(pause) = cg.join("pause") {
+                remove_cgroup_logged(cgroups, &pause);
+            }
+            remove_cgroup_logged(cgroups, &cg);
+            remove_default_parent_if_empty(&cfg.cgroup_parent);
+        }
         remove_dir_logged(&dir);
     }
 }
