@@ -865,3 +865,232 @@ async fn check_consistent(n: &Net) {
         assert!(out.status.success(), "{ip} unreachable after restart");
     }
 }
+
+// ---- CNI plugins (Debian's containernetworking-plugins) ----
+
+const CNI_BIN: &str = "/usr/lib/cni";
+
+/// A node running the CNI plugin with a bridge + host-local + portmap
+/// network (host-local's data in the test dir), plus `extra_bin` (fake
+/// plugins) in the bin dirs.
+struct Cni {
+    net: Net,
+    conf: tempfile::TempDir,
+    data: tempfile::TempDir,
+    bin: tempfile::TempDir,
+}
+
+fn conflist(data: &std::path::Path, extra_plugins: &str) -> String {
+    format!(
+        r#"{{
+  "cniVersion": "1.0.0",
+  "name": "berth-test",
+  "plugins": [
+    {{
+      "type": "bridge",
+      "bridge": "cni-test0",
+      "isGateway": true,
+      "ipMasq": true,
+      "hairpinMode": true,
+      "ipam": {{
+        "type": "host-local",
+        "dataDir": "{}",
+        "ranges": [[{{ "subnet": "10.92.0.0/24" }}]],
+        "routes": [{{ "dst": "0.0.0.0/0" }}]
+      }}
+    }},
+    {{ "type": "portmap", "capabilities": {{ "portMappings": true }}, "snat": true }}{extra_plugins}
+  ]
+}}"#,
+        data.display()
+    )
+}
+
+async fn start_cni(extra_plugins: &str, extra_toml: &str) -> Cni {
+    let conf = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::write(
+        conf.path().join("10-test.conflist"),
+        conflist(data.path(), extra_plugins),
+    )
+    .unwrap();
+    let net = start(&format!(
+        "plugin = \"cni\"\ncni_conf_dir = \"{}\"\ncni_bin_dirs = [\"{CNI_BIN}\", \"{}\"]\n{extra_toml}",
+        conf.path().display(),
+        bin.path().display()
+    ))
+    .await;
+    Cni {
+        net,
+        conf,
+        data,
+        bin,
+    }
+}
+
+/// Addresses host-local holds (one file per address in its network dir).
+fn host_local_allocations(data: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(data.join("berth-test"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<IpAddr>().is_ok())
+        .collect()
+}
+
+fn node_veths(n: &Net) -> Vec<String> {
+    n.env
+        .berthd
+        .node()
+        .unwrap()
+        .links()
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.starts_with("veth") || l.starts_with("bth"))
+        .collect()
+}
+
+async fn wait_no_veths(n: &Net) {
+    for _ in 0..100 {
+        if node_veths(n).is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("veths left on the node: {:?}", node_veths(n));
+}
+
+#[tokio::test]
+async fn cni_plugins_connect_pods_publish_host_ports_and_clean_up() {
+    if !std::path::Path::new(CNI_BIN).join("bridge").exists() {
+        panic!("{CNI_BIN}/bridge missing: install containernetworking-plugins (.ci/run does)");
+    }
+    let c = start_cni("", "").await;
+    let n = &c.net;
+    let st = n.env.cri.status(false).await.unwrap();
+    let ready = st
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap();
+    assert!(ready.status, "{} {}", ready.reason, ready.message);
+
+    let (a, _, a_ip) = http_pod(n, "cni-a", vec![tcp(8080, 80)]).await;
+    let (b, b_client) = client_pod(n, "cni-b").await;
+    let subnet: ipnetwork::IpNetwork = "10.92.0.0/24".parse().unwrap();
+    assert!(subnet.contains(a_ip), "{a_ip} from host-local's range");
+    let url = format!("http://{a_ip}/");
+    assert_eq!(
+        pod_get(n, &b_client, &url).await.unwrap(),
+        "served-by-cni-a"
+    );
+    assert_eq!(node_get(n, &url).unwrap(), "served-by-cni-a");
+    // portmap's hostPort, from another host.
+    assert_eq!(
+        get_in(&n.ext, &format!("http://{NODE_ADDR}:8080/")).unwrap(),
+        "served-by-cni-a"
+    );
+    assert_eq!(host_local_allocations(c.data.path()).len(), 2);
+
+    // DEL works after a restart (berthd SIGKILLed): the cached result.
+    let mut n2 = c.net;
+    n2.env.berthd.kill();
+    n2.env.berthd.restart().await.expect("restart");
+    n2.env.cri = n2.env.berthd.cri().await.expect("reconnect");
+    assert_eq!(
+        get_in(&n2.ext, &format!("http://{NODE_ADDR}:8080/")).unwrap(),
+        "served-by-cni-a",
+        "the pod network outlives berthd"
+    );
+    stop_and_remove(&n2, &a).await;
+    stop_and_remove(&n2, &b).await;
+    assert!(
+        host_local_allocations(c.data.path()).is_empty(),
+        "host-local still holds {:?}",
+        host_local_allocations(c.data.path())
+    );
+    let r = get_in(&n2.ext, &format!("http://{NODE_ADDR}:8080/"));
+    assert!(r.is_err(), "portmap's rule outlived its pod: {r:?}");
+    wait_no_veths(&n2).await;
+    drop((c.conf, c.bin));
+    n2.env.finish().await;
+}
+
+#[tokio::test]
+async fn a_failing_or_hanging_cni_plugin_fails_the_pod_and_leaves_nothing() {
+    let c = start_cni(
+        r#",
+    { "type": "berth-fail" }"#,
+        "cni_timeout = \"2s\"\n",
+    )
+    .await;
+    let fail = c.bin.path().join("berth-fail");
+    // Fails ADD with a CNI error; DEL succeeds.
+    std::fs::write(
+        &fail,
+        "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then\n  echo '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"berth test refuses\",\"details\":\"on purpose\"}'\n  exit 1\nfi\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fail, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let n = &c.net;
+    let cfg = pod_config(n, "cni-fail", vec![]);
+    let st = expect_err(run_pod(n, &cfg).await, "failing CNI plugin");
+    assert!(
+        st.message().contains("berth test refuses"),
+        "{}",
+        st.message()
+    );
+    assert!(n.env.cri.list_pods().await.is_empty());
+    assert!(
+        host_local_allocations(c.data.path()).is_empty(),
+        "the chain was not DELeted: {:?}",
+        host_local_allocations(c.data.path())
+    );
+    wait_no_veths(n).await;
+
+    // Now it hangs: killed at cni_timeout, the call fails saying so.
+    std::fs::write(&fail, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    let t = std::time::Instant::now();
+    let st = expect_err(run_pod(n, &cfg).await, "hanging CNI plugin");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert!(
+        st.message().contains("berth-fail") && st.message().contains("2s"),
+        "{}",
+        st.message()
+    );
+    // Its DEL hung too, so the others' DELs ran without it: nothing holds
+    // an address, but the setup is not fully undone until berth-fail's DEL
+    // succeeds; berthd tries again before the next setup.
+    assert!(n.env.cri.list_pods().await.is_empty());
+    assert!(
+        host_local_allocations(c.data.path()).is_empty(),
+        "{:?}",
+        host_local_allocations(c.data.path())
+    );
+    wait_no_veths(n).await;
+    // berth-fail's DEL works again, and it leaves the chain.
+    std::fs::write(&fail, "#!/bin/sh\ncat >/dev/null\nexit 0\n").unwrap();
+    std::fs::write(
+        c.conf.path().join("10-test.conflist"),
+        conflist(c.data.path(), ""),
+    )
+    .unwrap();
+    let ok = run_pod(n, &pod_config(n, "cni-ok", vec![]))
+        .await
+        .expect("the plugin works again");
+    stop_and_remove(n, &ok).await;
+    wait_no_veths(n).await;
+    let Cni {
+        net,
+        conf,
+        data,
+        bin,
+    } = c;
+    drop((conf, bin));
+    assert!(host_local_allocations(data.path()).is_empty());
+    net.env.finish().await;
+}

@@ -823,6 +823,10 @@ pub struct CniPlugin {
     cache_dir: PathBuf,
     conf: Mutex<ConfState>,
     pods: PodLocks,
+    /// Pods whose failed setup could not be undone (their DEL failed too):
+    /// retried before the next setup, so that what they hold does not wait
+    /// for a restart.
+    pending: Mutex<HashSet<String>>,
 }
 
 impl CniPlugin {
@@ -855,6 +859,7 @@ impl CniPlugin {
             cache_dir,
             conf: Mutex::new(ConfState::default()),
             pods: PodLocks::default(),
+            pending: Mutex::new(HashSet::new()),
         })
     }
 
@@ -1229,16 +1234,27 @@ impl CniPlugin {
         prev.ok_or_else(|| Error::Failed("the CNI network has no plugins".into()))
     }
 
-    /// DEL of every plugin in reverse order; stops at the first failure (as
-    /// libcni does: what ran first must not be undone under what ran later).
+    /// DEL of every plugin in reverse order. Unlike libcni, a failing DEL
+    /// does not stop the others: what they hold (an address, a veth) is
+    /// freed now rather than after a restart. The first error is returned,
+    /// so the cache stays and the whole DEL is retried later (DEL must be
+    /// idempotent, says the spec).
     fn del_list(&self, call: &Call, prev: Option<&Value>) -> Result<()> {
         let prev = prev.filter(|_| call.list.del_gets_prev_result());
         let netns = netns_for_del(&call.netns);
+        let mut first = None;
         for p in call.list.plugins.iter().rev() {
-            let stdin = plugin_stdin(&call.list, p, prev, &call.caps)?;
-            self.exec(call, "DEL", netns, &p.ty, stdin)?;
+            let r = plugin_stdin(&call.list, p, prev, &call.caps)
+                .and_then(|stdin| self.exec(call, "DEL", netns, &p.ty, stdin));
+            if let Err(e) = r {
+                tracing::warn!(plugin = %p.ty, error = %e, "CNI DEL failed; going on with the others");
+                first.get_or_insert(e);
+            }
         }
-        Ok(())
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn check_list(&self, call: &Call, prev: &Value) -> Result<()> {
@@ -1305,7 +1321,34 @@ impl CniPlugin {
             .and_then(|()| self.remove_cache(&call.container_id))
         {
             Ok(()) => e,
-            Err(d) => with_note(e, &format!("and undoing it failed: {d}")),
+            Err(d) => {
+                if let Ok(mut p) = self.pending.lock() {
+                    p.insert(call.container_id.clone());
+                }
+                with_note(e, &format!("and undoing it failed: {d}"))
+            }
+        }
+    }
+
+    /// DEL again the failed setups that could not be undone.
+    fn retry_pending(&self) {
+        let ids: Vec<String> = match self.pending.lock() {
+            Ok(p) => p.iter().cloned().collect(),
+            Err(_) => return,
+        };
+        for id in ids {
+            let _g = self.pods.lock(&id);
+            match self.del_cached(&id, None) {
+                Ok(()) => {
+                    tracing::info!(pod = %id, "undid a failed CNI setup");
+                    if let Ok(mut p) = self.pending.lock() {
+                        p.remove(&id);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %id, error = %e, "undoing a failed CNI setup, again")
+                }
+            }
         }
     }
 
@@ -1383,6 +1426,7 @@ impl Plugin for CniPlugin {
         if let Some(m) = self.missing_plugin(&loaded.list) {
             return Err(Error::NotReady(m));
         }
+        self.retry_pending();
         let _g = self.pods.lock(&pod.id);
         // An ADD that never got its DEL (berthd died during setup): the spec
         // forbids a second ADD before it.
