@@ -1094,3 +1094,131 @@ async fn a_failing_or_hanging_cni_plugin_fails_the_pod_and_leaves_nothing() {
     assert!(host_local_allocations(data.path()).is_empty());
     net.env.finish().await;
 }
+
+// ---- start-up: subnets, readiness, kubelet's pod CIDR ----
+
+#[tokio::test]
+async fn kubelets_pod_cidr_is_used_when_no_subnet_is_configured() {
+    let mut n = start("").await;
+    let mut rt = n.env.cri.runtime.clone();
+    let update = |cidr: &str| k8s_cri::v1::UpdateRuntimeConfigRequest {
+        runtime_config: Some(k8s_cri::v1::RuntimeConfig {
+            network_config: Some(k8s_cri::v1::NetworkConfig {
+                pod_cidr: cidr.into(),
+            }),
+        }),
+    };
+    rt.update_runtime_config(update("10.93.0.0/24"))
+        .await
+        .expect("UpdateRuntimeConfig");
+    let a = run_pod(&n, &pod_config(&n, "cidr-a", vec![]))
+        .await
+        .unwrap();
+    let (ips, _) = pod_ips(&n, &a).await;
+    assert_eq!(ips[0].to_string(), "10.93.0.2", "{ips:?}");
+    let info = n.env.cri.status(true).await.unwrap().info["network"].clone();
+    assert!(info.contains("\"subnetSource\":\"kubelet\""), "{info}");
+    // The bridge moved to the new gateway.
+    let addrs = n
+        .env
+        .berthd
+        .node()
+        .unwrap()
+        .ip(&["-4", "addr", "show", "berth0"])
+        .unwrap();
+    assert!(addrs.contains("10.93.0.1/24"), "{addrs}");
+    assert!(!addrs.contains("10.89.0.1"), "{addrs}");
+    // A pod holds an address of it: another CIDR is not taken.
+    rt.update_runtime_config(update("10.94.0.0/24"))
+        .await
+        .expect("UpdateRuntimeConfig is not an error");
+    let b = run_pod(&n, &pod_config(&n, "cidr-b", vec![]))
+        .await
+        .unwrap();
+    assert_eq!(pod_ips(&n, &b).await.0[0].to_string(), "10.93.0.3");
+    // Malformed CIDRs are refused.
+    expect_code(
+        rt.update_runtime_config(update("10.95.0.0/33")).await,
+        &[Code::InvalidArgument],
+        "bad pod CIDR",
+    );
+    // It survives a restart.
+    n.env.berthd.kill();
+    n.env.berthd.restart().await.expect("restart");
+    n.env.cri = n.env.berthd.cri().await.unwrap();
+    let c = run_pod(&n, &pod_config(&n, "cidr-c", vec![]))
+        .await
+        .unwrap();
+    assert_eq!(pod_ips(&n, &c).await.0[0].to_string(), "10.93.0.4");
+    for id in [a, b, c] {
+        stop_and_remove(&n, &id).await;
+    }
+    // kubelet's CIDR is a setting berthd keeps, not a leak.
+    std::fs::remove_file(n.env.berthd.root().join("network/pod-cidr")).unwrap();
+    n.env.finish().await;
+}
+
+#[tokio::test]
+async fn a_subnet_overlapping_a_node_route_is_refused_at_start() {
+    let node = Arc::new(NetNs::create("berth-node").unwrap());
+    node.enter_current_thread().unwrap();
+    let ext = NetNs::create("berth-ext").unwrap();
+    node.connect(&ext, "bext0", NODE_ADDR, EXT_ADDR).unwrap();
+    let (status, log) = berth_conformance::berthd::Berthd::run_to_exit(
+        BerthdOptions::default()
+            .node(node.clone())
+            .network("subnet = \"198.51.100.0/25\"\n"),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("berthd exits by itself");
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("network.subnet 198.51.100.0/25 overlaps the host route 198.51.100.0/24"),
+        "{log}"
+    );
+    // Nothing was made.
+    assert!(!node.links().unwrap().iter().any(|l| l == "berth0"));
+}
+
+#[tokio::test]
+async fn a_link_in_the_way_of_the_bridge_makes_the_network_not_ready() {
+    let node = Arc::new(NetNs::create("berth-node").unwrap());
+    node.enter_current_thread().unwrap();
+    node.ip(&[
+        "link", "add", "berth0", "type", "veth", "peer", "name", "berth0p",
+    ])
+    .unwrap();
+    let registry = Registry::start().await.unwrap();
+    let env = Env::start_with(registry, BerthdOptions::default().node(node.clone())).await;
+    let st = env.cri.status(false).await.unwrap();
+    let net = st
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap();
+    assert!(!net.status);
+    assert_eq!(net.reason, "NetworkPluginNotReady");
+    assert!(
+        net.message.contains("berth0 exists and is not a bridge"),
+        "{}",
+        net.message
+    );
+    let mut rt = env.cri.runtime.clone();
+    let r = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox_config("not-ready")),
+            runtime_handler: String::new(),
+        })
+        .await;
+    let st = expect_code(
+        r,
+        &[Code::Unavailable],
+        "pod while the network is not ready",
+    );
+    assert!(st.message().contains("not a bridge"), "{}", st.message());
+    assert!(env.cri.list_pods().await.is_empty());
+    env.finish().await;
+}

@@ -691,6 +691,13 @@ impl Plugin for BridgePlugin {
             .map(|l| l.index);
         check_overlap(&mut sock, IpNetwork::V4(net), bridge, "pod CIDR")?;
         write_pod_cidr(&self.dir, net)?;
+        // The old gateway leaves the bridge with its subnet.
+        if let Some(b) = bridge {
+            let old = &st.pool4;
+            if let Err(e) = sock.del_address(b, old.gateway(), old.subnet().prefix()) {
+                tracing::warn!(error = %e, "removing the old gateway address from the bridge");
+            }
+        }
         st.pool4 = Pool::new(IpNetwork::V4(net));
         st.subnet_source = "kubelet";
         let index = self.ensure_bridge(&st)?;

@@ -312,6 +312,24 @@ impl Netlink {
         }
     }
 
+    /// Remove `addr/prefix` from a link; EADDRNOTAVAIL (not there) is fine.
+    pub fn del_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> NlResult<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.index = index;
+        msg.header.prefix_len = prefix;
+        msg.header.family = family(addr);
+        msg.attributes.push(AddressAttribute::Local(addr));
+        msg.attributes.push(AddressAttribute::Address(addr));
+        match self.request(
+            &format!("removing address {addr}/{prefix}"),
+            RouteNetlinkMessage::DelAddress(msg),
+            0,
+        ) {
+            Err(e) if e.is(libc::EADDRNOTAVAIL) => Ok(()),
+            r => r,
+        }
+    }
+
     /// Addresses of a link.
     pub fn addresses(&mut self, index: u32) -> NlResult<Vec<(IpAddr, u8)>> {
         let msgs = self.dump(
