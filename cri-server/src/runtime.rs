@@ -535,10 +535,7 @@ impl RuntimeService for RuntimeApi {
         };
         let containers = self
             .runtime
-            .list_containers(&filter)
-            .map_err(runtime_error)?
-            .iter()
-            .map(|r| cri::Container {
+            .list_containers_map(&filter, |r| cri::Container {
                 id: r.id.clone(),
                 pod_sandbox_id: r.sandbox_id.clone(),
                 metadata: Some(container_metadata(r)),
@@ -553,7 +550,7 @@ impl RuntimeService for RuntimeApi {
                 annotations: labels(&r.config.annotations),
                 image_id: r.image_id.clone(),
             })
-            .collect();
+            .map_err(runtime_error)?;
         Ok(Response::new(cri::ListContainersResponse { containers }))
     }
 

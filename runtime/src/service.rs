@@ -1077,8 +1077,19 @@ impl Runtime {
     }
 
     pub fn list_containers(&self, f: &ContainerFilter) -> Result<Vec<ContainerRecord>> {
+        self.list_containers_map(f, ContainerRecord::clone)
+    }
+
+    /// ListContainers turning each match into `T` under the read lock, in
+    /// creation order: kubelet lists every few seconds, and a whole record
+    /// (its full config) is far more than a list entry needs.
+    pub fn list_containers_map<T>(
+        &self,
+        f: &ContainerFilter,
+        map: impl Fn(&ContainerRecord) -> T,
+    ) -> Result<Vec<T>> {
         let m = self.inner.containers.read().map_err(|_| poisoned())?;
-        let mut out: Vec<ContainerRecord> = m
+        let mut hits: Vec<&ContainerRecord> = m
             .values()
             .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
             .filter(|c| f.sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.sandbox_id))
@@ -1088,10 +1099,9 @@ impl Runtime {
                     .iter()
                     .all(|(k, v)| c.config.labels.get(k) == Some(v))
             })
-            .cloned()
             .collect();
-        out.sort_by_key(|c| c.created_at_ns);
-        Ok(out)
+        hits.sort_by_key(|c| c.created_at_ns);
+        Ok(hits.into_iter().map(map).collect())
     }
 
     fn update_container(&self, rec: ContainerRecord) -> Result<()> {
