@@ -1220,5 +1220,39 @@ async fn a_link_in_the_way_of_the_bridge_makes_the_network_not_ready() {
     );
     assert!(st.message().contains("not a bridge"), "{}", st.message());
     assert!(env.cri.list_pods().await.is_empty());
+    // Once the link is out of the way, the network comes up by itself.
+    node.ip(&["link", "del", "berth0"]).unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        let st = env.cri.status(false).await.unwrap();
+        ready = st
+            .status
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.r#type == "NetworkReady" && c.status);
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "NetworkReady stays false after the fix");
+    let id = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox_config("ready-now")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox once ready")
+        .into_inner()
+        .pod_sandbox_id;
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .unwrap();
     env.finish().await;
 }

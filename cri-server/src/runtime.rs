@@ -187,7 +187,7 @@ impl RuntimeService for RuntimeApi {
                 reason: String::new(),
                 message: String::new(),
             },
-            match self.runtime.network_readiness() {
+            match self.runtime.network_readiness().await {
                 berth_network::Readiness::Ready => cri::RuntimeCondition {
                     r#type: "NetworkReady".to_string(),
                     status: true,

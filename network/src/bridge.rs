@@ -31,6 +31,9 @@ use crate::{Attachment, Error, NetworkConfig, Plugin, PodRequest, Protocol, Read
 /// the full id is the link's alias.
 pub const VETH_PREFIX: &str = "bth";
 
+/// How often a plugin that is not ready tries to bring the bridge up.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub fn host_veth_name(pod_id: &str) -> String {
     let short: String = pod_id.chars().take(12).collect();
     format!("{VETH_PREFIX}{short}")
@@ -70,6 +73,10 @@ struct State {
     published: HashMap<String, Vec<Published>>,
     /// Where the IPv4 subnet came from: config, kubelet or default.
     subnet_source: &'static str,
+    /// When the bridge and table were last (re)made: a plugin that is not
+    /// ready tries again every few seconds (Status is asked often), so that
+    /// fixing what was in the way needs no restart.
+    last_try: Option<std::time::Instant>,
 }
 
 pub struct BridgePlugin {
@@ -136,6 +143,7 @@ impl BridgePlugin {
                 ports: HashMap::new(),
                 published: HashMap::new(),
                 subnet_source: source,
+                last_try: None,
             }),
         };
         Ok(plugin)
@@ -198,6 +206,32 @@ impl BridgePlugin {
         Ok(link.index)
     }
 
+    /// Bridge, addresses, sysctls and the whole nftables table; records why
+    /// not in `st.not_ready`. True when ready.
+    fn bring_up(&self, st: &mut State) -> bool {
+        st.last_try = Some(std::time::Instant::now());
+        let index = match self.ensure_bridge(st) {
+            Ok(i) => i,
+            Err(e) => {
+                st.not_ready = Some(e.to_string());
+                return false;
+            }
+        };
+        st.bridge_index = index;
+        let script = self.table(st).full_script(&Self::all_published(st));
+        if let Err(e) = self.nft_apply(&script) {
+            st.not_ready = Some(format!(
+                "writing nftables table inet {}: {e}",
+                self.cfg.nft_table
+            ));
+            return false;
+        }
+        if st.not_ready.take().is_some() {
+            tracing::info!(bridge = %self.cfg.bridge, "bridge network ready");
+        }
+        true
+    }
+
     fn all_published(st: &State) -> Vec<Published> {
         let mut v: Vec<Published> = st.published.values().flatten().cloned().collect();
         v.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
@@ -232,6 +266,9 @@ impl BridgePlugin {
     /// Allocate addresses and reserve ports for a pod, in memory.
     fn reserve(&self, pod: &PodRequest) -> Result<(u32, Vec<IpAddr>, Vec<Published>)> {
         let mut st = self.state.lock().map_err(|_| poisoned())?;
+        if st.not_ready.is_some() && st.last_try.is_some_and(|t| t.elapsed() >= RETRY_EVERY) {
+            self.bring_up(&mut st);
+        }
         if let Some(why) = &st.not_ready {
             return Err(Error::NotReady(format!(
                 "the bridge network is not ready: {why}"
@@ -480,13 +517,19 @@ impl Plugin for BridgePlugin {
 
     fn readiness(&self) -> Readiness {
         match self.state.lock() {
-            Ok(st) => match &st.not_ready {
-                None => Readiness::Ready,
-                Some(why) => Readiness::NotReady {
-                    reason: "NetworkPluginNotReady".into(),
-                    message: format!("berth bridge network {}: {why}", self.cfg.bridge),
-                },
-            },
+            Ok(mut st) => {
+                if st.not_ready.is_some() && st.last_try.is_some_and(|t| t.elapsed() >= RETRY_EVERY)
+                {
+                    self.bring_up(&mut st);
+                }
+                match &st.not_ready {
+                    None => Readiness::Ready,
+                    Some(why) => Readiness::NotReady {
+                        reason: "NetworkPluginNotReady".into(),
+                        message: format!("berth bridge network {}: {why}", self.cfg.bridge),
+                    },
+                }
+            }
             Err(_) => Readiness::NotReady {
                 reason: "NetworkPluginNotReady".into(),
                 message: "network state lock poisoned".into(),
@@ -603,23 +646,10 @@ impl Plugin for BridgePlugin {
             }
             st.published.insert(id.clone(), published);
         }
-        let index = match self.ensure_bridge(&st) {
-            Ok(i) => i,
-            Err(e) => {
-                st.not_ready = Some(e.to_string());
-                return Ok(());
-            }
-        };
-        st.bridge_index = index;
-        let script = self.table(&st).full_script(&Self::all_published(&st));
-        if let Err(e) = self.nft_apply(&script) {
-            st.not_ready = Some(format!(
-                "writing nftables table inet {}: {e}",
-                self.cfg.nft_table
-            ));
+        if !self.bring_up(&mut st) {
             return Ok(());
         }
-        st.not_ready = None;
+        let index = st.bridge_index;
         drop(st);
         // Veths on our bridge that belong to no live pod: left by a crash.
         let keep: HashSet<&str> = live.iter().map(|(id, _)| id.as_str()).collect();

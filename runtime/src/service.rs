@@ -249,9 +249,16 @@ impl Runtime {
         })
     }
 
-    /// The network plugin's NetworkReady condition.
-    pub fn network_readiness(&self) -> berth_network::Readiness {
-        self.inner.network.readiness()
+    /// The network plugin's NetworkReady condition (it may retry what was
+    /// in its way: netlink, nft).
+    pub async fn network_readiness(&self) -> berth_network::Readiness {
+        let net = self.inner.network.clone();
+        tokio::task::spawn_blocking(move || net.readiness())
+            .await
+            .unwrap_or_else(|e| berth_network::Readiness::NotReady {
+                reason: "NetworkPluginNotReady".into(),
+                message: format!("network readiness task failed: {e}"),
+            })
     }
 
     /// The network plugin's state, for Status verbose info.
