@@ -196,6 +196,14 @@ impl Env {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // One bridge at most: the plugin's (berth0, or the CNI config's).
+        let bridges = node
+            .ip(&["-o", "link", "show", "type", "bridge"])
+            .expect("listing bridges");
+        assert!(
+            bridges.lines().count() <= 1,
+            "bridges other than the configured one on the node:\n{bridges}"
+        );
         let table = node
             .exec("nft", &["list", "table", "inet", "berth"])
             .expect("nft");
