@@ -580,10 +580,12 @@ impl Plugin for BridgePlugin {
         }
     }
 
-    fn teardown(&self, pod: &PodRequest, att: &Attachment) -> Result<()> {
+    fn teardown(&self, pod: &PodRequest, _att: &Attachment) -> Result<()> {
         let (script, table) = {
             let mut st = self.state.lock().map_err(|_| poisoned())?;
-            let gone = Self::release(&mut st, &pod.id, &att.ips);
+            // The ports go now; the addresses when the pod's record no
+            // longer holds them (`released`).
+            let gone = Self::release(&mut st, &pod.id, &[]);
             let t = self.table(&st);
             (t.delete_script(&gone), t)
         };
@@ -596,6 +598,12 @@ impl Plugin for BridgePlugin {
             self.nft_apply(&full)?;
         }
         Ok(())
+    }
+
+    fn released(&self, pod_id: &str, att: &Attachment) {
+        if let Ok(mut st) = self.state.lock() {
+            Self::release(&mut st, pod_id, &att.ips);
+        }
     }
 
     fn recover(&self, live: &[(String, Attachment)]) -> Result<()> {

@@ -142,9 +142,15 @@ pub trait Plugin: Send + Sync {
     /// left behind.
     fn setup(&self, pod: &PodRequest) -> Result<Attachment>;
 
-    /// Take the pod's network down: free its addresses and ports, remove its
-    /// rules. Idempotent; the netns may already be gone.
+    /// Take the pod's network down: free its ports, remove its rules.
+    /// Idempotent; the netns may already be gone. Its addresses stay taken
+    /// until [`Plugin::released`].
     fn teardown(&self, pod: &PodRequest, att: &Attachment) -> Result<()>;
+
+    /// The pod's record no longer holds `att` (committed): its addresses
+    /// are free from now on. Never before, so that a crash between teardown
+    /// and the commit cannot leave one address to two pods.
+    fn released(&self, _pod_id: &str, _att: &Attachment) {}
 
     /// After berthd starts: `live` are the pods that still hold a network
     /// (id and attachment). Everything else the plugin finds of its own (veths,

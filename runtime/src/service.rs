@@ -438,14 +438,17 @@ impl Runtime {
         // A crash after it leaves a NotReady pod whose namespaces, pause and
         // shm berthd releases again when it starts (see `open`).
         if rec.state != SandboxState::NotReady || rec.network.is_some() {
+            let att = rec.network.take();
             rec.state = SandboxState::NotReady;
-            rec.network = None;
             self.inner.store.put_sandbox(&rec)?;
             self.inner
                 .sandboxes
                 .write()
                 .map_err(|_| poisoned())?
                 .insert(full, rec.clone());
+            if let Some(att) = att {
+                self.inner.network.released(&rec.id, &att);
+            }
         }
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.release_sandbox_resources(&rec))
@@ -657,6 +660,7 @@ impl Inner {
                     if let Err(e) = plugin.teardown(&req, &a) {
                         tracing::warn!(error = %e, "taking down the network of a pod that failed");
                     }
+                    plugin.released(&req.id, &a);
                 });
                 Some(att)
             }
