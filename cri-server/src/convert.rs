@@ -54,6 +54,34 @@ fn profile(p: Option<cri::SecurityProfile>) -> Result<Option<m::SecurityProfile>
     .transpose()
 }
 
+/// `seccomp`, or when that is unset the deprecated `seccomp_profile_path`,
+/// read as containerd reads it: `runtime/default` (or `docker/default`),
+/// `unconfined`, `localhost/<absolute path>`; empty means unset.
+fn seccomp(
+    p: Option<cri::SecurityProfile>,
+    legacy: &str,
+) -> Result<Option<m::SecurityProfile>, Status> {
+    if p.is_some() || legacy.is_empty() {
+        return profile(p);
+    }
+    let (profile_type, localhost_ref) = match legacy {
+        "unconfined" => (m::ProfileType::Unconfined, ""),
+        "runtime/default" | "docker/default" => (m::ProfileType::RuntimeDefault, ""),
+        _ => match legacy.strip_prefix("localhost/") {
+            Some(path) => (m::ProfileType::Localhost, path),
+            None => {
+                return Err(Status::invalid_argument(format!(
+                    "seccomp_profile_path {legacy:?}: not runtime/default, unconfined or localhost/<path>"
+                )));
+            }
+        },
+    };
+    Ok(Some(m::SecurityProfile {
+        profile_type,
+        localhost_ref: localhost_ref.to_string(),
+    }))
+}
+
 pub fn resources(r: cri::LinuxContainerResources) -> m::LinuxResources {
     m::LinuxResources {
         cpu_period: r.cpu_period,
@@ -120,7 +148,8 @@ pub fn sandbox_config(c: cri::PodSandboxConfig) -> Result<m::SandboxConfig, Stat
                 )
                 .map_err(bad)?,
                 privileged: sc.privileged,
-                seccomp: profile(sc.seccomp)?,
+                #[allow(deprecated)]
+                seccomp: seccomp(sc.seccomp, &sc.seccomp_profile_path)?,
                 apparmor: profile(sc.apparmor)?,
             },
             sysctls: map(linux.sysctls),
@@ -210,7 +239,8 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<m::ContainerConfig, S
                 no_new_privs: sc.no_new_privs,
                 masked_paths: sc.masked_paths,
                 readonly_paths: sc.readonly_paths,
-                seccomp: profile(sc.seccomp)?,
+                #[allow(deprecated)]
+                seccomp: seccomp(sc.seccomp, &sc.seccomp_profile_path)?,
                 apparmor: profile(sc.apparmor)?,
             },
         },
@@ -231,5 +261,46 @@ pub fn ns_options_to_cri(o: &m::NamespaceOptions) -> cri::NamespaceOption {
         ipc: mode(o.ipc),
         target_id: o.target_id.clone(),
         userns_options: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deprecated_seccomp_path_counts_only_when_seccomp_is_unset() {
+        let got = |p: Option<cri::SecurityProfile>, legacy: &str| {
+            seccomp(p, legacy).map(|p| p.map(|p| (p.profile_type, p.localhost_ref)))
+        };
+        assert_eq!(got(None, "").unwrap(), None);
+        assert_eq!(
+            got(None, "runtime/default").unwrap(),
+            Some((m::ProfileType::RuntimeDefault, String::new()))
+        );
+        assert_eq!(
+            got(None, "docker/default").unwrap(),
+            Some((m::ProfileType::RuntimeDefault, String::new()))
+        );
+        assert_eq!(
+            got(None, "unconfined").unwrap(),
+            Some((m::ProfileType::Unconfined, String::new()))
+        );
+        assert_eq!(
+            got(None, "localhost//var/lib/kubelet/seccomp/a.json").unwrap(),
+            Some((
+                m::ProfileType::Localhost,
+                "/var/lib/kubelet/seccomp/a.json".into()
+            ))
+        );
+        assert!(got(None, "bogus").is_err());
+        let explicit = cri::SecurityProfile {
+            profile_type: cri::security_profile::ProfileType::Unconfined as i32,
+            localhost_ref: String::new(),
+        };
+        assert_eq!(
+            got(Some(explicit), "runtime/default").unwrap(),
+            Some((m::ProfileType::Unconfined, String::new()))
+        );
     }
 }

@@ -565,10 +565,19 @@ impl RuntimeService for RuntimeApi {
             .map_err(runtime_error)?;
         let mut info = HashMap::new();
         if req.verbose {
-            let spec: serde_json::Value = std::fs::read(r.dir.join("config.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or(serde_json::Value::Null);
+            let read = |name: &str| -> Option<serde_json::Value> {
+                std::fs::read(r.dir.join(name))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+            };
+            let mut spec = read("config.json").unwrap_or(serde_json::Value::Null);
+            // The seccomp profile is kept beside the shim's config.json.
+            if let (Some(profile), Some(linux)) = (
+                read("seccomp.json"),
+                spec.get_mut("linux").and_then(|l| l.as_object_mut()),
+            ) {
+                linux.insert("seccomp".into(), profile);
+            }
             let v = serde_json::json!({
                 "pid": r.pid,
                 "sandboxID": r.sandbox_id,

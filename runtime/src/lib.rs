@@ -11,6 +11,7 @@
 //!   the sandbox.
 //! * [`user`]: user and group resolution inside an image's root filesystem.
 //! * [`cgroups`]: cgroup v1 and v2 behind one interface.
+//! * [`seccomp`]: seccomp profiles compiled to BPF for the shim to load.
 //! * [`shim`]: the monitor and its protocol.
 
 pub mod cgroups;
@@ -19,6 +20,7 @@ pub mod model;
 pub mod namespaces;
 pub mod pod_files;
 pub mod rootfs;
+pub mod seccomp;
 pub mod service;
 pub mod shim;
 pub mod shim_client;

@@ -754,14 +754,19 @@ impl Inner {
                 let (cgroups, c) = (self.cgroups.clone(), pause_cg.clone());
                 undo.push("pause cgroup", move || remove_cgroup_logged(&cgroups, &c));
             }
-            let spec = spec::pause_spec(&pod, &self.cgroups.spec_path(&pause_cg))?;
+            let spec = spec::pause_spec(
+                &self.node,
+                &pod,
+                &self.cgroups.spec_path(&pause_cg),
+                &spec::RealHost,
+            )?;
             let shim_cfg = ShimConfig {
                 id: format!("{id}-pause"),
                 kind: ShimKind::Pause,
                 restrict_oom_score_adj: true,
                 ..Default::default()
             };
-            let pid = self.start_shim(&pause_dir, &spec, &shim_cfg)?;
+            let pid = self.start_shim(&pause_dir, spec, &shim_cfg)?;
             let d = pause_dir.clone();
             undo.push("pause", move || kill_shim(&d, pid));
             record.pause = Some(ShimRef {
@@ -794,10 +799,15 @@ fn release_sandbox(rec: &SandboxRecord) {
 impl Inner {
     /// Write a bundle and start its shim; returns the process's pid. On
     /// error the bundle dir is removed. Runs on a blocking thread.
+    ///
+    /// The spec's seccomp profile is compiled here and written beside
+    /// config.json (`seccomp.bpf` for the shim, `seccomp.json` as the
+    /// profile's record), not in it: the shim never parses a profile of
+    /// hundreds of names, whose freed heap would stay in its memory.
     fn start_shim(
         &self,
         dir: &Path,
-        spec: &oci_spec::runtime::Spec,
+        mut spec: oci_spec::runtime::Spec,
         shim_cfg: &ShimConfig,
     ) -> Result<i32> {
         fs::DirBuilder::new()
@@ -806,11 +816,35 @@ impl Inner {
             .create(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let r = (|| {
-            let spec_json = serde_json::to_vec(spec)
+            let write = |name: &str, bytes: &[u8]| {
+                fs::write(dir.join(name), bytes)
+                    .map_err(|e| Error::io(format!("writing the bundle in {}", dir.display()), e))
+            };
+            let mut shim_cfg = shim_cfg.clone();
+            if let Some(profile) = spec
+                .linux_mut()
+                .as_mut()
+                .and_then(|l| l.seccomp_mut().take())
+            {
+                let native = crate::seccomp::Native::host().ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "seccomp filters are not supported on this node's architecture".into(),
+                    )
+                })?;
+                let program = crate::seccomp::compile(&profile, native)
+                    .map_err(|e| Error::InvalidArgument(format!("seccomp profile: {e}")))?;
+                let json = serde_json::to_vec(&profile)
+                    .map_err(|e| Error::Internal(format!("encoding the seccomp profile: {e}")))?;
+                write(proto::SECCOMP_PROFILE_FILE, &json)?;
+                write(proto::SECCOMP_FILE, &program.to_bytes())?;
+                shim_cfg.seccomp = true;
+            }
+            let spec_json = serde_json::to_vec(&spec)
                 .map_err(|e| Error::Internal(format!("encoding the OCI spec: {e}")))?;
             fs::write(dir.join(proto::CONFIG_FILE), spec_json)
                 .map_err(|e| Error::io(format!("writing the bundle in {}", dir.display()), e))?;
-            let shim_json = serde_json::to_vec(shim_cfg)
+
+            let shim_json = serde_json::to_vec(&shim_cfg)
                 .map_err(|e| Error::Internal(format!("encoding shim.json: {e}")))?;
             fs::write(dir.join(proto::SHIM_CONFIG_FILE), shim_json)
                 .map_err(|e| Error::io(format!("writing the bundle in {}", dir.display()), e))?;
@@ -1656,8 +1690,9 @@ impl Inner {
             stdin_once: config.stdin_once,
             tty: config.tty,
             restrict_oom_score_adj: true,
+            seccomp: false,
         };
-        let pid = self.start_shim(&dir, &cs.spec, &shim_cfg)?;
+        let pid = self.start_shim(&dir, cs.spec, &shim_cfg)?;
         {
             let d = dir.clone();
             undo.push("shim", move || kill_shim(&d, pid));

@@ -16,6 +16,7 @@ mod pause;
 pub mod plan;
 pub mod protocol;
 pub mod rootfs;
+pub mod seccomp;
 pub mod server;
 pub mod spawn;
 
@@ -337,7 +338,7 @@ fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<server::Monitor, Sh
     let cfg: ShimConfig = read_json(dir, SHIM_CONFIG_FILE)?;
     let spec: oci_spec::runtime::Spec = read_json(dir, CONFIG_FILE)?;
     let pause = cfg.kind == ShimKind::Pause;
-    let plan = spawn::ContainerPlan::from_spec(
+    let mut plan = spawn::ContainerPlan::from_spec(
         &spec,
         pause,
         cfg.tty,
@@ -345,6 +346,13 @@ fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<server::Monitor, Sh
         cfg.restrict_oom_score_adj,
     )?;
     drop(spec);
+    // The filter berthd compiled: read now for the container process (it
+    // is gone from view once that pivots), again by each exec.
+    if cfg.seccomp {
+        let path = dir.join(protocol::SECCOMP_FILE);
+        plan.seccomp = Some(seccomp::read(&path).map_err(spawn::SpawnError::Child)?);
+        plan.process.seccomp = Some(path);
+    }
     if !cfg.log_path.is_empty() && !Path::new(&cfg.log_path).exists() {
         guard.log_created = Some(PathBuf::from(&cfg.log_path));
     }

@@ -8,6 +8,8 @@
 //! | --- | --- | --- |
 //! | `config.json` | berthd | the OCI runtime spec |
 //! | `shim.json` | berthd | [`ShimConfig`] |
+//! | `seccomp.json` | berthd | the container's seccomp profile (the OCI `linux.seccomp`, kept out of `config.json`); only with one |
+//! | `seccomp.bpf` | berthd | that profile compiled ([`crate::seccomp::Program`]), loaded by every process of the container |
 //! | `shim.sock` | shim | the control socket |
 //! | `shim.pid` | shim | the shim's pid, once it is detached |
 //! | `init.pid` | shim | the container process's pid (host pid namespace) |
@@ -33,6 +35,8 @@ use serde::{Deserialize, Serialize};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const SHIM_CONFIG_FILE: &str = "shim.json";
+pub const SECCOMP_FILE: &str = "seccomp.bpf";
+pub const SECCOMP_PROFILE_FILE: &str = "seccomp.json";
 pub const SOCKET_FILE: &str = "shim.sock";
 pub const SHIM_PID_FILE: &str = "shim.pid";
 pub const INIT_PID_FILE: &str = "init.pid";
@@ -56,6 +60,10 @@ pub struct ShimConfig {
     /// value (a node without CAP_SYS_RESOURCE), as containerd's
     /// restrict_oom_score_adj does, instead of failing the container.
     pub restrict_oom_score_adj: bool,
+    /// The container's processes load [`SECCOMP_FILE`] before exec (an
+    /// error if it is missing).
+    #[serde(default)]
+    pub seccomp: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -44,6 +44,8 @@ use super::plan::{
     self, DeviceNode, MountStep, NamespacePlan, NsKind, PidNs, PlanError, lookup_path,
 };
 use super::rootfs::{self, RootfsError, RootfsSetup};
+use super::seccomp;
+use crate::seccomp::Program;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -99,6 +101,10 @@ pub struct ProcessConfig {
     pub rlimits: Vec<(Resource, u64, u64)>,
     pub oom_score_adj: Option<i32>,
     pub restrict_oom_score_adj: bool,
+    /// The compiled seccomp filter to load before exec
+    /// ([`SECCOMP_FILE`](super::protocol::SECCOMP_FILE) in the state dir,
+    /// when shim.json says so); a file that is missing then is an error.
+    pub seccomp: Option<PathBuf>,
 }
 
 fn to_caps(set: &Option<oci_spec::runtime::Capabilities>) -> CapsHashSet {
@@ -160,6 +166,7 @@ impl ProcessConfig {
                 .collect(),
             oom_score_adj: p.oom_score_adj(),
             restrict_oom_score_adj,
+            seccomp: None,
         }
     }
 }
@@ -179,6 +186,8 @@ pub struct ContainerPlan {
     pub sysctls: Vec<(PathBuf, String)>,
     pub cgroup: Option<Cgroup>,
     pub process: ProcessConfig,
+    /// The filter of `process.seccomp`, read by the shim.
+    pub seccomp: Option<Program>,
     pub tty: bool,
     pub stdin: bool,
 }
@@ -238,6 +247,7 @@ impl ContainerPlan {
             sysctls,
             cgroup,
             process,
+            seccomp: None,
             tty: tty && !pause,
             stdin: stdin && !pause,
         })
@@ -487,6 +497,16 @@ fn init(plan: &ContainerPlan, sync_w: &OwnedFd, start_r: OwnedFd, io: ChildIo) -
     }
     drop(io);
     if plan.pause {
+        // Never execs: the filter goes on now (with no_new_privs).
+        if let Some(f) = &plan.seccomp
+            && let Err(e) = nix::sys::prctl::set_no_new_privs().and_then(|()| seccomp::load(f))
+        {
+            report(
+                sync_w.as_fd(),
+                &format!("error loading the seccomp filter: {}", e.desc()),
+            );
+            return 1;
+        }
         report(sync_w.as_fd(), "ready");
         drop(start_r);
         close_inherited();
@@ -503,7 +523,7 @@ fn init(plan: &ContainerPlan, sync_w: &OwnedFd, start_r: OwnedFd, io: ChildIo) -
         }
     }
     drop(start_r);
-    exec_process(&plan.process, Some(sync_w.as_fd()))
+    exec_process(&plan.process, plan.seccomp.as_ref(), Some(sync_w.as_fd()))
 }
 
 fn dup_onto(fd: BorrowedFd<'_>, target: i32) -> Result<()> {
@@ -696,11 +716,15 @@ fn clean_process_state() {
     }
 }
 
-/// Becomes `cfg`'s program: user, capabilities, execve. Returns only on
-/// failure, with the exit code (127 not found, 126 not executable or
-/// refused) after telling stderr and `sync` why.
-pub fn exec_process(cfg: &ProcessConfig, sync: Option<BorrowedFd<'_>>) -> i32 {
-    let (code, msg) = match try_exec(cfg) {
+/// Becomes `cfg`'s program: user, capabilities, seccomp filter, execve.
+/// Returns only on failure, with the exit code (127 not found, 126 not
+/// executable or refused) after telling stderr and `sync` why.
+pub fn exec_process(
+    cfg: &ProcessConfig,
+    filter: Option<&Program>,
+    sync: Option<BorrowedFd<'_>>,
+) -> i32 {
+    let (code, msg) = match try_exec(cfg, filter) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -733,12 +757,28 @@ fn home_dir(uid: u32) -> String {
         .unwrap_or_else(|| "/".to_string())
 }
 
-fn try_exec(cfg: &ProcessConfig) -> std::result::Result<std::convert::Infallible, (i32, String)> {
+fn try_exec(
+    cfg: &ProcessConfig,
+    filter: Option<&Program>,
+) -> std::result::Result<std::convert::Infallible, (i32, String)> {
     let program = cfg.args.first().cloned().unwrap_or_default();
     // As runc does: HOME from the user's /etc/passwd entry in the container
     // (read while still root), "/" without one, unless the env sets it.
     let home = (!cfg.env.iter().any(|e| e.starts_with("HOME=")))
         .then(|| format!("HOME={}", home_dir(cfg.uid)));
+    // Before any filter, which might refuse close_range (an old profile).
+    clean_process_state();
+    // runc's order: without no_new_privs the filter goes on while the
+    // process still has CAP_SYS_ADMIN, so that the kernel takes it without
+    // no_new_privs (which would stop the container's setuid programs), and
+    // the user and capability changes below run under it; with
+    // no_new_privs, as late as possible, just before execve.
+    let load = |f: &Program| {
+        seccomp::load(f).map_err(|e| (126, format!("loading the seccomp filter: {}", e.desc())))
+    };
+    if let Some(f) = filter.filter(|_| !cfg.no_new_privs) {
+        load(f)?;
+    }
     drop_privileges(cfg).map_err(|e| (126, e.to_string()))?;
     umask(Mode::from_bits_truncate(cfg.umask.unwrap_or(0o022)));
     let Some(path) = lookup_path(&program, &cfg.env, is_executable) else {
@@ -761,7 +801,9 @@ fn try_exec(cfg: &ProcessConfig) -> std::result::Result<std::convert::Infallible
         .chain(home.iter())
         .map(|a| cstr(a))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    clean_process_state();
+    if let Some(f) = filter.filter(|_| cfg.no_new_privs) {
+        load(f)?;
+    }
     let e = match nix::unistd::execve(&path_c, &args, &env) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -820,6 +862,12 @@ fn exec_intermediate(
     if let Some(cg) = cgroup {
         cg.enter_self()?;
     }
+    // The container's filter, from the bundle while the host's mounts are
+    // in view.
+    let filter = match &cfg.seccomp {
+        Some(path) => Some(seccomp::read(path).map_err(SpawnError::Child)?),
+        None => None,
+    };
     // Mount last: after it, /proc is the container's.
     let kinds = [
         NsKind::Ipc,
@@ -874,7 +922,7 @@ fn exec_intermediate(
             if let Some(adj) = cfg.oom_score_adj {
                 set_oom_score_adj(adj, cfg.restrict_oom_score_adj);
             }
-            let code = exec_process(cfg, None);
+            let code = exec_process(cfg, filter.as_ref(), None);
             exit_now(code)
         }
         ForkResult::Parent { child } => {

@@ -42,6 +42,10 @@ pub trait Host {
     /// The mount point of the mount holding `path` and its propagation
     /// tags from mountinfo (`shared:N`, `master:N`; none when private).
     fn mount_propagation(&self, path: &Path) -> io::Result<(PathBuf, Vec<String>)>;
+
+    /// The contents of the regular file at `path` (symlinks followed), if
+    /// it holds at most `max` bytes (a seccomp profile).
+    fn read_small_file(&self, path: &Path, max: u64) -> io::Result<Vec<u8>>;
 }
 
 /// The real node.
@@ -49,6 +53,32 @@ pub trait Host {
 pub struct RealHost;
 
 impl Host for RealHost {
+    fn read_small_file(&self, path: &Path, max: u64) -> io::Result<Vec<u8>> {
+        use std::io::Read as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // Non-blocking: a FIFO there must not hang the open.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)?;
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let mut out = Vec::new();
+        f.take(max + 1).read_to_end(&mut out)?;
+        if out.len() as u64 > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("larger than {max} bytes"),
+            ));
+        }
+        Ok(out)
+    }
+
     fn exists(&self, path: &Path) -> io::Result<bool> {
         match std::fs::metadata(path) {
             Ok(_) => Ok(true),

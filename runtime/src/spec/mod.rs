@@ -18,11 +18,13 @@
 //! sysctls are applied once when those are pinned ([`pod_sysctls`]) rather
 //! than through a sandbox container, the device cgroup rules list the
 //! devices every container gets (berthd writes the rules itself; runc would
-//! add them), and no seccomp or AppArmor profile is set yet.
+//! add them), and no AppArmor profile is set yet. The seccomp profile is
+//! containerd's ([`seccomp`]); berthd compiles it to BPF for the shim.
 
 mod host;
 mod mounts;
 mod pod;
+pub mod seccomp;
 
 pub use host::{Host, HostDevice, RealHost, mkdir_in_rootfs};
 pub use pod::{pause_spec, pod_sysctls, sysctl_proc_path};
@@ -152,6 +154,8 @@ pub enum SpecError {
         #[source]
         source: io::Error,
     },
+    #[error("seccomp profile {profile}: {reason}")]
+    Seccomp { profile: String, reason: String },
     #[error("building the OCI spec: {0}")]
     Oci(#[from] OciSpecError),
 }
@@ -167,6 +171,7 @@ impl SpecError {
                 | SpecError::PrivilegedNotAllowed
                 | SpecError::Sysctl { .. }
                 | SpecError::Device { .. }
+                | SpecError::Seccomp { .. }
         )
     }
 }
@@ -183,14 +188,18 @@ pub struct Node {
     /// cgroup v2: a non-privileged container gets a cgroup namespace of its
     /// own (containerd's rule; on v1 it does not, for compatibility).
     pub cgroup_v2: bool,
+    /// The running kernel's (major, minor), for profiles' `minKernel`.
+    pub kernel: (u32, u32),
 }
 
 impl Node {
     /// This node, with `cgroup_v2` from [`crate::cgroups`]'s detection.
     pub fn host(cgroup_v2: bool) -> Self {
+        let uname = rustix::system::uname();
         Self {
             all_capabilities: host_capabilities(),
             cgroup_v2,
+            kernel: seccomp::kernel_version(&uname.release().to_string_lossy()).unwrap_or((0, 0)),
         }
     }
 }
@@ -333,6 +342,13 @@ pub fn container_spec(
         )
         .no_new_privileges(sc.no_new_privs)
         .build()?;
+    let seccomp = seccomp::resolve(
+        sc.seccomp.as_ref(),
+        sc.privileged,
+        &caps.bounding,
+        node.kernel,
+        host,
+    )?;
     // containerd drops the default RLIMIT_NOFILE of 1024: the node's apply.
     process.set_rlimits(None);
     process.set_oom_score_adj(
@@ -379,6 +395,7 @@ pub fn container_spec(
         .readonly_paths(readonly)
         .build()?;
     linux.set_rootfs_propagation(propagation);
+    linux.set_seccomp(seccomp);
 
     let meta = pod.config.metadata();
     let image_name = if c.image.user_specified_image.is_empty() {
@@ -655,9 +672,21 @@ mod tests {
     pub(super) struct FakeHost {
         pub(super) existing: Vec<PathBuf>,
         pub(super) devices: Vec<HostDevice>,
+        pub(super) files: Vec<(PathBuf, Vec<u8>)>,
     }
 
     impl Host for FakeHost {
+        fn read_small_file(&self, path: &Path, max: u64) -> io::Result<Vec<u8>> {
+            let (_, bytes) = self
+                .files
+                .iter()
+                .find(|(p, _)| p == path)
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+            if bytes.len() as u64 > max {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "too large"));
+            }
+            Ok(bytes.clone())
+        }
         fn exists(&self, path: &Path) -> io::Result<bool> {
             Ok(self.existing.iter().any(|p| p == path))
         }
@@ -697,6 +726,7 @@ mod tests {
                 .filter_map(|c| parse_capability(&c.to_string()))
                 .collect(),
             cgroup_v2: false,
+            kernel: (6, 1),
         }
     }
 

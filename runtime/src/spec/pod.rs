@@ -10,14 +10,20 @@ use oci_spec::runtime::{
     VERSION,
 };
 
-use super::{DEFAULT_PATH_ENV, PAUSE_OOM_SCORE_ADJ, Pod, SpecError, annotations};
+use super::{DEFAULT_PATH_ENV, Host, Node, PAUSE_OOM_SCORE_ADJ, Pod, SpecError, annotations};
 use crate::model::{NamespaceMode, SandboxConfig};
 
 /// The spec of a pod's pause process (a shim of kind `Pause`): it holds the
 /// pod's new PID namespace and sits in the pod's other namespaces; no root
-/// filesystem, no capabilities. `cgroups_path` is a leaf under the pod's
+/// filesystem, no capabilities, the pod's seccomp profile (containerd puts
+/// it on its sandbox container). `cgroups_path` is a leaf under the pod's
 /// cgroup (on v2 a process cannot sit in a cgroup that has children).
-pub fn pause_spec(pod: &Pod<'_>, cgroups_path: &str) -> Result<Spec, SpecError> {
+pub fn pause_spec(
+    node: &Node,
+    pod: &Pod<'_>,
+    cgroups_path: &str,
+    host: &dyn Host,
+) -> Result<Spec, SpecError> {
     let paths = pod.paths;
     let mut namespaces = vec![
         LinuxNamespaceBuilder::default()
@@ -64,13 +70,21 @@ pub fn pause_spec(pod: &Pod<'_>, cgroups_path: &str) -> Result<Spec, SpecError> 
     let resources = LinuxResourcesBuilder::default()
         .cpu(LinuxCpuBuilder::default().shares(2u64).build()?)
         .build()?;
-    let linux = LinuxBuilder::default()
+    let sc = &pod.config.linux.security_context;
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(cgroups_path))
         .resources(resources)
         .masked_paths(Vec::<String>::new())
         .readonly_paths(Vec::<String>::new())
         .build()?;
+    linux.set_seccomp(super::seccomp::resolve(
+        sc.seccomp.as_ref(),
+        sc.privileged,
+        &Default::default(),
+        node.kernel,
+        host,
+    )?);
     let meta = pod.config.metadata();
     let annotations = HashMap::from([
         (annotations::SANDBOX_ID.into(), pod.id.into()),
@@ -197,7 +211,7 @@ mod tests {
             paths: &f.paths,
             hostname: "web",
         };
-        let s = pause_spec(&pod, "/kubepods/pod1/pod1").unwrap();
+        let s = pause_spec(&f.node, &pod, "/kubepods/pod1/pod1", &f.host).unwrap();
         assert_eq!(
             namespaces(&s),
             [
@@ -298,5 +312,41 @@ mod tests {
         let mut p = with_sysctls(&[("kernel.msgmax", "1")]);
         p.linux.security_context.namespace_options.ipc = NamespaceMode::Node;
         assert!(pod_sysctls(&p).unwrap_err().to_string().contains("IPC"));
+    }
+
+    #[test]
+    fn the_pause_process_gets_the_pods_seccomp_profile() {
+        use crate::model::{ProfileType, SecurityProfile};
+        let mut f = Fixture::new();
+        let spec = |f: &Fixture| {
+            let pod = Pod {
+                id: "pod1",
+                config: &f.pod,
+                paths: &f.paths,
+                hostname: "web",
+            };
+            pause_spec(&f.node, &pod, "/kubepods/pod1/pause", &f.host)
+        };
+        let seccomp = |f: &Fixture| spec(f).unwrap().linux().clone().unwrap().seccomp().clone();
+        assert_eq!(seccomp(&f), None);
+        f.pod.linux.security_context.seccomp = Some(SecurityProfile {
+            profile_type: ProfileType::RuntimeDefault,
+            localhost_ref: String::new(),
+        });
+        let s = seccomp(&f).unwrap();
+        // No capabilities: the namespace-free clone only.
+        let clone: Vec<_> = s
+            .syscalls()
+            .iter()
+            .flatten()
+            .filter(|c| c.names().iter().any(|n| n == "clone"))
+            .collect();
+        assert_eq!(clone.len(), 1);
+        assert!(clone[0].args().is_some());
+        f.pod.linux.security_context.seccomp = Some(SecurityProfile {
+            profile_type: ProfileType::Localhost,
+            localhost_ref: "/missing.json".into(),
+        });
+        assert!(spec(&f).unwrap_err().is_invalid_argument());
     }
 }

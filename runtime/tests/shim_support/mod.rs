@@ -314,6 +314,7 @@ impl Bundle {
             stdin_once: false,
             tty,
             restrict_oom_score_adj: true,
+            seccomp: false,
         };
         std::fs::write(
             self.dir.join("shim.json"),
