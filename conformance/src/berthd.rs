@@ -332,6 +332,11 @@ impl Berthd {
             node: None,
         };
         d.node = d.options.node.clone();
+        if d.node.is_none() && d.options.paths_from == PathsFrom::FlagsOnly {
+            // No config file: berthd's embedded defaults, the bridge plugin
+            // included, which must not touch the host's network.
+            d.node = Some(Arc::new(NetNs::create("berth-node")?));
+        }
         d.write_config()?;
         d.spawn()?;
         d.wait_ready().await?;
@@ -355,6 +360,11 @@ impl Berthd {
             node: None,
         };
         d.node = d.options.node.clone();
+        if d.node.is_none() && d.options.paths_from == PathsFrom::FlagsOnly {
+            // No config file: berthd's embedded defaults, the bridge plugin
+            // included, which must not touch the host's network.
+            d.node = Some(Arc::new(NetNs::create("berth-node")?));
+        }
         d.write_config()?;
         d.spawn()?;
         let start = Instant::now();
