@@ -5,6 +5,7 @@ mod client;
 mod components;
 mod containerd;
 mod cpu;
+mod podbench;
 mod pods;
 mod report;
 mod workload;
@@ -373,6 +374,7 @@ async fn run(args: Args, berthd: Option<String>) -> Result<i32> {
             registry_host: registry.host(),
             registry_url: registry.url(),
             sandbox_image: registry.reference("berth-bench/pause:1"),
+            cni_conflist: None,
         }));
     }
     for e in &args.endpoint {
@@ -697,7 +699,7 @@ async fn pull_berth(
     root_seen: &mut Option<PathBuf>,
 ) -> Result<Iteration> {
     let t = Instant::now();
-    let mut d = Berthd::start(BerthdOptions::default().log_level("info"))
+    let mut d = Berthd::start(berthd_options("plugin = \"none\""))
         .await
         .context("starting berthd")?;
     let startup = t.elapsed().as_secs_f64();
@@ -764,6 +766,17 @@ async fn pull_endpoint(
         .await
         .map_err(|s| anyhow!("RemoveImage {reference}: {:?}: {}", s.code(), s.message()))?;
     timed_pull(client, reference, img, registry, pid, None).await
+}
+
+/// berthd for a benchmark: log level info, in the host's network
+/// namespace (the harness would give it a namespace of its own, where the
+/// loopback registry cannot be reached), with `network` as its `[network]`
+/// table: `plugin = "none"` unless the bench gives it a bridge, subnet and
+/// nft table of its own.
+fn berthd_options(network: &str) -> BerthdOptions {
+    let mut o = BerthdOptions::default().log_level("info").network(network);
+    o.host_netns = true;
+    o
 }
 
 fn tail_lines(s: &str, n: usize) -> String {
