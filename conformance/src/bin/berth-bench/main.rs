@@ -5,6 +5,7 @@ mod client;
 mod components;
 mod containerd;
 mod cpu;
+mod network;
 mod podbench;
 mod pods;
 mod report;
@@ -52,7 +53,8 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(3600);
         (network, inflate, hash, write). MB = 10^6 bytes. Must run as root. Only 127.0.0.1 is contacted.",
     after_help = "Example: cargo build --release -p berth-cri-server -p berth-conformance && \
         sudo target/release/berth-bench --containerd --iterations 3 --json bench.json\n\n\
-        The pod and container benchmark (issue 4) is another mode: berth-bench pods --help"
+        The pod and container benchmark (issue 4) is another mode: berth-bench pods --help; the pod \
+        network benchmark another: berth-bench network --help"
 )]
 struct Args {
     /// Cold pulls per runtime.
@@ -223,6 +225,7 @@ fn mtime(p: &Path) -> String {
 enum Mode {
     Pull(Args),
     Pods(pods::PodsArgs),
+    Network(network::NetworkArgs),
 }
 
 fn main() {
@@ -230,6 +233,11 @@ fn main() {
     let mode = if argv.get(1).is_some_and(|a| a == "pods") {
         Mode::Pods(pods::PodsArgs::parse_from(
             std::iter::once(std::ffi::OsString::from("berth-bench pods"))
+                .chain(argv[2..].iter().cloned()),
+        ))
+    } else if argv.get(1).is_some_and(|a| a == "network") {
+        Mode::Network(network::NetworkArgs::parse_from(
+            std::iter::once(std::ffi::OsString::from("berth-bench network"))
                 .chain(argv[2..].iter().cloned()),
         ))
     } else {
@@ -254,6 +262,7 @@ fn start(mode: Mode) -> Result<i32> {
     let skip_berth = match &mode {
         Mode::Pull(a) => a.skip_berth,
         Mode::Pods(a) => a.skip_berth,
+        Mode::Network(a) => a.skip_berth,
     };
     let berthd = if skip_berth {
         None
@@ -272,6 +281,7 @@ fn start(mode: Mode) -> Result<i32> {
                 match mode {
                     Mode::Pull(args) => run(args, berthd).await,
                     Mode::Pods(args) => pods::run(args, berthd).await,
+                    Mode::Network(args) => network::run(args, berthd).await,
                 }
             } => r,
             _ = tokio::signal::ctrl_c() => {

@@ -15,9 +15,9 @@ use berth_conformance::leak;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortMapping, Protocol,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -85,6 +85,21 @@ where
         .map(f)
         .buffer_unordered(c.max(1))
         .filter_map(|r| async move { r.err() })
+        .collect()
+        .await
+}
+
+/// Run `f` on every item, `c` at a time (1: one after the other); returns
+/// the outputs in the order they finished.
+pub async fn map_concurrently<T, R, F, Fut>(items: Vec<T>, c: usize, f: F) -> Vec<R>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = R>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(items)
+        .map(f)
+        .buffer_unordered(c.max(1))
         .collect()
         .await
 }
@@ -238,6 +253,32 @@ impl Ctx {
         .await
         .map_err(|s| status_err("RemovePodSandbox", s))?;
         Ok(())
+    }
+
+    /// The pod's IPs as PodSandboxStatus reports them (primary first;
+    /// empty without a pod network).
+    pub async fn pod_ips(&self, id: &str) -> Result<Vec<String>> {
+        let status = self
+            .client
+            .runtime()
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .map_err(|s| status_err("PodSandboxStatus", s))?
+            .into_inner()
+            .status
+            .ok_or_else(|| anyhow!("PodSandboxStatus of {id}: no status"))?;
+        Ok(status
+            .network
+            .map(|n| {
+                std::iter::once(n.ip)
+                    .chain(n.additional_ips.into_iter().map(|i| i.ip))
+                    .filter(|ip| !ip.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// Remove every pod of the runtime (best effort, 10 at a time); returns
