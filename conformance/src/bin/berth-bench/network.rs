@@ -48,8 +48,8 @@ use serde_json::Value;
 
 use crate::containerd::{Containerd, ContainerdSetup};
 use crate::podbench::{
-    Ctx, HostInfo, Tracker, cgroup_dirs, host_info, map_concurrently, met, ms, on_berthd,
-    on_containerd, pct, stuck_cgroups,
+    Ctx, HostInfo, Tracker, cgroup_dirs, host_info, kill_in_new_cgroups, map_concurrently, met, ms,
+    on_berthd, on_containerd, pct, remove_new_cgroups, stuck_cgroups,
 };
 
 /// Targets of the issue.
@@ -345,6 +345,8 @@ struct HostNet {
     chains_before: BTreeSet<(String, String, String)>,
     sysctls_before: Vec<(&'static str, Option<String>)>,
     var_lib_cni_existed: bool,
+    /// The cgroups before the run (see [`cgroup_dirs`]).
+    cgroups_before: BTreeSet<PathBuf>,
     done: bool,
 }
 
@@ -469,6 +471,7 @@ impl HostNet {
                 })
                 .collect(),
             var_lib_cni_existed: Path::new(LIBCNI_DIR).exists(),
+            cgroups_before: cgroup_dirs(&[]),
             done: false,
         })
     }
@@ -478,6 +481,17 @@ impl HostNet {
     fn clean(&mut self) -> HostCleanup {
         self.done = true;
         let mut c = HostCleanup::default();
+
+        // Processes a runtime left running hold their pods' netns (and so
+        // veths); the cgroups themselves are removed later.
+        let killed = kill_in_new_cgroups(&self.cgroups_before, &[]);
+        if !killed.is_empty() {
+            c.left_by_runtimes.push(format!(
+                "processes in the runtimes' cgroups after they stopped (killed): {}",
+                killed.join(", ")
+            ));
+            std::thread::sleep(Duration::from_millis(200));
+        }
 
         // containerd's netns files (/run/netns/cni-…): a removed pod's go
         // with it.
@@ -720,10 +734,23 @@ impl Drop for HostNet {
     fn drop(&mut self) {
         if !self.done {
             let c = self.clean();
+            let cgroups = remove_new_cgroups(&self.cgroups_before, &[]);
+            if !cgroups.is_empty() {
+                eprintln!("berth-bench: removed the cgroups {cgroups:?}");
+            }
             eprintln!(
-                "berth-bench: host network clean-up: removed {:?}; left by the runtimes {:?}; errors {:?}",
-                c.removed, c.left_by_runtimes, c.errors
+                "berth-bench: host network clean-up: removed {}",
+                c.removed.join("; ")
             );
+            for m in c.left_by_runtimes.iter().take(20).chain(&c.errors) {
+                eprintln!("berth-bench: left behind (removed): {m}");
+            }
+            if c.left_by_runtimes.len() > 20 {
+                eprintln!(
+                    "berth-bench: ... and {} more left behind (removed)",
+                    c.left_by_runtimes.len() - 20
+                );
+            }
         }
     }
 }
@@ -744,6 +771,10 @@ struct Phase {
     stop_remove_ms: Vec<f64>,
     run_wall_s: f64,
     stop_remove_wall_s: f64,
+    /// Seconds from the last StopPodSandbox+RemovePodSandbox until no
+    /// veth was left on the runtime's bridge (the kernel deletes berth's
+    /// with the pod's netns, after the call); None: not watched.
+    veths_gone_s: Option<f64>,
     errors: u32,
     error_samples: Vec<String>,
 }
@@ -819,6 +850,10 @@ struct PhaseSpec<'a> {
     host_ports: &'a [u16],
     /// Every pod's primary IP must be in it (and differ from the others').
     subnet: Option<Net4>,
+    /// The runtime's bridge: after the removals, the phase waits until no
+    /// veth is left on it (so that the next phase starts without the
+    /// kernel still deleting this one's).
+    bridge: Option<String>,
 }
 
 /// Make `spec.pods` pods (each RunPodSandbox timed), check their IPs,
@@ -911,6 +946,23 @@ async fn phase(ctx: &Ctx, spec: &PhaseSpec<'_>) -> Result<Phase> {
             Err(e) => ph.error(format!("{name}: {e:#}")),
         }
     }
+    if let Some(bridge) = spec.bridge.clone() {
+        let t = Instant::now();
+        let left = tokio::task::spawn_blocking(move || {
+            while !bridge_ports(&bridge).is_empty() && t.elapsed() < VETH_GRACE {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            bridge_ports(&bridge).len()
+        })
+        .await?;
+        if left == 0 {
+            ph.veths_gone_s = Some(t.elapsed().as_secs_f64());
+        } else {
+            ph.error(format!(
+                "{left} veths still on the bridge {VETH_GRACE:?} after the pods were removed"
+            ));
+        }
+    }
     Ok(ph)
 }
 
@@ -955,6 +1007,9 @@ fn print_phase(name: &str, ph: &Phase) {
         p(&ph.stop_remove_ms, 99.0),
         ph.stop_remove_wall_s
     );
+    if let Some(g) = ph.veths_gone_s {
+        println!("{name:<11}   no veth left on the bridge {g:.2} s after the last removal");
+    }
     if ph.errors > 0 {
         println!("{name:<11}   ERRORS: {}", ph.errors);
         for e in &ph.error_samples {
@@ -1016,7 +1071,7 @@ pub async fn run(args: NetworkArgs, berthd: Option<String>) -> Result<i32> {
     let ipam_dir = run_dir.path().join("cni-ipam");
     // Declared before the daemons: dropped (cleaning up) after them.
     let mut host = HostNet::preflight(&args, &ipam_dir)?;
-    let cgroups_before = cgroup_dirs(&[]);
+    let cgroups_before = host.cgroups_before.clone();
     println!(
         "berth-bench network: {cores} cores, kernel {kernel}, load average {loadavg_start}, temp dir {}",
         run_dir.path().display()
@@ -1072,7 +1127,13 @@ pub async fn run(args: NetworkArgs, berthd: Option<String>) -> Result<i32> {
             args.berth_subnet,
             serde_json::to_string(&args.berth_nft_table)?
         );
-        let specs = main_specs(&args, breakdown_pods, &host_ports, args.berth_subnet);
+        let specs = main_specs(
+            &args,
+            breakdown_pods,
+            &host_ports,
+            args.berth_subnet,
+            &args.berth_bridge,
+        );
         let out = on_berthd(
             crate::berthd_options(&toml),
             run_dir.path(),
@@ -1095,6 +1156,7 @@ pub async fn run(args: NetworkArgs, berthd: Option<String>) -> Result<i32> {
                 concurrency: 1,
                 host_ports: &[],
                 subnet: None,
+                bridge: None,
             }];
             let out = on_berthd(
                 crate::berthd_options("plugin = \"none\""),
@@ -1145,7 +1207,13 @@ pub async fn run(args: NetworkArgs, berthd: Option<String>) -> Result<i32> {
                 cni_conflist: Some(cni_conflist(&args, &ipam_dir)),
             };
             registry = Some(reg);
-            let specs = main_specs(&args, breakdown_pods, &host_ports, args.cni_subnet);
+            let specs = main_specs(
+                &args,
+                breakdown_pods,
+                &host_ports,
+                args.cni_subnet,
+                &args.cni_bridge,
+            );
             on_containerd(
                 &setup,
                 run_dir.path(),
@@ -1232,6 +1300,7 @@ fn main_specs<'a>(
     breakdown_pods: u32,
     host_ports: &'a [u16],
     subnet: Net4,
+    bridge: &str,
 ) -> Vec<PhaseSpec<'a>> {
     let mut v = vec![
         PhaseSpec {
@@ -1242,6 +1311,7 @@ fn main_specs<'a>(
             concurrency: 1,
             host_ports: &[],
             subnet: Some(subnet),
+            bridge: Some(bridge.to_string()),
         },
         PhaseSpec {
             key: "concurrent",
@@ -1251,6 +1321,7 @@ fn main_specs<'a>(
             concurrency: args.concurrency,
             host_ports: &[],
             subnet: Some(subnet),
+            bridge: Some(bridge.to_string()),
         },
     ];
     if breakdown_pods > 0 {
@@ -1262,6 +1333,7 @@ fn main_specs<'a>(
             concurrency: 1,
             host_ports,
             subnet: Some(subnet),
+            bridge: Some(bridge.to_string()),
         });
         v.push(PhaseSpec {
             key: "host-network",
@@ -1271,6 +1343,7 @@ fn main_specs<'a>(
             concurrency: 1,
             host_ports: &[],
             subnet: None,
+            bridge: None,
         });
     }
     v
@@ -1371,6 +1444,19 @@ fn print_report(r: &NetworkReport) {
                     "{:>20}",
                     format!("{:.2} / {:.2}", p.run_wall_s, p.stop_remove_wall_s)
                 ),
+                None => print!("{:>20}", "-"),
+            }
+        }
+        println!();
+    }
+    for (label, key) in [
+        ("veths gone after removal, serial, s", "serial"),
+        ("veths gone after removal, concurrent, s", "concurrent"),
+    ] {
+        print!("{label:<44}");
+        for x in &r.runtimes {
+            match x.phase(key).and_then(|p| p.veths_gone_s) {
+                Some(g) => print!("{:>20}", format!("{g:.2}")),
                 None => print!("{:>20}", "-"),
             }
         }

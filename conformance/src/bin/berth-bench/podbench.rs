@@ -519,6 +519,27 @@ pub fn cgroup_dirs(extra: &[String]) -> BTreeSet<PathBuf> {
     out
 }
 
+/// Kill the processes in the cgroups that were not there at the start
+/// (what a runtime left running: containerd's sandbox containers survive
+/// their shims); returns "PID COMM" of each.
+pub fn kill_in_new_cgroups(before: &BTreeSet<PathBuf>, extra: &[String]) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for d in cgroup_dirs(extra).difference(before) {
+        if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
+            for pid in procs
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                    out.insert(format!("{pid} {}", comm.trim()));
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// Remove the cgroups that were not there at the start, deepest first;
 /// returns them (those that could not be removed marked).
 pub fn remove_new_cgroups(before: &BTreeSet<PathBuf>, extra: &[String]) -> Vec<String> {
