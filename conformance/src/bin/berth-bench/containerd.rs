@@ -33,6 +33,9 @@ pub struct ContainerdSetup {
     pub registry_url: String,
     /// The pause-like image in that registry.
     pub sandbox_image: String,
+    /// The CNI network (a conflist) for pods with a POD network; None: a
+    /// network of its own that no pod of the pull and pod benchmarks uses.
+    pub cni_conflist: Option<String>,
 }
 
 /// A running containerd owned by the bench.
@@ -176,9 +179,9 @@ disabled_plugins = [{disabled}]
                 url = q(&s.registry_url)
             ),
         )?;
-        // A CNI network of our own (never used: the bench starts no pod).
-        fs::write(
-            self.path.join("cni/net.d/10-berth-bench.conflist"),
+        // The CNI network: the caller's, or one of our own that no pod uses
+        // (the pull and pod benchmarks start no pod with a POD network).
+        let conflist = s.cni_conflist.as_deref().unwrap_or(
             r#"{
   "cniVersion": "1.0.0",
   "name": "berth-bench",
@@ -194,6 +197,10 @@ disabled_plugins = [{disabled}]
   ]
 }
 "#,
+        );
+        fs::write(
+            self.path.join("cni/net.d/10-berth-bench.conflist"),
+            conflist,
         )?;
         fs::write(self.path.join("config.toml"), self.config_text(s))?;
         Ok(())

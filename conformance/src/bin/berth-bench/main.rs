@@ -5,6 +5,8 @@ mod client;
 mod components;
 mod containerd;
 mod cpu;
+mod network;
+mod podbench;
 mod pods;
 mod report;
 mod workload;
@@ -51,7 +53,8 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(3600);
         (network, inflate, hash, write). MB = 10^6 bytes. Must run as root. Only 127.0.0.1 is contacted.",
     after_help = "Example: cargo build --release -p berth-cri-server -p berth-conformance && \
         sudo target/release/berth-bench --containerd --iterations 3 --json bench.json\n\n\
-        The pod and container benchmark (issue 4) is another mode: berth-bench pods --help"
+        The pod and container benchmark (issue 4) is another mode: berth-bench pods --help; the pod \
+        network benchmark another: berth-bench network --help"
 )]
 struct Args {
     /// Cold pulls per runtime.
@@ -222,6 +225,7 @@ fn mtime(p: &Path) -> String {
 enum Mode {
     Pull(Args),
     Pods(pods::PodsArgs),
+    Network(network::NetworkArgs),
 }
 
 fn main() {
@@ -229,6 +233,11 @@ fn main() {
     let mode = if argv.get(1).is_some_and(|a| a == "pods") {
         Mode::Pods(pods::PodsArgs::parse_from(
             std::iter::once(std::ffi::OsString::from("berth-bench pods"))
+                .chain(argv[2..].iter().cloned()),
+        ))
+    } else if argv.get(1).is_some_and(|a| a == "network") {
+        Mode::Network(network::NetworkArgs::parse_from(
+            std::iter::once(std::ffi::OsString::from("berth-bench network"))
                 .chain(argv[2..].iter().cloned()),
         ))
     } else {
@@ -253,6 +262,7 @@ fn start(mode: Mode) -> Result<i32> {
     let skip_berth = match &mode {
         Mode::Pull(a) => a.skip_berth,
         Mode::Pods(a) => a.skip_berth,
+        Mode::Network(a) => a.skip_berth,
     };
     let berthd = if skip_berth {
         None
@@ -271,6 +281,7 @@ fn start(mode: Mode) -> Result<i32> {
                 match mode {
                     Mode::Pull(args) => run(args, berthd).await,
                     Mode::Pods(args) => pods::run(args, berthd).await,
+                    Mode::Network(args) => network::run(args, berthd).await,
                 }
             } => r,
             _ = tokio::signal::ctrl_c() => {
@@ -373,6 +384,7 @@ async fn run(args: Args, berthd: Option<String>) -> Result<i32> {
             registry_host: registry.host(),
             registry_url: registry.url(),
             sandbox_image: registry.reference("berth-bench/pause:1"),
+            cni_conflist: None,
         }));
     }
     for e in &args.endpoint {
@@ -697,7 +709,7 @@ async fn pull_berth(
     root_seen: &mut Option<PathBuf>,
 ) -> Result<Iteration> {
     let t = Instant::now();
-    let mut d = Berthd::start(BerthdOptions::default().log_level("info"))
+    let mut d = Berthd::start(berthd_options("plugin = \"none\""))
         .await
         .context("starting berthd")?;
     let startup = t.elapsed().as_secs_f64();
@@ -764,6 +776,17 @@ async fn pull_endpoint(
         .await
         .map_err(|s| anyhow!("RemoveImage {reference}: {:?}: {}", s.code(), s.message()))?;
     timed_pull(client, reference, img, registry, pid, None).await
+}
+
+/// berthd for a benchmark: log level info, in the host's network
+/// namespace (the harness would give it a namespace of its own, where the
+/// loopback registry cannot be reached), with `network` as its `[network]`
+/// table: `plugin = "none"` unless the bench gives it a bridge, subnet and
+/// nft table of its own.
+fn berthd_options(network: &str) -> BerthdOptions {
+    let mut o = BerthdOptions::default().log_level("info").network(network);
+    o.host_netns = true;
+    o
 }
 
 fn tail_lines(s: &str, n: usize) -> String {

@@ -11,8 +11,9 @@
 //!   the daemon and of its shims;
 //! * ListContainers with M running containers (pods of 10).
 //!
-//! Pods use the host network (NamespaceMode NODE) for both runtimes: berth
-//! has no pod network yet, and containerd sets up CNI for every pod whose
+//! Pods use the host network (NamespaceMode NODE) for both runtimes, so
+//! that this workload times the runtimes and not their pod networks (which
+//! `berth-bench network` times): containerd sets up CNI for every pod whose
 //! network is POD. PID namespace CONTAINER and IPC POD, as kubelet's
 //! defaults.
 //!
@@ -22,7 +23,7 @@
 //! /sys/fs/cgroup/*/berth, berthd's own parent (the harness's
 //! `berth-test-…`) and /sys/fs/cgroup/*/k8s.io removed (and reported).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,26 +31,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use berth_conformance::berthd::{Berthd, BerthdOptions, unmount_all_under};
 use berth_conformance::images::{Format, ImageBuilder};
-use berth_conformance::leak;
 use berth_conformance::registry::Registry;
 use clap::Parser;
-use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
-};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use k8s_cri::v1::ListContainersRequest;
 
-use crate::client::{self, Client};
 use crate::containerd::{Containerd, ContainerdSetup};
-
-/// A CRI call taking longer than this is a failure.
-const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+use crate::podbench::{
+    Ctx, HostInfo, Procs, Tracker, cgroup_dirs, for_each_concurrently, host_info, met, ms,
+    on_berthd, on_containerd, pct, procs_naming, status_err, stuck_cgroups,
+};
 
 /// Targets of issue 4.
 const TARGET_RUN_POD_MS: f64 = 10.0;
@@ -71,8 +62,8 @@ const TARGET_SHIM_PSS_KIB: u64 = 300;
         * memory: one pod with --memory-containers running containers: RSS and PSS (smaps_rollup) of the \
         daemon and of its shims;\n\
         * ListContainers with --list-containers running containers (pods of 10).\n\n\
-        Pods use the host network (NamespaceMode NODE) for both runtimes (berth has no pod network yet; \
-        containerd would run CNI for a POD network), PID namespace CONTAINER, IPC POD. Must run as root. \
+        Pods use the host network (NamespaceMode NODE) for both runtimes, so that the pod networks are \
+        not timed here (berth-bench network times those), PID namespace CONTAINER, IPC POD. Must run as root. \
         Only 127.0.0.1 is contacted.",
     after_help = "Example: cargo build --release -p berth-cri-server -p berth-runtime -p berth-conformance && \
         sudo target/release/berth-bench pods --containerd --json pods.json"
@@ -210,17 +201,6 @@ struct PodsReport {
     leftover_cgroups: Vec<String>,
 }
 
-/// Nearest-rank percentile.
-fn pct(v: &[f64], p: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
-    Some(s[rank.clamp(1, s.len()) - 1])
-}
-
 // ---------------------------------------------------------------- processes
 
 /// `Pss:` and `Rss:` of /proc/PID/smaps_rollup, in KiB.
@@ -238,40 +218,6 @@ fn mem_of(pid: i32, name: &str) -> Option<ProcMem> {
         rss_kib: field("Rss:")?,
         pss_kib: field("Pss:")?,
     })
-}
-
-/// Processes whose comm is in `comms` (empty: any) and whose command line
-/// names `dir`: (pid, comm, cmdline).
-fn procs_naming(dir: &Path, comms: &[&str]) -> Vec<(i32, String, String)> {
-    let needle = dir.display().to_string();
-    let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let comm = fs::read_to_string(e.path().join("comm"))
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        if !comms.is_empty() && !comms.contains(&comm.as_str()) {
-            continue;
-        }
-        let cmdline = fs::read(e.path().join("cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default();
-        if cmdline.contains(&needle) {
-            out.push((pid, comm, cmdline.trim().to_string()));
-        }
-    }
-    out.sort();
-    out
 }
 
 fn children_of(pid: i32) -> Vec<i32> {
@@ -294,78 +240,6 @@ fn comm_of(pid: i32) -> String {
 }
 
 // ------------------------------------------------------------------ cgroups
-
-const CGROUP_PARENTS: &[&str] = &["berth", "k8s.io"];
-
-/// Every directory under /sys/fs/cgroup/*/{berth,k8s.io,EXTRA…} (and the
-/// unified hierarchy's), the parents included.
-fn cgroup_dirs(extra: &[String]) -> BTreeSet<PathBuf> {
-    let mut out = BTreeSet::new();
-    let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
-    if let Ok(rd) = fs::read_dir("/sys/fs/cgroup") {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                roots.push(e.path());
-            }
-        }
-    }
-    fn walk(d: &Path, out: &mut BTreeSet<PathBuf>) {
-        out.insert(d.to_path_buf());
-        if let Ok(rd) = fs::read_dir(d) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    walk(&e.path(), out);
-                }
-            }
-        }
-    }
-    for r in roots {
-        for p in CGROUP_PARENTS
-            .iter()
-            .copied()
-            .chain(extra.iter().map(String::as_str))
-        {
-            let d = r.join(p);
-            if d.is_dir() {
-                walk(&d, &mut out);
-            }
-        }
-    }
-    out
-}
-
-/// Remove the cgroups that were not there at the start, deepest first;
-/// returns them (those that could not be removed marked).
-fn remove_new_cgroups(before: &BTreeSet<PathBuf>, extra: &[String]) -> Vec<String> {
-    let mut new: Vec<PathBuf> = cgroup_dirs(extra).difference(before).cloned().collect();
-    new.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    let mut out = Vec::new();
-    for d in new {
-        // A cgroup with processes cannot go: kill them first.
-        if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
-            for pid in procs
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-        let mut ok = false;
-        for _ in 0..50 {
-            if fs::remove_dir(&d).is_ok() || !d.exists() {
-                ok = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        out.push(if ok {
-            d.display().to_string()
-        } else {
-            format!("{} (could not be removed)", d.display())
-        });
-    }
-    out
-}
 
 /// The kernel's price of moving a process into a cgroup (what every runtime
 /// pays once per container): a fresh `sleep` moved into a fresh cgroup of
@@ -416,190 +290,6 @@ fn cgroup_join_probe() -> Result<Vec<f64>> {
 
 // ---------------------------------------------------------------- workload
 
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1000.0
-}
-
-fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
-    anyhow!("{what}: {:?}: {}", s.code(), s.message())
-}
-
-/// What every pod and container needs.
-struct Ctx {
-    client: Client,
-    image: String,
-    logs: PathBuf,
-    /// Distinguishes the pods of one run phase from another's.
-    tag: String,
-}
-
-impl Ctx {
-    fn pod_config(&self, name: &str) -> Result<PodSandboxConfig> {
-        let logs = self.logs.join(name);
-        fs::create_dir_all(&logs)?;
-        Ok(PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{}-{name}", self.tag),
-                namespace: "berth-bench".into(),
-                attempt: 0,
-            }),
-            log_directory: logs.display().to_string(),
-            labels: HashMap::from([("berth-bench".into(), self.tag.clone())]),
-            linux: Some(LinuxPodSandboxConfig {
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
-                        pid: NamespaceMode::Container as i32,
-                        ipc: NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-    }
-
-    fn container_config(&self, name: &str) -> ContainerConfig {
-        ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
-            command: vec!["sleep".into(), "3600".into()],
-            log_path: format!("{name}.log"),
-            labels: HashMap::from([("name".into(), name.into())]),
-            ..Default::default()
-        }
-    }
-
-    async fn run_pod(&self, config: &PodSandboxConfig) -> Result<String> {
-        Ok(self
-            .client
-            .runtime()
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .map_err(|s| status_err("RunPodSandbox", s))?
-            .into_inner()
-            .pod_sandbox_id)
-    }
-
-    async fn create(&self, pod: &str, config: &PodSandboxConfig, name: &str) -> Result<String> {
-        Ok(self
-            .client
-            .runtime()
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.into(),
-                config: Some(self.container_config(name)),
-                sandbox_config: Some(config.clone()),
-            })
-            .await
-            .map_err(|s| status_err("CreateContainer", s))?
-            .into_inner()
-            .container_id)
-    }
-
-    async fn start(&self, id: &str) -> Result<()> {
-        self.client
-            .runtime()
-            .start_container(StartContainerRequest {
-                container_id: id.into(),
-            })
-            .await
-            .map_err(|s| status_err("StartContainer", s))?;
-        Ok(())
-    }
-
-    async fn stop_remove_container(&self, id: &str) -> Result<()> {
-        let mut rt = self.client.runtime();
-        rt.stop_container(StopContainerRequest {
-            container_id: id.into(),
-            timeout: 0,
-        })
-        .await
-        .map_err(|s| status_err("StopContainer", s))?;
-        rt.remove_container(RemoveContainerRequest {
-            container_id: id.into(),
-        })
-        .await
-        .map_err(|s| status_err("RemoveContainer", s))?;
-        Ok(())
-    }
-
-    async fn stop_remove_pod(&self, id: &str) -> Result<()> {
-        let mut rt = self.client.runtime();
-        rt.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .map_err(|s| status_err("StopPodSandbox", s))?;
-        rt.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .map_err(|s| status_err("RemovePodSandbox", s))?;
-        Ok(())
-    }
-
-    /// One timed pod lifecycle.
-    async fn lifecycle(&self, name: &str) -> Result<Lifecycle> {
-        let config = self.pod_config(name)?;
-        let t = Instant::now();
-        let pod = self.run_pod(&config).await?;
-        let run_pod = ms(t);
-        let t = Instant::now();
-        let c = self.create(&pod, &config, "sleep").await?;
-        let create = ms(t);
-        let t = Instant::now();
-        self.start(&c).await?;
-        let start = ms(t);
-        let t = Instant::now();
-        self.stop_remove_container(&c).await?;
-        let stop_remove_container = ms(t);
-        let t = Instant::now();
-        self.stop_remove_pod(&pod).await?;
-        let stop_remove_pod = ms(t);
-        Ok(Lifecycle {
-            run_pod,
-            create,
-            start,
-            stop_remove_container,
-            stop_remove_pod,
-        })
-    }
-
-    /// Remove every pod of the runtime (best effort, C at a time); returns
-    /// how many and the first error.
-    async fn remove_all_pods(&self) -> Result<usize> {
-        let pods = self
-            .client
-            .runtime()
-            .list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .map_err(|s| status_err("ListPodSandbox", s))?
-            .into_inner()
-            .items;
-        let n = pods.len();
-        let ids: Vec<String> = pods.into_iter().map(|p| p.id).collect();
-        let errors =
-            for_each_concurrently(ids, 10, |id| async move { self.stop_remove_pod(&id).await })
-                .await;
-        if let Some(e) = errors.into_iter().next() {
-            return Err(e);
-        }
-        Ok(n)
-    }
-}
-
 struct Lifecycle {
     run_pod: f64,
     create: f64,
@@ -608,19 +298,31 @@ struct Lifecycle {
     stop_remove_pod: f64,
 }
 
-/// Run `f` on every item, `c` at a time; returns the errors.
-async fn for_each_concurrently<T, F, Fut>(items: Vec<T>, c: usize, f: F) -> Vec<anyhow::Error>
-where
-    F: Fn(T) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    use futures::StreamExt;
-    futures::stream::iter(items)
-        .map(f)
-        .buffer_unordered(c.max(1))
-        .filter_map(|r| async move { r.err() })
-        .collect()
-        .await
+/// One timed pod lifecycle.
+async fn lifecycle(ctx: &Ctx, name: &str) -> Result<Lifecycle> {
+    let config = ctx.pod_config(name)?;
+    let t = Instant::now();
+    let pod = ctx.run_pod(&config).await?;
+    let run_pod = ms(t);
+    let t = Instant::now();
+    let c = ctx.create(&pod, &config, "sleep").await?;
+    let create = ms(t);
+    let t = Instant::now();
+    ctx.start(&c).await?;
+    let start = ms(t);
+    let t = Instant::now();
+    ctx.stop_remove_container(&c).await?;
+    let stop_remove_container = ms(t);
+    let t = Instant::now();
+    ctx.stop_remove_pod(&pod).await?;
+    let stop_remove_pod = ms(t);
+    Ok(Lifecycle {
+        run_pod,
+        create,
+        start,
+        stop_remove_container,
+        stop_remove_pod,
+    })
 }
 
 async fn phase(ctx: &Ctx, prefix: &str, n: u32, concurrency: u32) -> Result<Steps> {
@@ -628,7 +330,7 @@ async fn phase(ctx: &Ctx, prefix: &str, n: u32, concurrency: u32) -> Result<Step
     let mut steps = Steps::default();
     if concurrency <= 1 {
         for i in 0..n {
-            let l = ctx.lifecycle(&format!("{prefix}-{i}")).await?;
+            let l = lifecycle(ctx, &format!("{prefix}-{i}")).await?;
             steps.add(&l);
         }
     } else {
@@ -642,7 +344,7 @@ async fn phase(ctx: &Ctx, prefix: &str, n: u32, concurrency: u32) -> Result<Step
                     if i >= n as usize {
                         return Ok::<_, anyhow::Error>(out);
                     }
-                    out.push(ctx.lifecycle(&format!("{prefix}-{i}")).await?);
+                    out.push(lifecycle(ctx, &format!("{prefix}-{i}")).await?);
                 }
             }
         }))
@@ -655,14 +357,6 @@ async fn phase(ctx: &Ctx, prefix: &str, n: u32, concurrency: u32) -> Result<Step
     }
     steps.wall_s = t.elapsed().as_secs_f64();
     Ok(steps)
-}
-
-/// How the runtime's processes are found.
-struct Procs {
-    daemon_pid: Option<u32>,
-    /// The daemon's directory, which its shims' command lines name.
-    dir: PathBuf,
-    shim_comm: &'static str,
 }
 
 async fn memory(ctx: &Ctx, procs: &Procs, k: u32) -> Result<Memory> {
@@ -795,7 +489,9 @@ async fn workload(
         .map_err(|s| status_err("PullImage busybox", s))?;
     r.pull_s = t.elapsed().as_secs_f64();
     // Warm-up, not counted: one lifecycle (first snapshot, caches).
-    ctx.lifecycle("warmup").await.context("warm-up lifecycle")?;
+    lifecycle(ctx, "warmup")
+        .await
+        .context("warm-up lifecycle")?;
     println!("{name:<11} serial: {} pod lifecycles...", args.pods);
     r.serial = phase(ctx, "serial", args.pods, 1)
         .await
@@ -890,21 +586,16 @@ fn print_memory(name: &str, m: &Memory) {
 // --------------------------------------------------------------------- run
 
 pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
-    let loadavg_start = crate::loadavg();
+    let HostInfo {
+        cores,
+        kernel,
+        loadavg_start,
+    } = host_info();
     let cgroups_before = cgroup_dirs(&[]);
-    // berthd's own parent of pods (the harness gives each berthd one).
-    let mut cgroup_parents: Vec<String> = Vec::new();
     let run_dir = tempfile::Builder::new()
         .prefix("berth-bench-pods-")
         .tempdir()
         .context("creating the run's temp dir")?;
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
     println!(
         "berth-bench pods: {cores} cores, kernel {kernel}, load average {loadavg_start}, temp dir {}",
         run_dir.path().display()
@@ -959,10 +650,13 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
         registry_host: registry.host(),
         registry_url: registry.url(),
         sandbox_image: registry.reference("berth-bench/pause:1"),
+        cni_conflist: None,
     };
 
-    let mut dirs = vec![run_dir.path().to_path_buf(), registry.dir().to_path_buf()];
-    let mut leftover_processes = Vec::new();
+    let mut track = Tracker {
+        dirs: vec![run_dir.path().to_path_buf(), registry.dir().to_path_buf()],
+        ..Default::default()
+    };
     let mut results = Vec::new();
     if !args.skip_berth {
         let mut r = RtResult {
@@ -970,57 +664,18 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
             how: berthd.clone().unwrap_or_default(),
             ..Default::default()
         };
-        let d = Berthd::start(BerthdOptions::default().log_level("info"))
-            .await
-            .context("starting berthd");
-        match d {
-            Ok(mut d) => {
-                dirs.push(d.dir().to_path_buf());
-                cgroup_parents.push(d.cgroup_parent().to_string());
-                let out = async {
-                    let client = client::connect(&d.socket(), CALL_TIMEOUT).await?;
-                    let ctx = Ctx {
-                        client,
-                        image: image.clone(),
-                        logs: run_dir.path().join("logs-berth"),
-                        tag: "berth".into(),
-                    };
-                    let procs = Procs {
-                        daemon_pid: d.pid(),
-                        dir: d.dir().to_path_buf(),
-                        shim_comm: "berth-shim",
-                    };
-                    let w = workload(&ctx, &procs, &args, &mut r, "berth").await;
-                    let c = ctx.remove_all_pods().await;
-                    match (w, c) {
-                        (Err(e), _) => Err(e),
-                        (Ok(()), Err(e)) => Err(e.context("removing the pods at the end")),
-                        (Ok(()), Ok(_)) => Ok(()),
-                    }
-                }
-                .await;
-                if let Err(e) = out {
-                    r.error = Some(format!(
-                        "{e:#}\n---- berthd log (tail) ----\n{}",
-                        crate::tail_lines(&d.log(), 40)
-                    ));
-                }
-                if let Err(e) = d.stop().await {
-                    let msg = format!("berthd did not stop cleanly: {e:#}");
-                    eprintln!("berth-bench: {msg}");
-                    r.error.get_or_insert(msg);
-                }
-                // Shims (and their containers) still alive: report, kill.
-                for (pid, comm, cmd) in procs_naming(d.dir(), &[]) {
-                    leftover_processes.push(format!("{pid} {comm}: {cmd}"));
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-                unmount_all_under(d.dir());
-            }
-            Err(e) => r.error = Some(format!("{e:#}")),
-        }
-        if let Some(e) = &r.error {
-            println!("berth       FAILED:\n{e}");
+        let out = on_berthd(
+            crate::berthd_options("plugin = \"none\""),
+            run_dir.path(),
+            "berth",
+            &image,
+            &mut track,
+            async |ctx, procs| workload(ctx, procs, &args, &mut r, "berth").await,
+        )
+        .await;
+        if let Err(e) = out {
+            r.error = Some(format!("{e:#}"));
+            println!("berth       FAILED:\n{e:#}");
         }
         results.push(r);
     }
@@ -1030,78 +685,25 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
             how: containerd_version.clone().unwrap_or_default(),
             ..Default::default()
         };
-        match Containerd::start(run_dir.path(), &setup).await {
-            Ok(c) => {
-                dirs.push(c.path().to_path_buf());
-                let out = async {
-                    let client = client::connect(&c.socket(), CALL_TIMEOUT).await?;
-                    let ctx = Ctx {
-                        client,
-                        image: image.clone(),
-                        logs: run_dir.path().join("logs-containerd"),
-                        tag: "containerd".into(),
-                    };
-                    let procs = Procs {
-                        daemon_pid: c.pid(),
-                        dir: c.path().to_path_buf(),
-                        shim_comm: "containerd-shim",
-                    };
-                    let w = workload(&ctx, &procs, &args, &mut r, "containerd").await;
-                    let cl = ctx.remove_all_pods().await;
-                    match (w, cl) {
-                        (Err(e), _) => Err(e),
-                        (Ok(()), Err(e)) => Err(e.context("removing the pods at the end")),
-                        (Ok(()), Ok(_)) => Ok(()),
-                    }
-                }
-                .await;
-                if let Err(e) = out {
-                    r.error = Some(format!(
-                        "{e:#}\n---- containerd log (tail) ----\n{}",
-                        crate::tail_lines(&c.log_tail(), 40)
-                    ));
-                }
-                // Kills its shims, detaches its mounts; the directory goes
-                // with the run's.
-                match c.stop().await {
-                    Ok(dir) => drop(dir),
-                    Err(e) => {
-                        let msg = format!("stopping containerd: {e:#}");
-                        eprintln!("berth-bench: {msg}");
-                        r.error.get_or_insert(msg);
-                    }
-                }
-            }
-            Err(e) => r.error = Some(format!("{e:#}")),
-        }
-        if let Some(e) = &r.error {
-            println!("containerd  FAILED:\n{e}");
+        let out = on_containerd(
+            &setup,
+            run_dir.path(),
+            "containerd",
+            &image,
+            &mut track,
+            async |ctx, procs| workload(ctx, procs, &args, &mut r, "containerd").await,
+        )
+        .await;
+        if let Err(e) = out {
+            r.error = Some(format!("{e:#}"));
+            println!("containerd  FAILED:\n{e:#}");
         }
         results.push(r);
     }
 
     // ------------------------------------------------------------ teardown
     drop(registry);
-    let mut leftover_mounts: Vec<String> = leak::mounts_under(&dirs).into_iter().collect();
-    for d in &dirs {
-        unmount_all_under(d);
-    }
-    for m in leak::mounts_under(&dirs) {
-        if !leftover_mounts.contains(&m) {
-            leftover_mounts.push(m);
-        }
-    }
-    let leftover_cgroups =
-        tokio::task::spawn_blocking(move || remove_new_cgroups(&cgroups_before, &cgroup_parents))
-            .await?;
-    let run_path = run_dir.path().to_path_buf();
-    if leftover_mounts.is_empty() {
-        run_dir
-            .close()
-            .with_context(|| format!("removing {}", run_path.display()))?;
-    } else {
-        drop(run_dir);
-    }
+    let left = track.finish(run_dir, cgroups_before).await?;
 
     let report = PodsReport {
         cores,
@@ -1113,9 +715,9 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
         network: "host (NamespaceMode NODE) for every runtime".into(),
         cgroup_join_ms,
         runtimes: results,
-        leftover_mounts,
-        leftover_processes,
-        leftover_cgroups,
+        leftover_mounts: left.mounts,
+        leftover_processes: left.processes,
+        leftover_cgroups: left.cgroups,
     };
     print_report(&report);
     if let Some(path) = &args.json {
@@ -1125,11 +727,7 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
     }
     // Cgroups the runtimes left are removed above; only those that could
     // not be removed count as left behind.
-    let stuck: Vec<&String> = report
-        .leftover_cgroups
-        .iter()
-        .filter(|c| c.ends_with("(could not be removed)"))
-        .collect();
+    let stuck = stuck_cgroups(&report.leftover_cgroups);
     let left = !report.leftover_mounts.is_empty()
         || !report.leftover_processes.is_empty()
         || !stuck.is_empty();
@@ -1153,10 +751,6 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
 }
 
 // ------------------------------------------------------------------ report
-
-fn met(ok: bool) -> &'static str {
-    if ok { "MET" } else { "NOT MET" }
-}
 
 fn print_report(r: &PodsReport) {
     println!();
