@@ -778,15 +778,12 @@ async fn pull_endpoint(
     timed_pull(client, reference, img, registry, pid, None).await
 }
 
-/// berthd for a benchmark: log level info, in the host's network
-/// namespace (the harness would give it a namespace of its own, where the
-/// loopback registry cannot be reached), with `network` as its `[network]`
-/// table: `plugin = "none"` unless the bench gives it a bridge, subnet and
-/// nft table of its own.
+/// berthd for a benchmark: log level info, in the bench's (the host's)
+/// network namespace, where the loopback registry is, with `network` as
+/// its `[network]` table: `plugin = "none"` unless the bench gives it a
+/// bridge, subnet and nft table of its own.
 fn berthd_options(network: &str) -> BerthdOptions {
-    let mut o = BerthdOptions::default().log_level("info").network(network);
-    o.host_netns = true;
-    o
+    BerthdOptions::default().log_level("info").network(network)
 }
 
 fn tail_lines(s: &str, n: usize) -> String {
