@@ -870,9 +870,10 @@ async fn check_consistent(n: &Net) {
 
 const CNI_BIN: &str = "/usr/lib/cni";
 
-/// A node running the CNI plugin with a bridge + host-local + portmap
-/// network (host-local's data in the test dir), plus `extra_bin` (fake
-/// plugins) in the bin dirs.
+/// A node running the CNI plugin with a bridge + host-local + portmap +
+/// loopback network (host-local's data in the test dir; loopback brings up
+/// `lo` whatever the interface and passes the result on), plus fake
+/// plugins in `bin`.
 struct Cni {
     net: Net,
     conf: tempfile::TempDir,
@@ -899,7 +900,8 @@ fn conflist(data: &std::path::Path, extra_plugins: &str) -> String {
         "routes": [{{ "dst": "0.0.0.0/0" }}]
       }}
     }},
-    {{ "type": "portmap", "capabilities": {{ "portMappings": true }}, "snat": true }}{extra_plugins}
+    {{ "type": "portmap", "capabilities": {{ "portMappings": true }}, "snat": true }},
+    {{ "type": "loopback" }}{extra_plugins}
   ]
 }}"#,
         data.display()
