@@ -25,6 +25,7 @@ pub mod images;
 pub mod inspect;
 pub mod leak;
 pub mod netns;
+pub mod pods;
 pub mod registry;
 pub mod util;
 

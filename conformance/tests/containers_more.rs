@@ -6,30 +6,20 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::images::{Format, ImageBuilder};
+use berth_conformance::pods::*;
 use common::*;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerFilter, ContainerMetadata, CreateContainerRequest, Device,
-    ExecSyncRequest, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest, Mount,
-    MountPropagation, NamespaceMode, NamespaceOption, PodSandboxConfig, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    Device, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, MountPropagation,
+    NamespaceMode, NamespaceOption, RemoveContainerRequest,
 };
 use nix::mount::{MntFlags, MsFlags};
 use tonic::Code;
-
-struct Pod {
-    id: String,
-    config: PodSandboxConfig,
-    image: String,
-    _logs: tempfile::TempDir,
-}
 
 /// kubelet's usual pod: containers get their own PID namespaces.
 async fn pod_with_image(env: &Env, name: &str, image: &str) -> Pod {
@@ -38,9 +28,7 @@ async fn pod_with_image(env: &Env, name: &str, image: &str) -> Pod {
 
 /// A pod (privileged as asked: its containers may be) running `image`.
 async fn pod_with(env: &Env, name: &str, image: &str, privileged: bool) -> Pod {
-    let logs = tempfile::tempdir().expect("log dir");
     let mut config = sandbox_config(name);
-    config.log_directory = logs.path().display().to_string();
     config.linux = Some(LinuxPodSandboxConfig {
         security_context: Some(LinuxSandboxSecurityContext {
             namespace_options: Some(NamespaceOption {
@@ -52,58 +40,12 @@ async fn pod_with(env: &Env, name: &str, image: &str, privileged: bool) -> Pod {
         }),
         ..Default::default()
     });
-    let mut rt = env.cri.runtime.clone();
-    let id = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    Pod {
-        id,
-        config,
-        image: image.to_string(),
-        _logs: logs,
-    }
-}
-
-async fn push_busybox(env: &Env) -> String {
-    let img = ImageBuilder::busybox(Format::Oci).build();
-    let r = env.push("more/busybox:1", &img).await;
-    env.cri.pull(&r).await.expect("pull busybox");
-    r
+    run_pod(env, config, image).await
 }
 
 async fn pod(env: &Env, name: &str) -> Pod {
-    let r = push_busybox(env).await;
+    let r = push_busybox(env, "more/busybox:1").await;
     pod_with_image(env, name, &r).await
-}
-
-fn container(p: &Pod, name: &str, cmd: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: p.image.clone(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        labels: HashMap::from([("name".into(), name.into())]),
-        ..Default::default()
-    }
-}
-
-fn security(c: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
-    c.linux
-        .get_or_insert_with(LinuxContainerConfig::default)
-        .security_context
-        .get_or_insert_with(LinuxContainerSecurityContext::default)
 }
 
 fn bind(container_path: &str, host: &Path, propagation: MountPropagation) -> Mount {
@@ -113,107 +55,6 @@ fn bind(container_path: &str, host: &Path, propagation: MountPropagation) -> Mou
         propagation: propagation as i32,
         ..Default::default()
     }
-}
-
-async fn create(env: &Env, p: &Pod, c: ContainerConfig) -> Result<String, tonic::Status> {
-    let mut rt = env.cri.runtime.clone();
-    rt.create_container(CreateContainerRequest {
-        pod_sandbox_id: p.id.clone(),
-        config: Some(c),
-        sandbox_config: Some(p.config.clone()),
-    })
-    .await
-    .map(|r| r.into_inner().container_id)
-}
-
-async fn start(env: &Env, id: &str) -> Result<(), tonic::Status> {
-    let mut rt = env.cri.runtime.clone();
-    rt.start_container(StartContainerRequest {
-        container_id: id.into(),
-    })
-    .await
-    .map(|_| ())
-}
-
-/// CreateContainer + StartContainer, both required to succeed.
-async fn run(env: &Env, p: &Pod, c: ContainerConfig) -> String {
-    let name = c
-        .metadata
-        .as_ref()
-        .map(|m| m.name.clone())
-        .unwrap_or_default();
-    let id = create(env, p, c)
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"));
-    start(env, &id)
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
-    id
-}
-
-async fn exec(
-    env: &Env,
-    id: &str,
-    cmd: &[&str],
-) -> Result<k8s_cri::v1::ExecSyncResponse, tonic::Status> {
-    let mut rt = env.cri.runtime.clone();
-    rt.exec_sync(ExecSyncRequest {
-        container_id: id.into(),
-        cmd: cmd.iter().map(|s| s.to_string()).collect(),
-        timeout: 10,
-    })
-    .await
-    .map(|r| r.into_inner())
-}
-
-/// ExecSync of `sh -c script`: (exit code, stdout, stderr).
-async fn try_sh(env: &Env, id: &str, script: &str) -> (i32, String, String) {
-    let r = exec(env, id, &["sh", "-c", script])
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}"));
-    (
-        r.exit_code,
-        String::from_utf8_lossy(&r.stdout).into_owned(),
-        String::from_utf8_lossy(&r.stderr).into_owned(),
-    )
-}
-
-/// ExecSync that must exit 0; its stdout.
-async fn sh(env: &Env, id: &str, script: &str) -> String {
-    let (code, out, err) = try_sh(env, id, script).await;
-    assert_eq!(
-        code, 0,
-        "{script:?} exited {code}: stdout {out:?} stderr {err:?}"
-    );
-    out
-}
-
-async fn list_containers(env: &Env, pod_id: &str) -> Vec<k8s_cri::v1::Container> {
-    let mut rt = env.cri.runtime.clone();
-    rt.list_containers(ListContainersRequest {
-        filter: Some(ContainerFilter {
-            pod_sandbox_id: pod_id.into(),
-            ..Default::default()
-        }),
-    })
-    .await
-    .expect("ListContainers")
-    .into_inner()
-    .containers
-}
-
-async fn remove_pod(env: &Env, p: Pod) {
-    let mut rt = env.cri.runtime.clone();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: p.id.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
-    let left = list_containers(env, &p.id).await;
-    assert!(
-        left.is_empty(),
-        "RemovePodSandbox removes its containers: {left:?}"
-    );
 }
 
 /// Mount points of the host (this process's namespace).
@@ -378,7 +219,7 @@ async fn host_to_container_propagation_shows_new_host_mounts_and_private_does_no
 async fn bidirectional_propagation_shows_a_container_mount_on_the_host() {
     let env = Env::start().await;
     let src = SharedDir::new();
-    let image = push_busybox(&env).await;
+    let image = push_busybox(&env, "more/busybox:1").await;
     let p = pod_with(&env, "bidirectional", &image, true).await;
     let mut c = container(&p, "shared", &["sleep", "1000"]);
     c.mounts = vec![bind(
@@ -442,7 +283,7 @@ async fn bidirectional_propagation_shows_a_container_mount_on_the_host() {
 async fn propagation_from_a_private_host_mount_is_refused_as_containerd_does() {
     let env = Env::start().await;
     let src = SharedDir::with(MsFlags::MS_PRIVATE);
-    let image = push_busybox(&env).await;
+    let image = push_busybox(&env, "more/busybox:1").await;
     let p = pod_with(&env, "privsrc", &image, true).await;
     for (prop, want) in [
         (

@@ -8,36 +8,17 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
-use berth_conformance::images::{Format, ImageBuilder};
+use berth_conformance::pods::*;
 use common::*;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerFilter, ContainerMetadata, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    ListContainersRequest, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    RemovePodSandboxRequest, RunPodSandboxRequest, SecurityProfile, StartContainerRequest,
-    security_profile::ProfileType,
+    ContainerConfig, ContainerStatusRequest, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    NamespaceMode, NamespaceOption, SecurityProfile, security_profile::ProfileType,
 };
 use tonic::Code;
-
-struct Pod {
-    id: String,
-    config: PodSandboxConfig,
-    image: String,
-    _logs: tempfile::TempDir,
-}
-
-async fn push_busybox(env: &Env) -> String {
-    let img = ImageBuilder::busybox(Format::Oci).build();
-    let r = env.push("seccomp/busybox:1", &img).await;
-    env.cri.pull(&r).await.expect("pull busybox");
-    r
-}
 
 /// A pod; `pod_seccomp` is its own profile (its pause process has it when
 /// the pod shares a PID namespace, `shared_pid`).
@@ -49,9 +30,7 @@ async fn pod_with(
     shared_pid: bool,
     pod_seccomp: Option<SecurityProfile>,
 ) -> Pod {
-    let logs = tempfile::tempdir().expect("log dir");
     let mut config = sandbox_config(name);
-    config.log_directory = logs.path().display().to_string();
     let pid = if shared_pid {
         NamespaceMode::Pod
     } else {
@@ -69,22 +48,7 @@ async fn pod_with(
         }),
         ..Default::default()
     });
-    let mut rt = env.cri.runtime.clone();
-    let id = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    Pod {
-        id,
-        config,
-        image: image.to_string(),
-        _logs: logs,
-    }
+    run_pod(env, config, image).await
 }
 
 fn profile(t: ProfileType, localhost_ref: &str) -> SecurityProfile {
@@ -94,92 +58,15 @@ fn profile(t: ProfileType, localhost_ref: &str) -> SecurityProfile {
     }
 }
 
-fn container(
+fn container_with(
     p: &Pod,
     name: &str,
     cmd: &[&str],
     seccomp: Option<SecurityProfile>,
 ) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: p.image.clone(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        labels: HashMap::from([("name".into(), name.into())]),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                seccomp,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-async fn create(env: &Env, p: &Pod, c: ContainerConfig) -> Result<String, tonic::Status> {
-    let mut rt = env.cri.runtime.clone();
-    rt.create_container(CreateContainerRequest {
-        pod_sandbox_id: p.id.clone(),
-        config: Some(c),
-        sandbox_config: Some(p.config.clone()),
-    })
-    .await
-    .map(|r| r.into_inner().container_id)
-}
-
-/// CreateContainer + StartContainer, both required to succeed.
-async fn run(env: &Env, p: &Pod, c: ContainerConfig) -> String {
-    let name = c
-        .metadata
-        .as_ref()
-        .map(|m| m.name.clone())
-        .unwrap_or_default();
-    let id = create(env, p, c)
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"));
-    let mut rt = env.cri.runtime.clone();
-    rt.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
-    id
-}
-
-/// ExecSync of `sh -c script`: (exit code, stdout, stderr).
-async fn try_sh(env: &Env, id: &str, script: &str) -> (i32, String, String) {
-    let mut rt = env.cri.runtime.clone();
-    let r = rt
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 10,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}"))
-        .into_inner();
-    (
-        r.exit_code,
-        String::from_utf8_lossy(&r.stdout).into_owned(),
-        String::from_utf8_lossy(&r.stderr).into_owned(),
-    )
-}
-
-/// ExecSync that must exit 0; its stdout.
-async fn sh(env: &Env, id: &str, script: &str) -> String {
-    let (code, out, err) = try_sh(env, id, script).await;
-    assert_eq!(
-        code, 0,
-        "{script:?} exited {code}: stdout {out:?} stderr {err:?}"
-    );
-    out
+    let mut c = container(p, name, cmd);
+    security(&mut c).seccomp = seccomp;
+    c
 }
 
 /// The `Seccomp:` mode of process `pid` in the container (0 none, 2 filter).
@@ -190,30 +77,6 @@ async fn seccomp_mode(env: &Env, id: &str, pid: &str) -> String {
         .nth(1)
         .unwrap_or_default()
         .to_string()
-}
-
-async fn list_containers(env: &Env, pod_id: &str) -> Vec<k8s_cri::v1::Container> {
-    let mut rt = env.cri.runtime.clone();
-    rt.list_containers(ListContainersRequest {
-        filter: Some(ContainerFilter {
-            pod_sandbox_id: pod_id.into(),
-            ..Default::default()
-        }),
-    })
-    .await
-    .expect("ListContainers")
-    .into_inner()
-    .containers
-}
-
-async fn remove_pod(env: &Env, p: Pod) {
-    let mut rt = env.cri.runtime.clone();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: p.id.clone(),
-    })
-    .await
-    .expect("RemovePodSandbox");
-    assert!(list_containers(env, &p.id).await.is_empty());
 }
 
 /// The seccomp modes of the shims (not of the processes they fork, which
@@ -253,10 +116,10 @@ fn shim_modes() -> Vec<String> {
 #[tokio::test]
 async fn runtime_default_filters_the_container_and_its_execs_and_unconfined_does_not() {
     let env = Env::start().await;
-    let image = push_busybox(&env).await;
+    let image = push_busybox(&env, "seccomp/busybox:1").await;
     let p = pod_with(&env, "seccomp-default", &image, false, false, None).await;
 
-    let c = container(
+    let c = container_with(
         &p,
         "default",
         &["sh", "-c", "unshare -U true; echo unshare=$?; sleep 1000"],
@@ -308,7 +171,12 @@ async fn runtime_default_filters_the_container_and_its_execs_and_unconfined_does
         ("unconfined", Some(profile(ProfileType::Unconfined, ""))),
         ("unset", None),
     ] {
-        let id = run(&env, &p, container(&p, name, &["sleep", "1000"], seccomp)).await;
+        let id = run(
+            &env,
+            &p,
+            container_with(&p, name, &["sleep", "1000"], seccomp),
+        )
+        .await;
         assert_eq!(seccomp_mode(&env, &id, "1").await, "0", "{name}");
         assert_eq!(seccomp_mode(&env, &id, "self").await, "0", "{name}");
         // With no filter a user namespace can be made (no capability needed).
@@ -321,7 +189,7 @@ async fn runtime_default_filters_the_container_and_its_execs_and_unconfined_does
 #[tokio::test]
 async fn privileged_containers_and_the_pods_pause_process() {
     let env = Env::start().await;
-    let image = push_busybox(&env).await;
+    let image = push_busybox(&env, "seccomp/busybox:1").await;
     // A privileged container asking for RuntimeDefault gets no filter (nor
     // does a privileged pod's pause process), as with containerd.
     let p = pod_with(
@@ -333,7 +201,7 @@ async fn privileged_containers_and_the_pods_pause_process() {
         Some(profile(ProfileType::RuntimeDefault, "")),
     )
     .await;
-    let mut c = container(
+    let mut c = container_with(
         &p,
         "priv",
         &["sleep", "1000"],
@@ -366,7 +234,12 @@ async fn privileged_containers_and_the_pods_pause_process() {
         Some(profile(ProfileType::RuntimeDefault, "")),
     )
     .await;
-    let id = run(&env, &p, container(&p, "plain", &["sleep", "1000"], None)).await;
+    let id = run(
+        &env,
+        &p,
+        container_with(&p, "plain", &["sleep", "1000"], None),
+    )
+    .await;
     assert_eq!(seccomp_mode(&env, &id, "1").await, "2", "the pause process");
     assert_eq!(seccomp_mode(&env, &id, "self").await, "0", "the container");
     assert!(
@@ -391,13 +264,13 @@ const DENY_MKDIR: &str = r#"{
 #[tokio::test]
 async fn a_localhost_profile_is_read_from_the_node_and_a_missing_one_is_invalid() {
     let env = Env::start().await;
-    let image = push_busybox(&env).await;
+    let image = push_busybox(&env, "seccomp/busybox:1").await;
     let profiles = tempfile::tempdir().expect("profile dir");
     let deny_mkdir = profiles.path().join("deny-mkdir.json");
     std::fs::write(&deny_mkdir, DENY_MKDIR).unwrap();
     let p = pod_with(&env, "seccomp-local", &image, false, false, None).await;
 
-    let c = container(
+    let c = container_with(
         &p,
         "nomkdir",
         &["sh", "-c", "mkdir /from-init; echo mkdir=$?; sleep 1000"],
@@ -428,7 +301,7 @@ async fn a_localhost_profile_is_read_from_the_node_and_a_missing_one_is_invalid(
     // A profile that is not there: InvalidArgument naming it, nothing left.
     let before = list_containers(&env, &p.id).await.len();
     let missing = profiles.path().join("no-such-profile.json");
-    let c = container(
+    let c = container_with(
         &p,
         "missing",
         &["sleep", "1000"],
@@ -450,7 +323,7 @@ async fn a_localhost_profile_is_read_from_the_node_and_a_missing_one_is_invalid(
     // A malformed one likewise.
     let bad = profiles.path().join("bad.json");
     std::fs::write(&bad, "{\"defaultAction\": \"SCMP_ACT_NOPE\"}").unwrap();
-    let c = container(
+    let c = container_with(
         &p,
         "bad",
         &["sleep", "1000"],
