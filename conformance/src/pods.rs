@@ -180,3 +180,35 @@ pub async fn remove_pod(env: &Env, p: Pod) {
         "RemovePodSandbox removes its containers: {left:?}"
     );
 }
+
+/// ContainerStatus (not verbose).
+pub async fn status(env: &Env, id: &str) -> Result<k8s_cri::v1::ContainerStatus, tonic::Status> {
+    let mut rt = env.cri.runtime.clone();
+    Ok(rt
+        .container_status(k8s_cri::v1::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .expect("status"))
+}
+
+/// Polls ContainerStatus until the container has exited (panics after
+/// `within`).
+pub async fn wait_exited(
+    env: &Env,
+    id: &str,
+    within: std::time::Duration,
+) -> k8s_cri::v1::ContainerStatus {
+    let t = std::time::Instant::now();
+    loop {
+        let st = status(env, id).await.expect("ContainerStatus");
+        if st.state == k8s_cri::v1::ContainerState::ContainerExited as i32 {
+            return st;
+        }
+        assert!(t.elapsed() < within, "container {id} did not exit: {st:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -16,16 +16,15 @@ use std::time::{Duration, Instant};
 use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::images::{Format, ImageBuilder};
+use berth_conformance::pods::*;
 use common::*;
 use k8s_cri::v1::{
-    Capability, ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState,
-    ContainerStateValue, ContainerStatusRequest, CreateContainerRequest, DnsConfig,
-    ExecSyncRequest, ImageSpec, Int64Value, KeyValue, LinuxContainerConfig,
-    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, Mount,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxState, PodSandboxStatusRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    Capability, ContainerFilter, ContainerState, ContainerStateValue, ContainerStatusRequest,
+    DnsConfig, Int64Value, KeyValue, LinuxContainerConfig, LinuxContainerResources,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest,
+    ListPodSandboxRequest, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    ReopenContainerLogRequest, RunPodSandboxRequest, StopContainerRequest,
 };
 use tonic::Code;
 
@@ -33,13 +32,6 @@ use tonic::Code;
 /// MKNOD, NET_RAW, SETGID, SETUID, SETFCAP, SETPCAP, NET_BIND_SERVICE,
 /// SYS_CHROOT, KILL, AUDIT_WRITE) as /proc/PID/status prints it.
 const CONTAINERD_DEFAULT_CAPS: &str = "00000000a80425fb";
-
-struct Pod {
-    id: String,
-    config: PodSandboxConfig,
-    image: String,
-    logs: tempfile::TempDir,
-}
 
 /// kubelet's usual pod: its containers get their own PID namespaces (the
 /// CRI default, pid POD, would make the pod's pause process PID 1).
@@ -59,160 +51,11 @@ fn base_pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
     config
 }
 
-async fn push_busybox(env: &Env) -> String {
-    let img = ImageBuilder::busybox(Format::Oci).build();
-    let r = env.push("lc/busybox:1", &img).await;
-    env.cri.pull(&r).await.expect("pull busybox");
-    r
-}
-
-/// A pod from `config` (its log directory set to a fresh temp dir) that
-/// runs `image`.
-async fn pod_with(env: &Env, mut config: PodSandboxConfig, image: &str) -> Pod {
-    let logs = tempfile::tempdir().expect("log dir");
-    config.log_directory = logs.path().display().to_string();
-    let mut rt = env.cri.runtime.clone();
-    let id = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    Pod {
-        id,
-        config,
-        image: image.to_string(),
-        logs,
-    }
-}
-
 /// A plain pod running busybox.
 async fn pod(env: &Env, name: &str) -> Pod {
-    let image = push_busybox(env).await;
-    let logs = tempfile::tempdir().expect("log dir");
-    pod_with(env, base_pod_config(name, logs.path()), &image).await
-}
-
-fn container(p: &Pod, name: &str, cmd: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: p.image.clone(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        labels: HashMap::from([("name".into(), name.into())]),
-        ..Default::default()
-    }
-}
-
-fn security(c: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
-    c.linux
-        .get_or_insert_with(LinuxContainerConfig::default)
-        .security_context
-        .get_or_insert_with(LinuxContainerSecurityContext::default)
-}
-
-async fn create(env: &Env, p: &Pod, c: ContainerConfig) -> Result<String, tonic::Status> {
-    let mut rt = env.cri.runtime.clone();
-    rt.create_container(CreateContainerRequest {
-        pod_sandbox_id: p.id.clone(),
-        config: Some(c),
-        sandbox_config: Some(p.config.clone()),
-    })
-    .await
-    .map(|r| r.into_inner().container_id)
-}
-
-async fn start(env: &Env, id: &str) -> Result<(), tonic::Status> {
-    let mut rt = env.cri.runtime.clone();
-    rt.start_container(StartContainerRequest {
-        container_id: id.into(),
-    })
-    .await
-    .map(|_| ())
-}
-
-/// CreateContainer + StartContainer, both required to succeed.
-async fn run(env: &Env, p: &Pod, c: ContainerConfig) -> String {
-    let name = c
-        .metadata
-        .as_ref()
-        .map(|m| m.name.clone())
-        .unwrap_or_default();
-    let id = create(env, p, c)
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"));
-    start(env, &id)
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}"));
-    id
-}
-
-async fn status(env: &Env, id: &str) -> Result<k8s_cri::v1::ContainerStatus, tonic::Status> {
-    let mut rt = env.cri.runtime.clone();
-    Ok(rt
-        .container_status(ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await?
-        .into_inner()
-        .status
-        .expect("status"))
-}
-
-async fn wait_exited(env: &Env, id: &str, within: Duration) -> k8s_cri::v1::ContainerStatus {
-    let t = Instant::now();
-    loop {
-        let st = status(env, id).await.expect("ContainerStatus");
-        if st.state == ContainerState::ContainerExited as i32 {
-            return st;
-        }
-        assert!(
-            t.elapsed() < within,
-            "container {id} did not exit within {within:?}: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn exec(
-    env: &Env,
-    id: &str,
-    cmd: &[&str],
-) -> Result<k8s_cri::v1::ExecSyncResponse, tonic::Status> {
-    let mut rt = env.cri.runtime.clone();
-    rt.exec_sync(ExecSyncRequest {
-        container_id: id.into(),
-        cmd: cmd.iter().map(|s| s.to_string()).collect(),
-        timeout: 10,
-    })
-    .await
-    .map(|r| r.into_inner())
-}
-
-/// ExecSync that must exit 0; its stdout.
-async fn sh(env: &Env, id: &str, script: &str) -> String {
-    let r = exec(env, id, &["sh", "-c", script])
-        .await
-        .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}"));
-    assert_eq!(
-        r.exit_code,
-        0,
-        "{script:?} exited {}: stdout {:?} stderr {:?}",
-        r.exit_code,
-        String::from_utf8_lossy(&r.stdout),
-        String::from_utf8_lossy(&r.stderr)
-    );
-    String::from_utf8_lossy(&r.stdout).into_owned()
+    let image = push_busybox(env, "lc/busybox:1").await;
+    // run_pod gives it a log directory of its own.
+    run_pod(env, base_pod_config(name, Path::new("/")), &image).await
 }
 
 /// The container's PID 1 arguments.
@@ -330,7 +173,7 @@ async fn image_config_user_env_entrypoint_cmd_and_workdir_are_honoured_and_overr
     let image = env.push("lc/configured:1", &img).await;
     env.cri.pull(&image).await.expect("pull configured image");
     let logs = tempfile::tempdir().unwrap();
-    let p = pod_with(&env, base_pod_config("imgcfg", logs.path()), &image).await;
+    let p = run_pod(&env, base_pod_config("imgcfg", logs.path()), &image).await;
 
     // 1. Nothing from the CRI: Entrypoint + Cmd, the image's user, env and
     //    working dir (created).
@@ -425,7 +268,7 @@ async fn image_config_user_env_entrypoint_cmd_and_workdir_are_honoured_and_overr
 #[tokio::test]
 async fn mounts_bind_rw_and_ro_create_missing_host_dirs_and_pod_files_are_the_pods() {
     let env = Env::start().await;
-    let image = push_busybox(&env).await;
+    let image = push_busybox(&env, "lc/busybox:1").await;
     let host = tempfile::tempdir().unwrap();
     let rw = host.path().join("rw");
     let ro = host.path().join("ro");
@@ -442,7 +285,7 @@ async fn mounts_bind_rw_and_ro_create_missing_host_dirs_and_pod_files_are_the_po
         searches: vec!["default.svc.cluster.local".into(), "cluster.local".into()],
         options: vec!["ndots:5".into()],
     });
-    let p = pod_with(&env, config, &image).await;
+    let p = run_pod(&env, config, &image).await;
     let mut c = container(&p, "a", &["sleep", "1000"]);
     c.mounts = vec![
         Mount {
@@ -585,7 +428,7 @@ async fn defaults_are_containerds_and_privileged_gets_every_capability() {
     remove_pod(&env, p).await;
 
     // A privileged pod and container: every capability the host has.
-    let image = push_busybox(&env).await;
+    let image = push_busybox(&env, "lc/busybox:1").await;
     let logs = tempfile::tempdir().unwrap();
     let mut config = base_pod_config("privileged", logs.path());
     if let Some(sc) = config
@@ -595,7 +438,7 @@ async fn defaults_are_containerds_and_privileged_gets_every_capability() {
     {
         sc.privileged = true;
     }
-    let pp = pod_with(&env, config, &image).await;
+    let pp = run_pod(&env, config, &image).await;
     let mut c = container(&pp, "priv", &["sleep", "1000"]);
     security(&mut c).privileged = true;
     let pr = run(&env, &pp, c).await;
@@ -937,7 +780,7 @@ async fn list_containers_filters_and_verbose_status_has_pid_and_spec() {
     let env = Env::start().await;
     let p = pod(&env, "filters").await;
     let image = p.image.clone();
-    let q = pod_with(&env, base_pod_config("filters-2", p.logs.path()), &image).await;
+    let q = run_pod(&env, base_pod_config("filters-2", p.logs.path()), &image).await;
     let mut c = container(&p, "web", &["sleep", "1000"]);
     c.labels.insert("tier".into(), "front".into());
     let web = run(&env, &p, c).await;
