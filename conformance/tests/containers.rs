@@ -6,37 +6,23 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
-use berth_conformance::images::{Format, ImageBuilder};
+use berth_conformance::pods::*;
 use common::*;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, GetEventsRequest, ImageSpec, LinuxPodSandboxConfig,
+    ContainerState, ExecSyncRequest, GetEventsRequest, ImageSpec, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, ListContainersRequest, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, StopContainerRequest,
 };
 use tonic::Code;
 
-struct Pod {
-    id: String,
-    config: PodSandboxConfig,
-    image: String,
-    logs: tempfile::TempDir,
-}
-
 /// A pod (with `pid` sharing as given) and a pulled busybox image.
 async fn pod(env: &Env, name: &str, pid: NamespaceMode) -> Pod {
-    let img = ImageBuilder::busybox(Format::Oci).build();
-    let r = env.push("ctr/busybox:1", &img).await;
-    env.cri.pull(&r).await.expect("pull busybox");
-    let logs = tempfile::tempdir().expect("log dir");
+    let r = push_busybox(env, "ctr/busybox:1").await;
     let mut config = sandbox_config(name);
-    config.log_directory = logs.path().display().to_string();
     config.linux = Some(LinuxPodSandboxConfig {
         security_context: Some(LinuxSandboxSecurityContext {
             namespace_options: Some(NamespaceOption {
@@ -47,90 +33,10 @@ async fn pod(env: &Env, name: &str, pid: NamespaceMode) -> Pod {
         }),
         ..Default::default()
     });
-    let mut rt = env.cri.runtime.clone();
-    let id = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    Pod {
-        id,
-        config,
-        image: r,
-        logs,
-    }
+    run_pod(env, config, &r).await
 }
 
-fn container(p: &Pod, name: &str, cmd: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: p.image.clone(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        labels: HashMap::from([("name".into(), name.into())]),
-        ..Default::default()
-    }
-}
-
-async fn create(env: &Env, p: &Pod, c: ContainerConfig) -> Result<String, tonic::Status> {
-    let mut rt = env.cri.runtime.clone();
-    rt.create_container(CreateContainerRequest {
-        pod_sandbox_id: p.id.clone(),
-        config: Some(c),
-        sandbox_config: Some(p.config.clone()),
-    })
-    .await
-    .map(|r| r.into_inner().container_id)
-}
-
-async fn start(env: &Env, id: &str) -> Result<(), tonic::Status> {
-    let mut rt = env.cri.runtime.clone();
-    rt.start_container(StartContainerRequest {
-        container_id: id.into(),
-    })
-    .await
-    .map(|_| ())
-}
-
-async fn status(env: &Env, id: &str) -> Result<k8s_cri::v1::ContainerStatus, tonic::Status> {
-    let mut rt = env.cri.runtime.clone();
-    Ok(rt
-        .container_status(ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await?
-        .into_inner()
-        .status
-        .expect("status"))
-}
-
-async fn wait_exited(env: &Env, id: &str) -> k8s_cri::v1::ContainerStatus {
-    let t = Instant::now();
-    loop {
-        let st = status(env, id).await.expect("ContainerStatus");
-        if st.state == ContainerState::ContainerExited as i32 {
-            return st;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "container {id} did not exit: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn exec(
+async fn exec_timeout(
     env: &Env,
     id: &str,
     cmd: &[&str],
@@ -179,7 +85,7 @@ async fn container_runs_logs_in_cri_format_and_reports_its_exit_code() {
     assert_eq!(st.state, ContainerState::ContainerCreated as i32);
     assert!(st.created_at > 0 && st.started_at == 0);
     start(&env, &id).await.expect("StartContainer");
-    let st = wait_exited(&env, &id).await;
+    let st = wait_exited(&env, &id, Duration::from_secs(20)).await;
     assert_eq!(st.exit_code, 3);
     assert_eq!(st.reason, "Error");
     assert!(st.started_at > 0 && st.finished_at >= st.started_at);
@@ -228,7 +134,7 @@ async fn exec_sync_returns_output_and_exit_code_and_its_timeout_kills() {
         .await
         .unwrap();
     start(&env, &id).await.unwrap();
-    let r = exec(
+    let r = exec_timeout(
         &env,
         &id,
         &["sh", "-c", "echo out; echo err >&2; exit 7"],
@@ -239,7 +145,7 @@ async fn exec_sync_returns_output_and_exit_code_and_its_timeout_kills() {
     assert_eq!(r.stdout, b"out\n");
     assert_eq!(r.stderr, b"err\n");
     assert_eq!(r.exit_code, 7);
-    let pid1 = exec(&env, &id, &["cat", "/proc/1/cmdline"], 0)
+    let pid1 = exec_timeout(&env, &id, &["cat", "/proc/1/cmdline"], 0)
         .await
         .unwrap();
     assert!(
@@ -248,7 +154,7 @@ async fn exec_sync_returns_output_and_exit_code_and_its_timeout_kills() {
     );
     let t = Instant::now();
     expect_code(
-        exec(&env, &id, &["sleep", "30"], 1).await,
+        exec_timeout(&env, &id, &["sleep", "30"], 1).await,
         &[Code::DeadlineExceeded],
         "ExecSync past its timeout",
     );
@@ -301,26 +207,26 @@ async fn containers_of_a_pod_share_ipc_and_with_pid_pod_see_each_others_processe
         .unwrap();
     start(&env, &a).await.unwrap();
     start(&env, &b).await.unwrap();
-    let ps = exec(&env, &b, &["ps"], 10).await.unwrap();
+    let ps = exec_timeout(&env, &b, &["ps"], 10).await.unwrap();
     let ps = String::from_utf8_lossy(&ps.stdout).to_string();
     assert!(
         ps.contains("sleep 1001") && ps.contains("sleep 1002"),
         "pid POD: b sees a's process:\n{ps}"
     );
-    let ipc_a = exec(&env, &a, &["readlink", "/proc/self/ns/ipc"], 10)
+    let ipc_a = exec_timeout(&env, &a, &["readlink", "/proc/self/ns/ipc"], 10)
         .await
         .unwrap()
         .stdout;
-    let ipc_b = exec(&env, &b, &["readlink", "/proc/self/ns/ipc"], 10)
+    let ipc_b = exec_timeout(&env, &b, &["readlink", "/proc/self/ns/ipc"], 10)
         .await
         .unwrap()
         .stdout;
     assert_eq!(ipc_a, ipc_b, "one IPC namespace per pod");
     // /dev/shm is the pod's: a file written by a is read by b.
-    exec(&env, &a, &["sh", "-c", "echo shared > /dev/shm/x"], 10)
+    exec_timeout(&env, &a, &["sh", "-c", "echo shared > /dev/shm/x"], 10)
         .await
         .unwrap();
-    let x = exec(&env, &b, &["cat", "/dev/shm/x"], 10)
+    let x = exec_timeout(&env, &b, &["cat", "/dev/shm/x"], 10)
         .await
         .unwrap()
         .stdout;
@@ -377,7 +283,9 @@ async fn containers_keep_running_while_berthd_is_killed_and_are_found_again() {
     start(&env, &created)
         .await
         .expect("a container created before the kill starts after it");
-    let r = exec(&env, &created, &["echo", "alive"], 10).await.unwrap();
+    let r = exec_timeout(&env, &created, &["echo", "alive"], 10)
+        .await
+        .unwrap();
     assert_eq!(r.stdout, b"alive\n");
     remove_pod(&env, p).await;
     env.finish().await;
@@ -452,7 +360,7 @@ async fn bad_container_requests_get_clear_errors_and_leave_nothing() {
         "start of an unknown container",
     );
     expect_code(
-        exec(&env, &"e".repeat(64), &["true"], 1).await,
+        exec_timeout(&env, &"e".repeat(64), &["true"], 1).await,
         &[Code::NotFound],
         "exec in an unknown container",
     );
@@ -475,7 +383,7 @@ async fn get_container_events_streams_the_lifecycle() {
         .await
         .unwrap();
     start(&env, &id).await.unwrap();
-    wait_exited(&env, &id).await;
+    wait_exited(&env, &id, Duration::from_secs(20)).await;
     rt.remove_container(RemoveContainerRequest {
         container_id: id.clone(),
     })
