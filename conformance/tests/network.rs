@@ -558,7 +558,7 @@ async fn outbound_traffic_is_masqueraded_to_the_node_address() {
 #[tokio::test]
 async fn dual_stack_pods_get_both_families_and_talk_over_ipv6() {
     let n = start("subnet = \"10.90.0.0/24\"\nsubnet6 = \"fd89:1::/64\"").await;
-    let (a, _, _) = http_pod(&n, "ds-a", vec![]).await;
+    let (a, _, _) = http_pod(&n, "ds-a", vec![tcp(8080, 80)]).await;
     let (b, b_client) = client_pod(&n, "ds-b").await;
     let (a_ips, _) = pod_ips(&n, &a).await;
     assert_eq!(a_ips.len(), 2, "{a_ips:?}");
@@ -577,6 +577,11 @@ async fn dual_stack_pods_get_both_families_and_talk_over_ipv6() {
     }
     assert_eq!(r.unwrap(), "served-by-ds-a");
     assert_eq!(node_get(&n, &url).unwrap(), "served-by-ds-a");
+    // The hostPort answers on the node's IPv6 address too (the bridge's),
+    // from the node and from the other pod.
+    let v6 = "http://[fd89:1::1]:8080/";
+    assert_eq!(node_get(&n, v6).unwrap(), "served-by-ds-a");
+    assert_eq!(pod_get(&n, &b_client, v6).await.unwrap(), "served-by-ds-a");
     stop_and_remove(&n, &a).await;
     stop_and_remove(&n, &b).await;
     n.env.finish().await;
