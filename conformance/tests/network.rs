@@ -1263,3 +1263,33 @@ async fn a_link_in_the_way_of_the_bridge_makes_the_network_not_ready() {
         .unwrap();
     env.finish().await;
 }
+
+#[tokio::test]
+async fn sctp_host_ports_become_rules_of_their_own() {
+    let n = start("").await;
+    let sctp = PortMapping {
+        protocol: Protocol::Sctp as i32,
+        container_port: 9,
+        host_port: 9999,
+        host_ip: String::new(),
+    };
+    let id = run_pod(&n, &pod_config(&n, "sctp", vec![sctp, tcp(9999, 9)]))
+        .await
+        .expect("SCTP and TCP on one port number");
+    let (ips, _) = pod_ips(&n, &id).await;
+    let node = n.env.berthd.node().unwrap();
+    let map = node
+        .exec("nft", &["list", "map", "inet", "berth", "hostports4"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&map.stdout).to_string();
+    assert!(
+        text.contains(&format!("sctp . 9999 : {} . 9", ips[0])),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("tcp . 9999 : {} . 9", ips[0])),
+        "{text}"
+    );
+    stop_and_remove(&n, &id).await;
+    n.env.finish().await;
+}
