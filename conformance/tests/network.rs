@@ -1293,3 +1293,25 @@ async fn sctp_host_ports_become_rules_of_their_own() {
     stop_and_remove(&n, &id).await;
     n.env.finish().await;
 }
+
+#[tokio::test]
+async fn a_configured_gateway_is_the_bridges_address_and_the_pods_route() {
+    let n = start("subnet = \"10.96.0.0/24\"\ngateway = \"10.96.0.254\"\n").await;
+    let (p, c) = client_pod(&n, "gw").await;
+    let (ips, _) = pod_ips(&n, &p).await;
+    assert_eq!(
+        ips[0].to_string(),
+        "10.96.0.1",
+        "the first host address is a pod's"
+    );
+    let node = n.env.berthd.node().unwrap();
+    let addrs = node.ip(&["-4", "addr", "show", "berth0"]).unwrap();
+    assert!(addrs.contains("10.96.0.254/24"), "{addrs}");
+    let routes = berth_conformance::pods::sh(&n.env, &c, "ip route").await;
+    assert!(
+        routes.contains("default via 10.96.0.254 dev eth0"),
+        "{routes}"
+    );
+    stop_and_remove(&n, &p).await;
+    n.env.finish().await;
+}

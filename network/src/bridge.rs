@@ -137,8 +137,10 @@ impl BridgePlugin {
             state: Mutex::new(State {
                 not_ready: Some("not recovered yet".into()),
                 bridge_index: 0,
-                pool4: Pool::new(IpNetwork::V4(subnet4)),
-                pool6: cfg.subnet6.map(|s| Pool::new(IpNetwork::V6(s))),
+                pool4: Pool::with_gateway(IpNetwork::V4(subnet4), cfg.gateway.map(IpAddr::V4)),
+                pool6: cfg
+                    .subnet6
+                    .map(|s| Pool::with_gateway(IpNetwork::V6(s), cfg.gateway6.map(IpAddr::V6))),
                 owners: HashMap::new(),
                 ports: HashMap::new(),
                 published: HashMap::new(),
@@ -612,8 +614,11 @@ impl Plugin for BridgePlugin {
         st.owners.clear();
         st.ports.clear();
         st.published.clear();
-        st.pool4 = Pool::new(st.pool4.subnet());
-        st.pool6 = st.pool6.as_ref().map(|p| Pool::new(p.subnet()));
+        st.pool4 = Pool::with_gateway(st.pool4.subnet(), Some(st.pool4.gateway()));
+        st.pool6 = st
+            .pool6
+            .as_ref()
+            .map(|p| Pool::with_gateway(p.subnet(), Some(p.gateway())));
         for (id, att) in live.iter().filter(|(_, a)| a.plugin == "bridge") {
             let mut ips = Vec::new();
             for ip in &att.ips {

@@ -26,8 +26,13 @@ pub struct NetworkConfig {
     /// IPv4 pod subnet. None: kubelet's pod CIDR (UpdateRuntimeConfig) if it
     /// sends one before the first pod, else [`DEFAULT_SUBNET`].
     pub subnet: Option<Ipv4Network>,
+    /// The bridge's address in `subnet`, the pods' default gateway. None:
+    /// the subnet's first host address.
+    pub gateway: Option<std::net::Ipv4Addr>,
     /// IPv6 pod subnet for dual-stack pods.
     pub subnet6: Option<Ipv6Network>,
+    /// The bridge's address in `subnet6`. None: its first host address.
+    pub gateway6: Option<std::net::Ipv6Addr>,
     pub mtu: u32,
     /// berth's nftables table (family inet).
     pub nft_table: String,
@@ -53,7 +58,9 @@ impl Default for NetworkConfig {
             plugin: PluginKind::Bridge,
             bridge: "berth0".into(),
             subnet: None,
+            gateway: None,
             subnet6: None,
+            gateway6: None,
             mtu: 1500,
             nft_table: "berth".into(),
             cni_conf_dir: "/etc/cni/net.d".into(),
@@ -105,6 +112,29 @@ impl NetworkConfig {
             if s.ip().is_loopback() || s.ip().is_multicast() || s.ip().is_unspecified() {
                 return Err(format!("network.subnet6: {s} is not a unicast subnet"));
             }
+        }
+        match (self.gateway, self.subnet) {
+            (Some(g), None) => {
+                return Err(format!(
+                    "network.gateway {g} needs network.subnet (kubelet's pod CIDR takes its first address)"
+                ));
+            }
+            (Some(g), Some(s)) => {
+                let host = s.contains(g) && g != s.network() && g != s.broadcast();
+                if !host {
+                    return Err(format!("network.gateway {g} is not a host address of {s}"));
+                }
+            }
+            _ => {}
+        }
+        match (self.gateway6, self.subnet6) {
+            (Some(g), None) => {
+                return Err(format!("network.gateway6 {g} needs network.subnet6"));
+            }
+            (Some(g), Some(s)) if !s.contains(g) || g == s.network() => {
+                return Err(format!("network.gateway6 {g} is not a host address of {s}"));
+            }
+            _ => {}
         }
         if self.cni_timeout.is_zero() {
             return Err("network.cni_timeout must be more than 0".into());
@@ -170,6 +200,19 @@ mod tests {
             ("subnet = \"10.0.0.0/31\"", "network.subnet"),
             ("subnet6 = \"fd89::/32\"", "network.subnet6"),
             ("nft_table = \"a b\"", "network.nft_table"),
+            ("gateway = \"10.89.0.1\"", "network.gateway"),
+            (
+                "subnet = \"10.89.0.0/24\"\ngateway = \"10.89.0.255\"",
+                "network.gateway",
+            ),
+            (
+                "subnet = \"10.89.0.0/24\"\ngateway = \"10.90.0.1\"",
+                "network.gateway",
+            ),
+            (
+                "subnet6 = \"fd89::/64\"\ngateway6 = \"fd90::1\"",
+                "network.gateway6",
+            ),
         ] {
             let e = parse(t).unwrap_err();
             assert!(e.contains(key), "{t}: {e}");

@@ -3,8 +3,8 @@
 //! A pool hands out addresses of its subnet round-robin (the cursor moves
 //! past each address handed out, so a freed address is not reused at once:
 //! a dying netns may still hold it for a moment). The network address, the
-//! gateway (first host address) and, for IPv4, the broadcast address are
-//! never handed out. What is allocated is not stored here: it lives in the
+//! gateway (the first host address unless configured) and, for IPv4, the
+//! broadcast address are never handed out. What is allocated is not stored here: it lives in the
 //! pods' records, and [`Pool::mark_used`] rebuilds the pool after a restart.
 
 use std::collections::HashSet;
@@ -21,6 +21,8 @@ pub struct Pool {
     used: HashSet<u128>,
     /// Where the next search starts.
     cursor: u128,
+    /// The bridge's address, never handed out.
+    gateway: u128,
 }
 
 fn to_u128(ip: IpAddr) -> u128 {
@@ -31,7 +33,14 @@ fn to_u128(ip: IpAddr) -> u128 {
 }
 
 impl Pool {
+    /// A pool whose gateway is the subnet's first host address.
     pub fn new(subnet: IpNetwork) -> Self {
+        Self::with_gateway(subnet, None)
+    }
+
+    /// A pool with this gateway (checked to be a host address of the
+    /// subnet by the config), or the first host address.
+    pub fn with_gateway(subnet: IpNetwork, gateway: Option<IpAddr>) -> Self {
         let net = to_u128(subnet.network());
         let size_bits = match subnet {
             IpNetwork::V4(n) => 32 - u32::from(n.prefix()),
@@ -46,13 +55,19 @@ impl Pool {
             IpNetwork::V4(_) => top - 1, // broadcast
             IpNetwork::V6(_) => top,
         };
-        let first = net + 2; // net + 1 is the gateway
+        let first = net + 1;
+        let gateway = gateway
+            .filter(|g| subnet.contains(*g))
+            .map(to_u128)
+            .filter(|g| (first..=last).contains(g))
+            .unwrap_or(first);
         Self {
             subnet,
             first,
             last,
             used: HashSet::new(),
             cursor: first,
+            gateway,
         }
     }
 
@@ -60,9 +75,9 @@ impl Pool {
         self.subnet
     }
 
-    /// The gateway, the bridge's address: the first host address.
+    /// The gateway, the bridge's address.
     pub fn gateway(&self) -> IpAddr {
-        self.addr_of(to_u128(self.subnet.network()) + 1)
+        self.addr_of(self.gateway)
     }
 
     fn addr_of(&self, n: u128) -> IpAddr {
@@ -76,13 +91,10 @@ impl Pool {
         self.subnet.contains(ip)
     }
 
-    /// How many addresses the pool can hand out in all.
+    /// How many addresses the pool can hand out in all (its host
+    /// addresses but the gateway).
     pub fn capacity(&self) -> u128 {
-        if self.last < self.first {
-            0
-        } else {
-            self.last - self.first + 1
-        }
+        self.last.saturating_sub(self.first)
     }
 
     pub fn in_use(&self) -> usize {
@@ -96,9 +108,9 @@ impl Pool {
             return None;
         }
         let mut n = self.cursor.clamp(self.first, self.last.max(self.first));
-        // At most `used + 1` probes find a free address.
-        for _ in 0..=self.used.len() {
-            if !self.used.contains(&n) {
+        // At most `used + 2` probes (the gateway is one) find a free address.
+        for _ in 0..=self.used.len() + 1 {
+            if n != self.gateway && !self.used.contains(&n) {
                 self.used.insert(n);
                 self.cursor = if n >= self.last { self.first } else { n + 1 };
                 return Some(self.addr_of(n));
@@ -112,7 +124,7 @@ impl Pool {
     /// pool are ignored (false).
     pub fn mark_used(&mut self, ip: IpAddr) -> bool {
         let n = to_u128(ip);
-        if !self.contains(ip) || n < self.first || n > self.last {
+        if !self.contains(ip) || n < self.first || n > self.last || n == self.gateway {
             return false;
         }
         self.used.insert(n);
@@ -160,6 +172,24 @@ mod tests {
         assert_eq!(p.allocate().unwrap().to_string(), "10.1.0.3");
         assert_eq!(p.allocate().unwrap().to_string(), "10.1.0.5");
         assert_eq!(p.allocate(), None);
+    }
+
+    #[test]
+    fn a_configured_gateway_is_skipped_and_the_first_address_is_handed_out() {
+        let net = "10.1.0.0/29".parse().unwrap();
+        let mut p = Pool::with_gateway(net, Some("10.1.0.6".parse().unwrap()));
+        assert_eq!(p.gateway().to_string(), "10.1.0.6");
+        assert_eq!(p.capacity(), 5);
+        let got: Vec<String> = (0..5).map(|_| p.allocate().unwrap().to_string()).collect();
+        assert_eq!(
+            got,
+            ["10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5"]
+        );
+        assert_eq!(p.allocate(), None);
+        assert!(!p.mark_used("10.1.0.6".parse().unwrap()));
+        // One outside the subnet falls back to the first host address.
+        let q = Pool::with_gateway(net, Some("10.2.0.1".parse().unwrap()));
+        assert_eq!(q.gateway().to_string(), "10.1.0.1");
     }
 
     #[test]
