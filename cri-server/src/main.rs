@@ -121,6 +121,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("opening the image store")?
         .context("opening the image store")?;
     let images = Arc::new(images);
+    // Before anything is opened or bound: a SIGTERM or SIGINT that comes
+    // while berthd starts must end it cleanly once it serves, never kill it
+    // by the default action (the socket accepts before the select below).
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let runtime_config = berth_runtime::service::RuntimeConfig {
         root: config.root.clone(),
         state: config.state.clone(),
@@ -164,8 +169,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .serve_with_incoming_shutdown(incoming, async move { stopped.notified().await }),
     );
 
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let result = tokio::select! {
         r = &mut server => Some(r),
         _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); None }
