@@ -61,6 +61,17 @@ const DISABLED_PLUGINS: &[&str] = &[
     "io.containerd.internal.v1.tracing",
 ];
 
+/// With `wanted`: check that containerd and runc are installed, print the
+/// version, and return it.
+pub fn announce(wanted: bool) -> Result<Option<String>> {
+    if !wanted {
+        return Ok(None);
+    }
+    let v = Containerd::check_installed()?;
+    println!("containerd: {v} ({CONTAINERD_BIN})");
+    Ok(Some(v))
+}
+
 impl Containerd {
     /// Check that the binaries are installed.
     pub fn check_installed() -> Result<String> {

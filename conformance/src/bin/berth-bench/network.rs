@@ -46,7 +46,7 @@ use clap::Parser;
 use k8s_cri::v1::NamespaceMode;
 use serde_json::Value;
 
-use crate::containerd::{Containerd, ContainerdSetup};
+use crate::containerd::ContainerdSetup;
 use crate::podbench::{
     Ctx, HostInfo, Tracker, cgroup_dirs, host_info, kill_in_new_cgroups, map_concurrently, met, ms,
     on_berthd, on_containerd, pct, remove_new_cgroups, stuck_cgroups,
@@ -1079,13 +1079,7 @@ pub async fn run(args: NetworkArgs, berthd: Option<String>) -> Result<i32> {
     if let Some(b) = &berthd {
         println!("berthd: {b}");
     }
-    let containerd_version = if args.containerd {
-        let v = Containerd::check_installed()?;
-        println!("containerd: {v} ({})", crate::containerd::CONTAINERD_BIN);
-        Some(v)
-    } else {
-        None
-    };
+    let containerd_version = crate::containerd::announce(args.containerd)?;
     let netns_create_ms = match tokio::task::spawn_blocking(netns_probe).await? {
         Ok(v) => {
             println!(

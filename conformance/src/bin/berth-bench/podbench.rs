@@ -341,28 +341,12 @@ pub async fn on_berthd(
     let mut d = Berthd::start(options).await.context("starting berthd")?;
     track.dirs.push(d.dir().to_path_buf());
     track.cgroup_parents.push(d.cgroup_parent().to_string());
-    let out = async {
-        let client = client::connect(&d.socket(), CALL_TIMEOUT).await?;
-        let ctx = Ctx {
-            client,
-            image: image.to_string(),
-            logs: run_dir.join(format!("logs-{tag}")),
-            tag: tag.to_string(),
-        };
-        let procs = Procs {
-            daemon_pid: d.pid(),
-            dir: d.dir().to_path_buf(),
-            shim_comm: "berth-shim",
-        };
-        let w = work(&ctx, &procs).await;
-        let c = ctx.remove_all_pods().await;
-        match (w, c) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Err(e)) => Err(e.context("removing the pods at the end")),
-            (Ok(()), Ok(_)) => Ok(()),
-        }
-    }
-    .await;
+    let procs = Procs {
+        daemon_pid: d.pid(),
+        dir: d.dir().to_path_buf(),
+        shim_comm: "berth-shim",
+    };
+    let out = drive(&d.socket(), procs, run_dir, tag, image, work).await;
     let mut out = out.map_err(|e| {
         anyhow!(
             "{e:#}\n---- berthd log (tail) ----\n{}",
@@ -388,6 +372,32 @@ pub async fn on_berthd(
     out
 }
 
+/// Connect to a daemon's socket, run `work` with a CRI context whose pods
+/// are tagged `tag`, then remove every pod it has (both must succeed).
+async fn drive(
+    socket: &Path,
+    procs: Procs,
+    run_dir: &Path,
+    tag: &str,
+    image: &str,
+    work: impl AsyncFnOnce(&Ctx, &Procs) -> Result<()>,
+) -> Result<()> {
+    let client = client::connect(socket, CALL_TIMEOUT).await?;
+    let ctx = Ctx {
+        client,
+        image: image.to_string(),
+        logs: run_dir.join(format!("logs-{tag}")),
+        tag: tag.to_string(),
+    };
+    let w = work(&ctx, &procs).await;
+    let removed = ctx.remove_all_pods().await;
+    match (w, removed) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(e.context("removing the pods at the end")),
+        (Ok(()), Ok(_)) => Ok(()),
+    }
+}
+
 /// Like [`on_berthd`], on a fresh containerd (directory under `run_dir`).
 /// Stopping it kills its shims and detaches its mounts; its directory goes
 /// with the run's.
@@ -401,28 +411,12 @@ pub async fn on_containerd(
 ) -> Result<()> {
     let c = Containerd::start(run_dir, setup).await?;
     track.dirs.push(c.path().to_path_buf());
-    let out = async {
-        let client = client::connect(&c.socket(), CALL_TIMEOUT).await?;
-        let ctx = Ctx {
-            client,
-            image: image.to_string(),
-            logs: run_dir.join(format!("logs-{tag}")),
-            tag: tag.to_string(),
-        };
-        let procs = Procs {
-            daemon_pid: c.pid(),
-            dir: c.path().to_path_buf(),
-            shim_comm: "containerd-shim",
-        };
-        let w = work(&ctx, &procs).await;
-        let cl = ctx.remove_all_pods().await;
-        match (w, cl) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Err(e)) => Err(e.context("removing the pods at the end")),
-            (Ok(()), Ok(_)) => Ok(()),
-        }
-    }
-    .await;
+    let procs = Procs {
+        daemon_pid: c.pid(),
+        dir: c.path().to_path_buf(),
+        shim_comm: "containerd-shim",
+    };
+    let out = drive(&c.socket(), procs, run_dir, tag, image, work).await;
     let mut out = out.map_err(|e| {
         anyhow!(
             "{e:#}\n---- containerd log (tail) ----\n{}",

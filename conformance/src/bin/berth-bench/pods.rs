@@ -36,7 +36,7 @@ use berth_conformance::registry::Registry;
 use clap::Parser;
 use k8s_cri::v1::ListContainersRequest;
 
-use crate::containerd::{Containerd, ContainerdSetup};
+use crate::containerd::ContainerdSetup;
 use crate::podbench::{
     Ctx, HostInfo, Procs, Tracker, cgroup_dirs, for_each_concurrently, host_info, met, ms,
     on_berthd, on_containerd, pct, procs_naming, status_err, stuck_cgroups,
@@ -607,13 +607,7 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
     if let Some(b) = &berthd {
         println!("berthd: {b}");
     }
-    let containerd_version = if args.containerd {
-        let v = Containerd::check_installed()?;
-        println!("containerd: {v} ({})", crate::containerd::CONTAINERD_BIN);
-        Some(v)
-    } else {
-        None
-    };
+    let containerd_version = crate::containerd::announce(args.containerd)?;
 
     let cgroup_join_ms = match tokio::task::spawn_blocking(cgroup_join_probe).await? {
         Ok(v) => {
