@@ -380,10 +380,9 @@ async fn pods_reach_each_other_and_the_node_reaches_them() {
 
 #[tokio::test]
 async fn host_ports_are_reachable_from_everywhere() {
-    let n = start("").await;
+    let mut n = start("").await;
     let (a, _, a_ip) = http_pod(&n, "hp-a", vec![tcp(8080, 80)]).await;
     let (b, b_client) = client_pod(&n, "hp-b").await;
-    let node = n.env.berthd.node().unwrap();
 
     // From the node itself, on loopback and on its address.
     assert_eq!(
@@ -420,6 +419,17 @@ async fn host_ports_are_reachable_from_everywhere() {
         pod_get(&n, &a_client, &format!("http://{NODE_ADDR}:8080/"))
             .await
             .unwrap(),
+        "served-by-hp-a"
+    );
+
+    // berthd SIGKILLed and started again: the hostPort still answers, and
+    // berthd still knows who holds it.
+    n.env.berthd.kill();
+    n.env.berthd.restart().await.expect("restart");
+    n.env.cri = n.env.berthd.cri().await.expect("reconnect");
+    let node = n.env.berthd.node().unwrap();
+    assert_eq!(
+        get_in(&n.ext, &format!("http://{NODE_ADDR}:8080/")).unwrap(),
         "served-by-hp-a"
     );
 

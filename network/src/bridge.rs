@@ -55,6 +55,15 @@ impl PortKey {
     }
 }
 
+/// What `reserve` took for a pod, and what plumbing it needs.
+struct Reserved {
+    bridge: u32,
+    ips: Vec<IpAddr>,
+    /// Gateway and prefix length per family.
+    gateways: Vec<(IpAddr, u8)>,
+    published: Vec<Published>,
+}
+
 struct PortHolder {
     pod_id: String,
     pod: String,
@@ -266,7 +275,7 @@ impl BridgePlugin {
     }
 
     /// Allocate addresses and reserve ports for a pod, in memory.
-    fn reserve(&self, pod: &PodRequest) -> Result<(u32, Vec<IpAddr>, Vec<Published>)> {
+    fn reserve(&self, pod: &PodRequest) -> Result<Reserved> {
         let mut st = self.state.lock().map_err(|_| poisoned())?;
         if st.not_ready.is_some() && st.last_try.is_some_and(|t| t.elapsed() >= RETRY_EVERY) {
             self.bring_up(&mut st);
@@ -354,7 +363,16 @@ impl BridgePlugin {
             }
         }
         st.published.insert(pod.id.clone(), published.clone());
-        Ok((st.bridge_index, ips, published))
+        let gateways = std::iter::once(&st.pool4)
+            .chain(st.pool6.as_ref())
+            .map(|p| (p.gateway(), p.subnet().prefix()))
+            .collect();
+        Ok(Reserved {
+            bridge: st.bridge_index,
+            ips,
+            gateways,
+            published,
+        })
     }
 
     fn plumb(
@@ -540,14 +558,12 @@ impl Plugin for BridgePlugin {
     }
 
     fn setup(&self, pod: &PodRequest) -> Result<Attachment> {
-        let (bridge, ips, published) = self.reserve(pod)?;
-        let gateways: Vec<(IpAddr, u8)> = {
-            let st = self.state.lock().map_err(|_| poisoned())?;
-            std::iter::once(&st.pool4)
-                .chain(st.pool6.as_ref())
-                .map(|p| (p.gateway(), p.subnet().prefix()))
-                .collect()
-        };
+        let Reserved {
+            bridge,
+            ips,
+            gateways,
+            published,
+        } = self.reserve(pod)?;
         let r = (|| {
             let host = self.plumb(pod, bridge, &ips, &gateways)?;
             if !published.is_empty() {
@@ -572,6 +588,7 @@ impl Plugin for BridgePlugin {
                 ips,
                 host_veth: Some(host),
                 port_mappings: pod.port_mappings.clone(),
+                pod: format!("{}/{}", pod.namespace, pod.name),
             }),
             Err(e) => {
                 if let Ok(mut st) = self.state.lock() {
@@ -645,7 +662,11 @@ impl Plugin for BridgePlugin {
                     },
                     PortHolder {
                         pod_id: id.clone(),
-                        pod: id.clone(),
+                        pod: if att.pod.is_empty() {
+                            id.clone()
+                        } else {
+                            att.pod.clone()
+                        },
                     },
                 );
                 for ip in &ips {

@@ -1462,6 +1462,7 @@ impl Plugin for CniPlugin {
             ips,
             host_veth: None,
             port_mappings: pod.port_mappings.clone(),
+            pod: format!("{}/{}", pod.namespace, pod.name),
         })
     }
 

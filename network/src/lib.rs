@@ -115,6 +115,9 @@ pub struct Attachment {
     pub host_veth: Option<String>,
     /// The published ports, as applied.
     pub port_mappings: Vec<PortMapping>,
+    /// `namespace/name` of the pod, for messages (a hostPort clash names
+    /// its holder, also after a restart).
+    pub pod: String,
 }
 
 impl Attachment {

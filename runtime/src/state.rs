@@ -214,6 +214,7 @@ mod tests {
                 ips: vec!["10.89.0.2".parse().unwrap()],
                 host_veth: Some("bthabc".into()),
                 port_mappings: vec![],
+                pod: "default/p".into(),
             }),
         };
         {
