@@ -533,11 +533,26 @@ fn network_request(
     id: &str,
     config: &SandboxConfig,
     netns: &Path,
-) -> Result<berth_network::PodRequest> {
+    port_mappings: Vec<berth_network::PortMapping>,
+) -> berth_network::PodRequest {
     let meta = config.metadata();
+    berth_network::PodRequest {
+        id: id.to_string(),
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        netns: netns.to_path_buf(),
+        port_mappings,
+        annotations: config.annotations.clone(),
+        cgroup_parent: config.linux.cgroup_parent.clone(),
+    }
+}
+
+/// The pod's PortMappings in the plugin's terms (validate_sandbox_config
+/// checked ranges and addresses; a bad one is still refused here).
+fn network_ports(config: &SandboxConfig) -> Result<Vec<berth_network::PortMapping>> {
     let mut ports = Vec::new();
     for (i, p) in config.port_mappings.iter().enumerate() {
-        // validate_sandbox_config checked the ranges and the address.
         let host_ip = match p.host_ip.as_str() {
             "" => None,
             s => Some(s.parse::<std::net::IpAddr>().map_err(|e| {
@@ -561,39 +576,20 @@ fn network_request(
             host_ip,
         });
     }
-    Ok(berth_network::PodRequest {
-        id: id.to_string(),
-        name: meta.name.clone(),
-        namespace: meta.namespace.clone(),
-        uid: meta.uid.clone(),
-        netns: netns.to_path_buf(),
-        port_mappings: ports,
-        annotations: config.annotations.clone(),
-        cgroup_parent: config.linux.cgroup_parent.clone(),
-    })
+    Ok(ports)
 }
 
 /// The plugin request of a recorded pod (for teardown; its netns may be
-/// gone already).
+/// gone already). Its config was validated when it was made; teardown
+/// goes by the attachment, not by these ports.
 fn pod_request(rec: &SandboxRecord) -> berth_network::PodRequest {
     let netns = rec
         .namespaces
         .net
         .clone()
         .unwrap_or_else(|| rec.dir.join("net"));
-    network_request(&rec.id, &rec.config, &netns).unwrap_or_else(|_| {
-        let meta = rec.config.metadata();
-        berth_network::PodRequest {
-            id: rec.id.clone(),
-            name: meta.name.clone(),
-            namespace: meta.namespace.clone(),
-            uid: meta.uid.clone(),
-            netns,
-            port_mappings: Vec::new(),
-            annotations: rec.config.annotations.clone(),
-            cgroup_parent: rec.config.linux.cgroup_parent.clone(),
-        }
-    })
+    let ports = network_ports(&rec.config).unwrap_or_default();
+    network_request(&rec.id, &rec.config, &netns, ports)
 }
 
 fn remove_dir_logged(dir: &Path) {
@@ -653,7 +649,7 @@ impl Inner {
         // The pod network, in the pinned netns.
         let network = match &pinned.net {
             Some(netns) => {
-                let req = network_request(id, &config, netns)?;
+                let req = network_request(id, &config, netns, network_ports(&config)?);
                 let att = self.network.setup(&req)?;
                 let (plugin, a) = (self.network.clone(), att.clone());
                 undo.push("network", move || {
