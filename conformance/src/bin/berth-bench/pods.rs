@@ -241,12 +241,13 @@ fn comm_of(pid: i32) -> String {
 
 // ------------------------------------------------------------------ cgroups
 
-/// The kernel's price of moving a process into a cgroup (what every runtime
-/// pays once per container): a fresh `sleep` moved into a fresh cgroup of
-/// its own, 7 times, 50 ms apart; milliseconds of the `cgroup.procs` write.
-/// Under strace only the first write of a burst is slow, which points at
-/// an RCU grace period taken for cgroup_threadgroup_rwsem (the cgroup mount
-/// option favordynmods would avoid it; not verified here).
+/// The kernel's price of moving a whole process into a cgroup through
+/// `cgroup.procs` (what runc does, per hierarchy, once per container): a
+/// fresh `sleep` moved into a fresh cgroup of its own, 7 times, 50 ms
+/// apart; milliseconds of the write. Under strace only the first write of a
+/// burst is slow: an RCU grace period taken for the write side of
+/// cgroup_threadgroup_rwsem. berth-shim does not pay it on v1: its
+/// single-threaded child moves itself through `tasks`, which skips that lock.
 fn cgroup_join_probe() -> Result<Vec<f64>> {
     let base = [
         "/sys/fs/cgroup/pids",
@@ -612,8 +613,8 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
     let cgroup_join_ms = match tokio::task::spawn_blocking(cgroup_join_probe).await? {
         Ok(v) => {
             println!(
-                "kernel: moving a fresh process into a cgroup (cgroup.procs write): p50 {:.2} ms, max {:.2} ms \
-                 (paid once per container by every runtime)",
+                "kernel: moving a fresh process into a cgroup through cgroup.procs (runc's way, per hierarchy): \
+                 p50 {:.2} ms, max {:.2} ms",
                 pct(&v, 50.0).unwrap_or(f64::NAN),
                 pct(&v, 100.0).unwrap_or(f64::NAN)
             );
@@ -879,8 +880,9 @@ fn print_report(r: &PodsReport) {
 
     if !r.cgroup_join_ms.is_empty() {
         println!(
-            "kernel floor: moving a fresh process into a cgroup takes p50 {:.2} ms here (most likely an RCU grace period \
-             on the cgroup threadgroup lock), once per container in every runtime",
+            "kernel: a cgroup.procs write of a fresh process takes p50 {:.2} ms here (an RCU grace period for the \
+             cgroup threadgroup lock), per hierarchy, in runc; berth-shim moves its single-threaded child through \
+             the v1 `tasks` file, which skips that lock",
             pct(&r.cgroup_join_ms, 50.0).unwrap_or(f64::NAN)
         );
     }
