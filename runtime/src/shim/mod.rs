@@ -226,98 +226,103 @@ fn run_detached(dir: &Path) -> i32 {
     0
 }
 
-/// Gives back the memory that start-up used and the loop will not: free
-/// heap, and the stack below the caller.
+/// Gives back the memory that start-up (or a request) used and the loop
+/// will not: free heap, the stack below the caller, and code pages.
+///
+/// Code: set-up ran most of the binary (spec parsing, mounts, namespaces),
+/// and a request runs its own share; those pages stay mapped, counted in
+/// every shim's PSS, though the loop does not run them again. Dropping the
+/// pages of the read-only segments lets the loop fault back in just what it
+/// uses (from the page cache, shared by all shims). Only segments that
+/// nothing writes: every executable segment (ours, libc's, the dynamic
+/// linker's) and our own read-only data at offset 0; never a RELRO segment
+/// (the dynamic linker wrote the GOT there) nor [vdso]. The kernel maps up
+/// to 64 KiB around each fault ("fault-around"), so whatever runs between
+/// the drop and the loop costs pages again: the ranges are collected first,
+/// the map text freed, and the drops come last, back to back.
+///
+/// Stack: parsing the spec and setting up the container went deep; those
+/// pages stay resident (and private to each shim) unless given back.
+/// Everything below the current frame, less a margin, is unused now: it is
+/// dropped, and faults back in as zero pages if the loop ever goes as deep.
 #[inline(never)]
 pub(crate) fn release_memory() {
     // SAFETY: malloc_trim only releases free memory.
     unsafe {
         libc::malloc_trim(0);
     }
-    release_unused_stack();
-    release_setup_code();
-}
-
-/// Set-up ran most of the binary (spec parsing, mounts, namespaces); those
-/// code pages stay mapped, counted in every shim's PSS, though the loop
-/// never runs them again. Unmapping the executable's read-only segments
-/// lets the loop fault back in just what it uses (from the page cache,
-/// shared by all shims). Only segments that nothing writes: the code and
-/// the read-only data at offset 0, never RELRO (the dynamic linker wrote
-/// the GOT there).
-fn release_setup_code() {
+    let marker = 0u8;
+    let sp = std::hint::black_box(&marker) as *const u8 as usize;
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
         return;
     };
-    let Some(exe) = exe.to_str() else { return };
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return;
     };
+    let mut ranges = [(0usize, 0usize); 16];
+    let mut n = 0;
     for line in maps.lines() {
-        // 00200000-0029b000 r--p 00000000 fe:00 123 /path/berth-shim
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms), Some(offset)) = (f.next(), f.next(), f.next()) else {
+        let Some((lo, hi, _)) = releasable(line, exe.to_str().unwrap_or_default(), sp) else {
             continue;
         };
-        if f.nth(2) != Some(exe) {
-            continue;
+        if n == ranges.len() {
+            break;
         }
-        if !(perms == "r-xp" || (perms == "r--p" && offset.trim_start_matches('0').is_empty())) {
-            continue;
-        }
-        let Some((lo, hi)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-        else {
-            continue;
-        };
-        // SAFETY: a private, read-only file mapping that nothing has written
-        // (no relocations in it: the shim is linked without PIE); dropping
-        // its pages only means they fault in again from the file.
+        ranges[n] = (lo, hi);
+        n += 1;
+    }
+    drop(maps);
+    drop(exe);
+    for &(lo, hi) in &ranges[..n] {
+        // SAFETY: each range is either a private file mapping that nothing
+        // has written (code, never written; or our own read-only data at
+        // offset 0, without relocations: the shim is linked without PIE),
+        // whose pages fault in again from the file; or the part of this
+        // thread's stack at least STACK_MARGIN below the live frame, where
+        // nothing live is (no signal handler runs on this stack) and which
+        // stays mapped, to refault as zeroes.
         unsafe {
             libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED);
         }
     }
 }
 
-/// Parsing the spec and setting up the container went deep into the stack;
-/// those pages stay resident (and private to each shim) unless given back.
-/// Everything below the current frame, less a margin, is unused now: it is
-/// dropped, and faults back in as zero pages if the loop ever goes as deep.
-#[inline(never)]
-fn release_unused_stack() {
-    let marker = 0u8;
-    let sp = std::hint::black_box(&marker) as *const u8 as usize;
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return;
-    };
-    let Some(range) = maps
-        .lines()
-        .find(|l| l.ends_with("[stack]"))
-        .and_then(|l| l.split(' ').next())
-    else {
-        return;
-    };
-    let Some((lo, hi)) = range.split_once('-') else {
-        return;
-    };
-    let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) else {
-        return;
-    };
-    // Covers this frame's callees (madvise), no more: pages kept here
-    // stay resident.
-    const MARGIN: usize = 4 * 1024;
-    let top = sp.saturating_sub(MARGIN) & !4095;
-    if sp < lo || sp >= hi || top <= lo {
-        return;
+/// What [`release_memory`] keeps of the stack below its own frame: its
+/// callees (madvise) run there.
+const STACK_MARGIN: usize = 4 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+enum Releasable {
+    Code,
+    Stack,
+}
+
+/// The part of one /proc/self/maps line whose pages can be dropped:
+/// executable file mappings, the executable's read-only data at offset 0,
+/// and the stack below `sp` less [`STACK_MARGIN`].
+fn releasable(line: &str, exe: &str, sp: usize) -> Option<(usize, usize, Releasable)> {
+    // 00200000-0029b000 r--p 00000000 fe:00 123 /path/berth-shim
+    let mut f = line.split_whitespace();
+    let (range, perms, offset) = (f.next()?, f.next()?, f.next()?);
+    let path = f.nth(2).unwrap_or_default();
+    let (lo, hi) = range.split_once('-')?;
+    let (lo, hi) = (
+        usize::from_str_radix(lo, 16).ok()?,
+        usize::from_str_radix(hi, 16).ok()?,
+    );
+    if path == "[stack]" {
+        let top = sp.saturating_sub(STACK_MARGIN) & !4095;
+        return (sp >= lo && sp < hi && top > lo).then_some((lo, top, Releasable::Stack));
     }
-    // SAFETY: [lo, top) lies in this thread's stack, at least MARGIN below
-    // the live frame; no live data is there (no signal handler runs on
-    // this stack), and MADV_DONTNEED leaves it mapped, to refault as zeroes.
-    unsafe {
-        libc::madvise(lo as *mut libc::c_void, top - lo, libc::MADV_DONTNEED);
+    if !path.starts_with('/') {
+        return None;
     }
+    let at_zero = offset.trim_start_matches('0').is_empty();
+    (perms == "r-xp" || (path == exe && perms == "r--p" && at_zero)).then_some((
+        lo,
+        hi,
+        Releasable::Code,
+    ))
 }
 
 // Never inlined: its deep frame (the spec, the plan) must lie below the
@@ -397,4 +402,59 @@ fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<server::Monitor, Sh
         sigfd,
         state_dir: dir.to_path_buf(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Releasable, STACK_MARGIN, releasable};
+
+    const EXE: &str = "/usr/bin/berth-shim";
+
+    #[test]
+    fn code_and_our_read_only_data_are_releasable() {
+        let text = "00400000-005c6000 r-xp 00000000 fe:00 12 /usr/bin/berth-shim";
+        assert_eq!(
+            releasable(text, EXE, 0),
+            Some((0x400000, 0x5c6000, Releasable::Code))
+        );
+        let libc =
+            "7f0000000000-7f0000150000 r-xp 00028000 fe:00 9 /usr/lib/x86_64-linux-gnu/libc.so.6";
+        assert_eq!(
+            releasable(libc, EXE, 0),
+            Some((0x7f0000000000, 0x7f0000150000, Releasable::Code))
+        );
+        let rodata = "00200000-0029b000 r--p 00000000 fe:00 12 /usr/bin/berth-shim";
+        assert!(releasable(rodata, EXE, 0).is_some());
+    }
+
+    #[test]
+    fn written_or_foreign_mappings_are_kept() {
+        for line in [
+            // RELRO: the dynamic linker wrote the GOT there.
+            "005c6000-00604000 r--p 001c6000 fe:00 12 /usr/bin/berth-shim",
+            // Another file's read-only data at offset 0 (may be relocated).
+            "7f0000200000-7f0000226000 r--p 00000000 fe:00 9 /usr/lib/x86_64-linux-gnu/libc.so.6",
+            "00604000-00606000 rw-p 00204000 fe:00 12 /usr/bin/berth-shim",
+            "01000000-01008000 rw-p 00000000 00:00 0 [heap]",
+            "7ffd000f0000-7ffd000f2000 r-xp 00000000 00:00 0 [vdso]",
+            "7f0000300000-7f0000310000 rw-p 00000000 00:00 0",
+            "garbage",
+        ] {
+            assert_eq!(releasable(line, EXE, 0), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn stack_below_the_frame_less_the_margin() {
+        let stack = "7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0 [stack]";
+        let sp = 0x7ffc00020123;
+        let top = (sp - STACK_MARGIN) & !4095;
+        assert_eq!(
+            releasable(stack, EXE, sp),
+            Some((0x7ffc00000000, top, Releasable::Stack))
+        );
+        // A frame not on this stack, or too close to its end: nothing.
+        assert_eq!(releasable(stack, EXE, 0x1000), None);
+        assert_eq!(releasable(stack, EXE, 0x7ffc00000800), None);
+    }
 }

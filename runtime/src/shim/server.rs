@@ -102,6 +102,8 @@ pub struct Monitor {
     sigfd: SignalFd,
     oom_base: u64,
     pub state_dir: PathBuf,
+    /// A client was served since memory was last given back.
+    served: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -196,6 +198,7 @@ impl Monitor {
             sigfd: p.sigfd,
             oom_base,
             state_dir: p.state_dir,
+            served: false,
         }
     }
 
@@ -236,6 +239,13 @@ impl Monitor {
             self.check_deadlines();
             if let Some(exit) = self.pending_exit.take() {
                 self.finish(exit);
+            }
+            // Idle again after a request (Start, an exec, a status): the
+            // code, heap and stack it used are given back, so that a shim
+            // between requests holds only what its loop and logging touch.
+            if self.served && self.conns.is_empty() && self.execs.is_empty() {
+                self.served = false;
+                super::release_memory();
             }
         }
     }
@@ -459,6 +469,7 @@ impl Monitor {
                         continue;
                     }
                     self.next_conn += 1;
+                    self.served = true;
                     self.conns.push(Conn {
                         id: self.next_conn,
                         sock,
