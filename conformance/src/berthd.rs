@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -72,6 +73,15 @@ pub struct BerthdOptions {
     /// The network namespace berthd runs in (the node its pods see); the
     /// test's thread should be in it too (see `NetNs::enter_current_thread`).
     pub node: Option<Arc<NetNs>>,
+    /// Run berthd in a mount namespace of its own in which /sys/fs/cgroup
+    /// is a fresh mount of the cgroup2 hierarchy, so that a host with v1
+    /// (or hybrid) cgroups drives berth's v2 path for real. The hierarchy
+    /// is the host's one unified hierarchy (its cgroups are visible under
+    /// the host's cgroup2 mount, e.g. /sys/fs/cgroup/unified); its
+    /// controllers are those no v1 hierarchy holds. berthd's mounts (root
+    /// filesystems, pinned namespaces) live in that namespace only: see
+    /// [`Berthd::mounts_in_its_namespace`].
+    pub cgroup2_view: bool,
 }
 
 impl Default for BerthdOptions {
@@ -91,6 +101,7 @@ impl Default for BerthdOptions {
             socket: None,
             network: String::new(),
             node: None,
+            cgroup2_view: false,
         }
     }
 }
@@ -419,6 +430,18 @@ impl Berthd {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Mounts under this berthd's directory as berthd itself sees them (in
+    /// its own mount namespace with [`BerthdOptions::cgroup2_view`]).
+    pub fn mounts_in_its_namespace(&self) -> Result<std::collections::BTreeSet<String>> {
+        let pid = self.pid().ok_or_else(|| anyhow!("berthd is not running"))?;
+        let path = format!("/proc/{pid}/mountinfo");
+        fs::metadata(&path).with_context(|| format!("reading {path}"))?;
+        Ok(crate::leak::mounts_of(
+            &pid.to_string(),
+            &[self.dir().to_path_buf()],
+        ))
+    }
+
     /// The config file as generated.
     pub fn config_text(&self) -> String {
         let o = &self.options;
@@ -553,6 +576,9 @@ impl Berthd {
             .stdout(log.try_clone()?)
             .stderr(log)
             .current_dir(self.dir.path());
+        if self.options.cgroup2_view {
+            cgroup2_view(&mut cmd);
+        }
         cmd.env_remove("RUST_LOG");
         for (k, v) in &self.options.env {
             cmd.env(k, v);
@@ -698,6 +724,36 @@ impl Drop for Berthd {
         }
         unmount_all_under(self.dir.path());
         self.remove_cgroups();
+    }
+}
+
+/// Makes `cmd` start in a mount namespace of its own (mounts private, so
+/// that nothing it mounts reaches the host) with the cgroup2 hierarchy
+/// mounted on /sys/fs/cgroup.
+fn cgroup2_view(cmd: &mut Command) {
+    // SAFETY: unshare and mount are plain system calls; the paths are
+    // literals (nix copies them to the stack), so nothing allocates
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            use nix::mount::{MsFlags, mount};
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )?;
+            mount(
+                Some("cgroup2"),
+                "/sys/fs/cgroup",
+                Some("cgroup2"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )?;
+            Ok(())
+        });
     }
 }
 

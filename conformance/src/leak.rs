@@ -236,7 +236,13 @@ fn unescape_mount(s: &str) -> String {
 
 /// Mount points under any of `dirs`.
 pub fn mounts_under(dirs: &[PathBuf]) -> BTreeSet<String> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mounts_of("self", dirs)
+}
+
+/// Mount points under any of `dirs` in the mount namespace of process
+/// `pid` ("self": ours).
+pub fn mounts_of(pid: &str, dirs: &[PathBuf]) -> BTreeSet<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
     text.lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(unescape_mount)

@@ -212,3 +212,20 @@ pub async fn wait_exited(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// The host pid of a running container's process (ContainerStatus verbose
+/// info `pid`).
+pub async fn container_pid(env: &Env, id: &str) -> i32 {
+    let mut rt = env.cri.runtime.clone();
+    let r = rt
+        .container_status(k8s_cri::v1::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .expect("ContainerStatus verbose")
+        .into_inner();
+    let info: serde_json::Value =
+        serde_json::from_str(r.info.get("info").expect("info key")).expect("info is JSON");
+    info["pid"].as_i64().expect("pid in info") as i32
+}
