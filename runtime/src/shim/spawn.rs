@@ -2,7 +2,8 @@
 //! split that runc calls create and start.
 //!
 //! ```text
-//! shim ──fork──▶ intermediate: enter cgroup, setns (joined namespaces),
+//! shim ──fork──▶ intermediate: enter cgroup (v2: born there, clone3),
+//!                setns (joined namespaces),
 //!                unshare (new ones, PID included), setns(pid) if joining
 //!                  └──fork──▶ init: PID 1 of a new PID namespace (or a
 //!                             member of the joined one); mounts,
@@ -381,13 +382,11 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
         parent.stdin = Some(w);
         child.stdin = Some(r);
     }
-    // SAFETY: the shim is single-threaded, so the child inherits no lock
-    // held by another thread; it runs ordinary code and ends in _exit.
-    match unsafe { fork() }.map_err(sys("fork", "intermediate process"))? {
-        ForkResult::Child => {
+    match fork_into(plan.cgroup.as_ref(), "intermediate process")? {
+        (ForkResult::Child, placed) => {
             drop(parent);
             drop(start_w);
-            let code = match intermediate(plan, &sync_w, start_r, child) {
+            let code = match intermediate(plan, placed, &sync_w, start_r, child) {
                 Ok(()) => 0,
                 Err(e) => {
                     report(sync_w.as_fd(), &format!("error {e}"));
@@ -396,7 +395,7 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
             };
             exit_now(code)
         }
-        ForkResult::Parent { child: mid } => {
+        (ForkResult::Parent { child: mid }, _) => {
             drop(child);
             drop(start_r);
             drop(sync_w);
@@ -434,6 +433,83 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
     }
 }
 
+/// `clone3` arguments (linux/sched.h, CLONE_ARGS_SIZE_VER2): the libc
+/// crate has no `clone_args` for x86_64 glibc.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// fork(); on cgroup v2 a clone3 with CLONE_INTO_CGROUP instead, so that
+/// the child is born in the container's cgroup. Moving a process later (a
+/// cgroup.procs write) takes the kernel's cgroup threadgroup rwsem for
+/// writing, which waits for an RCU grace period (15 ms on this VM's
+/// kernel); being forked into the cgroup takes it only for reading
+/// (0.2 ms). v1 has no such clone; there the child moves itself through
+/// `tasks` (see [`Cgroup::enter_self`]). Kernels without clone3 or the flag
+/// (before 5.7) get fork() and a move.
+///
+/// Returns the fork result and whether the child is in `cgroup` already.
+/// The shim is single-threaded, so the child inherits no lock held by
+/// another thread; it runs ordinary code and ends in _exit.
+fn fork_into(cgroup: Option<&Cgroup>, what: &str) -> Result<(ForkResult, bool)> {
+    if let Some(dir) = cgroup.filter(|c| c.v2).and_then(|c| c.dirs.first()) {
+        let fd = open(
+            dir,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys("open cgroup", dir.display()))?;
+        let mut args = CloneArgs {
+            flags: CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: fd.as_raw_fd() as u64,
+            ..Default::default()
+        };
+        // SAFETY: clone3 without CLONE_VM is fork with more arguments: the
+        // child gets a copy of this single-threaded process and returns
+        // here with 0. glibc's fork handlers do not run; the shim registers
+        // none, holds no lock in another thread, and glibc (>= 2.25) caches
+        // no pid.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &mut args as *mut CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        match r {
+            0 => return Ok((ForkResult::Child, true)),
+            pid if pid > 0 => {
+                let child = Pid::from_raw(pid as i32);
+                return Ok((ForkResult::Parent { child }, true));
+            }
+            _ => {
+                let e = Errno::last();
+                if !matches!(e, Errno::ENOSYS | Errno::E2BIG | Errno::EINVAL) {
+                    return Err(sys("clone3 into cgroup", dir.display())(e));
+                }
+            }
+        }
+    }
+    // SAFETY: as above: single-threaded, the child ends in _exit.
+    let r = unsafe { fork() }.map_err(sys("fork", what))?;
+    Ok((r, false))
+}
+
 /// Leaves the process without running Rust's exit path (atexit handlers
 /// and buffers belong to the shim).
 fn exit_now(code: i32) -> ! {
@@ -448,12 +524,13 @@ fn open_ns(path: &Path) -> Result<OwnedFd> {
 
 fn intermediate(
     plan: &ContainerPlan,
+    in_cgroup: bool,
     sync_w: &OwnedFd,
     start_r: OwnedFd,
     io: ChildIo,
 ) -> Result<()> {
     // Into the cgroup first: the cgroup namespace, if new, is rooted here.
-    if let Some(cg) = &plan.cgroup {
+    if let Some(cg) = plan.cgroup.as_ref().filter(|_| !in_cgroup) {
         cg.enter_self()?;
     }
     let mut joins = Vec::with_capacity(plan.ns.join.len());
@@ -825,10 +902,10 @@ pub fn spawn_exec(init: Pid, cgroup: Option<&Cgroup>, cfg: &ProcessConfig) -> Re
     let (report_r, report_w) = cloexec_pipe()?;
     let (out_r, out_w) = output_pipe()?;
     let (err_r, err_w) = output_pipe()?;
-    // SAFETY: single-threaded (see create).
-    match unsafe { fork() }.map_err(sys("fork", "exec process"))? {
-        ForkResult::Child => {
+    match fork_into(cgroup, "exec process")? {
+        (ForkResult::Child, placed) => {
             drop((report_r, out_r, err_r));
+            let cgroup = cgroup.filter(|_| !placed);
             let code = match exec_intermediate(init, cgroup, cfg, &report_w, out_w, err_w) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -838,7 +915,7 @@ pub fn spawn_exec(init: Pid, cgroup: Option<&Cgroup>, cfg: &ProcessConfig) -> Re
             };
             exit_now(code)
         }
-        ForkResult::Parent { child: mid } => {
+        (ForkResult::Parent { child: mid }, _) => {
             drop((report_w, out_w, err_w));
             let pid = read_report(&report_r, &mut Vec::new(), parse_pid);
             let _ = waitpid(mid, None);
