@@ -213,9 +213,8 @@ pub async fn wait_exited(
     }
 }
 
-/// The host pid of a running container's process (ContainerStatus verbose
-/// info `pid`).
-pub async fn container_pid(env: &Env, id: &str) -> i32 {
+/// ContainerStatus's verbose `info` (pid, runtimeSpec, ...), parsed.
+pub async fn verbose_info(env: &Env, id: &str) -> serde_json::Value {
     let mut rt = env.cri.runtime.clone();
     let r = rt
         .container_status(k8s_cri::v1::ContainerStatusRequest {
@@ -225,7 +224,12 @@ pub async fn container_pid(env: &Env, id: &str) -> i32 {
         .await
         .expect("ContainerStatus verbose")
         .into_inner();
-    let info: serde_json::Value =
-        serde_json::from_str(r.info.get("info").expect("info key")).expect("info is JSON");
-    info["pid"].as_i64().expect("pid in info") as i32
+    serde_json::from_str(r.info.get("info").expect("info key")).expect("info is JSON")
+}
+
+/// The host pid of a running container's process (verbose info `pid`).
+pub async fn container_pid(env: &Env, id: &str) -> i32 {
+    verbose_info(env, id).await["pid"]
+        .as_i64()
+        .expect("pid in info") as i32
 }

@@ -15,8 +15,8 @@ use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::*;
 use common::*;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerStatusRequest, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceMode, NamespaceOption, SecurityProfile, security_profile::ProfileType,
+    ContainerConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
+    NamespaceOption, SecurityProfile, security_profile::ProfileType,
 };
 use tonic::Code;
 
@@ -132,17 +132,7 @@ async fn runtime_default_filters_the_container_and_its_execs_and_unconfined_does
         "the container process"
     );
     // The profile shows in the verbose status's runtime spec, as containerd's.
-    let mut rt = env.cri.runtime.clone();
-    let info = rt
-        .container_status(ContainerStatusRequest {
-            container_id: def.clone(),
-            verbose: true,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let v = verbose_info(&env, &def).await;
     let seccomp = &v["runtimeSpec"]["linux"]["seccomp"];
     assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO", "{seccomp}");
     assert_eq!(seccomp_mode(&env, &def, "self").await, "2", "an exec");
