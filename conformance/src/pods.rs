@@ -72,6 +72,21 @@ pub fn container(p: &Pod, name: &str, cmd: &[&str]) -> ContainerConfig {
     }
 }
 
+/// A container that reads `mib` MiB through `tail` (which holds a line,
+/// here all of it, in memory) under a 16 MiB memory limit: 200 MiB gets it
+/// OOM-killed, 1 MiB completes.
+pub fn memory_hog(p: &Pod, name: &str, mib: u32) -> ContainerConfig {
+    let script = format!("head -c {mib}m /dev/zero | tail; exit 0");
+    let mut c = container(p, name, &["sh", "-c", &script]);
+    c.linux
+        .get_or_insert_with(LinuxContainerConfig::default)
+        .resources = Some(k8s_cri::v1::LinuxContainerResources {
+        memory_limit_in_bytes: 16 << 20,
+        ..Default::default()
+    });
+    c
+}
+
 /// The container's security context, made if missing.
 pub fn security(c: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
     c.linux

@@ -245,18 +245,7 @@ async fn pods_and_containers_on_cgroup_v2() {
 
     // The OOM killer's kills are read from memory.events.
     if controllers.iter().any(|c| c == "memory") {
-        let mut c = container(
-            &pod,
-            "hog",
-            &["sh", "-c", "head -c 200m /dev/zero | tail; exit 0"],
-        );
-        c.linux
-            .get_or_insert_with(LinuxContainerConfig::default)
-            .resources = Some(LinuxContainerResources {
-            memory_limit_in_bytes: 16 << 20,
-            ..Default::default()
-        });
-        let hog = run(&env, &pod, c).await;
+        let hog = run(&env, &pod, memory_hog(&pod, "hog", 200)).await;
         let st = wait_exited(&env, &hog, Duration::from_secs(30)).await;
         assert_eq!(st.reason, "OOMKilled", "{st:?}");
     }

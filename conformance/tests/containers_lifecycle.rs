@@ -20,11 +20,10 @@ use berth_conformance::pods::*;
 use common::*;
 use k8s_cri::v1::{
     Capability, ContainerFilter, ContainerState, ContainerStateValue, ContainerStatusRequest,
-    DnsConfig, Int64Value, KeyValue, LinuxContainerConfig, LinuxContainerResources,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest,
-    ListPodSandboxRequest, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    ReopenContainerLogRequest, RunPodSandboxRequest, StopContainerRequest,
+    DnsConfig, Int64Value, KeyValue, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    ListContainersRequest, ListPodSandboxRequest, Mount, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, ReopenContainerLogRequest, RunPodSandboxRequest, StopContainerRequest,
 };
 use tonic::Code;
 
@@ -746,29 +745,11 @@ async fn reopen_container_log_writes_to_a_new_file_at_the_original_path() {
 async fn memory_limit_exceeded_is_reported_as_oom_killed() {
     let env = Env::start().await;
     let p = pod(&env, "oom").await;
-    let mut c = container(
-        &p,
-        "hog",
-        &["sh", "-c", "head -c 200m /dev/zero | tail; exit 0"],
-    );
-    c.linux
-        .get_or_insert_with(LinuxContainerConfig::default)
-        .resources = Some(LinuxContainerResources {
-        memory_limit_in_bytes: 16 << 20,
-        ..Default::default()
-    });
-    let id = run(&env, &p, c).await;
+    let id = run(&env, &p, memory_hog(&p, "hog", 200)).await;
     let st = wait_exited(&env, &id, Duration::from_secs(30)).await;
     assert_eq!(st.reason, "OOMKilled", "{st:?}");
     // A container that stays under its limit is not OOMKilled.
-    let mut c = container(&p, "modest", &["sh", "-c", "head -c 1m /dev/zero | tail"]);
-    c.linux
-        .get_or_insert_with(LinuxContainerConfig::default)
-        .resources = Some(LinuxContainerResources {
-        memory_limit_in_bytes: 16 << 20,
-        ..Default::default()
-    });
-    let ok = run(&env, &p, c).await;
+    let ok = run(&env, &p, memory_hog(&p, "modest", 1)).await;
     let st = wait_exited(&env, &ok, Duration::from_secs(30)).await;
     assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
     remove_pod(&env, p).await;
