@@ -434,12 +434,8 @@ impl Berthd {
     /// its own mount namespace with [`BerthdOptions::cgroup2_view`]).
     pub fn mounts_in_its_namespace(&self) -> Result<std::collections::BTreeSet<String>> {
         let pid = self.pid().ok_or_else(|| anyhow!("berthd is not running"))?;
-        let path = format!("/proc/{pid}/mountinfo");
-        fs::metadata(&path).with_context(|| format!("reading {path}"))?;
-        Ok(crate::leak::mounts_of(
-            &pid.to_string(),
-            &[self.dir().to_path_buf()],
-        ))
+        crate::leak::mounts_of(&pid.to_string(), &[self.dir().to_path_buf()])
+            .with_context(|| format!("reading /proc/{pid}/mountinfo"))
     }
 
     /// The config file as generated.

@@ -236,18 +236,19 @@ fn unescape_mount(s: &str) -> String {
 
 /// Mount points under any of `dirs`.
 pub fn mounts_under(dirs: &[PathBuf]) -> BTreeSet<String> {
-    mounts_of("self", dirs)
+    mounts_of("self", dirs).unwrap_or_default()
 }
 
 /// Mount points under any of `dirs` in the mount namespace of process
 /// `pid` ("self": ours).
-pub fn mounts_of(pid: &str, dirs: &[PathBuf]) -> BTreeSet<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
-    text.lines()
+pub fn mounts_of(pid: &str, dirs: &[PathBuf]) -> std::io::Result<BTreeSet<String>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    Ok(text
+        .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(unescape_mount)
         .filter(|m| dirs.iter().any(|d| Path::new(m).starts_with(d)))
-        .collect()
+        .collect())
 }
 
 /// Watched processes whose command line or working directory names one of `dirs`.

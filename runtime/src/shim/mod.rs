@@ -256,15 +256,15 @@ pub(crate) fn release_memory() {
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
         return;
     };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+    // smaps, not maps: a code page that was written (a text relocation,
+    // a uprobe's or debugger's breakpoint) is anonymous, and dropping it
+    // would bring back the file's bytes. Such a mapping is left alone.
+    let Ok(maps) = std::fs::read_to_string("/proc/self/smaps") else {
         return;
     };
     let mut ranges = [(0usize, 0usize); 16];
     let mut n = 0;
-    for line in maps.lines() {
-        let Some((lo, hi, _)) = releasable(line, exe.to_str().unwrap_or_default(), sp) else {
-            continue;
-        };
+    for (lo, hi) in releasable_in_smaps(&maps, exe.to_str().unwrap_or_default(), sp) {
         if n == ranges.len() {
             break;
         }
@@ -275,8 +275,8 @@ pub(crate) fn release_memory() {
     drop(exe);
     for &(lo, hi) in &ranges[..n] {
         // SAFETY: each range is either a private file mapping that nothing
-        // has written (code, never written; or our own read-only data at
-        // offset 0, without relocations: the shim is linked without PIE),
+        // has written (no anonymous page in it: code, or our own read-only
+        // data at offset 0, without relocations: the shim is not PIE),
         // whose pages fault in again from the file; or the part of this
         // thread's stack at least STACK_MARGIN below the live frame, where
         // nothing live is (no signal handler runs on this stack) and which
@@ -295,6 +295,43 @@ const STACK_MARGIN: usize = 4 * 1024;
 enum Releasable {
     Code,
     Stack,
+}
+
+/// The ranges of /proc/self/smaps text whose pages can be dropped: those
+/// [`releasable`] names, code only where no page is anonymous (written).
+fn releasable_in_smaps<'a>(
+    smaps: &'a str,
+    exe: &'a str,
+    sp: usize,
+) -> impl Iterator<Item = (usize, usize)> + 'a {
+    let mut lines = smaps.lines().peekable();
+    std::iter::from_fn(move || {
+        loop {
+            let header = lines.next()?;
+            let mut anonymous = None;
+            // The fields up to the next mapping's header ("Name: value").
+            while let Some(l) = lines.peek() {
+                let Some((key, value)) = l.split_once(':') else {
+                    break;
+                };
+                if key.contains(' ') || key.contains('-') {
+                    break;
+                }
+                if key == "Anonymous" {
+                    anonymous = value
+                        .split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse::<u64>().ok());
+                }
+                lines.next();
+            }
+            match releasable(header, exe, sp) {
+                Some((lo, hi, Releasable::Stack)) => return Some((lo, hi)),
+                Some((lo, hi, Releasable::Code)) if anonymous == Some(0) => return Some((lo, hi)),
+                _ => {}
+            }
+        }
+    })
 }
 
 /// The part of one /proc/self/maps line whose pages can be dropped:
@@ -406,7 +443,7 @@ fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<server::Monitor, Sh
 
 #[cfg(test)]
 mod tests {
-    use super::{Releasable, STACK_MARGIN, releasable};
+    use super::{Releasable, STACK_MARGIN, releasable, releasable_in_smaps};
 
     const EXE: &str = "/usr/bin/berth-shim";
 
@@ -442,6 +479,37 @@ mod tests {
         ] {
             assert_eq!(releasable(line, EXE, 0), None, "{line}");
         }
+    }
+
+    #[test]
+    fn code_with_written_pages_is_kept() {
+        let smaps = "\
+00400000-005c6000 r-xp 00000000 fe:00 12 /usr/bin/berth-shim
+Size:               1816 kB
+Rss:                 512 kB
+Anonymous:             0 kB
+VmFlags: rd ex mr mw me
+7f0000000000-7f0000150000 r-xp 00028000 fe:00 9 /usr/lib/x86_64-linux-gnu/libc.so.6
+Size:               1368 kB
+Anonymous:             4 kB
+VmFlags: rd ex mr mw me
+7f0000400000-7f0000410000 r-xp 00001000 fe:00 10 /usr/lib/x86_64-linux-gnu/libgcc_s.so.1
+Size:                 64 kB
+VmFlags: rd ex mr mw me
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
+Size:                132 kB
+Anonymous:            16 kB
+";
+        let sp = 0x7ffc00020123;
+        let got: Vec<_> = releasable_in_smaps(smaps, EXE, sp).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0x400000, 0x5c6000),
+                (0x7ffc00000000, (sp - STACK_MARGIN) & !4095)
+            ],
+            "libc has a written page, libgcc_s no Anonymous line: both kept"
+        );
     }
 
     #[test]

@@ -63,6 +63,13 @@ struct Conn {
     state: ConnState,
 }
 
+impl Conn {
+    /// Waiting for the container (to start or to exit), nothing to do.
+    fn parked(&self) -> bool {
+        matches!(self.state, ConnState::AwaitStart | ConnState::AwaitExit)
+    }
+}
+
 struct ExecRun {
     conn: u64,
     pid: Pid,
@@ -243,7 +250,9 @@ impl Monitor {
             // Idle again after a request (Start, an exec, a status): the
             // code, heap and stack it used are given back, so that a shim
             // between requests holds only what its loop and logging touch.
-            if self.served && self.conns.is_empty() && self.execs.is_empty() {
+            // berthd keeps a Wait parked for the container's whole life:
+            // parked connections count as idle.
+            if self.served && self.execs.is_empty() && self.conns.iter().all(Conn::parked) {
                 self.served = false;
                 super::release_memory();
             }

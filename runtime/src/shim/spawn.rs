@@ -453,26 +453,35 @@ struct CloneArgs {
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
+// CLONE_ARGS_SIZE_VER2: the kernel reads exactly this much.
+const _: () = assert!(std::mem::size_of::<CloneArgs>() == 88);
+
 /// fork(); on cgroup v2 a clone3 with CLONE_INTO_CGROUP instead, so that
 /// the child is born in the container's cgroup. Moving a process later (a
 /// cgroup.procs write) takes the kernel's cgroup threadgroup rwsem for
 /// writing, which waits for an RCU grace period (15 ms on this VM's
 /// kernel); being forked into the cgroup takes it only for reading
 /// (0.2 ms). v1 has no such clone; there the child moves itself through
-/// `tasks` (see [`Cgroup::enter_self`]). Kernels without clone3 or the flag
-/// (before 5.7) get fork() and a move.
+/// `tasks` (see [`Cgroup::enter_self`]). Where clone3 fails for any reason
+/// (a kernel before 5.7, a seccomp filter that refuses it, a cgroup the
+/// kernel will not place a process in) the child is forked and moves
+/// itself, and that write reports any real error. glibc only: musl's
+/// raise() signals the cached tid, which a raw clone3 leaves stale.
 ///
 /// Returns the fork result and whether the child is in `cgroup` already.
 /// The shim is single-threaded, so the child inherits no lock held by
 /// another thread; it runs ordinary code and ends in _exit.
 fn fork_into(cgroup: Option<&Cgroup>, what: &str) -> Result<(ForkResult, bool)> {
-    if let Some(dir) = cgroup.filter(|c| c.v2).and_then(|c| c.dirs.first()) {
-        let fd = open(
+    let v2_dir = cgroup
+        .filter(|c| c.v2 && cfg!(target_env = "gnu"))
+        .and_then(|c| c.dirs.first());
+    if let Some(dir) = v2_dir
+        && let Ok(fd) = open(
             dir,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(sys("open cgroup", dir.display()))?;
+    {
         let mut args = CloneArgs {
             flags: CLONE_INTO_CGROUP,
             exit_signal: libc::SIGCHLD as u64,
@@ -481,9 +490,12 @@ fn fork_into(cgroup: Option<&Cgroup>, what: &str) -> Result<(ForkResult, bool)> 
         };
         // SAFETY: clone3 without CLONE_VM is fork with more arguments: the
         // child gets a copy of this single-threaded process and returns
-        // here with 0. glibc's fork handlers do not run; the shim registers
-        // none, holds no lock in another thread, and glibc (>= 2.25) caches
-        // no pid.
+        // here with 0. glibc's fork handlers do not run: the shim registers
+        // none and holds no lock in another thread. glibc (>= 2.25) caches
+        // no pid; the thread's cached tid stays the shim's, which the
+        // child's calls do not use (raise and abort ask the kernel;
+        // fork() gives the grandchild its own). The child must not call
+        // pthread functions on itself that act on that tid.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_clone3,
@@ -497,12 +509,7 @@ fn fork_into(cgroup: Option<&Cgroup>, what: &str) -> Result<(ForkResult, bool)> 
                 let child = Pid::from_raw(pid as i32);
                 return Ok((ForkResult::Parent { child }, true));
             }
-            _ => {
-                let e = Errno::last();
-                if !matches!(e, Errno::ENOSYS | Errno::E2BIG | Errno::EINVAL) {
-                    return Err(sys("clone3 into cgroup", dir.display())(e));
-                }
-            }
+            _ => {}
         }
     }
     // SAFETY: as above: single-threaded, the child ends in _exit.
@@ -1047,5 +1054,77 @@ pub fn detach() -> Result<bool> {
                 .map_err(sys("prctl", "PR_SET_CHILD_SUBREAPER"))?;
             Ok(true)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where this host mounts the cgroup2 hierarchy, if anywhere.
+    fn cgroup2_mount() -> Option<PathBuf> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        text.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            (right.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(point))
+        })
+    }
+
+    #[test]
+    fn a_child_is_born_in_its_v2_cgroup() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to make a cgroup");
+            return;
+        }
+        let Some(root) = cgroup2_mount() else {
+            eprintln!("skipped: no cgroup2 hierarchy mounted");
+            return;
+        };
+        let name = format!("berth-clone3-test-{}", std::process::id());
+        let dir = root.join(&name);
+        std::fs::create_dir(&dir).expect("mkdir cgroup");
+        let cg = Cgroup {
+            v2: true,
+            dirs: vec![dir.clone()],
+            memory: None,
+            hierarchies: Vec::new(),
+        };
+        let (r, placed) = match fork_into(Some(&cg), "test child") {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                panic!("fork_into: {e}");
+            }
+        };
+        let child = match r {
+            ForkResult::Child => {
+                // SAFETY: async-signal-safe calls only, in the child of a
+                // multi-threaded test process.
+                unsafe {
+                    libc::pause();
+                    libc::_exit(0)
+                }
+            }
+            ForkResult::Parent { child } => child,
+        };
+        let text = std::fs::read_to_string(format!("/proc/{child}/cgroup")).unwrap_or_default();
+        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        // A reaped task leaves its cgroup a moment later.
+        let mut removed = false;
+        for _ in 0..100 {
+            if std::fs::remove_dir(&dir).is_ok() {
+                removed = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(placed, "clone3 placed the child (no fallback)");
+        assert!(
+            text.lines().any(|l| l == format!("0::/{name}")),
+            "the child's cgroups: {text}"
+        );
+        assert!(removed, "could not remove {}", dir.display());
     }
 }
