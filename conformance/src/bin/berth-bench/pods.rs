@@ -189,6 +189,9 @@ struct PodsReport {
     kernel: String,
     loadavg_start: String,
     loadavg_end: String,
+    /// The kernel's memory cgroups (/proc/cgroups) at start and end: see
+    /// [`memory_cgroups`].
+    memory_cgroups: (Option<u64>, Option<u64>),
     pods: u32,
     concurrency: u32,
     network: String,
@@ -240,6 +243,18 @@ fn comm_of(pid: i32) -> String {
 }
 
 // ------------------------------------------------------------------ cgroups
+
+/// How many memory cgroups the kernel has (/proc/cgroups), live and dying.
+/// A removed cgroup whose page cache (image files its container read, say)
+/// is still charged to it lives on, dying, until that memory is reclaimed;
+/// with hundreds of them here, container creation took half again as long.
+fn memory_cgroups() -> Option<u64> {
+    let text = fs::read_to_string("/proc/cgroups").ok()?;
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"memory"))
+        .and_then(|f| f.get(2)?.parse().ok())
+}
 
 /// The kernel's price of moving a whole process into a cgroup through
 /// `cgroup.procs` (what runc does, per hierarchy, once per container): a
@@ -593,6 +608,7 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
         loadavg_start,
     } = host_info();
     let cgroups_before = cgroup_dirs(&[]);
+    let memcgs_start = memory_cgroups();
     let run_dir = tempfile::Builder::new()
         .prefix("berth-bench-pods-")
         .tempdir()
@@ -705,6 +721,7 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
         kernel,
         loadavg_start,
         loadavg_end: crate::loadavg(),
+        memory_cgroups: (memcgs_start, memory_cgroups()),
         pods: args.pods,
         concurrency: args.concurrency,
         network: "host (NamespaceMode NODE) for every runtime".into(),
@@ -754,6 +771,13 @@ fn print_report(r: &PodsReport) {
         "{} cores, kernel {}, load average {} -> {}; {} pods per phase, concurrency {}; network: {}",
         r.cores, r.kernel, r.loadavg_start, r.loadavg_end, r.pods, r.concurrency, r.network
     );
+    if let (Some(a), Some(b)) = r.memory_cgroups {
+        println!(
+            "memory cgroups in the kernel: {a} -> {b} (most of them dying: removed, still holding \
+             page cache; many of them slow every runtime's cgroup work, so compare runs made \
+             from similar counts)"
+        );
+    }
     let by: BTreeMap<&str, &RtResult> = r.runtimes.iter().map(|x| (x.name.as_str(), x)).collect();
     for (label, pick) in [
         (
