@@ -318,27 +318,10 @@ disabled_plugins = [{disabled}]
     /// Processes of this containerd besides the daemon (shims): their command
     /// line names our directory (`-address <our socket>`).
     fn own_processes(&self) -> Vec<i32> {
-        let needle = self.path.display().to_string();
-        let me = std::process::id() as i32;
-        let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir("/proc") else {
-            return out;
-        };
-        for e in rd.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                out.push(pid);
-            }
-        }
-        out
+        crate::podbench::procs_naming(&self.path, &[])
+            .into_iter()
+            .map(|(pid, _, _)| pid)
+            .collect()
     }
 
     /// Kill the daemon and its shims, detach every mount under the directory.

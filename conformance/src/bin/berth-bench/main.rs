@@ -630,11 +630,7 @@ async fn run(args: Args, berthd: Option<String>) -> Result<i32> {
         leftover_mounts: leftover.clone(),
     };
     report::print(&report);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("results written to {}", path.display());
-    }
+    report::write_json(&report, args.json.as_deref())?;
     if !leftover.is_empty() {
         eprintln!("berth-bench: LEFT BEHIND after the run (mounts under the bench's temp dirs):");
         for m in &leftover {

@@ -1259,11 +1259,7 @@ pub async fn run(args: NetworkArgs, berthd: Option<String>) -> Result<i32> {
         leftover_cgroups: left.cgroups,
     };
     print_report(&report);
-    if let Some(path) = &args.json {
-        fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("results written to {}", path.display());
-    }
+    crate::report::write_json(&report, args.json.as_deref())?;
     let stuck = stuck_cgroups(&report.leftover_cgroups);
     let left_behind: Vec<&String> = report
         .leftover_mounts

@@ -732,11 +732,7 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
         leftover_cgroups: left.cgroups,
     };
     print_report(&report);
-    if let Some(path) = &args.json {
-        fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("results written to {}", path.display());
-    }
+    crate::report::write_json(&report, args.json.as_deref())?;
     // Cgroups the runtimes left are removed above; only those that could
     // not be removed count as left behind.
     let stuck = stuck_cgroups(&report.leftover_cgroups);

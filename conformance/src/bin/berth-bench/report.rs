@@ -447,3 +447,15 @@ fn slowest(net: f64, inflate: f64, hash: f64, write: f64) -> (&'static str, f64)
     .into_iter()
     .fold(("", 0.0), |a, b| if b.1 > a.1 { b } else { a })
 }
+
+/// Writes `report` as pretty JSON to `path`, if one was given, and says so.
+pub fn write_json<T: serde::Serialize>(
+    report: &T,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    std::fs::write(path, serde_json::to_vec_pretty(report)?)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    println!("results written to {}", path.display());
+    Ok(())
+}
