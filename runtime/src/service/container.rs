@@ -1,0 +1,555 @@
+//! CreateContainer, StartContainer, StopContainer, RemoveContainer, and the
+//! container views.
+
+use super::*;
+
+pub(super) fn exit_reason(e: &proto::ExitStatus) -> (&'static str, String) {
+    if e.oom_killed {
+        ("OOMKilled", String::new())
+    } else if e.code == 0 {
+        ("Completed", String::new())
+    } else {
+        ("Error", String::new())
+    }
+}
+
+impl Runtime {
+    pub(super) fn containers_of(&self, sandbox_id: &str) -> Result<Vec<String>> {
+        Ok(self
+            .inner
+            .containers
+            .read()
+            .map_err(|_| poisoned())?
+            .values()
+            .filter(|c| c.sandbox_id == sandbox_id)
+            .map(|c| c.id.clone())
+            .collect())
+    }
+
+    /// The full id of a container given by id or unique prefix.
+    pub fn resolve_container(&self, id: &str) -> Result<String> {
+        resolve_id(
+            &*self.inner.containers.read().map_err(|_| poisoned())?,
+            id,
+            "container",
+        )
+    }
+
+    pub fn container(&self, id: &str) -> Result<ContainerRecord> {
+        let m = self.inner.containers.read().map_err(|_| poisoned())?;
+        let full = resolve_id(&m, id, "container")?;
+        m.get(&full)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
+    }
+
+    pub fn list_containers(&self, f: &ContainerFilter) -> Result<Vec<ContainerRecord>> {
+        self.list_containers_map(f, ContainerRecord::clone)
+    }
+
+    /// ListContainers turning each match into `T` under the read lock, in
+    /// creation order: kubelet lists every few seconds, and a whole record
+    /// (its full config) is far more than a list entry needs.
+    pub fn list_containers_map<T>(
+        &self,
+        f: &ContainerFilter,
+        map: impl Fn(&ContainerRecord) -> T,
+    ) -> Result<Vec<T>> {
+        let m = self.inner.containers.read().map_err(|_| poisoned())?;
+        let mut hits: Vec<&ContainerRecord> = m
+            .values()
+            .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
+            .filter(|c| f.sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.sandbox_id))
+            .filter(|c| f.state.is_none_or(|st| st == c.state))
+            .filter(|c| {
+                f.labels
+                    .iter()
+                    .all(|(k, v)| c.config.labels.get(k) == Some(v))
+            })
+            .collect();
+        hits.sort_by_key(|c| c.created_at_ns);
+        Ok(hits.into_iter().map(map).collect())
+    }
+
+    pub(super) fn update_container(&self, rec: ContainerRecord) -> Result<()> {
+        self.inner.store.put_container(&rec)?;
+        self.inner
+            .containers
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(rec.id.clone(), rec);
+        Ok(())
+    }
+
+    /// CreateContainer. A retry of the same container name gets the first
+    /// call's container.
+    pub async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: ContainerConfig,
+    ) -> Result<String> {
+        model::validate_container_config(&config)?;
+        let sb = self.sandbox(sandbox_id)?;
+        if sb.state != SandboxState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready (stopped); containers cannot be created in it",
+                sb.id
+            )));
+        }
+        let name = container_name(&config, &sb.config);
+        let tx = {
+            let mut names = self.inner.names.lock().map_err(|_| poisoned())?;
+            match names.get(&name) {
+                Some(NameSlot::Taken(id)) => return Ok(id.clone()),
+                Some(NameSlot::InFlight(rx)) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    names.insert(name.clone(), NameSlot::InFlight(rx));
+                    Ok(tx)
+                }
+            }
+        };
+        let tx = match tx {
+            Ok(tx) => tx,
+            Err(mut rx) => loop {
+                if let Some(r) = rx.borrow().clone() {
+                    return r.map_err(|e| {
+                        Error::FailedPrecondition(format!("the first CreateContainer failed: {e}"))
+                    });
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Error::FailedPrecondition(
+                        "the first CreateContainer was abandoned".into(),
+                    ));
+                }
+            },
+        };
+        let inner = self.inner.clone();
+        let r = tokio::task::spawn_blocking(move || inner.make_container(&sb, config))
+            .await
+            .map_err(|e| Error::Internal(format!("create task failed: {e}")))
+            .and_then(|r| r);
+        let mut names = self.inner.names.lock().map_err(|_| poisoned())?;
+        let out = match r {
+            Ok(rec) => {
+                names.insert(name, NameSlot::Taken(rec.id.clone()));
+                let id = rec.id.clone();
+                self.emit(&rec, EventKind::Created);
+                self.inner
+                    .containers
+                    .write()
+                    .map_err(|_| poisoned())?
+                    .insert(id.clone(), rec);
+                Ok(id)
+            }
+            Err(e) => {
+                names.remove(&name);
+                Err(e)
+            }
+        };
+        let _ = tx.send(Some(
+            out.as_ref().map(Clone::clone).map_err(|e| e.to_string()),
+        ));
+        out
+    }
+
+    /// StartContainer: let the created process exec.
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let full = self.resolve_container(id)?;
+        let lock = self.lock_for(&full)?;
+        let _g = lock.lock().await;
+        let mut rec = self.container(&full)?;
+        if rec.state != ContainerState::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "container {full} is {:?}, not created; only a created container can start",
+                rec.state
+            )));
+        }
+        match shim_client::call(&rec.dir, &Request::Start, Some(shim_client::START_TIMEOUT)).await?
+        {
+            Response::Ok => {}
+            Response::Error { message } => {
+                return Err(Error::FailedPrecondition(format!(
+                    "starting container {full}: {message}"
+                )));
+            }
+            other => {
+                return Err(Error::Internal(format!(
+                    "shim answered Start with {other:?}"
+                )));
+            }
+        }
+        rec.state = ContainerState::Running;
+        rec.started_at_ns = now_ns();
+        self.update_container(rec.clone())?;
+        self.emit(&rec, EventKind::Started);
+        self.watch_exit(full);
+        Ok(())
+    }
+
+    /// Follow a container until it exits, then record how.
+    pub(super) fn watch_exit(&self, id: String) {
+        let rt = Runtime {
+            inner: self.inner.clone(),
+        };
+        tokio::spawn(async move {
+            let Ok(rec) = rt.container(&id) else { return };
+            let exit = match shim_client::call(&rec.dir, &Request::Wait, None).await {
+                Ok(Response::Exit(e)) => Some(e),
+                _ => shim_client::read_exit(&rec.dir),
+            };
+            if let Err(e) = rt.record_exit(&id, exit).await {
+                tracing::warn!(container = %id, error = %e, "recording the exit");
+            }
+        });
+    }
+
+    pub(super) async fn record_exit(
+        &self,
+        id: &str,
+        exit: Option<proto::ExitStatus>,
+    ) -> Result<()> {
+        let lock = self.lock_for(id)?;
+        let _g = lock.lock().await;
+        let Ok(mut rec) = self.container(id) else {
+            return Ok(());
+        };
+        if rec.state == ContainerState::Exited {
+            return Ok(());
+        }
+        match exit {
+            Some(e) => {
+                let (reason, message) = exit_reason(&e);
+                rec.exit_code = e.code;
+                rec.finished_at_ns = e.finished_at_ns;
+                // The shim's own clock of the exec, not when berthd heard.
+                if e.started_at_ns > 0 {
+                    rec.started_at_ns = e.started_at_ns;
+                }
+                rec.reason = reason.to_string();
+                rec.message = message;
+            }
+            None => {
+                rec.exit_code = 255;
+                rec.finished_at_ns = now_ns();
+                rec.reason = "Unknown".into();
+                rec.message = "the container's monitor is gone and left no exit status".into();
+            }
+        }
+        rec.state = ContainerState::Exited;
+        self.update_container(rec.clone())?;
+        self.emit(&rec, EventKind::Stopped);
+        Ok(())
+    }
+
+    /// StopContainer: the image's stop signal (or SIGTERM), then SIGKILL
+    /// after `timeout` seconds. Stopping a stopped or unknown container
+    /// succeeds.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let full = match self.resolve_container(id) {
+            Ok(f) => f,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let rec = self.container(&full)?;
+        if rec.state == ContainerState::Exited {
+            return Ok(());
+        }
+        if timeout > 0 && rec.state == ContainerState::Running {
+            let sig = self.stop_signal(&rec);
+            let _ = shim_client::call(
+                &rec.dir,
+                &Request::Kill {
+                    signal: sig,
+                    all: false,
+                },
+                Some(std::time::Duration::from_secs(5)),
+            )
+            .await;
+            let wait = std::time::Duration::from_secs(timeout as u64);
+            if let Ok(Response::Exit(e)) =
+                shim_client::call(&rec.dir, &Request::Wait, Some(wait)).await
+            {
+                return self.record_exit(&full, Some(e)).await;
+            }
+        }
+        let _ = shim_client::call(
+            &rec.dir,
+            &Request::Kill {
+                signal: libc::SIGKILL,
+                all: true,
+            },
+            Some(std::time::Duration::from_secs(5)),
+        )
+        .await;
+        let exit = match shim_client::call(
+            &rec.dir,
+            &Request::Wait,
+            Some(std::time::Duration::from_secs(10)),
+        )
+        .await
+        {
+            Ok(Response::Exit(e)) => Some(e),
+            _ => shim_client::read_exit(&rec.dir),
+        };
+        self.record_exit(&full, exit).await
+    }
+
+    pub(super) fn stop_signal(&self, rec: &ContainerRecord) -> i32 {
+        let from_image = self
+            .inner
+            .images
+            .status(&rec.image_id)
+            .and_then(|i| i.config.config.stop_signal.clone());
+        from_image
+            .as_deref()
+            .and_then(parse_signal)
+            .unwrap_or(libc::SIGTERM)
+    }
+
+    /// RemoveContainer: kill it if it runs, then remove its root filesystem,
+    /// cgroup, state and record. Removing an unknown container succeeds.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let full = match self.resolve_container(id) {
+            Ok(f) => f,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop_container(&full, 0).await?;
+        let lock = self.lock_for(&full)?;
+        let _g = lock.lock().await;
+        let Ok(rec) = self.container(&full) else {
+            return Ok(());
+        };
+        let inner = self.inner.clone();
+        let rec2 = rec.clone();
+        tokio::task::spawn_blocking(move || {
+            kill_shim(&rec2.dir, rec2.pid);
+            rec2.rootfs.remove();
+            if let Some(cg) = rec2.cgroup.as_deref().and_then(|c| CgroupPath::new(c).ok()) {
+                remove_cgroup_logged(&inner.cgroups, &cg);
+            }
+            remove_dir_logged(&rec2.dir);
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("remove task failed: {e}")))?;
+        self.inner.images.release(&full).await?;
+        self.inner.store.delete_container(&full)?;
+        self.inner
+            .containers
+            .write()
+            .map_err(|_| poisoned())?
+            .remove(&full);
+        if let Ok(sb) = self.sandbox(&rec.sandbox_id) {
+            self.inner
+                .names
+                .lock()
+                .map_err(|_| poisoned())?
+                .remove(&container_name(&rec.config, &sb.config));
+        }
+        self.inner
+            .locks
+            .lock()
+            .map_err(|_| poisoned())?
+            .remove(&full);
+        self.emit(&rec, EventKind::Deleted);
+        Ok(())
+    }
+}
+
+pub(super) fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Some(n);
+    }
+    let name = s.trim().to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
+}
+
+impl Inner {
+    /// The blocking part of CreateContainer, with its undo list.
+    pub(super) fn make_container(
+        &self,
+        sb: &SandboxRecord,
+        config: ContainerConfig,
+    ) -> Result<ContainerRecord> {
+        let image_ref = config.image.image.clone();
+        let image = self.images.status(&image_ref).ok_or_else(|| {
+            Error::NotFound(format!(
+                "image {image_ref:?} not found: pull it first (PullImage)"
+            ))
+        })?;
+        let id = new_id()?;
+        let mut undo = Undo::default();
+
+        let dir = self.cfg.state.join("containers").join(&id);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let d = dir.clone();
+        undo.push("container dir", move || remove_dir_logged(&d));
+
+        let lowers = self.images.hold(&id, &image.record.id)?;
+        {
+            let (images, holder) = (self.images.clone(), id.clone());
+            undo.push("image hold", move || {
+                let _ = images.store().release(&holder);
+            });
+        }
+        let rootfs = crate::rootfs::Rootfs::new(
+            dir.join("rootfs"),
+            self.cfg.root.join("containers").join(&id),
+        );
+        rootfs.mount(&lowers)?;
+        {
+            let r = rootfs.clone();
+            undo.push("rootfs", move || r.remove());
+        }
+
+        let user = crate::user::resolve(
+            &rootfs.target,
+            image.config.config.user.as_deref(),
+            config.security_context(),
+        )?;
+        let pod_cg = self.pod_cgroup(&sb.config, &sb.id)?;
+        let cg = pod_cg.join(&id)?;
+        if self.cgroups.create(&cg)? {
+            let (cgroups, c) = (self.cgroups.clone(), cg.clone());
+            undo.push("container cgroup", move || {
+                remove_cgroup_logged(&cgroups, &c)
+            });
+        }
+        let paths = pod_paths(sb);
+        let hostname = pod_hostname(&sb.config);
+        let image_name = image
+            .record
+            .repo_tags
+            .first()
+            .or(image.record.repo_digests.first())
+            .cloned()
+            .unwrap_or_else(|| image.record.id.to_string());
+        // A container asking for the pod's PID namespace in a pod that has
+        // none to share (the pod's own pid mode is CONTAINER) gets its own.
+        let mut config = config;
+        if config.security_context().namespace_options.pid == NamespaceMode::Pod
+            && sb.pause.is_none()
+        {
+            config.linux.security_context.namespace_options.pid = NamespaceMode::Container;
+        }
+        let target_pid_ns = self.target_pid_ns(&config)?;
+        let cgroups_path = self.cgroups.spec_path(&cg);
+        let input = spec::ContainerInputs {
+            id: &id,
+            config: &config,
+            image: &image.config.config,
+            image_name: &image_name,
+            pod: spec::Pod {
+                id: &sb.id,
+                config: &sb.config,
+                paths: &paths,
+                hostname: &hostname,
+            },
+            rootfs: &rootfs.target,
+            user: &user,
+            cgroups_path: &cgroups_path,
+            target_pid_ns: target_pid_ns.as_deref(),
+        };
+        let cs = spec::container_spec(&self.node, &input, &spec::RealHost)?;
+        if let Some(res) = cs
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+        {
+            self.cgroups.apply(&cg, res)?;
+        }
+        for d in &cs.host_dirs {
+            fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("creating mount source {}", d.display()), e))?;
+        }
+        spec::mkdir_in_rootfs(&rootfs.target, &cs.rootfs_dirs)?;
+
+        let log_path = if sb.config.log_directory.is_empty() || config.log_path.is_empty() {
+            String::new()
+        } else {
+            Path::new(&sb.config.log_directory)
+                .join(&config.log_path)
+                .display()
+                .to_string()
+        };
+        let shim_cfg = ShimConfig {
+            id: id.clone(),
+            kind: ShimKind::Container,
+            log_path: log_path.clone(),
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
+            tty: config.tty,
+            restrict_oom_score_adj: true,
+            seccomp: false,
+        };
+        let pid = self.start_shim(&dir, cs.spec, &shim_cfg)?;
+        {
+            let d = dir.clone();
+            undo.push("shim", move || kill_shim(&d, pid));
+        }
+        let rec = ContainerRecord {
+            id: id.clone(),
+            sandbox_id: sb.id.clone(),
+            image_ref,
+            image_id: image.record.id.to_string(),
+            image_name,
+            config,
+            state: ContainerState::Created,
+            created_at_ns: now_ns(),
+            started_at_ns: 0,
+            finished_at_ns: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid,
+            dir,
+            rootfs,
+            log_path,
+            cgroup: Some(cg.as_str().to_string()),
+            user: Some(user),
+        };
+        self.store.put_container(&rec)?;
+        undo.disarm();
+        Ok(rec)
+    }
+
+    /// pid TARGET: the target container's PID namespace.
+    pub(super) fn target_pid_ns(&self, config: &ContainerConfig) -> Result<Option<PathBuf>> {
+        let ns = &config.security_context().namespace_options;
+        if ns.pid != NamespaceMode::Target {
+            return Ok(None);
+        }
+        let m = self.containers.read().map_err(|_| poisoned())?;
+        let target = m
+            .values()
+            .find(|c| {
+                c.id == ns.target_id
+                    || (!ns.target_id.is_empty() && c.id.starts_with(&ns.target_id))
+            })
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "target container {:?} for the PID namespace not found",
+                    ns.target_id
+                ))
+            })?;
+        if target.state != ContainerState::Running && target.state != ContainerState::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "target container {} is not running",
+                target.id
+            )));
+        }
+        Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid))))
+    }
+}

@@ -1,0 +1,457 @@
+//! [`Runtime`]: the pod sandbox and container lifecycle in domain terms,
+//! what cri-server's RuntimeService calls. One file per group of CRI calls,
+//! as containerd's `internal/cri/server` does:
+//!
+//! * `sandbox.rs`: RunPodSandbox, StopPodSandbox, RemovePodSandbox;
+//! * `container.rs`: CreateContainer, StartContainer, StopContainer,
+//!   RemoveContainer, ContainerStatus and ListContainers' views;
+//! * `exec.rs`: ExecSync, ReopenContainerLog;
+//! * `events.rs`: GetContainerEvents;
+//! * `recover.rs`: what berthd does at start after a crash or a reboot;
+//! * `undo.rs`: the [`Undo`] list.
+//!
+//! This file holds the shared state ([`Runtime`], `Inner`), the lookups and
+//! the helpers both pods and containers use (starting and killing shims,
+//! cgroup and directory clean-up).
+//!
+//! Every step that makes something (a directory, a namespace pin, a tmpfs, a
+//! record) pushes its undo onto an [`Undo`] list right away; the list runs
+//! in reverse if a later step fails and is disarmed on success, so the set-up
+//! and its rollback read together (containerd's sandbox_run.go does the same
+//! with defers).
+
+mod container;
+mod events;
+mod exec;
+mod recover;
+mod sandbox;
+mod undo;
+
+pub use events::{Event, EventKind};
+pub use exec::ExecOutput;
+pub use undo::Undo;
+
+use recover::cleanup_unrecorded;
+use sandbox::release_sandbox;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{broadcast, watch};
+
+use crate::cgroups::{CgroupManager, CgroupPath, Cgroups};
+use crate::error::{Error, Result};
+use crate::model::{self, ContainerConfig, NamespaceMode, SandboxConfig};
+use crate::namespaces::{self, Wanted};
+use crate::shim::protocol::{self as proto, Request, Response, ShimConfig, ShimKind};
+use crate::shim_client;
+use crate::spec::{self, PodPaths};
+use crate::state::{
+    ContainerRecord, ContainerState, SandboxRecord, SandboxState, ShimRef, StateStore,
+};
+
+/// Size of a pod's /dev/shm, as containerd and Docker default it.
+const SHM_SIZE: &str = "size=65536k";
+
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Persistent root (the runtime database lives here).
+    pub root: PathBuf,
+    /// Runtime state dir: sandboxes/ and containers/ under it.
+    pub state: PathBuf,
+    /// The berth-shim binary.
+    pub shim: PathBuf,
+    /// Parent cgroup of pods that come without a `cgroup_parent` (crictl,
+    /// tests): their cgroup is `<this>/<pod id>`.
+    pub cgroup_parent: String,
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// A new random 64-hex-digit id, like containerd's.
+pub fn new_id() -> Result<String> {
+    let mut b = [0u8; 32];
+    let mut f = fs::File::open("/dev/urandom").map_err(|e| Error::io("opening /dev/urandom", e))?;
+    std::io::Read::read_exact(&mut f, &mut b).map_err(|e| Error::io("reading /dev/urandom", e))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// kubelet's pod name key: `<name>_<namespace>_<uid>_<attempt>`.
+pub fn sandbox_name(m: &model::SandboxMetadata) -> String {
+    format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
+}
+
+/// A name being created (retries wait for it) or taken by an id.
+enum NameSlot {
+    InFlight(watch::Receiver<Option<std::result::Result<String, String>>>),
+    Taken(String),
+}
+
+/// Filter of ListContainers.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerFilter {
+    pub id: String,
+    pub sandbox_id: String,
+    pub state: Option<ContainerState>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Filter of ListPodSandbox.
+#[derive(Clone, Debug, Default)]
+pub struct SandboxFilter {
+    /// Full id or unique prefix.
+    pub id: String,
+    pub state: Option<SandboxState>,
+    pub labels: BTreeMap<String, String>,
+}
+
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: RuntimeConfig,
+    store: StateStore,
+    images: Arc<berth_image::ImageService>,
+    network: Arc<dyn berth_network::Plugin>,
+    cgroups: Cgroups,
+    node: spec::Node,
+    events: broadcast::Sender<Event>,
+    containers: RwLock<HashMap<String, ContainerRecord>>,
+    sandboxes: RwLock<HashMap<String, SandboxRecord>>,
+    names: Mutex<HashMap<String, NameSlot>>,
+    /// Serialises lifecycle calls on one id (Stop and Remove racing).
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A full id from an id or a unique prefix of one (crictl takes prefixes).
+fn resolve_id<T>(m: &HashMap<String, T>, id: &str, what: &str) -> Result<String> {
+    if id.is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} id is required")));
+    }
+    if m.contains_key(id) {
+        return Ok(id.to_string());
+    }
+    let hits: Vec<&String> = m.keys().filter(|k| k.starts_with(id)).collect();
+    match hits.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(Error::NotFound(format!("{what} {id:?} not found"))),
+        _ => Err(Error::InvalidArgument(format!(
+            "{what} id prefix {id:?} is ambiguous ({} matches)",
+            hits.len()
+        ))),
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Internal("runtime state lock poisoned by an earlier panic".into())
+}
+
+impl Runtime {
+    /// Open the runtime database and rebuild the in-memory view.
+    pub fn open(
+        cfg: RuntimeConfig,
+        images: Arc<berth_image::ImageService>,
+        network: Arc<dyn berth_network::Plugin>,
+    ) -> Result<Self> {
+        for d in [cfg.state.join("sandboxes"), cfg.state.join("containers")] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(&d)
+                .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+        }
+        let store = StateStore::open(&cfg.root)?;
+        let cgroups = Cgroups::detect()?;
+        let node = spec::Node::host(cgroups.version() == crate::cgroups::CgroupVersion::V2);
+        let mut sandboxes = HashMap::new();
+        let mut names = HashMap::new();
+        for s in store.sandboxes()? {
+            names.insert(
+                sandbox_name(&s.config.metadata()),
+                NameSlot::Taken(s.id.clone()),
+            );
+            sandboxes.insert(s.id.clone(), s);
+        }
+        let mut containers = HashMap::new();
+        for c in store.containers()? {
+            if let Some(sb) = sandboxes.get(&c.sandbox_id) {
+                names.insert(
+                    container_name(&c.config, &sb.config),
+                    NameSlot::Taken(c.id.clone()),
+                );
+            }
+            containers.insert(c.id.clone(), c);
+        }
+        cleanup_unrecorded(&cfg, &sandboxes, &containers, &images, &cgroups);
+        // A Stop that a crash cut short after its NotReady commit.
+        for s in sandboxes.values() {
+            if s.state == SandboxState::NotReady {
+                release_sandbox(s);
+            }
+        }
+        // The network plugin rebuilds its view (addresses, ports, rules)
+        // from the pods that hold a network, and drops the rest.
+        let live: Vec<(String, berth_network::Attachment)> = sandboxes
+            .values()
+            .filter_map(|s: &SandboxRecord| s.network.clone().map(|n| (s.id.clone(), n)))
+            .collect();
+        network.recover(&live)?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg,
+                store,
+                images,
+                network,
+                cgroups,
+                node,
+                events,
+                containers: RwLock::new(containers),
+                sandboxes: RwLock::new(sandboxes),
+                names: Mutex::new(names),
+                locks: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The network plugin's NetworkReady condition (it may retry what was
+    /// in its way: netlink, nft).
+    pub async fn network_readiness(&self) -> berth_network::Readiness {
+        let net = self.inner.network.clone();
+        tokio::task::spawn_blocking(move || net.readiness())
+            .await
+            .unwrap_or_else(|e| berth_network::Readiness::NotReady {
+                reason: "NetworkPluginNotReady".into(),
+                message: format!("network readiness task failed: {e}"),
+            })
+    }
+
+    /// The network plugin's state, for Status verbose info.
+    pub fn network_info(&self) -> serde_json::Value {
+        self.inner.network.info()
+    }
+
+    /// kubelet's pod CIDR (UpdateRuntimeConfig).
+    pub async fn set_pod_cidr(&self, cidr: String) -> Result<()> {
+        let net = self.inner.network.clone();
+        tokio::task::spawn_blocking(move || net.set_pod_cidr(&cidr))
+            .await
+            .map_err(|e| Error::Internal(format!("pod CIDR task failed: {e}")))??;
+        Ok(())
+    }
+
+    fn lock_for(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<()>>> {
+        let mut m = self.inner.locks.lock().map_err(|_| poisoned())?;
+        Ok(m.entry(id.to_string()).or_default().clone())
+    }
+
+    /// The full id of a sandbox given by id or unique prefix.
+    pub fn resolve_sandbox(&self, id: &str) -> Result<String> {
+        resolve_id(
+            &*self.inner.sandboxes.read().map_err(|_| poisoned())?,
+            id,
+            "pod sandbox",
+        )
+    }
+
+    pub fn sandbox(&self, id: &str) -> Result<SandboxRecord> {
+        let m = self.inner.sandboxes.read().map_err(|_| poisoned())?;
+        let full = resolve_id(&m, id, "pod sandbox")?;
+        m.get(&full)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
+    }
+
+    pub fn list_sandboxes(&self, f: &SandboxFilter) -> Result<Vec<SandboxRecord>> {
+        let m = self.inner.sandboxes.read().map_err(|_| poisoned())?;
+        let mut out: Vec<SandboxRecord> = m
+            .values()
+            .filter(|s| f.id.is_empty() || s.id.starts_with(&f.id))
+            .filter(|s| f.state.is_none_or(|st| st == s.state))
+            .filter(|s| {
+                f.labels
+                    .iter()
+                    .all(|(k, v)| s.config.labels.get(k) == Some(v))
+            })
+            .cloned()
+            .collect();
+        out.sort_by_key(|s| s.created_at_ns);
+        Ok(out)
+    }
+}
+
+fn remove_dir_logged(dir: &Path) {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %dir.display(), error = %e, "removing pod directory"),
+    }
+}
+
+fn unmount_logged(p: &Path) {
+    if crate::rootfs::is_mountpoint(p)
+        && let Err(e) = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH)
+    {
+        tracing::warn!(path = %p.display(), error = %e, "unmounting");
+    }
+}
+
+impl Inner {
+    /// Write a bundle and start its shim; returns the process's pid. On
+    /// error the bundle dir is removed. Runs on a blocking thread.
+    ///
+    /// The spec's seccomp profile is compiled here and written beside
+    /// config.json (`seccomp.bpf` for the shim, `seccomp.json` as the
+    /// profile's record), not in it: the shim never parses a profile of
+    /// hundreds of names, whose freed heap would stay in its memory.
+    fn start_shim(
+        &self,
+        dir: &Path,
+        mut spec: oci_spec::runtime::Spec,
+        shim_cfg: &ShimConfig,
+    ) -> Result<i32> {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let r = (|| {
+            let write = |name: &str, bytes: &[u8]| {
+                fs::write(dir.join(name), bytes)
+                    .map_err(|e| Error::io(format!("writing the bundle in {}", dir.display()), e))
+            };
+            let mut shim_cfg = shim_cfg.clone();
+            if let Some(profile) = spec
+                .linux_mut()
+                .as_mut()
+                .and_then(|l| l.seccomp_mut().take())
+            {
+                let native = crate::seccomp::Native::host().ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "seccomp filters are not supported on this node's architecture".into(),
+                    )
+                })?;
+                let program = crate::seccomp::compile(&profile, native)
+                    .map_err(|e| Error::InvalidArgument(format!("seccomp profile: {e}")))?;
+                let json = serde_json::to_vec(&profile)
+                    .map_err(|e| Error::Internal(format!("encoding the seccomp profile: {e}")))?;
+                write(proto::SECCOMP_PROFILE_FILE, &json)?;
+                write(proto::SECCOMP_FILE, &program.to_bytes())?;
+                shim_cfg.seccomp = true;
+            }
+            let spec_json = serde_json::to_vec(&spec)
+                .map_err(|e| Error::Internal(format!("encoding the OCI spec: {e}")))?;
+            fs::write(dir.join(proto::CONFIG_FILE), spec_json)
+                .map_err(|e| Error::io(format!("writing the bundle in {}", dir.display()), e))?;
+
+            let shim_json = serde_json::to_vec(&shim_cfg)
+                .map_err(|e| Error::Internal(format!("encoding shim.json: {e}")))?;
+            fs::write(dir.join(proto::SHIM_CONFIG_FILE), shim_json)
+                .map_err(|e| Error::io(format!("writing the bundle in {}", dir.display()), e))?;
+            let handle = tokio::runtime::Handle::try_current()
+                .map_err(|_| Error::Internal("no async runtime to start the shim from".into()))?;
+            handle
+                .block_on(shim_client::spawn(&self.cfg.shim, dir))
+                .map_err(Error::from)
+        })();
+        if r.is_err() {
+            remove_dir_logged(dir);
+        }
+        r
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers shared by pods and containers
+
+/// rmdir of berth's default parent cgroup in every hierarchy: the kernel
+/// refuses while it has child cgroups, so another pod's is never touched.
+fn remove_default_parent_if_empty(parent: &str) {
+    let root = Path::new("/sys/fs/cgroup");
+    let _ = fs::remove_dir(root.join(parent));
+    for e in fs::read_dir(root).into_iter().flatten().flatten() {
+        let _ = fs::remove_dir(e.path().join(parent));
+    }
+}
+
+fn remove_cgroup_logged(cgroups: &Cgroups, cg: &CgroupPath) {
+    if let Err(e) = cgroups.remove(cg) {
+        tracing::warn!(cgroup = %cg, error = %e, "removing cgroup");
+    }
+}
+
+/// SIGKILL everything a shim runs and wait (5 s at most) for the shim to
+/// record the exit and go. Cleanup: errors are logged.
+fn kill_shim(dir: &Path, pid: i32) {
+    let req = Request::Kill {
+        signal: libc::SIGKILL,
+        all: true,
+    };
+    match shim_client::call_blocking(dir, &req, std::time::Duration::from_secs(5)) {
+        Ok(_) => {}
+        Err(shim_client::ShimError::Gone { .. }) => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "asking the shim to kill; killing the process directly");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let sock = dir.join(proto::SOCKET_FILE);
+    for _ in 0..500 {
+        if !sock.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    tracing::warn!(dir = %dir.display(), "shim still there 5 s after the kill");
+}
+
+/// What a pod offers its containers' specs.
+fn pod_paths(rec: &SandboxRecord) -> PodPaths {
+    let files = crate::pod_files::PodFiles::in_dir(&rec.dir);
+    PodPaths {
+        net_ns: rec.namespaces.net.clone(),
+        ipc_ns: rec.namespaces.ipc.clone(),
+        uts_ns: rec.namespaces.uts.clone(),
+        pid_ns: rec
+            .pause
+            .as_ref()
+            .map(|p| PathBuf::from(format!("/proc/{}/ns/pid", p.pid))),
+        hostname_file: Some(files.hostname),
+        hosts_file: Some(files.hosts),
+        resolv_conf: Some(files.resolv_conf),
+        dev_shm: rec.shm.clone(),
+    }
+}
+
+fn pod_hostname(c: &SandboxConfig) -> String {
+    if c.hostname.is_empty() || c.namespace_options().network == NamespaceMode::Node {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        c.hostname.clone()
+    }
+}
+
+/// kubelet's container name key: `<name>_<pod>_<namespace>_<uid>_<attempt>`.
+pub fn container_name(c: &ContainerConfig, pod: &SandboxConfig) -> String {
+    let m = c.metadata();
+    let p = pod.metadata();
+    format!(
+        "{}_{}_{}_{}_{}",
+        m.name, p.name, p.namespace, p.uid, m.attempt
+    )
+}

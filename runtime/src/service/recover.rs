@@ -1,0 +1,138 @@
+//! Start-up: what a crash left half made, and the containers that lived on.
+
+use super::*;
+
+/// At start: what a crash left half made (a directory of a pod or container
+/// whose record never committed) is removed, with its mounts and processes.
+pub(super) fn cleanup_unrecorded(
+    cfg: &RuntimeConfig,
+    sandboxes: &HashMap<String, SandboxRecord>,
+    containers: &HashMap<String, ContainerRecord>,
+    images: &berth_image::ImageService,
+    cgroups: &Cgroups,
+) {
+    let containers_dir = cfg.state.join("containers");
+    for e in fs::read_dir(&containers_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if containers.contains_key(&id) {
+            continue;
+        }
+        tracing::info!(container = %id, "removing a container a crash left half made");
+        let dir = e.path();
+        let pid = fs::read_to_string(dir.join(proto::INIT_PID_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if pid > 0 {
+            kill_shim(&dir, pid);
+        }
+        crate::rootfs::Rootfs::new(dir.join("rootfs"), cfg.root.join("containers").join(&id))
+            .remove();
+        remove_dir_logged(&dir);
+        let _ = images.store().release(&id);
+    }
+    for e in fs::read_dir(cfg.root.join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if !containers.contains_key(&id) {
+            remove_dir_logged(&e.path());
+        }
+    }
+    for e in fs::read_dir(cfg.state.join("sandboxes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if sandboxes.contains_key(&id) {
+            continue;
+        }
+        tracing::info!(pod = %id, "removing a pod a crash left half made");
+        let dir = e.path();
+        let pause = dir.join("pause");
+        if let Some(pid) = fs::read_to_string(pause.join(proto::INIT_PID_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            kill_shim(&pause, pid);
+        }
+        unmount_logged(&dir.join("shm"));
+        namespaces::unpin(&namespaces::Pinned {
+            net: Some(dir.join("net")),
+            ipc: Some(dir.join("ipc")),
+            uts: Some(dir.join("uts")),
+        });
+        // Its cgroup, if it was to be under berth's own parent (kubelet
+        // makes and removes the ones under its parents itself).
+        if let Ok(cg) = CgroupPath::new(&cfg.cgroup_parent).and_then(|p| p.join(&id)) {
+            if let Ok(pause) = cg.join("pause") {
+                remove_cgroup_logged(cgroups, &pause);
+            }
+            remove_cgroup_logged(cgroups, &cg);
+            remove_default_parent_if_empty(&cfg.cgroup_parent);
+        }
+        remove_dir_logged(&dir);
+    }
+}
+
+impl Runtime {
+    /// After a restart: ask each live container's shim (bounded, so one
+    /// hung shim cannot block start-up) and follow it again; a shim that is
+    /// gone left its exit in exit.json.
+    pub async fn recover(&self) -> Result<()> {
+        let ids: Vec<String> = self
+            .inner
+            .containers
+            .read()
+            .map_err(|_| poisoned())?
+            .values()
+            .filter(|c| matches!(c.state, ContainerState::Created | ContainerState::Running))
+            .map(|c| c.id.clone())
+            .collect();
+        // All shims at once, each bounded: one hung shim delays start-up by
+        // its own 2 s, not 2 s per container.
+        let results =
+            futures::future::join_all(ids.into_iter().map(|id| self.recover_one(id))).await;
+        for r in results {
+            r?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn recover_one(&self, id: String) -> Result<()> {
+        let rec = self.container(&id)?;
+        match shim_client::call(
+            &rec.dir,
+            &Request::State,
+            Some(std::time::Duration::from_secs(2)),
+        )
+        .await
+        {
+            Ok(Response::State(st)) => match st.status {
+                proto::Status::Exited => self.record_exit(&id, st.exit).await,
+                proto::Status::Running => {
+                    if rec.state != ContainerState::Running {
+                        let mut r = rec.clone();
+                        r.state = ContainerState::Running;
+                        r.started_at_ns = st.started_at_ns;
+                        self.update_container(r)?;
+                    }
+                    self.watch_exit(id);
+                    Ok(())
+                }
+                proto::Status::Created => Ok(()),
+            },
+            _ => {
+                self.record_exit(&id, shim_client::read_exit(&rec.dir))
+                    .await
+            }
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! RunPodSandbox, StopPodSandbox, RemovePodSandbox.
+
+use super::*;
+
+impl Runtime {
+    /// RunPodSandbox. A retry of a pod (same name) that is being created
+    /// waits for that creation and gets its result; a retry after it finished
+    /// gets the same id, as CRI-O's resourcestore does for kubelet's retries
+    /// after a client timeout.
+    pub async fn run_pod_sandbox(
+        &self,
+        config: SandboxConfig,
+        runtime_handler: &str,
+    ) -> Result<String> {
+        model::validate_sandbox_config(&config)?;
+        if !runtime_handler.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "runtime handler {runtime_handler:?} is not configured (berth has only the default handler \"\")"
+            )));
+        }
+        let name = sandbox_name(&config.metadata());
+        loop {
+            let tx = {
+                let mut names = self.inner.names.lock().map_err(|_| poisoned())?;
+                match names.get(&name) {
+                    Some(NameSlot::Taken(id)) => {
+                        tracing::info!(pod = %name, id = %id, "pod already exists; returning it");
+                        return Ok(id.clone());
+                    }
+                    Some(NameSlot::InFlight(rx)) => Err(rx.clone()),
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        names.insert(name.clone(), NameSlot::InFlight(rx));
+                        Ok(tx)
+                    }
+                }
+            };
+            match tx {
+                Ok(tx) => {
+                    let r = self.create_sandbox(config.clone(), &name).await;
+                    let mut names = self.inner.names.lock().map_err(|_| poisoned())?;
+                    match &r {
+                        Ok(id) => {
+                            names.insert(name.clone(), NameSlot::Taken(id.clone()));
+                        }
+                        Err(_) => {
+                            names.remove(&name);
+                        }
+                    }
+                    let _ = tx.send(Some(
+                        r.as_ref().map(Clone::clone).map_err(|e| e.to_string()),
+                    ));
+                    return r;
+                }
+                Err(mut rx) => {
+                    // Another call is creating this pod: take its result.
+                    let result = loop {
+                        if let Some(r) = rx.borrow().clone() {
+                            break Some(r);
+                        }
+                        if rx.changed().await.is_err() {
+                            break None;
+                        }
+                    };
+                    if let Some(Ok(id)) = result {
+                        return Ok(id);
+                    }
+                    // It failed (or was dropped): try ourselves.
+                }
+            }
+        }
+    }
+
+    pub(super) async fn create_sandbox(&self, config: SandboxConfig, name: &str) -> Result<String> {
+        let id = new_id()?;
+        let inner = self.inner.clone();
+        let cfg2 = config.clone();
+        let id2 = id.clone();
+        let record = tokio::task::spawn_blocking(move || inner.make_sandbox(&id2, cfg2))
+            .await
+            .map_err(|e| Error::Internal(format!("sandbox task failed: {e}")))??;
+        self.inner
+            .sandboxes
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(id.clone(), record);
+        tracing::info!(pod = %name, id = %id, "pod sandbox ready");
+        Ok(id)
+    }
+
+    /// StopPodSandbox: tear down what the pod holds (its namespaces, its
+    /// /dev/shm). Idempotent.
+    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
+        let full = match self.resolve_sandbox(id) {
+            Ok(f) => f,
+            // Stopping an unknown pod succeeds (kubelet retries after removal).
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        // Its containers first, killed at once (as containerd does).
+        for c in self.containers_of(&full)? {
+            self.stop_container(&c, 0).await?;
+        }
+        let lock = self.lock_for(&full)?;
+        let _g = lock.lock().await;
+        let Some(mut rec) = self
+            .inner
+            .sandboxes
+            .read()
+            .map_err(|_| poisoned())?
+            .get(&full)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        // The network first, while the netns is pinned (CNI plugins enter
+        // it). If it cannot be taken down, nothing changes and the Stop
+        // fails, to be retried.
+        if let Some(att) = rec.network.clone() {
+            let net = self.inner.network.clone();
+            let req = pod_request(&rec);
+            tokio::task::spawn_blocking(move || net.teardown(&req, &att))
+                .await
+                .map_err(|e| Error::Internal(format!("network teardown task failed: {e}")))??;
+        }
+        // Then the record: NotReady, its addresses free from this commit on.
+        // A crash after it leaves a NotReady pod whose namespaces, pause and
+        // shm berthd releases again when it starts (see `open`).
+        if rec.state != SandboxState::NotReady || rec.network.is_some() {
+            let att = rec.network.take();
+            rec.state = SandboxState::NotReady;
+            self.inner.store.put_sandbox(&rec)?;
+            self.inner
+                .sandboxes
+                .write()
+                .map_err(|_| poisoned())?
+                .insert(full, rec.clone());
+            if let Some(att) = att {
+                self.inner.network.released(&rec.id, &att);
+            }
+        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.release_sandbox_resources(&rec))
+            .await
+            .map_err(|e| Error::Internal(format!("stop task failed: {e}")))?;
+        Ok(())
+    }
+
+    /// RemovePodSandbox: stop if needed, then remove everything. Removing an
+    /// unknown pod succeeds.
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
+        let full = match self.resolve_sandbox(id) {
+            Ok(f) => f,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop_pod_sandbox(&full).await?;
+        for c in self.containers_of(&full)? {
+            self.remove_container(&c).await?;
+        }
+        let lock = self.lock_for(&full)?;
+        let _g = lock.lock().await;
+        let Some(rec) = self
+            .inner
+            .sandboxes
+            .read()
+            .map_err(|_| poisoned())?
+            .get(&full)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let dir = rec.dir.clone();
+        let cgroup = rec.cgroup.clone();
+        let cgroups = self.inner.cgroups.clone();
+        let default_parent = self.inner.cfg.cgroup_parent.clone();
+        let pause_cg = rec.pause.as_ref().and_then(|_| {
+            self.inner
+                .pod_cgroup(&rec.config, &rec.id)
+                .and_then(|p| p.join("pause").map_err(Error::from))
+                .ok()
+        });
+        tokio::task::spawn_blocking(move || {
+            if let Some(cg) = pause_cg {
+                remove_cgroup_logged(&cgroups, &cg);
+            }
+            if let Some(cg) = cgroup.as_deref().and_then(|c| CgroupPath::new(c).ok()) {
+                remove_cgroup_logged(&cgroups, &cg);
+                // berth's own parent of pods without a cgroup_parent goes
+                // with its last pod (it stays while another pod is in it).
+                if cg.as_str().starts_with(&format!("{default_parent}/")) {
+                    remove_default_parent_if_empty(&default_parent);
+                }
+            }
+            remove_dir_logged(&dir)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("remove task failed: {e}")))?;
+        self.inner.store.delete_sandbox(&full)?;
+        self.inner
+            .sandboxes
+            .write()
+            .map_err(|_| poisoned())?
+            .remove(&full);
+        self.inner
+            .names
+            .lock()
+            .map_err(|_| poisoned())?
+            .remove(&sandbox_name(&rec.config.metadata()));
+        self.inner
+            .locks
+            .lock()
+            .map_err(|_| poisoned())?
+            .remove(&full);
+        tracing::info!(id = %full, "pod sandbox removed");
+        Ok(())
+    }
+}
+
+/// What the network plugin needs of a pod.
+pub(super) fn network_request(
+    id: &str,
+    config: &SandboxConfig,
+    netns: &Path,
+    port_mappings: Vec<berth_network::PortMapping>,
+) -> berth_network::PodRequest {
+    let meta = config.metadata();
+    berth_network::PodRequest {
+        id: id.to_string(),
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        netns: netns.to_path_buf(),
+        port_mappings,
+        annotations: config.annotations.clone(),
+        cgroup_parent: config.linux.cgroup_parent.clone(),
+    }
+}
+
+/// The pod's PortMappings in the plugin's terms (validate_sandbox_config
+/// checked ranges and addresses; a bad one is still refused here).
+pub(super) fn network_ports(config: &SandboxConfig) -> Result<Vec<berth_network::PortMapping>> {
+    let mut ports = Vec::new();
+    for (i, p) in config.port_mappings.iter().enumerate() {
+        let host_ip = match p.host_ip.as_str() {
+            "" => None,
+            s => Some(s.parse::<std::net::IpAddr>().map_err(|e| {
+                Error::InvalidArgument(format!("port_mappings[{i}].host_ip {s:?}: {e}"))
+            })?),
+        }
+        .filter(|ip| !ip.is_unspecified());
+        let port = |v: i32, f: &str| {
+            u16::try_from(v).map_err(|_| {
+                Error::InvalidArgument(format!("port_mappings[{i}].{f}: {v} is not a port"))
+            })
+        };
+        ports.push(berth_network::PortMapping {
+            protocol: match p.protocol {
+                model::Protocol::Tcp => berth_network::Protocol::Tcp,
+                model::Protocol::Udp => berth_network::Protocol::Udp,
+                model::Protocol::Sctp => berth_network::Protocol::Sctp,
+            },
+            container_port: port(p.container_port, "container_port")?,
+            host_port: port(p.host_port, "host_port")?,
+            host_ip,
+        });
+    }
+    Ok(ports)
+}
+
+/// The plugin request of a recorded pod (for teardown; its netns may be
+/// gone already). Its config was validated when it was made; teardown
+/// goes by the attachment, not by these ports.
+pub(super) fn pod_request(rec: &SandboxRecord) -> berth_network::PodRequest {
+    let netns = rec
+        .namespaces
+        .net
+        .clone()
+        .unwrap_or_else(|| rec.dir.join("net"));
+    let ports = network_ports(&rec.config).unwrap_or_default();
+    network_request(&rec.id, &rec.config, &netns, ports)
+}
+
+impl Inner {
+    /// A pod's cgroup: the `cgroup_parent` kubelet gave (kubelet made it),
+    /// or `<runtime cgroup_parent>/<pod id>`.
+    pub(super) fn pod_cgroup(&self, config: &SandboxConfig, id: &str) -> Result<CgroupPath> {
+        let given = CgroupPath::new(&config.linux.cgroup_parent)?;
+        if given.is_root() {
+            Ok(CgroupPath::new(&self.cfg.cgroup_parent)?.join(id)?)
+        } else {
+            Ok(given)
+        }
+    }
+
+    /// The blocking part of RunPodSandbox, with its undo list.
+    pub(super) fn make_sandbox(&self, id: &str, config: SandboxConfig) -> Result<SandboxRecord> {
+        let ns = config.namespace_options().clone();
+        let host_network = ns.network == NamespaceMode::Node;
+        let own_ipc = ns.ipc != NamespaceMode::Node;
+        let mut undo = Undo::default();
+
+        let dir = self.cfg.state.join("sandboxes").join(id);
+        fs::DirBuilder::new()
+            .mode(0o711)
+            .create(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let d = dir.clone();
+        undo.push("pod dir", move || remove_dir_logged(&d));
+
+        let sysctls = namespaced_sysctls(&config.linux.sysctls, host_network, own_ipc)?;
+        let want = Wanted {
+            net: !host_network,
+            ipc: own_ipc,
+            uts: !host_network,
+        };
+        let hostname = (!config.hostname.is_empty()).then_some(config.hostname.as_str());
+        let pinned = namespaces::pin(&dir, want, hostname, &sysctls)?;
+        let p = pinned.clone();
+        undo.push("namespaces", move || namespaces::unpin(&p));
+
+        // The pod network, in the pinned netns.
+        let network = match &pinned.net {
+            Some(netns) => {
+                let req = network_request(id, &config, netns, network_ports(&config)?);
+                let att = self.network.setup(&req)?;
+                let (plugin, a) = (self.network.clone(), att.clone());
+                undo.push("network", move || {
+                    if let Err(e) = plugin.teardown(&req, &a) {
+                        tracing::warn!(error = %e, "taking down the network of a pod that failed");
+                    }
+                    plugin.released(&req.id, &a);
+                });
+                Some(att)
+            }
+            None => None,
+        };
+
+        let shm = if own_ipc {
+            let shm = dir.join("shm");
+            fs::create_dir(&shm)
+                .map_err(|e| Error::io(format!("creating {}", shm.display()), e))?;
+            use nix::mount::MsFlags;
+            nix::mount::mount(
+                Some("shm"),
+                &shm,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some(format!("mode=1777,{SHM_SIZE}").as_str()),
+            )
+            .map_err(|e| {
+                Error::io(
+                    format!("mounting the pod's /dev/shm at {}", shm.display()),
+                    e.into(),
+                )
+            })?;
+            let s = shm.clone();
+            undo.push("shm", move || unmount_logged(&s));
+            Some(shm)
+        } else {
+            None
+        };
+
+        crate::pod_files::write(
+            &dir,
+            &config.hostname,
+            config.dns_config.as_ref(),
+            host_network,
+        )
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "writing the pod's hosts, hostname and resolv.conf in {}",
+                    dir.display()
+                ),
+                e,
+            )
+        })?;
+
+        // The pod cgroup: kubelet's cgroup_parent (which kubelet made and
+        // removes itself), or berth/<id> made here.
+        let cg = self.pod_cgroup(&config, id)?;
+        // The last pod's removal may take away berth's default parent
+        // between our mkdirs: one retry makes it again.
+        let made = match self.cgroups.create(&cg) {
+            Ok(m) => m,
+            Err(_) => self.cgroups.create(&cg)?,
+        };
+        if made {
+            let (cgroups, c) = (self.cgroups.clone(), cg.clone());
+            undo.push("pod cgroup", move || remove_cgroup_logged(&cgroups, &c));
+        }
+
+        let mut record = SandboxRecord {
+            id: id.to_string(),
+            config,
+            runtime_handler: String::new(),
+            state: SandboxState::Ready,
+            created_at_ns: now_ns(),
+            dir,
+            namespaces: pinned,
+            pause: None,
+            cgroup: made.then(|| cg.as_str().to_string()),
+            shm,
+            network,
+        };
+
+        // A shared PID namespace is held by berth-shim's own pause process.
+        if ns.pid == NamespaceMode::Pod {
+            let pause_dir = record.dir.join("pause");
+            let paths = pod_paths(&record);
+            let hostname = pod_hostname(&record.config);
+            let pod = spec::Pod {
+                id,
+                config: &record.config,
+                paths: &paths,
+                hostname: &hostname,
+            };
+            // In a leaf of its own: on cgroup v2 a cgroup with children
+            // cannot hold processes.
+            let pause_cg = cg.join("pause")?;
+            if self.cgroups.create(&pause_cg)? {
+                let (cgroups, c) = (self.cgroups.clone(), pause_cg.clone());
+                undo.push("pause cgroup", move || remove_cgroup_logged(&cgroups, &c));
+            }
+            let spec = spec::pause_spec(
+                &self.node,
+                &pod,
+                &self.cgroups.spec_path(&pause_cg),
+                &spec::RealHost,
+            )?;
+            let shim_cfg = ShimConfig {
+                id: format!("{id}-pause"),
+                kind: ShimKind::Pause,
+                restrict_oom_score_adj: true,
+                ..Default::default()
+            };
+            let pid = self.start_shim(&pause_dir, spec, &shim_cfg)?;
+            let d = pause_dir.clone();
+            undo.push("pause", move || kill_shim(&d, pid));
+            record.pause = Some(ShimRef {
+                dir: pause_dir,
+                pid,
+            });
+        }
+        self.store.put_sandbox(&record)?;
+        undo.disarm();
+        Ok(record)
+    }
+
+    /// What StopPodSandbox releases after the network; safe to run twice.
+    pub(super) fn release_sandbox_resources(&self, rec: &SandboxRecord) {
+        release_sandbox(rec)
+    }
+}
+
+/// A stopped pod's pause, /dev/shm and namespace pins; idempotent.
+pub(super) fn release_sandbox(rec: &SandboxRecord) {
+    if let Some(p) = &rec.pause {
+        kill_shim(&p.dir, p.pid);
+    }
+    if let Some(shm) = &rec.shm {
+        unmount_logged(shm);
+    }
+    namespaces::unpin(&rec.namespaces);
+}
+
+/// Pod sysctls, checked: only namespaced ones, and only for namespaces the
+/// pod owns (a host-network pod cannot set net.*).
+pub(super) fn namespaced_sysctls(
+    sysctls: &BTreeMap<String, String>,
+    host_network: bool,
+    own_ipc: bool,
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (k, v) in sysctls {
+        let bad = |why: &str| Error::InvalidArgument(format!("sysctl {k}={v}: {why}"));
+        if k.contains("..") || k.contains('/') || k.is_empty() || v.contains('\n') {
+            return Err(bad("malformed"));
+        }
+        let ipc = k.starts_with("kernel.shm")
+            || k.starts_with("kernel.msg")
+            || k == "kernel.sem"
+            || k.starts_with("fs.mqueue.");
+        let net = k.starts_with("net.");
+        if net && host_network {
+            return Err(bad(
+                "net.* sysctls need the pod's own network namespace (hostNetwork is set)",
+            ));
+        }
+        if ipc && !own_ipc {
+            return Err(bad(
+                "IPC sysctls need the pod's own IPC namespace (hostIPC is set)",
+            ));
+        }
+        if !net && !ipc {
+            return Err(bad(
+                "not a namespaced sysctl; it would change the whole node",
+            ));
+        }
+        out.push((k.clone(), v.clone()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_namespaced_sysctls_of_owned_namespaces_pass() {
+        let s = |k: &str| BTreeMap::from([(k.to_string(), "1".to_string())]);
+        assert!(namespaced_sysctls(&s("net.ipv4.ip_forward"), false, true).is_ok());
+        assert!(namespaced_sysctls(&s("kernel.shmmax"), false, true).is_ok());
+        assert!(namespaced_sysctls(&s("net.ipv4.ip_forward"), true, true).is_err());
+        assert!(namespaced_sysctls(&s("kernel.msgmax"), false, false).is_err());
+        let e = namespaced_sysctls(&s("vm.swappiness"), false, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("whole node"), "{e}");
+        assert!(namespaced_sysctls(&s("net/../../x"), false, true).is_err());
+    }
+}
