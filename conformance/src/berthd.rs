@@ -82,6 +82,9 @@ pub struct BerthdOptions {
     /// filesystems, pinned namespaces) live in that namespace only: see
     /// [`Berthd::mounts_in_its_namespace`].
     pub cgroup2_view: bool,
+    /// Run this berthd binary instead of the workspace's (e.g. a copy in a
+    /// directory of the test's, to see what it does without its shim).
+    pub binary: Option<PathBuf>,
 }
 
 impl Default for BerthdOptions {
@@ -102,6 +105,7 @@ impl Default for BerthdOptions {
             network: String::new(),
             node: None,
             cgroup2_view: false,
+            binary: None,
         }
     }
 }
@@ -166,6 +170,12 @@ impl BerthdOptions {
     /// Run berthd in this node netns.
     pub fn node(mut self, ns: Arc<NetNs>) -> Self {
         self.node = Some(ns);
+        self
+    }
+
+    /// Run this berthd binary (see [`BerthdOptions::binary`]).
+    pub fn binary(mut self, path: &Path) -> Self {
+        self.binary = Some(path.to_path_buf());
         self
     }
 
@@ -332,7 +342,10 @@ pub struct Berthd {
 impl Berthd {
     /// Generate the config, start berthd and wait until its socket accepts.
     pub async fn start(options: BerthdOptions) -> Result<Berthd> {
-        let binary = berthd_binary()?;
+        let binary = match &options.binary {
+            Some(b) => b.clone(),
+            None => berthd_binary()?,
+        };
         let dir = tempfile::Builder::new().prefix("berth-test-").tempdir()?;
         let mut d = Berthd {
             dir,
@@ -360,7 +373,10 @@ impl Berthd {
         options: BerthdOptions,
         timeout: Duration,
     ) -> Result<(ExitStatus, String)> {
-        let binary = berthd_binary()?;
+        let binary = match &options.binary {
+            Some(b) => b.clone(),
+            None => berthd_binary()?,
+        };
         let dir = tempfile::Builder::new().prefix("berth-test-").tempdir()?;
         let mut d = Berthd {
             dir,

@@ -191,3 +191,79 @@ async fn clients_survive_a_berthd_restart() {
     }
     assert!(ok, "the same client did not reach the restarted berthd");
 }
+
+/// berthd and, if `with_shim`, berth-shim copied into a directory of the
+/// test's (berthd looks for its shim next to itself).
+fn berthd_copy(with_shim: bool) -> (tempfile::TempDir, std::path::PathBuf) {
+    let bin = berth_conformance::berthd::berthd_binary().expect("berthd binary");
+    let dir = tempfile::Builder::new()
+        .prefix("berth-bin-")
+        .tempdir()
+        .unwrap();
+    let copy = dir.path().join("berthd");
+    std::fs::copy(&bin, &copy).expect("copying berthd");
+    if with_shim {
+        std::fs::copy(
+            bin.with_file_name("berth-shim"),
+            dir.path().join("berth-shim"),
+        )
+        .expect("copying berth-shim (built next to berthd)");
+    }
+    (dir, copy)
+}
+
+#[tokio::test]
+async fn berthd_without_its_shim_refuses_to_start_and_says_how_to_build_it() {
+    let (_bins, berthd) = berthd_copy(false);
+    let opts = BerthdOptions::default().binary(&berthd);
+    let (status, log) = Berthd::run_to_exit(opts, Duration::from_secs(20))
+        .await
+        .expect("berthd must exit by itself without its shim");
+    assert!(!status.success(), "exit status {status}; log:\n{log}");
+    assert!(
+        log.contains("berth-shim not found")
+            && log.contains("cargo build --release --bin berthd --bin berth-shim"),
+        "the log must name the missing shim and the command that builds it:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn runtime_ready_is_false_while_the_shim_is_not_executable() {
+    let (bins, berthd) = berthd_copy(true);
+    let shim = bins.path().join("berth-shim");
+    let mut d = Berthd::start(BerthdOptions::default().binary(&berthd))
+        .await
+        .unwrap();
+    let cri = d.cri().await.unwrap();
+    let runtime_ready = |s: &k8s_cri::v1::StatusResponse| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.conditions.iter().find(|c| c.r#type == "RuntimeReady"))
+            .cloned()
+            .expect("a RuntimeReady condition")
+    };
+    let c = runtime_ready(&cri.status(false).await.expect("Status"));
+    assert!(c.status, "RuntimeReady with its shim in place: {c:?}");
+
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let c = runtime_ready(&cri.status(false).await.expect("Status"));
+    assert!(!c.status, "RuntimeReady with a shim that cannot run: {c:?}");
+    assert_eq!(c.reason, "BerthShimMissing");
+    assert!(c.message.contains("not executable"), "{c:?}");
+
+    std::fs::remove_file(&shim).unwrap();
+    let c = runtime_ready(&cri.status(false).await.expect("Status"));
+    assert!(!c.status && c.message.contains("not found"), "{c:?}");
+
+    std::fs::copy(
+        berth_conformance::berthd::berthd_binary()
+            .unwrap()
+            .with_file_name("berth-shim"),
+        &shim,
+    )
+    .unwrap();
+    let c = runtime_ready(&cri.status(false).await.expect("Status"));
+    assert!(c.status, "RuntimeReady once the shim is back: {c:?}");
+    d.stop().await.expect("SIGTERM must exit 0");
+    assert_nothing_left(&d);
+}

@@ -113,6 +113,7 @@ fn init_tracing(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let shim = shim_path()?;
     std::fs::create_dir_all(&config.state)
         .with_context(|| format!("creating state dir {}", config.state.display()))?;
     let image_config = config.image_service_config();
@@ -129,7 +130,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let runtime_config = berth_runtime::service::RuntimeConfig {
         root: config.root.clone(),
         state: config.state.clone(),
-        shim: shim_path()?,
+        shim,
         cgroup_parent: config.runtime.cgroup_parent.clone(),
     };
     let images2 = images.clone();
@@ -196,8 +197,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// berth-shim is installed next to berthd.
+/// berth-shim is installed next to berthd. Without it no container can
+/// start: berthd refuses to serve (rather than report RuntimeReady and fail
+/// every CreateContainer) and says how to build it.
 fn shim_path() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating berthd's own binary")?;
-    Ok(exe.with_file_name("berth-shim"))
+    let shim = exe.with_file_name("berth-shim");
+    if let Some(problem) = berth_runtime::shim_client::shim_problem(&shim) {
+        anyhow::bail!("{problem}");
+    }
+    Ok(shim)
 }

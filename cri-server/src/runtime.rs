@@ -180,12 +180,16 @@ impl RuntimeService for RuntimeApi {
         request: Request<cri::StatusRequest>,
     ) -> Result<Response<cri::StatusResponse>, Status> {
         let verbose = request.into_inner().verbose;
+        let (runtime_ready, reason, message) = match self.runtime.runtime_readiness() {
+            None => (true, String::new(), String::new()),
+            Some((reason, message)) => (false, reason, message),
+        };
         let conditions = vec![
             cri::RuntimeCondition {
                 r#type: "RuntimeReady".to_string(),
-                status: true,
-                reason: String::new(),
-                message: String::new(),
+                status: runtime_ready,
+                reason,
+                message,
             },
             match self.runtime.network_readiness().await {
                 berth_network::Readiness::Ready => cri::RuntimeCondition {

@@ -43,6 +43,41 @@ pub enum ShimError {
     Protocol { dir: String, detail: String },
 }
 
+/// The command that builds berth-shim next to berthd, for messages.
+pub const BUILD_SHIM_HINT: &str = "build it with `cargo build --release --bin berthd --bin berth-shim` (it goes next to berthd in target/release) or install it next to berthd";
+
+/// Why `shim` cannot be run, if it cannot: missing, not a regular file, or
+/// not executable. berthd refuses to start then, and Status reports
+/// RuntimeReady false with this message while it stays so.
+pub fn shim_problem(shim: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = match std::fs::metadata(shim) {
+        Ok(md) => md,
+        Err(e) => {
+            return Some(format!(
+                "berth-shim not found at {} ({e}): berthd runs every container under it; {BUILD_SHIM_HINT}",
+                shim.display()
+            ));
+        }
+    };
+    if !md.is_file() {
+        return Some(format!(
+            "berth-shim at {} is not a regular file; {BUILD_SHIM_HINT}",
+            shim.display()
+        ));
+    }
+    if md.permissions().mode() & 0o111 == 0
+        || nix::unistd::access(shim, nix::unistd::AccessFlags::X_OK).is_err()
+    {
+        return Some(format!(
+            "berth-shim at {} is not executable (mode {:o}): `chmod 755` it or reinstall it",
+            shim.display(),
+            md.permissions().mode() & 0o7777
+        ));
+    }
+    None
+}
+
 /// Run `shim <dir>` and wait for its `ok <pid>` line. The shim detaches; the
 /// process we started exits right after the line and is reaped here.
 pub async fn spawn(shim: &Path, dir: &Path) -> Result<i32, ShimError> {
@@ -219,4 +254,28 @@ pub fn call_blocking(dir: &Path, req: &Request, timeout: Duration) -> Result<Res
         dir: dir_s,
         detail: format!("{e}: {answer:?}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_missing_directory_or_unexecutable_shim_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("berth-shim");
+        let e = shim_problem(&missing).expect("missing shim");
+        assert!(e.contains("not found") && e.contains("cargo build"), "{e}");
+        assert!(
+            shim_problem(d.path())
+                .unwrap()
+                .contains("not a regular file")
+        );
+        std::fs::write(&missing, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&missing, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(shim_problem(&missing).unwrap().contains("not executable"));
+        std::fs::set_permissions(&missing, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(shim_problem(&missing), None);
+    }
 }

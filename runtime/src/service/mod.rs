@@ -224,6 +224,13 @@ impl Runtime {
         })
     }
 
+    /// RuntimeReady: None when containers can be created, else why not
+    /// (reason, message). Checked on every Status: an operator who removes
+    /// or breaks the shim sees it before kubelet's pods fail.
+    pub fn runtime_readiness(&self) -> Option<(String, String)> {
+        shim_client::shim_problem(&self.inner.cfg.shim).map(|m| ("BerthShimMissing".into(), m))
+    }
+
     /// The network plugin's NetworkReady condition (it may retry what was
     /// in its way: netlink, nft).
     pub async fn network_readiness(&self) -> berth_network::Readiness {
