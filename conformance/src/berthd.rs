@@ -511,7 +511,7 @@ impl Berthd {
     /// Cgroups left under this berthd's parent, in any hierarchy.
     pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
-        for dir in cgroup_parent_dirs(&self.cgroup_parent) {
+        for dir in crate::leak::cgroup_parent_dirs(&self.cgroup_parent) {
             for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     out.push(e.path());
@@ -524,8 +524,8 @@ impl Berthd {
     /// Kill what still runs in this berthd's cgroups (their shims then end)
     /// and remove them, deepest first: cleanup after a failed scenario.
     pub fn remove_cgroups(&self) {
-        for dir in cgroup_parent_dirs(&self.cgroup_parent) {
-            let mut dirs: Vec<PathBuf> = walk_dirs(&dir);
+        for dir in crate::leak::cgroup_parent_dirs(&self.cgroup_parent) {
+            let mut dirs: Vec<PathBuf> = crate::leak::walk_dirs(&dir);
             dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
             for d in &dirs {
                 for pid in fs::read_to_string(d.join("cgroup.procs"))
@@ -767,39 +767,4 @@ fn cgroup2_view(cmd: &mut Command) {
             Ok(())
         });
     }
-}
-
-/// `<hierarchy>/<parent>` for every mounted hierarchy that has it.
-fn cgroup_parent_dirs(parent: &str) -> Vec<PathBuf> {
-    let root = Path::new("/sys/fs/cgroup");
-    let mut out: Vec<PathBuf> = std::iter::once(root.join(parent))
-        .chain(
-            fs::read_dir(root)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.path().join(parent)),
-        )
-        .filter(|p| p.is_dir())
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
-/// `dir` and every directory below it.
-fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![dir.to_path_buf()];
-    let mut i = 0;
-    while i < out.len() {
-        let d = out[i].clone();
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                out.push(e.path());
-            }
-        }
-        i += 1;
-    }
-    out
 }

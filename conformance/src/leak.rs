@@ -7,6 +7,8 @@
 //!   to this test (their command line or working directory names one of the
 //!   test's directories: tests run side by side in one process, so "our
 //!   descendants" would catch the neighbours' too);
+//! * cgroups below berthd's own parent cgroup (`[runtime] cgroup_parent`,
+//!   where every pod of a scenario lives), in every mounted hierarchy;
 //! * the files (not directories) under berthd's root and state dir, the
 //!   database file(s) excepted; and any temp file (`*.tmp`, or a file inside
 //!   a `tmp/` directory near the top of the root).
@@ -57,6 +59,11 @@ pub struct Snapshot {
     pub mounts: BTreeSet<String>,
     pub processes: BTreeSet<Proc>,
     pub files: BTreeMap<PathBuf, Kind>,
+    /// The parent cgroups (relative to each hierarchy's root) whose
+    /// subtrees are listed.
+    pub cgroup_parents: Vec<String>,
+    /// Every cgroup directory below those parents, in every hierarchy.
+    pub cgroups: BTreeSet<PathBuf>,
 }
 
 /// What appeared between two snapshots.
@@ -66,6 +73,7 @@ pub struct Leaks {
     pub processes: Vec<Proc>,
     pub files: Vec<PathBuf>,
     pub temp_files: Vec<PathBuf>,
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl Leaks {
@@ -74,6 +82,7 @@ impl Leaks {
             && self.processes.is_empty()
             && self.files.is_empty()
             && self.temp_files.is_empty()
+            && self.cgroups.is_empty()
     }
 }
 
@@ -95,30 +104,40 @@ impl fmt::Display for Leaks {
         for p in &self.temp_files {
             writeln!(f, "  temp file left: {}", p.display())?;
         }
+        for c in &self.cgroups {
+            writeln!(f, "  leaked cgroup: {}", c.display())?;
+        }
         Ok(())
     }
 }
 
 impl Snapshot {
     /// Take a snapshot: mounts and processes scoped to `dirs`, files under
-    /// `file_roots`.
-    pub fn take(dirs: &[PathBuf], file_roots: &[PathBuf]) -> Snapshot {
+    /// `file_roots`, cgroups below `cgroup_parents`.
+    pub fn take(dirs: &[PathBuf], file_roots: &[PathBuf], cgroup_parents: &[String]) -> Snapshot {
         let mut files = BTreeMap::new();
         for root in file_roots {
             list_files(root, &mut files);
         }
+        let cgroups = cgroup_parents
+            .iter()
+            .flat_map(|p| cgroup_parent_dirs(p))
+            .flat_map(|d| walk_dirs(&d).into_iter().skip(1))
+            .collect();
         Snapshot {
             dirs: dirs.to_vec(),
             file_roots: file_roots.to_vec(),
             mounts: mounts_under(dirs),
             processes: processes_for(dirs),
             files,
+            cgroup_parents: cgroup_parents.to_vec(),
+            cgroups,
         }
     }
 
-    /// Take the same kind of snapshot again (same dirs and roots).
+    /// Take the same kind of snapshot again (same dirs, roots and cgroups).
     pub fn retake(&self) -> Snapshot {
-        Snapshot::take(&self.dirs, &self.file_roots)
+        Snapshot::take(&self.dirs, &self.file_roots, &self.cgroup_parents)
     }
 
     /// What `self` (the later snapshot) has that `before` had not, database
@@ -139,6 +158,7 @@ impl Snapshot {
                 .cloned()
                 .collect(),
             temp_files: self.temp_files(),
+            cgroups: self.cgroups.difference(&before.cgroups).cloned().collect(),
         }
     }
 
@@ -211,6 +231,43 @@ pub fn list_files(root: &Path, out: &mut BTreeMap<PathBuf, Kind>) {
             }
         }
     }
+}
+
+/// `<hierarchy>/<parent>` for every mounted cgroup hierarchy that has it
+/// (the cgroup2 root itself, or each v1 hierarchy and a hybrid host's
+/// `unified`).
+pub fn cgroup_parent_dirs(parent: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut out: Vec<PathBuf> = std::iter::once(root.join(parent))
+        .chain(
+            fs::read_dir(root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path().join(parent)),
+        )
+        .filter(|p| p.is_dir())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `dir` and every directory below it, parents first.
+pub fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let d = out[i].clone();
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(e.path());
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Decode the octal escapes of /proc/self/mountinfo (`\040` for a space).

@@ -61,6 +61,7 @@ impl Env {
         let baseline = Snapshot::take(
             &[berthd.dir().to_path_buf(), registry.dir().to_path_buf()],
             &Self::roots(&berthd),
+            &[berthd.cgroup_parent().to_string()],
         );
         Env {
             registry,
@@ -82,9 +83,14 @@ impl Env {
         ]
     }
 
-    /// A snapshot now (mounts, processes, files under root and state).
+    /// A snapshot now (mounts, processes, files under root and state,
+    /// cgroups under berthd's parent).
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot::take(&self.dirs(), &Self::roots(&self.berthd))
+        Snapshot::take(
+            &self.dirs(),
+            &Self::roots(&self.berthd),
+            &[self.berthd.cgroup_parent().to_string()],
+        )
     }
 
     /// Push `image` as `repo:tag` to the registry; returns the reference to pull.

@@ -380,7 +380,11 @@ async fn snapshot_sees_new_files_and_ignores_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("content")).unwrap();
-    let before = Snapshot::take(&[dir.path().to_path_buf()], std::slice::from_ref(&root));
+    let before = Snapshot::take(
+        &[dir.path().to_path_buf()],
+        std::slice::from_ref(&root),
+        &[],
+    );
     std::fs::write(root.join("meta.redb"), b"db").unwrap();
     assert!(before.retake().leaks_since(&before).is_empty());
     std::fs::write(root.join("content/blob"), b"x").unwrap();
@@ -389,4 +393,29 @@ async fn snapshot_sees_new_files_and_ignores_the_database() {
     let leaks = before.retake().leaks_since(&before);
     assert_eq!(leaks.files.len(), 2, "{leaks}");
     assert_eq!(leaks.temp_files.len(), 1, "{leaks}");
+}
+
+#[tokio::test]
+async fn snapshot_sees_a_new_cgroup_below_the_parent() {
+    let parent = format!("berth-test-{}", berth_conformance::util::unique_suffix());
+    // The first hierarchy the node mounts (cgroup2's root, or a v1 one).
+    let hierarchy = [
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup",
+    ]
+    .into_iter()
+    .map(std::path::Path::new)
+    .find(|p| p.join("cgroup.procs").exists())
+    .expect("a mounted cgroup hierarchy");
+    let top = hierarchy.join(&parent);
+    std::fs::create_dir(&top).unwrap();
+    let before = Snapshot::take(&[], &[], std::slice::from_ref(&parent));
+    assert!(before.cgroups.is_empty(), "{:?}", before.cgroups);
+    std::fs::create_dir(top.join("pod")).unwrap();
+    let leaks = before.retake().leaks_since(&before);
+    let _ = std::fs::remove_dir(top.join("pod"));
+    let _ = std::fs::remove_dir(&top);
+    assert_eq!(leaks.cgroups, vec![top.join("pod")], "{leaks}");
+    assert!(leaks.to_string().contains("leaked cgroup"), "{leaks}");
 }

@@ -66,10 +66,14 @@ async fn status_reports_network_not_ready_with_a_reason_a_person_can_act_on() {
 async fn runtime_config_answers() {
     let env = Env::start().await;
     let rc = env.cri.runtime_config().await.expect("RuntimeConfig");
-    if let Some(linux) = rc.linux {
-        // kubelet compares this with its own cgroup driver
-        let _ = linux.cgroup_driver;
-    }
+    // kubelet (1.28+, KubeletCgroupDriverFromCRI) takes its cgroup driver
+    // from this answer: berth writes cgroupfs paths itself.
+    let linux = rc.linux.expect("RuntimeConfig.linux must be set on Linux");
+    assert_eq!(
+        linux.cgroup_driver,
+        k8s_cri::v1::CgroupDriver::Cgroupfs as i32,
+        "berth manages cgroups through cgroupfs: {linux:?}"
+    );
     env.finish().await;
 }
 

@@ -12,10 +12,10 @@ use shim_support::*;
 
 macro_rules! require_root {
     () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        assert!(
+            is_root(),
+            "this test needs root (it makes namespaces, mounts and cgroups); run the suite as root"
+        );
     };
 }
 

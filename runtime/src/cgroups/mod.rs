@@ -537,28 +537,24 @@ mod tests {
     }
 
     impl RealCgroup {
-        /// None (test skipped) unless root on a node with cgroups.
-        fn new() -> Option<Self> {
+        /// A fresh cgroup of the node's; panics (the test fails, never
+        /// passes unrun) unless root on a node with cgroups.
+        fn new() -> Self {
             use std::sync::atomic::{AtomicU32, Ordering};
             static N: AtomicU32 = AtomicU32::new(0);
-            if !nix::unistd::Uid::effective().is_root() {
-                eprintln!("skipped: needs root");
-                return None;
-            }
-            let cgroups = match Cgroups::detect() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("skipped: {e}");
-                    return None;
-                }
-            };
+            assert!(
+                nix::unistd::Uid::effective().is_root(),
+                "this test needs root (it makes real cgroups); run the suite as root"
+            );
+            let cgroups = Cgroups::detect()
+                .unwrap_or_else(|e| panic!("this test needs the node's cgroups: {e}"));
             let name = format!(
                 "berth-test-{}-{}",
                 std::process::id(),
                 N.fetch_add(1, Ordering::Relaxed)
             );
-            let top = CgroupPath::new(&name).ok()?;
-            Some(Self { cgroups, top })
+            let top = CgroupPath::new(&name).expect("a valid test cgroup name");
+            Self { cgroups, top }
         }
 
         /// The file of `controller` (v1) for the cgroup at `path`.
@@ -604,9 +600,7 @@ mod tests {
 
     #[test]
     fn real_cgroup_gets_a_memory_limit_and_is_removed() {
-        let Some(real) = RealCgroup::new() else {
-            return;
-        };
+        let real = RealCgroup::new();
         let cg = &real.cgroups;
         assert!(cg.create(&real.top).unwrap());
         assert!(cg.exists(&real.top));
@@ -637,9 +631,7 @@ mod tests {
 
     #[test]
     fn real_cgroup_holds_a_process_until_kill_all() {
-        let Some(real) = RealCgroup::new() else {
-            return;
-        };
+        let real = RealCgroup::new();
         let cg = &real.cgroups;
         let ctr = real.top.join("ctr").unwrap();
         cg.create(&ctr).unwrap();
