@@ -263,6 +263,10 @@ fn locate_and_build() -> Result<PathBuf> {
             "berthd",
             "--bin",
             "berth-shim",
+            // the test hooks (FAILPOINTS) that some scenarios set; the
+            // same features `cargo test --workspace` builds it with
+            "--features",
+            "berth-runtime/failpoints",
             "--manifest-path",
         ])
         .arg(&manifest)
@@ -444,6 +448,26 @@ impl Berthd {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// CPU time (user + system) berthd has used so far, from
+    /// /proc/PID/stat: a berthd that spins with nothing in flight shows.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let pid = self.pid().ok_or_else(|| anyhow!("berthd is not running"))?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // After the ")" that ends comm: state is field 3, utime 14, stime 15.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .ok_or_else(|| anyhow!("malformed /proc/{pid}/stat"))?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f
+            .get(11)
+            .zip(f.get(12))
+            .and_then(|(u, s)| Some(u.parse::<u64>().ok()? + s.parse::<u64>().ok()?))
+            .ok_or_else(|| anyhow!("no utime/stime in /proc/{pid}/stat"))?;
+        let hz = rustix::param::clock_ticks_per_second();
+        Ok(Duration::from_millis(ticks * 1000 / hz))
     }
 
     /// Mounts under this berthd's directory as berthd itself sees them (in

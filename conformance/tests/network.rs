@@ -1112,6 +1112,57 @@ async fn a_failing_or_hanging_cni_plugin_fails_the_pod_and_leaves_nothing() {
     net.env.finish().await;
 }
 
+/// kubelet cancels a RunPodSandbox that outlives its request timeout, most
+/// often because a CNI plugin is slow. Here the bridge plugin is wrapped to
+/// take 400 ms on ADD and the client drops the call at 150 ms: the pod is
+/// made anyway, the retry gets it, and host-local holds one address, not
+/// two.
+#[tokio::test]
+async fn a_run_pod_sandbox_cancelled_inside_a_slow_cni_plugin_is_there_for_its_retry() {
+    let c = start_cni("", "").await;
+    let slow = c.bin.path().join("berth-slow");
+    std::fs::write(
+        &slow,
+        format!("#!/bin/sh\n[ \"$CNI_COMMAND\" = ADD ] && sleep 0.4\nexec {CNI_BIN}/bridge\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        c.conf.path().join("10-test.conflist"),
+        conflist(c.data.path(), "").replace(r#""type": "bridge""#, r#""type": "berth-slow""#),
+    )
+    .unwrap();
+    let n = &c.net;
+    let cfg = pod_config(n, "cni-slow", vec![]);
+    let first = tokio::time::timeout(Duration::from_millis(150), run_pod(n, &cfg)).await;
+    assert!(first.is_err(), "answered inside a 400 ms plugin: {first:?}");
+    let id = tokio::time::timeout(Duration::from_secs(10), run_pod(n, &cfg))
+        .await
+        .expect("the retry must answer within 10 s")
+        .expect("the retry must get the pod");
+    assert_eq!(run_pod(n, &cfg).await.expect("a later retry"), id);
+    let pods = n.env.cri.list_pods().await;
+    assert_eq!(pods.iter().map(|p| &p.id).collect::<Vec<_>>(), vec![&id]);
+    let (ips, _) = pod_ips(n, &id).await;
+    assert_eq!(ips.len(), 1, "{ips:?}");
+    assert_eq!(
+        host_local_allocations(c.data.path()),
+        vec![ips[0].to_string()],
+        "one ADD, for the one pod"
+    );
+    stop_and_remove(n, &id).await;
+    assert!(host_local_allocations(c.data.path()).is_empty());
+    wait_no_veths(n).await;
+    let Cni {
+        net,
+        conf,
+        data,
+        bin,
+    } = c;
+    drop((conf, data, bin));
+    net.env.finish().await;
+}
+
 // ---- start-up: subnets, readiness, kubelet's pod CIDR ----
 
 #[tokio::test]

@@ -16,6 +16,7 @@
 
 pub mod cgroups;
 pub mod error;
+pub mod failpoint;
 pub mod model;
 pub mod namespaces;
 pub mod pod_files;

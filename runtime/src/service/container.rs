@@ -97,64 +97,60 @@ impl Runtime {
             )));
         }
         let name = container_name(&config, &sb.config);
-        let tx = {
-            let mut names = self.inner.names.lock().map_err(|_| poisoned())?;
-            match names.get(&name) {
-                Some(NameSlot::Taken(id)) => return Ok(id.clone()),
-                Some(NameSlot::InFlight(rx)) => Err(rx.clone()),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    names.insert(name.clone(), NameSlot::InFlight(rx));
-                    Ok(tx)
+        let rt = self.handle();
+        let sandbox_id = sb.id;
+        self.inner
+            .container_names
+            .run_once(&name, move |reservation| async move {
+                let r = rt.create_in_pod(&sandbox_id, config).await;
+                match &r {
+                    Ok(id) => reservation.succeeded(id),
+                    Err(e) => reservation.failed(e),
                 }
-            }
-        };
-        let tx = match tx {
-            Ok(tx) => tx,
-            Err(mut rx) => loop {
-                if let Some(r) = rx.borrow().clone() {
-                    return r.map_err(|e| {
-                        Error::FailedPrecondition(format!("the first CreateContainer failed: {e}"))
-                    });
-                }
-                if rx.changed().await.is_err() {
-                    return Err(Error::FailedPrecondition(
-                        "the first CreateContainer was abandoned".into(),
-                    ));
-                }
-            },
-        };
-        let inner = self.inner.clone();
-        let r = tokio::task::spawn_blocking(move || inner.make_container(&sb, config))
+                r
+            })
             .await
-            .map_err(|e| Error::Internal(format!("create task failed: {e}")))
-            .and_then(|r| r);
-        let mut names = self.inner.names.lock().map_err(|_| poisoned())?;
-        let out = match r {
-            Ok(rec) => {
-                names.insert(name, NameSlot::Taken(rec.id.clone()));
-                let id = rec.id.clone();
-                self.emit(&rec, EventKind::Created);
-                self.inner
-                    .containers
-                    .write()
-                    .map_err(|_| poisoned())?
-                    .insert(id.clone(), rec);
-                Ok(id)
-            }
-            Err(e) => {
-                names.remove(&name);
-                Err(e)
-            }
-        };
-        let _ = tx.send(Some(
-            out.as_ref().map(Clone::clone).map_err(|e| e.to_string()),
-        ));
-        out
+    }
+
+    /// CreateContainer's work, holding the pod's lock shared: a Stop or
+    /// Remove of the pod waits for it, then finds the new container (and
+    /// stops or removes it with the pod); one that came first leaves a pod
+    /// that is not ready, and the container is refused.
+    async fn create_in_pod(&self, sandbox_id: &str, config: ContainerConfig) -> Result<String> {
+        let lock = self.pod_lock(sandbox_id)?;
+        let _pod = lock.read_owned().await;
+        let sb = self.sandbox(sandbox_id)?;
+        if sb.state != SandboxState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready (stopped); containers cannot be created in it",
+                sb.id
+            )));
+        }
+        let inner = self.inner.clone();
+        let rec = tokio::task::spawn_blocking(move || inner.make_container(&sb, config))
+            .await
+            .map_err(|e| Error::Internal(format!("create task failed: {e}")))??;
+        let id = rec.id.clone();
+        self.emit(&rec, EventKind::Created);
+        self.inner
+            .containers
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(id.clone(), rec);
+        Ok(id)
     }
 
     /// StartContainer: let the created process exec.
     pub async fn start_container(&self, id: &str) -> Result<()> {
+        let rt = self.handle();
+        let id = id.to_string();
+        detached("StartContainer", async move {
+            rt.start_container_now(&id).await
+        })
+        .await
+    }
+
+    pub(super) async fn start_container_now(&self, id: &str) -> Result<()> {
         let full = self.resolve_container(id)?;
         let lock = self.lock_for(&full)?;
         let _g = lock.lock().await;
@@ -246,6 +242,15 @@ impl Runtime {
     /// after `timeout` seconds. Stopping a stopped or unknown container
     /// succeeds.
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let rt = self.handle();
+        let id = id.to_string();
+        detached("StopContainer", async move {
+            rt.stop_container_now(&id, timeout).await
+        })
+        .await
+    }
+
+    pub(super) async fn stop_container_now(&self, id: &str, timeout: i64) -> Result<()> {
         let full = match self.resolve_container(id) {
             Ok(f) => f,
             Err(Error::NotFound(_)) => return Ok(()),
@@ -310,12 +315,21 @@ impl Runtime {
     /// RemoveContainer: kill it if it runs, then remove its root filesystem,
     /// cgroup, state and record. Removing an unknown container succeeds.
     pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let rt = self.handle();
+        let id = id.to_string();
+        detached("RemoveContainer", async move {
+            rt.remove_container_now(&id).await
+        })
+        .await
+    }
+
+    pub(super) async fn remove_container_now(&self, id: &str) -> Result<()> {
         let full = match self.resolve_container(id) {
             Ok(f) => f,
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.stop_container(&full, 0).await?;
+        self.stop_container_now(&full, 0).await?;
         let lock = self.lock_for(&full)?;
         let _g = lock.lock().await;
         let Ok(rec) = self.container(&full) else {
@@ -342,10 +356,8 @@ impl Runtime {
             .remove(&full);
         if let Ok(sb) = self.sandbox(&rec.sandbox_id) {
             self.inner
-                .names
-                .lock()
-                .map_err(|_| poisoned())?
-                .remove(&container_name(&rec.config, &sb.config));
+                .container_names
+                .release(&container_name(&rec.config, &sb.config))?;
         }
         self.inner
             .locks
@@ -520,6 +532,7 @@ impl Inner {
             cgroup: Some(cg.as_str().to_string()),
             user: Some(user),
         };
+        crate::failpoint::hit("container.before_commit");
         self.store.put_container(&rec)?;
         undo.disarm();
         Ok(rec)

@@ -24,6 +24,7 @@ mod container;
 mod events;
 mod exec;
 mod recover;
+mod reserve;
 mod sandbox;
 mod undo;
 
@@ -32,6 +33,7 @@ pub use exec::ExecOutput;
 pub use undo::Undo;
 
 use recover::cleanup_unrecorded;
+use reserve::Names;
 use sandbox::release_sandbox;
 
 use std::collections::{BTreeMap, HashMap};
@@ -41,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 
 use crate::cgroups::{CgroupManager, CgroupPath, Cgroups};
 use crate::error::{Error, Result};
@@ -90,12 +92,6 @@ pub fn sandbox_name(m: &model::SandboxMetadata) -> String {
     format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
 }
 
-/// A name being created (retries wait for it) or taken by an id.
-enum NameSlot {
-    InFlight(watch::Receiver<Option<std::result::Result<String, String>>>),
-    Taken(String),
-}
-
 /// Filter of ListContainers.
 #[derive(Clone, Debug, Default)]
 pub struct ContainerFilter {
@@ -128,9 +124,17 @@ struct Inner {
     events: broadcast::Sender<Event>,
     containers: RwLock<HashMap<String, ContainerRecord>>,
     sandboxes: RwLock<HashMap<String, SandboxRecord>>,
-    names: Mutex<HashMap<String, NameSlot>>,
-    /// Serialises lifecycle calls on one id (Stop and Remove racing).
+    /// Pod names (`sandbox_name`), taken or being made.
+    pod_names: Arc<Names>,
+    /// Container names (`container_name`), taken or being made.
+    container_names: Arc<Names>,
+    /// Serialises lifecycle calls on one container (Stop and Remove racing).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One per pod: CreateContainer holds it shared while it makes a
+    /// container in the pod, StopPodSandbox and RemovePodSandbox hold it
+    /// alone, so that a pod is never stopped or removed under a container
+    /// being made in it.
+    pod_locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 /// A full id from an id or a unique prefix of one (crictl takes prefixes).
@@ -174,21 +178,16 @@ impl Runtime {
         let cgroups = Cgroups::detect()?;
         let node = spec::Node::host(cgroups.version() == crate::cgroups::CgroupVersion::V2);
         let mut sandboxes = HashMap::new();
-        let mut names = HashMap::new();
+        let pod_names = Arc::new(Names::default());
+        let container_names = Arc::new(Names::default());
         for s in store.sandboxes()? {
-            names.insert(
-                sandbox_name(&s.config.metadata()),
-                NameSlot::Taken(s.id.clone()),
-            );
+            pod_names.take(sandbox_name(&s.config.metadata()), s.id.clone())?;
             sandboxes.insert(s.id.clone(), s);
         }
         let mut containers = HashMap::new();
         for c in store.containers()? {
             if let Some(sb) = sandboxes.get(&c.sandbox_id) {
-                names.insert(
-                    container_name(&c.config, &sb.config),
-                    NameSlot::Taken(c.id.clone()),
-                );
+                container_names.take(container_name(&c.config, &sb.config), c.id.clone())?;
             }
             containers.insert(c.id.clone(), c);
         }
@@ -218,8 +217,10 @@ impl Runtime {
                 events,
                 containers: RwLock::new(containers),
                 sandboxes: RwLock::new(sandboxes),
-                names: Mutex::new(names),
+                pod_names,
+                container_names,
                 locks: Mutex::new(HashMap::new()),
+                pod_locks: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -260,6 +261,19 @@ impl Runtime {
     fn lock_for(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<()>>> {
         let mut m = self.inner.locks.lock().map_err(|_| poisoned())?;
         Ok(m.entry(id.to_string()).or_default().clone())
+    }
+
+    /// The pod's lock (see `Inner::pod_locks`).
+    fn pod_lock(&self, id: &str) -> Result<Arc<tokio::sync::RwLock<()>>> {
+        let mut m = self.inner.pod_locks.lock().map_err(|_| poisoned())?;
+        Ok(m.entry(id.to_string()).or_default().clone())
+    }
+
+    /// Another handle on the same runtime, for tasks that outlive a call.
+    fn handle(&self) -> Runtime {
+        Runtime {
+            inner: self.inner.clone(),
+        }
     }
 
     /// The full id of a sandbox given by id or unique prefix.
@@ -380,6 +394,19 @@ impl Inner {
 
 // ---------------------------------------------------------------------------
 // Helpers shared by pods and containers
+
+/// Run `work` in a task of its own and wait for it: a lifecycle call whose
+/// client gives up (kubelet's runtime-request-timeout) still finishes what
+/// it started, so that the next call finds a whole state, not a half one.
+async fn detached<T: Send + 'static>(
+    call: &'static str,
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    use tracing::Instrument;
+    tokio::spawn(work.in_current_span())
+        .await
+        .map_err(|e| Error::Internal(format!("{call} task failed: {e}")))?
+}
 
 /// rmdir of berth's default parent cgroup in every hierarchy: the kernel
 /// refuses while it has child cgroups, so another pod's is never touched.

@@ -6,7 +6,8 @@ impl Runtime {
     /// RunPodSandbox. A retry of a pod (same name) that is being created
     /// waits for that creation and gets its result; a retry after it finished
     /// gets the same id, as CRI-O's resourcestore does for kubelet's retries
-    /// after a client timeout.
+    /// after a client timeout. The creation goes on if the caller is gone
+    /// (see `reserve.rs`).
     pub async fn run_pod_sandbox(
         &self,
         config: SandboxConfig,
@@ -19,56 +20,19 @@ impl Runtime {
             )));
         }
         let name = sandbox_name(&config.metadata());
-        loop {
-            let tx = {
-                let mut names = self.inner.names.lock().map_err(|_| poisoned())?;
-                match names.get(&name) {
-                    Some(NameSlot::Taken(id)) => {
-                        tracing::info!(pod = %name, id = %id, "pod already exists; returning it");
-                        return Ok(id.clone());
-                    }
-                    Some(NameSlot::InFlight(rx)) => Err(rx.clone()),
-                    None => {
-                        let (tx, rx) = watch::channel(None);
-                        names.insert(name.clone(), NameSlot::InFlight(rx));
-                        Ok(tx)
-                    }
+        let rt = self.handle();
+        let n = name.clone();
+        self.inner
+            .pod_names
+            .run_once(&name, move |reservation| async move {
+                let r = rt.create_sandbox(config, &n).await;
+                match &r {
+                    Ok(id) => reservation.succeeded(id),
+                    Err(e) => reservation.failed(e),
                 }
-            };
-            match tx {
-                Ok(tx) => {
-                    let r = self.create_sandbox(config.clone(), &name).await;
-                    let mut names = self.inner.names.lock().map_err(|_| poisoned())?;
-                    match &r {
-                        Ok(id) => {
-                            names.insert(name.clone(), NameSlot::Taken(id.clone()));
-                        }
-                        Err(_) => {
-                            names.remove(&name);
-                        }
-                    }
-                    let _ = tx.send(Some(
-                        r.as_ref().map(Clone::clone).map_err(|e| e.to_string()),
-                    ));
-                    return r;
-                }
-                Err(mut rx) => {
-                    // Another call is creating this pod: take its result.
-                    let result = loop {
-                        if let Some(r) = rx.borrow().clone() {
-                            break Some(r);
-                        }
-                        if rx.changed().await.is_err() {
-                            break None;
-                        }
-                    };
-                    if let Some(Ok(id)) = result {
-                        return Ok(id);
-                    }
-                    // It failed (or was dropped): try ourselves.
-                }
-            }
-        }
+                r
+            })
+            .await
     }
 
     pub(super) async fn create_sandbox(&self, config: SandboxConfig, name: &str) -> Result<String> {
@@ -90,6 +54,8 @@ impl Runtime {
 
     /// StopPodSandbox: tear down what the pod holds (its namespaces, its
     /// /dev/shm). Idempotent.
+    /// Like every lifecycle call, it runs to its end in a task of its own
+    /// if its caller goes away.
     pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
         let full = match self.resolve_sandbox(id) {
             Ok(f) => f,
@@ -97,12 +63,22 @@ impl Runtime {
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        let rt = self.handle();
+        detached("StopPodSandbox", async move {
+            let lock = rt.pod_lock(&full)?;
+            let _g = lock.write().await;
+            rt.stop_pod_locked(&full).await
+        })
+        .await
+    }
+
+    /// StopPodSandbox's work, under the pod's lock held alone.
+    async fn stop_pod_locked(&self, full: &str) -> Result<()> {
         // Its containers first, killed at once (as containerd does).
-        for c in self.containers_of(&full)? {
-            self.stop_container(&c, 0).await?;
+        for c in self.containers_of(full)? {
+            self.stop_container_now(&c, 0).await?;
         }
-        let lock = self.lock_for(&full)?;
-        let _g = lock.lock().await;
+        let full = full.to_string();
         let Some(mut rec) = self
             .inner
             .sandboxes
@@ -154,12 +130,22 @@ impl Runtime {
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.stop_pod_sandbox(&full).await?;
-        for c in self.containers_of(&full)? {
-            self.remove_container(&c).await?;
+        let rt = self.handle();
+        detached("RemovePodSandbox", async move {
+            let lock = rt.pod_lock(&full)?;
+            let _g = lock.write().await;
+            rt.remove_pod_locked(&full).await
+        })
+        .await
+    }
+
+    /// RemovePodSandbox's work, under the pod's lock held alone.
+    async fn remove_pod_locked(&self, full: &str) -> Result<()> {
+        self.stop_pod_locked(full).await?;
+        for c in self.containers_of(full)? {
+            self.remove_container_now(&c).await?;
         }
-        let lock = self.lock_for(&full)?;
-        let _g = lock.lock().await;
+        let full = full.to_string();
         let Some(rec) = self
             .inner
             .sandboxes
@@ -203,12 +189,10 @@ impl Runtime {
             .map_err(|_| poisoned())?
             .remove(&full);
         self.inner
-            .names
-            .lock()
-            .map_err(|_| poisoned())?
-            .remove(&sandbox_name(&rec.config.metadata()));
+            .pod_names
+            .release(&sandbox_name(&rec.config.metadata()))?;
         self.inner
-            .locks
+            .pod_locks
             .lock()
             .map_err(|_| poisoned())?
             .remove(&full);
@@ -308,6 +292,7 @@ impl Inner {
         let d = dir.clone();
         undo.push("pod dir", move || remove_dir_logged(&d));
 
+        crate::failpoint::hit("sandbox.before_netns");
         let sysctls = namespaced_sysctls(&config.linux.sysctls, host_network, own_ipc)?;
         let want = Wanted {
             net: !host_network,
@@ -443,6 +428,7 @@ impl Inner {
                 pid,
             });
         }
+        crate::failpoint::hit("sandbox.before_commit");
         self.store.put_sandbox(&record)?;
         undo.disarm();
         Ok(record)
