@@ -134,6 +134,69 @@ impl Cgroup {
         out
     }
 
+    /// SIGKILL every process in the cgroup, including those forking while
+    /// it runs: v2's `cgroup.kill` (Linux 5.14) where there is one, else
+    /// freeze, kill, thaw (runc's `kill --all`), and without a freezer
+    /// rounds of kills until the cgroup is empty. Returns the processes it
+    /// could not kill (none, normally). The shim itself is never in it.
+    pub fn kill_all(&self) -> Vec<i32> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let kill_listed = |pids: &[i32]| {
+            for &p in pids {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+        };
+        if self.v2
+            && let Some(dir) = self.dirs.first()
+            && std::fs::write(dir.join("cgroup.kill"), b"1").is_ok()
+        {
+            return Vec::new();
+        }
+        let freezer = self.freezer();
+        if let Some(f) = &freezer {
+            f.set(true);
+        }
+        // Frozen processes cannot fork: one round kills them all; thawed
+        // (or without a freezer) a fork bomb may need a few.
+        for _ in 0..20 {
+            let pids = self.procs();
+            if pids.is_empty() {
+                break;
+            }
+            kill_listed(&pids);
+            if freezer.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if let Some(f) = &freezer {
+            // SIGKILL takes a frozen task once it is thawed.
+            f.set(false);
+        }
+        self.procs()
+            .into_iter()
+            .filter(|&p| kill(Pid::from_raw(p), None).is_ok())
+            .filter(|&p| !is_zombie(p))
+            .collect()
+    }
+
+    /// The freezer of this cgroup: v2's `cgroup.freeze` (5.2), or the v1
+    /// freezer hierarchy's `freezer.state`.
+    fn freezer(&self) -> Option<Freezer> {
+        if self.v2 {
+            let dir = self.dirs.first()?;
+            return dir
+                .join("cgroup.freeze")
+                .exists()
+                .then(|| Freezer::V2(dir.clone()));
+        }
+        self.dirs
+            .iter()
+            .find(|d| d.join("freezer.state").exists())
+            .map(|d| Freezer::V1(d.clone()))
+    }
+
     /// How many times the OOM killer killed in this cgroup (0 if unknown).
     pub fn oom_kills(&self) -> u64 {
         let Some(dir) = &self.memory else { return 0 };
@@ -147,4 +210,50 @@ impl Cgroup {
             .and_then(|t| plan::parse_oom_kill(&t))
             .unwrap_or(0)
     }
+}
+
+enum Freezer {
+    V1(PathBuf),
+    V2(PathBuf),
+}
+
+impl Freezer {
+    /// Freeze or thaw, waiting (a second at most) until the kernel says so.
+    fn set(&self, frozen: bool) {
+        let (file, value, state_file, want): (&str, &[u8], &str, &str) = match (self, frozen) {
+            (Freezer::V1(_), true) => ("freezer.state", b"FROZEN", "freezer.state", "FROZEN"),
+            (Freezer::V1(_), false) => ("freezer.state", b"THAWED", "freezer.state", "THAWED"),
+            (Freezer::V2(_), true) => ("cgroup.freeze", b"1", "cgroup.events", "frozen 1"),
+            (Freezer::V2(_), false) => ("cgroup.freeze", b"0", "cgroup.events", "frozen 0"),
+        };
+        let dir = match self {
+            Freezer::V1(d) | Freezer::V2(d) => d,
+        };
+        if std::fs::write(dir.join(file), value).is_err() {
+            return;
+        }
+        for _ in 0..1000 {
+            let now = std::fs::read_to_string(dir.join(state_file)).unwrap_or_default();
+            if now.lines().any(|l| l.trim() == want) {
+                return;
+            }
+            // v1 needs the write repeated while it is FREEZING.
+            if frozen && matches!(self, Freezer::V1(_)) {
+                let _ = std::fs::write(dir.join(file), value);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+/// A process that has exited and waits to be reaped (it stays listed in
+/// its cgroup until then on v1).
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(|st| st == "Z" || st == "X"))
+        })
+        .unwrap_or(true)
 }

@@ -461,6 +461,13 @@ impl Monitor {
             .cgroup
             .as_ref()
             .is_some_and(|c| c.oom_kills() > self.oom_base);
+        // Without a PID namespace of its own, the container's other
+        // processes do not die with its init (the kernel only does that for
+        // a namespace's PID 1): they are killed here, all of the cgroup, as
+        // containerd's shim does for a shared or host PID namespace.
+        if !self.own_pid_ns {
+            self.kill_leftovers();
+        }
         self.pending_exit = Some(ExitStatus {
             code,
             signal,
@@ -673,6 +680,13 @@ impl Monitor {
         self.respond(id, &resp);
     }
 
+    /// Every process left in the container's cgroup, SIGKILLed.
+    fn kill_leftovers(&self) -> Option<String> {
+        let left = self.cgroup.as_ref()?.kill_all();
+        (!left.is_empty())
+            .then(|| format!("processes {left:?} of the container's cgroup survived SIGKILL"))
+    }
+
     fn kill(&mut self, signal: i32, all: bool) -> Response {
         let sig = match Signal::try_from(signal) {
             Ok(s) => s,
@@ -683,6 +697,15 @@ impl Monitor {
             }
         };
         if self.status == Status::Exited {
+            // Its init is gone; what it left in its cgroup is not (a fork
+            // that raced the kill on exit): Stop and Remove end it.
+            if all
+                && sig == Signal::SIGKILL
+                && !self.own_pid_ns
+                && let Some(message) = self.kill_leftovers()
+            {
+                return Response::Error { message };
+            }
             return Response::Ok;
         }
         let mut failure = None;
@@ -691,6 +714,14 @@ impl Monitor {
         // otherwise (shared or host PID namespace, or a catchable signal)
         // every process of the cgroup is signalled.
         let whole_ns = self.own_pid_ns && sig == Signal::SIGKILL;
+        if all && sig == Signal::SIGKILL && !whole_ns && self.cgroup.is_some() {
+            // The whole cgroup at once (forks included), init among them.
+            let _ = kill(self.pid, sig);
+            return match self.kill_leftovers() {
+                Some(message) => Response::Error { message },
+                None => Response::Ok,
+            };
+        }
         if let (true, false, Some(cg)) = (all, whole_ns, &self.cgroup) {
             targets.extend(
                 cg.procs()
