@@ -843,6 +843,13 @@ pub mod whiteout_image {
     pub const NEW_FILE: &str = "opq/new";
     /// A whole directory deleted by a whiteout in layer 2.
     pub const REMOVED_DIR: &str = "gone-dir";
+    /// A directory that layer 2 whites out *and* has itself (the whiteout
+    /// before the directory): kept, opaque, so only layer 2's file is in it.
+    pub const RECREATED_DIR: &str = "redo-dir";
+    /// In layer 1's RECREATED_DIR: hidden.
+    pub const RECREATED_OLD: &str = "redo-dir/old";
+    /// In layer 2's RECREATED_DIR: seen.
+    pub const RECREATED_NEW: &str = "redo-dir/new";
 }
 
 /// busybox + layer 1 (files) + layer 2 (a file whiteout, a dir whiteout and an
@@ -857,6 +864,8 @@ pub fn whiteout_image(format: Format, marker: &str) -> Image {
         .file(HIDDEN_FILE, 0o644, b"hidden by an opaque dir\n")
         .dir(REMOVED_DIR, 0o755)
         .file(&format!("{REMOVED_DIR}/inner"), 0o644, b"inner\n")
+        .dir(RECREATED_DIR, 0o755)
+        .file(RECREATED_OLD, 0o644, b"old\n")
         .layer(Compression::Gzip, format);
     let l2 = TarBuilder::new()
         .dir("etc", 0o755)
@@ -865,6 +874,13 @@ pub fn whiteout_image(format: Format, marker: &str) -> Image {
         .dir(OPAQUE_DIR, 0o755)
         .opaque(OPAQUE_DIR)
         .file(NEW_FILE, 0o644, format!("new {marker}\n").as_bytes())
+        .whiteout(RECREATED_DIR)
+        .dir(RECREATED_DIR, 0o755)
+        .file(
+            RECREATED_NEW,
+            0o644,
+            format!("recreated {marker}\n").as_bytes(),
+        )
         .layer(Compression::Gzip, format);
     ImageBuilder::busybox(format)
         .layer(l1)

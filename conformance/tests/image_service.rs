@@ -605,6 +605,20 @@ async fn whiteouts_and_opaque_dirs_become_overlay_whiteouts() {
         !inspect::entries_ending_with(&root, KEPT_FILE).is_empty(),
         "{KEPT_FILE} not unpacked"
     );
+    // A whiteout never hides its own layer's entry: layer 2's directory
+    // stays, made opaque so that layer 1's contents stay hidden.
+    assert!(
+        inspect::whiteouts_named(&root, RECREATED_DIR).is_empty(),
+        "the whiteout of {RECREATED_DIR} hid layer 2's own directory"
+    );
+    assert!(
+        !inspect::opaque_dirs_named(&root, RECREATED_DIR).is_empty(),
+        "{RECREATED_DIR}/ of layer 2 not opaque"
+    );
+    assert!(
+        !inspect::files_with_content(&root, format!("recreated {m}\n").as_bytes()).is_empty(),
+        "{RECREATED_NEW} not unpacked"
+    );
     env.finish().await;
 }
 
