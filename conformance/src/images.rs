@@ -921,6 +921,38 @@ pub fn configured_image(format: Format, user: &str) -> Image {
         .build()
 }
 
+/// Files of the device node test image.
+pub mod devices_image {
+    /// A block device node, 8:0 (what /dev/sda is on most hosts), 0660.
+    pub const BLOCK: &str = "dev/sda";
+    pub const BLOCK_NUMBERS: (u32, u32) = (8, 0);
+    /// A character device node, 1:3 (/dev/null), 0666.
+    pub const CHAR: &str = "dev/null";
+    pub const CHAR_NUMBERS: (u32, u32) = (1, 3);
+}
+
+/// One layer with device nodes, as containerd unpacks them (opening them
+/// in a container is the device cgroup's call).
+pub fn devices_image(format: Format) -> Image {
+    use devices_image::*;
+    let mut block = RawEntry::new(BLOCK, EntryType::BlockDevice);
+    (block.dev_major, block.dev_minor) = BLOCK_NUMBERS;
+    block.mode = 0o660;
+    block.gid = 6;
+    let mut char_dev = RawEntry::new(CHAR, EntryType::CharDevice);
+    (char_dev.dev_major, char_dev.dev_minor) = CHAR_NUMBERS;
+    char_dev.mode = 0o666;
+    let layer = TarBuilder::new()
+        .dir("dev", 0o755)
+        .raw(block)
+        .raw(char_dev)
+        .layer(Compression::Gzip, format);
+    ImageBuilder::new(format)
+        .layer(layer)
+        .cmd(&["/bin/sh"])
+        .build()
+}
+
 /// busybox (with `compression` for its layer) + one small layer holding a
 /// file `marker.txt` whose content is `marker`: lets a test find the unpacked
 /// file under berthd's root.
@@ -994,14 +1026,10 @@ pub mod hostile {
         )
     }
 
-    /// A character device node (1:1, /dev/mem).
-    pub fn char_device() -> TarBuilder {
-        benign().char_device("mem", 1, 1)
-    }
-
-    /// A block device node (8:0, /dev/sda).
-    pub fn block_device() -> TarBuilder {
-        benign().block_device("sda", 8, 0)
+    /// A block device whose major (4096 + 8) the kernel cannot hold: cut to
+    /// 32 bits for mknod it would alias 8:0 (/dev/sda) under another name.
+    pub fn device_number_alias() -> TarBuilder {
+        benign().block_device("alias-of-sda", 4096 + 8, 0)
     }
 
     /// A GNU long-name entry of `len` bytes (far past PATH_MAX) before a file.

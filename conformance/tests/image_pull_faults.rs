@@ -111,13 +111,11 @@ async fn hostile_layer_hardlink_to_absolute_host_path_is_refused_and_leaves_noth
 }
 
 #[tokio::test]
-async fn hostile_layer_char_device_is_refused_and_leaves_nothing() {
-    hostile_is_refused("character device 1:1", |_| hostile::char_device()).await;
-}
-
-#[tokio::test]
-async fn hostile_layer_block_device_is_refused_and_leaves_nothing() {
-    hostile_is_refused("block device 8:0", |_| hostile::block_device()).await;
+async fn hostile_layer_device_number_the_kernel_cannot_hold_is_refused_and_leaves_nothing() {
+    hostile_is_refused("block device 4104:0 (would alias 8:0)", |_| {
+        hostile::device_number_alias()
+    })
+    .await;
 }
 
 #[tokio::test]

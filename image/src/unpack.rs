@@ -32,9 +32,16 @@
 //!   removes that directory tree (without following symlinks) first.
 //! * Hardlinks must point at an existing non-directory of this layer (not
 //!   at a whiteout).
-//! * Device nodes are refused; FIFOs, symlinks (literal target) are created.
+//! * Character and block device nodes are created with the header's
+//!   major/minor, as containerd does: opening one inside a container is the
+//!   cgroup device controller's decision, and on the host the store's
+//!   directories are 0700 (see [`crate::store`]). Device numbers the
+//!   kernel's 12-bit major / 20-bit minor cannot hold are refused (they
+//!   would silently name another device). FIFOs and symlinks (literal
+//!   target) are created too.
 //! * Owner, mode (setuid/setgid kept), xattrs (except `trusted.*`, which only
-//!   we may set) and mtimes are applied; directory mtimes at the very end.
+//!   we may set; none on FIFOs and device nodes, where `user.*` is not
+//!   allowed) and mtimes are applied; directory mtimes at the very end.
 //!
 //! On error the directory may hold partial content: the caller removes it.
 
@@ -90,9 +97,6 @@ pub enum UnpackError {
     /// The entry would resolve outside the layer or through a symlink.
     #[error("entry {path:?}: unsafe path: {reason}")]
     UnsafePath { path: String, reason: String },
-    /// Image layers may not carry device nodes.
-    #[error("entry {path:?}: device nodes are not allowed in image layers")]
-    DeviceNode { path: String },
     /// A hardlink whose target is not an existing non-directory of the layer.
     #[error("entry {path:?}: hardlink to {target:?} {reason}")]
     Hardlink {
@@ -569,9 +573,7 @@ fn apply<R: Read>(
     }
 
     match hdr.kind {
-        EntryKind::Char | EntryKind::Block => {
-            return Err(UnpackError::DeviceNode { path: disp(raw) });
-        }
+        EntryKind::Char | EntryKind::Block => check_device_numbers(hdr, raw)?,
         EntryKind::Other(t) => {
             return Err(invalid(
                 raw,
@@ -700,7 +702,44 @@ fn apply<R: Read>(
             set_metadata(fd.as_fd(), hdr, ids, false, raw)?;
             rfs::futimens(&fd, &timestamps(hdr.mtime)).map_err(|e| io_err(raw, "set mtime", e))?;
         }
-        EntryKind::Char | EntryKind::Block | EntryKind::Other(_) => {
+        EntryKind::Char | EntryKind::Block => {
+            let file_type = if hdr.kind == EntryKind::Char {
+                FileType::CharacterDevice
+            } else {
+                FileType::BlockDevice
+            };
+            let dev = rfs::makedev(hdr.dev_major, hdr.dev_minor);
+            create_replacing(
+                &mut st.t,
+                pfd,
+                parent.key(),
+                name,
+                raw,
+                "create device node",
+                || rfs::mknodat(pfd, name, file_type, Mode::from_raw_mode(0o600), dev),
+            )?;
+            // Opening a device node would open the device: it is changed by
+            // name. The name cannot have changed since mknodat: only this
+            // unpack writes in the layer directory, which is private.
+            rfs::chownat(
+                pfd,
+                name,
+                Some(Uid::from_raw(ids.0)),
+                Some(Gid::from_raw(ids.1)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_err(raw, "chown device node", e))?;
+            rfs::chmodat(
+                pfd,
+                name,
+                Mode::from_raw_mode(hdr.mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(|e| io_err(raw, "chmod device node", e))?;
+            rfs::utimensat(pfd, name, &timestamps(hdr.mtime), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| io_err(raw, "set device node mtime", e))?;
+        }
+        EntryKind::Other(_) => {
             return Err(invalid(raw, "unexpected entry type"));
         }
     }
@@ -823,6 +862,24 @@ fn whiteout(pfd: BorrowedFd<'_>, name: &[u8], raw: &[u8]) -> Result<(), UnpackEr
         Ok(_) => Ok(()),
         Err(e) => Err(io_err(raw, "stat the entry it whites out", e)),
     }
+}
+
+/// Device numbers as the kernel's `dev_t` holds them: 12-bit major, 20-bit
+/// minor. mknod takes 32 bits, so a larger number would be cut down to a
+/// different device than the header names.
+fn check_device_numbers(hdr: &EntryHeader, raw: &[u8]) -> Result<(), UnpackError> {
+    const MAX_MAJOR: u32 = (1 << 12) - 1;
+    const MAX_MINOR: u32 = (1 << 20) - 1;
+    if hdr.dev_major > MAX_MAJOR || hdr.dev_minor > MAX_MINOR {
+        return Err(invalid(
+            raw,
+            format!(
+                "device number {}:{} is out of range (major at most {MAX_MAJOR}, minor at most {MAX_MINOR})",
+                hdr.dev_major, hdr.dev_minor
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Directory mtimes, set last (creating children changes them).
@@ -1160,20 +1217,67 @@ mod tests {
     }
 
     #[test]
-    fn device_node_is_refused() {
+    fn device_nodes_are_created_with_their_type_numbers_mode_and_owner() {
         let f = fixture();
-        for flag in [b'3', b'4'] {
-            let mut h = RawHeader::ustar(flag, b"dev/sda");
-            h.dev(8, 0);
+        let mut t = TarBuilder::new();
+        let mut h = RawHeader::ustar(b'4', b"dev/sda");
+        h.dev(8, 1).mode(0o660).uid(0).gid(6).mtime(1_234_567_890);
+        t.header(&h);
+        let mut h = RawHeader::ustar(b'3', b"dev/null");
+        h.dev(1, 3).mode(0o666).uid(7).gid(8);
+        t.header(&h);
+        // The largest numbers the kernel holds; over an earlier file.
+        let mut h = RawHeader::ustar(b'3', b"dev/big");
+        h.dev(4095, (1 << 20) - 1).mode(0o600);
+        t.file("dev/big", b"file first").header(&h);
+        f.unpack(&t.finish()).unwrap();
+
+        let md = meta(&f.p("dev/sda"));
+        assert!(md.file_type().is_block_device());
+        assert_eq!(md.rdev(), rfs::makedev(8, 1));
+        assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o660, 0, 6));
+        assert_eq!(md.mtime(), 1_234_567_890);
+        let md = meta(&f.p("dev/null"));
+        assert!(md.file_type().is_char_device());
+        assert_eq!(md.rdev(), rfs::makedev(1, 3));
+        assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o666, 7, 8));
+        let md = meta(&f.p("dev/big"));
+        assert!(md.file_type().is_char_device());
+        assert_eq!(
+            (rfs::major(md.rdev()), rfs::minor(md.rdev())),
+            (4095, (1 << 20) - 1)
+        );
+        f.assert_outside_untouched();
+    }
+
+    #[test]
+    fn device_numbers_the_kernel_cannot_hold_are_refused() {
+        let f = fixture();
+        for (major, minor) in [(4096, 0), (8, 1 << 20)] {
+            let mut h = RawHeader::ustar(b'4', b"dev/alias");
+            h.dev(major, minor);
             let mut t = TarBuilder::new();
             t.header(&h);
             let err = f.unpack(&t.finish()).unwrap_err();
             assert!(
-                matches!(&err, UnpackError::DeviceNode { path } if path == "dev/sda"),
-                "{err}"
+                matches!(&err, UnpackError::Invalid { path, reason }
+                    if path == "dev/alias" && reason.contains("out of range")),
+                "{major}:{minor}: {err}"
             );
+            assert!(!f.p("dev/alias").exists());
         }
-        assert!(!f.p("dev/sda").exists());
+    }
+
+    #[test]
+    fn device_node_below_a_symlink_is_refused() {
+        let f = fixture();
+        let mut t = TarBuilder::new();
+        let mut h = RawHeader::ustar(b'3', b"evil/mem");
+        h.dev(1, 1);
+        t.symlink("evil", f.outside.to_str().unwrap()).header(&h);
+        let err = f.unpack(&t.finish()).unwrap_err();
+        assert!(matches!(err, UnpackError::UnsafePath { .. }), "{err}");
+        f.assert_outside_untouched();
     }
 
     #[test]
