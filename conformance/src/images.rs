@@ -829,6 +829,49 @@ pub fn multi_platform_index(format: Format, amd64: Image) -> Index {
     )
 }
 
+/// A gzip bomb: one layer holding one file `name` of `mib` MiB of zeros,
+/// compressed about 1000:1 (200 MiB make a ~200 KB blob). A valid layer
+/// with its true diff id; the stream is one gzip member per MiB, all the
+/// same, so that building a large one costs one MiB of compression.
+pub fn gzip_bomb(name: &str, mib: usize, format: Format) -> Layer {
+    use sha2::Digest as _;
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(data).expect("gzip in memory");
+        enc.finish().expect("gzip in memory")
+    }
+    let size = (mib as u64) << 20;
+    let header = raw_header(
+        &RawEntry::new(name, EntryType::File),
+        name.as_bytes(),
+        b"",
+        size,
+        false,
+    );
+    let zeros = vec![0u8; 1 << 20];
+    let zeros_gz = gz(&zeros);
+    let end = [0u8; 2 * BLOCK];
+    let mut data = gz(&header);
+    let mut diff = sha2::Sha256::new();
+    diff.update(header);
+    for _ in 0..mib {
+        data.extend_from_slice(&zeros_gz);
+        diff.update(&zeros);
+    }
+    data.extend_from_slice(&gz(&end));
+    diff.update(end);
+    let media_type = match format {
+        Format::Docker => media::DOCKER_LAYER_GZIP,
+        Format::Oci => media::OCI_LAYER_GZIP,
+    };
+    Layer {
+        blob: Blob::new(media_type, data),
+        diff_id: format!("sha256:{}", hex::encode(diff.finalize())),
+        compression: Compression::Gzip,
+        tar_size: BLOCK as u64 + size + end.len() as u64,
+    }
+}
+
 /// Files of the whiteout test image, so that tests can look for them.
 pub mod whiteout_image {
     /// Deleted by a `.wh.` entry in layer 2.
@@ -1108,6 +1151,21 @@ mod tests {
         assert_eq!(&tar[..10], b"etc/.wh.x\0");
         assert_eq!(&tar[512..528], b"d/.wh..wh..opq\0\0");
         assert_eq!(&tar[1024..1033], b".wh.top\0\0");
+    }
+
+    #[test]
+    fn gzip_bomb_is_small_and_inflates_to_its_diff_id() {
+        let layer = gzip_bomb("bomb", 3, Format::Oci);
+        assert!(layer.blob.size() < 16 << 10, "{}", layer.blob.size());
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::MultiGzDecoder::new(&layer.blob.data[..]),
+            &mut tar,
+        )
+        .unwrap();
+        assert_eq!(tar.len() as u64, layer.tar_size);
+        assert_eq!(digest(&tar), layer.diff_id);
+        assert_eq!(&tar[..5], b"bomb\0");
     }
 
     #[test]

@@ -162,6 +162,83 @@ async fn absolute_entry_name_is_contained_in_the_snapshot_or_refused() {
     env.finish().await;
 }
 
+// ------------------------------------------------------------------ limits
+
+#[tokio::test]
+async fn gzip_bomb_layer_fails_with_resource_exhausted_and_leaves_nothing() {
+    let reg = Registry::start().await.unwrap();
+    let options = BerthdOptions::default().extra_registry("max_unpacked_layer_size = \"16MiB\"");
+    let env = Env::start_with(reg, options).await;
+    // 200 MiB of zeros in a blob of about 200 KB: what would fill a disk.
+    let bomb = images::gzip_bomb("bomb", 200, Format::Oci);
+    assert!(bomb.blob.size() < 512 << 10, "{} bytes", bomb.blob.size());
+    let img = ImageBuilder::new(Format::Oci)
+        .layer(bomb.clone())
+        .cmd(&["/bomb"])
+        .build();
+    let r = env.push("bomb/layer:1", &img).await;
+    let before = env.snapshot();
+
+    let s = expect_code(
+        env.cri.pull(&r).await,
+        &[Code::ResourceExhausted],
+        "gzip bomb over max_unpacked_layer_size",
+    );
+    eprintln!("gzip bomb: {:?}: {}", s.code(), s.message());
+    for part in [
+        bomb.blob.digest.as_str(),
+        "16.0 MiB",
+        "registry.max_unpacked_layer_size",
+    ] {
+        assert!(
+            s.message().contains(part),
+            "message lacks {part:?}: {}",
+            s.message()
+        );
+    }
+    env.assert_no_leaks_since(&before).await;
+    assert!(env.cri.list_images(None).await.unwrap().is_empty());
+
+    // A layer within the limit still pulls.
+    let ok = images::marked_image(Format::Oci, Compression::Gzip, &marker("after the bomb"));
+    let r = env.push("bomb/after:1", &ok).await;
+    assert_eq!(
+        env.cri.pull(&r).await.expect("pull after the bomb"),
+        ok.id()
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn pull_under_the_free_space_reserve_fails_with_resource_exhausted_and_leaves_nothing() {
+    let reg = Registry::start().await.unwrap();
+    let options = BerthdOptions::default().extra_registry("min_free_space = \"100%\"");
+    let env = Env::start_with(reg, options).await;
+    let img = single_layer(Compression::Gzip);
+    let r = env.push("full/disk:1", &img).await;
+    let before = env.snapshot();
+    let s = expect_code(
+        env.cri.pull(&r).await,
+        &[Code::ResourceExhausted],
+        "pull with a reserve of the whole disk",
+    );
+    eprintln!("reserve: {:?}: {}", s.code(), s.message());
+    for part in [
+        img.layers[0].blob.digest.as_str(),
+        "registry.min_free_space",
+        "100%",
+    ] {
+        assert!(
+            s.message().contains(part),
+            "message lacks {part:?}: {}",
+            s.message()
+        );
+    }
+    env.assert_no_leaks_since(&before).await;
+    assert!(env.cri.list_images(None).await.unwrap().is_empty());
+    env.finish().await;
+}
+
 // ------------------------------------------------------ wrong blob content
 
 /// A registry behind a fault proxy and a berthd with a 2 s stall timeout.
