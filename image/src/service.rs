@@ -614,15 +614,16 @@ fn unpack_stream(
         hasher: Hasher::sha256(),
         failed: None,
     };
-    let store_fs = std::fs::File::open(dir).map_err(|e| {
+    let fs_error = |op: &str, source: std::io::Error| {
         UnpackFailure::Unpack(crate::unpack::UnpackError::Io {
             path: dir.display().to_string(),
-            op: "open the layer directory".into(),
-            source: e,
+            op: op.into(),
+            source,
         })
-    })?;
-    let mut limited =
-        LimitedReader::new(hashing, limits, store_fs.into()).map_err(UnpackFailure::Decompress)?;
+    };
+    let store_fs = std::fs::File::open(dir).map_err(|e| fs_error("open the layer directory", e))?;
+    let mut limited = LimitedReader::new(hashing, limits, store_fs.into())
+        .map_err(|e| fs_error("measure the image store's filesystem", e))?;
     let stats = {
         let reader = std::io::BufReader::with_capacity(BUF, &mut limited);
         crate::unpack::unpack_layer(reader, dir)
