@@ -829,6 +829,49 @@ pub fn multi_platform_index(format: Format, amd64: Image) -> Index {
     )
 }
 
+/// A gzip bomb: one layer holding one file `name` of `mib` MiB of zeros,
+/// compressed about 1000:1 (200 MiB make a ~200 KB blob). A valid layer
+/// with its true diff id; the stream is one gzip member per MiB, all the
+/// same, so that building a large one costs one MiB of compression.
+pub fn gzip_bomb(name: &str, mib: usize, format: Format) -> Layer {
+    use sha2::Digest as _;
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(data).expect("gzip in memory");
+        enc.finish().expect("gzip in memory")
+    }
+    let size = (mib as u64) << 20;
+    let header = raw_header(
+        &RawEntry::new(name, EntryType::File),
+        name.as_bytes(),
+        b"",
+        size,
+        false,
+    );
+    let zeros = vec![0u8; 1 << 20];
+    let zeros_gz = gz(&zeros);
+    let end = [0u8; 2 * BLOCK];
+    let mut data = gz(&header);
+    let mut diff = sha2::Sha256::new();
+    diff.update(header);
+    for _ in 0..mib {
+        data.extend_from_slice(&zeros_gz);
+        diff.update(&zeros);
+    }
+    data.extend_from_slice(&gz(&end));
+    diff.update(end);
+    let media_type = match format {
+        Format::Docker => media::DOCKER_LAYER_GZIP,
+        Format::Oci => media::OCI_LAYER_GZIP,
+    };
+    Layer {
+        blob: Blob::new(media_type, data),
+        diff_id: format!("sha256:{}", hex::encode(diff.finalize())),
+        compression: Compression::Gzip,
+        tar_size: BLOCK as u64 + size + end.len() as u64,
+    }
+}
+
 /// Files of the whiteout test image, so that tests can look for them.
 pub mod whiteout_image {
     /// Deleted by a `.wh.` entry in layer 2.
@@ -843,6 +886,13 @@ pub mod whiteout_image {
     pub const NEW_FILE: &str = "opq/new";
     /// A whole directory deleted by a whiteout in layer 2.
     pub const REMOVED_DIR: &str = "gone-dir";
+    /// A directory that layer 2 whites out *and* has itself (the whiteout
+    /// before the directory): kept, opaque, so only layer 2's file is in it.
+    pub const RECREATED_DIR: &str = "redo-dir";
+    /// In layer 1's RECREATED_DIR: hidden.
+    pub const RECREATED_OLD: &str = "redo-dir/old";
+    /// In layer 2's RECREATED_DIR: seen.
+    pub const RECREATED_NEW: &str = "redo-dir/new";
 }
 
 /// busybox + layer 1 (files) + layer 2 (a file whiteout, a dir whiteout and an
@@ -857,6 +907,8 @@ pub fn whiteout_image(format: Format, marker: &str) -> Image {
         .file(HIDDEN_FILE, 0o644, b"hidden by an opaque dir\n")
         .dir(REMOVED_DIR, 0o755)
         .file(&format!("{REMOVED_DIR}/inner"), 0o644, b"inner\n")
+        .dir(RECREATED_DIR, 0o755)
+        .file(RECREATED_OLD, 0o644, b"old\n")
         .layer(Compression::Gzip, format);
     let l2 = TarBuilder::new()
         .dir("etc", 0o755)
@@ -865,6 +917,13 @@ pub fn whiteout_image(format: Format, marker: &str) -> Image {
         .dir(OPAQUE_DIR, 0o755)
         .opaque(OPAQUE_DIR)
         .file(NEW_FILE, 0o644, format!("new {marker}\n").as_bytes())
+        .whiteout(RECREATED_DIR)
+        .dir(RECREATED_DIR, 0o755)
+        .file(
+            RECREATED_NEW,
+            0o644,
+            format!("recreated {marker}\n").as_bytes(),
+        )
         .layer(Compression::Gzip, format);
     ImageBuilder::busybox(format)
         .layer(l1)
@@ -902,6 +961,38 @@ pub fn configured_image(format: Format, user: &str) -> Image {
         .volumes(&["/data", "/cache"])
         .stop_signal("SIGINT")
         .exposed_ports(&["8080/tcp"])
+        .build()
+}
+
+/// Files of the device node test image.
+pub mod devices_image {
+    /// A block device node, 8:0 (what /dev/sda is on most hosts), 0660.
+    pub const BLOCK: &str = "dev/sda";
+    pub const BLOCK_NUMBERS: (u32, u32) = (8, 0);
+    /// A character device node, 1:3 (/dev/null), 0666.
+    pub const CHAR: &str = "dev/null";
+    pub const CHAR_NUMBERS: (u32, u32) = (1, 3);
+}
+
+/// One layer with device nodes, as containerd unpacks them (opening them
+/// in a container is the device cgroup's call).
+pub fn devices_image(format: Format) -> Image {
+    use devices_image::*;
+    let mut block = RawEntry::new(BLOCK, EntryType::BlockDevice);
+    (block.dev_major, block.dev_minor) = BLOCK_NUMBERS;
+    block.mode = 0o660;
+    block.gid = 6;
+    let mut char_dev = RawEntry::new(CHAR, EntryType::CharDevice);
+    (char_dev.dev_major, char_dev.dev_minor) = CHAR_NUMBERS;
+    char_dev.mode = 0o666;
+    let layer = TarBuilder::new()
+        .dir("dev", 0o755)
+        .raw(block)
+        .raw(char_dev)
+        .layer(Compression::Gzip, format);
+    ImageBuilder::new(format)
+        .layer(layer)
+        .cmd(&["/bin/sh"])
         .build()
 }
 
@@ -978,14 +1069,10 @@ pub mod hostile {
         )
     }
 
-    /// A character device node (1:1, /dev/mem).
-    pub fn char_device() -> TarBuilder {
-        benign().char_device("mem", 1, 1)
-    }
-
-    /// A block device node (8:0, /dev/sda).
-    pub fn block_device() -> TarBuilder {
-        benign().block_device("sda", 8, 0)
+    /// A block device whose major (4096 + 8) the kernel cannot hold: cut to
+    /// 32 bits for mknod it would alias 8:0 (/dev/sda) under another name.
+    pub fn device_number_alias() -> TarBuilder {
+        benign().block_device("alias-of-sda", 4096 + 8, 0)
     }
 
     /// A GNU long-name entry of `len` bytes (far past PATH_MAX) before a file.
@@ -1064,6 +1151,21 @@ mod tests {
         assert_eq!(&tar[..10], b"etc/.wh.x\0");
         assert_eq!(&tar[512..528], b"d/.wh..wh..opq\0\0");
         assert_eq!(&tar[1024..1033], b".wh.top\0\0");
+    }
+
+    #[test]
+    fn gzip_bomb_is_small_and_inflates_to_its_diff_id() {
+        let layer = gzip_bomb("bomb", 3, Format::Oci);
+        assert!(layer.blob.size() < 16 << 10, "{}", layer.blob.size());
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::MultiGzDecoder::new(&layer.blob.data[..]),
+            &mut tar,
+        )
+        .unwrap();
+        assert_eq!(tar.len() as u64, layer.tar_size);
+        assert_eq!(digest(&tar), layer.diff_id);
+        assert_eq!(&tar[..5], b"bomb\0");
     }
 
     #[test]

@@ -154,7 +154,7 @@ async fn every_test_image_kind_pushes_and_reads_back() {
             images::hostile::write_through_absolute_symlink(outside),
         ),
         ("hardlink", images::hostile::hardlink_outside(outside)),
-        ("chardev", images::hostile::char_device()),
+        ("devalias", images::hostile::device_number_alias()),
         ("longname", images::hostile::huge_gnu_longname(1 << 20)),
     ] {
         round_trip(
@@ -365,8 +365,9 @@ async fn hostile_tar_headers_say_what_they_should() {
     // third entry (after ok/ and ok/fine.txt) has a GNU long name with ..
     let name_block = String::from_utf8_lossy(&tar[512 * 4..512 * 5]);
     assert!(name_block.starts_with("../../"), "{name_block}");
-    let tar = images::hostile::char_device().finish();
-    assert_eq!(tar[512 * 3 + 156], b'3');
+    let tar = images::hostile::device_number_alias().finish();
+    assert_eq!(tar[512 * 3 + 156], b'4');
+    assert_eq!(&tar[512 * 3 + 329..512 * 3 + 336], b"0010010");
     let tar = images::hostile::huge_gnu_longname(5000).finish();
     assert_eq!(tar[512 * 3 + 156], b'L');
     let layer = TarBuilder::new()

@@ -111,13 +111,11 @@ async fn hostile_layer_hardlink_to_absolute_host_path_is_refused_and_leaves_noth
 }
 
 #[tokio::test]
-async fn hostile_layer_char_device_is_refused_and_leaves_nothing() {
-    hostile_is_refused("character device 1:1", |_| hostile::char_device()).await;
-}
-
-#[tokio::test]
-async fn hostile_layer_block_device_is_refused_and_leaves_nothing() {
-    hostile_is_refused("block device 8:0", |_| hostile::block_device()).await;
+async fn hostile_layer_device_number_the_kernel_cannot_hold_is_refused_and_leaves_nothing() {
+    hostile_is_refused("block device 4104:0 (would alias 8:0)", |_| {
+        hostile::device_number_alias()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -161,6 +159,83 @@ async fn absolute_entry_name_is_contained_in_the_snapshot_or_refused() {
         outside_before,
         "absolute entry written to the host path"
     );
+    env.finish().await;
+}
+
+// ------------------------------------------------------------------ limits
+
+#[tokio::test]
+async fn gzip_bomb_layer_fails_with_resource_exhausted_and_leaves_nothing() {
+    let reg = Registry::start().await.unwrap();
+    let options = BerthdOptions::default().extra_registry("max_unpacked_layer_size = \"16MiB\"");
+    let env = Env::start_with(reg, options).await;
+    // 200 MiB of zeros in a blob of about 200 KB: what would fill a disk.
+    let bomb = images::gzip_bomb("bomb", 200, Format::Oci);
+    assert!(bomb.blob.size() < 512 << 10, "{} bytes", bomb.blob.size());
+    let img = ImageBuilder::new(Format::Oci)
+        .layer(bomb.clone())
+        .cmd(&["/bomb"])
+        .build();
+    let r = env.push("bomb/layer:1", &img).await;
+    let before = env.snapshot();
+
+    let s = expect_code(
+        env.cri.pull(&r).await,
+        &[Code::ResourceExhausted],
+        "gzip bomb over max_unpacked_layer_size",
+    );
+    eprintln!("gzip bomb: {:?}: {}", s.code(), s.message());
+    for part in [
+        bomb.blob.digest.as_str(),
+        "16.0 MiB",
+        "registry.max_unpacked_layer_size",
+    ] {
+        assert!(
+            s.message().contains(part),
+            "message lacks {part:?}: {}",
+            s.message()
+        );
+    }
+    env.assert_no_leaks_since(&before).await;
+    assert!(env.cri.list_images(None).await.unwrap().is_empty());
+
+    // A layer within the limit still pulls.
+    let ok = images::marked_image(Format::Oci, Compression::Gzip, &marker("after the bomb"));
+    let r = env.push("bomb/after:1", &ok).await;
+    assert_eq!(
+        env.cri.pull(&r).await.expect("pull after the bomb"),
+        ok.id()
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn pull_under_the_free_space_reserve_fails_with_resource_exhausted_and_leaves_nothing() {
+    let reg = Registry::start().await.unwrap();
+    let options = BerthdOptions::default().extra_registry("min_free_space = \"100%\"");
+    let env = Env::start_with(reg, options).await;
+    let img = single_layer(Compression::Gzip);
+    let r = env.push("full/disk:1", &img).await;
+    let before = env.snapshot();
+    let s = expect_code(
+        env.cri.pull(&r).await,
+        &[Code::ResourceExhausted],
+        "pull with a reserve of the whole disk",
+    );
+    eprintln!("reserve: {:?}: {}", s.code(), s.message());
+    for part in [
+        img.layers[0].blob.digest.as_str(),
+        "registry.min_free_space",
+        "100%",
+    ] {
+        assert!(
+            s.message().contains(part),
+            "message lacks {part:?}: {}",
+            s.message()
+        );
+    }
+    env.assert_no_leaks_since(&before).await;
+    assert!(env.cri.list_images(None).await.unwrap().is_empty());
     env.finish().await;
 }
 

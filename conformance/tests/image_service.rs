@@ -605,6 +605,65 @@ async fn whiteouts_and_opaque_dirs_become_overlay_whiteouts() {
         !inspect::entries_ending_with(&root, KEPT_FILE).is_empty(),
         "{KEPT_FILE} not unpacked"
     );
+    // A whiteout never hides its own layer's entry: layer 2's directory
+    // stays, made opaque so that layer 1's contents stay hidden.
+    assert!(
+        inspect::whiteouts_named(&root, RECREATED_DIR).is_empty(),
+        "the whiteout of {RECREATED_DIR} hid layer 2's own directory"
+    );
+    assert!(
+        !inspect::opaque_dirs_named(&root, RECREATED_DIR).is_empty(),
+        "{RECREATED_DIR}/ of layer 2 not opaque"
+    );
+    assert!(
+        !inspect::files_with_content(&root, format!("recreated {m}\n").as_bytes()).is_empty(),
+        "{RECREATED_NEW} not unpacked"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn image_with_device_nodes_pulls_and_its_nodes_are_private_to_root() {
+    use images::devices_image::*;
+    let env = Env::start().await;
+    let img = images::devices_image(Format::Oci);
+    let r = env.push("dev/nodes:1", &img).await;
+    assert_eq!(env.cri.pull(&r).await.expect("pull"), img.id());
+    let st = env.cri.image(&r).await.unwrap().expect("ImageStatus");
+    assert_eq!(st.id, img.id());
+
+    let root = env.berthd.root();
+    for (path, numbers, mode, block) in [
+        (BLOCK, BLOCK_NUMBERS, 0o660, true),
+        (CHAR, CHAR_NUMBERS, 0o666, false),
+    ] {
+        let found = inspect::entries_ending_with(&root, path);
+        assert_eq!(found.len(), 1, "{path}: {found:?}");
+        let md = std::fs::symlink_metadata(&found[0]).unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        let ft = md.file_type();
+        assert!(
+            if block {
+                ft.is_block_device()
+            } else {
+                ft.is_char_device()
+            },
+            "{path}: {ft:?}"
+        );
+        assert_eq!(
+            md.rdev(),
+            rustix::fs::makedev(numbers.0, numbers.1),
+            "{path}"
+        );
+        assert_eq!(md.mode() & 0o7777, mode, "{path}");
+        // Other users of the node must not reach it through the host path:
+        // some directory on the way is closed to them.
+        let closed = found[0]
+            .ancestors()
+            .skip(1)
+            .any(|d| std::fs::metadata(d).is_ok_and(|m| m.is_dir() && m.mode() & 0o011 == 0));
+        assert!(closed, "{} is reachable by other users", found[0].display());
+    }
     env.finish().await;
 }
 

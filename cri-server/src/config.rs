@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use berth_image::limits::{FreeSpace, UnpackLimits};
 use serde::Deserialize;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/berth.toml";
@@ -68,6 +69,12 @@ pub struct RegistrySection {
     pub pull_stall_timeout: Duration,
     pub insecure: Vec<String>,
     pub pinned_images: Vec<String>,
+    /// Uncompressed bytes one layer may unpack to.
+    #[serde(deserialize_with = "size")]
+    pub max_unpacked_layer_size: u64,
+    /// Free space a pull must leave on the filesystem of `root`.
+    #[serde(deserialize_with = "free_space")]
+    pub min_free_space: FreeSpace,
     pub mirrors: HashMap<String, Vec<String>>,
 }
 
@@ -78,6 +85,44 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error
             "{s:?} is not a duration like \"30s\" or \"5m\": {e}"
         ))
     })
+}
+
+/// A size as a string with a unit: "64GiB", "500MB", "1.5 GiB" (KiB, MiB,
+/// GiB, TiB count in 1024s; KB, MB, GB, TB and K, M, G, T in 1000s).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t.is_empty() || t.starts_with('-') {
+        return Err(format!("{s:?} is not a size like \"64GiB\" or \"500MB\""));
+    }
+    t.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a size like \"64GiB\" or \"500MB\": {e}"))
+}
+
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_size(&s).map_err(serde::de::Error::custom)
+}
+
+/// A size ("1GiB") or a share of the filesystem ("5%").
+fn free_space<'de, D: serde::Deserializer<'de>>(d: D) -> Result<FreeSpace, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim().strip_suffix('%') {
+        Some(p) => p
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= 100)
+            .map(FreeSpace::Percent)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is not a percentage from \"0%\" to \"100%\""
+                ))
+            }),
+        None => parse_size(&s)
+            .map(FreeSpace::Bytes)
+            .map_err(|e| serde::de::Error::custom(format!("{e}, or a percentage like \"5%\""))),
+    }
 }
 
 impl Default for Config {
@@ -110,6 +155,8 @@ impl Default for RegistrySection {
             pull_stall_timeout: Duration::from_secs(300),
             insecure: Vec::new(),
             pinned_images: Vec::new(),
+            max_unpacked_layer_size: UnpackLimits::default().max_layer_bytes,
+            min_free_space: UnpackLimits::default().min_free,
             mirrors: HashMap::new(),
         }
     }
@@ -178,6 +225,11 @@ impl Config {
                 "registry.max_concurrent_downloads must be at least 1".into(),
             ));
         }
+        if self.registry.max_unpacked_layer_size == 0 {
+            return Err(ConfigError::Invalid(
+                "registry.max_unpacked_layer_size must be more than 0".into(),
+            ));
+        }
         if self.registry.pull_stall_timeout.is_zero() {
             return Err(ConfigError::Invalid(
                 "registry.pull_stall_timeout must be more than 0".into(),
@@ -213,6 +265,10 @@ impl Config {
             },
             max_concurrent_downloads: self.registry.max_concurrent_downloads,
             pinned_images: self.registry.pinned_images.clone(),
+            unpack_limits: UnpackLimits {
+                max_layer_bytes: self.registry.max_unpacked_layer_size,
+                min_free: self.registry.min_free_space,
+            },
         }
     }
 }
@@ -255,6 +311,8 @@ max_concurrent_downloads = 5
 pull_stall_timeout = "90s"
 insecure = ["my-registry.local:5000"]
 pinned_images = ["registry.k8s.io/pause:3.10"]
+max_unpacked_layer_size = "2GiB"
+min_free_space = "5%"
 [registry.mirrors]
 "registry.k8s.io" = ["http://127.0.0.1:5000"]
 "#,
@@ -266,6 +324,8 @@ pinned_images = ["registry.k8s.io/pause:3.10"]
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.registry.max_concurrent_downloads, 5);
         assert_eq!(c.registry.pull_stall_timeout, Duration::from_secs(90));
+        assert_eq!(c.registry.max_unpacked_layer_size, 2 << 30);
+        assert_eq!(c.registry.min_free_space, FreeSpace::Percent(5));
         assert_eq!(
             c.registry.mirrors["registry.k8s.io"],
             vec!["http://127.0.0.1:5000"]
@@ -300,12 +360,45 @@ pinned_images = ["registry.k8s.io/pause:3.10"]
             ),
             ("[registry.mirrors]\n\"x.io\" = [\"ftp://m\"]\n", "ftp://m"),
             ("[runtime]\ncgroup_parent = \"../x\"\n", "cgroup_parent"),
+            ("[registry]\nmax_unpacked_layer_size = \"big\"\n", "big"),
+            ("[registry]\nmax_unpacked_layer_size = \"-1GiB\"\n", "-1GiB"),
+            ("[registry]\nmax_unpacked_layer_size = 1024\n", "string"),
+            (
+                "[registry]\nmax_unpacked_layer_size = \"0\"\n",
+                "max_unpacked_layer_size",
+            ),
+            ("[registry]\nmin_free_space = \"101%\"\n", "101%"),
+            ("[registry]\nmin_free_space = \"lots\"\n", "lots"),
         ] {
             let e = Config::parse(text, Path::new("f.toml"))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(needle), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units_and_free_space_a_percentage() {
+        for (text, bytes) in [
+            ("64GiB", 64u64 << 30),
+            ("64 GiB", 64 << 30),
+            ("500MB", 500_000_000),
+            ("1.5KiB", 1536),
+            ("4096", 4096),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        let c = Config::parse("[registry]\nmin_free_space = \"0\"\n", Path::new("x")).unwrap();
+        assert_eq!(c.registry.min_free_space, FreeSpace::Bytes(0));
+        let c = Config::parse("[registry]\nmin_free_space = \"512MiB\"\n", Path::new("x")).unwrap();
+        assert_eq!(c.registry.min_free_space, FreeSpace::Bytes(512 << 20));
+        assert_eq!(
+            c.image_service_config().unpack_limits,
+            UnpackLimits {
+                max_layer_bytes: 64 << 30,
+                min_free: FreeSpace::Bytes(512 << 20),
+            }
+        );
     }
 
     #[test]

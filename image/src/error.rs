@@ -1,6 +1,7 @@
 //! The image crate's errors. cri-server maps [`Error::kind`] to a gRPC code;
 //! the message is meant for the person reading kubelet's events.
 
+use crate::limits::LimitExceeded;
 use crate::reference::ParseReferenceError;
 use crate::unpack::UnpackError;
 
@@ -14,6 +15,8 @@ pub enum ErrorKind {
     Unauthenticated,
     PermissionDenied,
     FailedPrecondition,
+    /// Over a configured limit (a layer too large, the disk too full).
+    ResourceExhausted,
     Unavailable,
     DeadlineExceeded,
     DataLoss,
@@ -54,6 +57,10 @@ pub enum Error {
         #[source]
         source: UnpackError,
     },
+    /// A layer over `registry.max_unpacked_layer_size` or
+    /// `registry.min_free_space`; `layer` names it and its image.
+    #[error("{layer}: {limit}")]
+    LayerLimit { layer: String, limit: LimitExceeded },
     #[error("image {0} is pinned (registry.pinned_images) and cannot be removed")]
     Pinned(String),
     #[error("{context}: {source}")]
@@ -88,6 +95,7 @@ impl Error {
             Error::Stalled { .. } => ErrorKind::DeadlineExceeded,
             Error::DigestMismatch { .. } => ErrorKind::DataLoss,
             Error::Pinned(_) => ErrorKind::FailedPrecondition,
+            Error::LayerLimit { .. } => ErrorKind::ResourceExhausted,
             Error::Io { .. } | Error::Database(_) => ErrorKind::Internal,
             Error::Shared(e) => e.kind(),
         }

@@ -5,12 +5,14 @@
 //! * [`registry`]: a Registry API v2 client (mirrors, auth, retries, stall timeout).
 //! * [`tar`] and [`unpack`]: a bounded streaming tar reader and a layer applier
 //!   that never follows a symlink and never writes outside its directory.
+//! * [`limits`]: the caps on what one layer may unpack to (gzip bombs).
 //! * [`store`]: the on-disk store: content blobs, layer snapshots keyed by chain
 //!   id, and the image records in an embedded database.
 //! * [`service`]: [`ImageService`], what the CRI server calls.
 
 pub mod digest;
 pub mod error;
+pub mod limits;
 pub mod manifest;
 pub mod reference;
 pub mod registry;

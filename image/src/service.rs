@@ -6,7 +6,9 @@
 //! blocking thread that inflates, hashes again (the diff id) and unpacks, all
 //! in one pass. Layers run in parallel up to `max_concurrent_downloads`, and
 //! a layer already being fetched by another pull is awaited, not fetched
-//! again. Layer work runs in its own task, so a client that gives up (kubelet
+//! again. The inflated stream is held to [`UnpackLimits`]: a layer over
+//! them fails with RESOURCE_EXHAUSTED and its partial unpack is removed at
+//! once. Layer work runs in its own task, so a client that gives up (kubelet
 //! timing out) does not waste what was downloaded: its retry finds the layer
 //! in flight or done.
 
@@ -22,6 +24,7 @@ use tokio::sync::{RwLock, Semaphore, mpsc};
 
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
+use crate::limits::{LimitExceeded, LimitedReader, UnpackLimits};
 use crate::manifest::{self, Compression, Descriptor, ImageConfig, ManifestDoc, Platform};
 use crate::reference::Reference;
 use crate::registry::{Credentials, RegistryClient, RegistryConfig, Session};
@@ -38,6 +41,8 @@ pub struct ImageServiceConfig {
     pub max_concurrent_downloads: usize,
     /// References that ImageStatus reports pinned and RemoveImage refuses.
     pub pinned_images: Vec<String>,
+    /// What one layer may unpack to, and the free space it must leave.
+    pub unpack_limits: UnpackLimits,
 }
 
 /// Bytes and inodes the image store uses, and where it lives.
@@ -68,6 +73,7 @@ struct Inner {
     registry: Arc<RegistryClient>,
     max_concurrent: usize,
     pinned: HashSet<String>,
+    limits: UnpackLimits,
     /// Layers being fetched, by chain id.
     inflight: Mutex<HashMap<Digest, LayerJob>>,
     /// Pulls hold it shared from the first snapshot check until their image
@@ -97,6 +103,7 @@ impl ImageService {
                 registry: Arc::new(RegistryClient::new(config.registry)?),
                 max_concurrent: config.max_concurrent_downloads.max(1),
                 pinned,
+                limits: config.unpack_limits,
                 inflight: Mutex::new(HashMap::new()),
                 gc_lock: RwLock::new(()),
             }),
@@ -435,8 +442,10 @@ impl Inner {
         let dir = self.store.tmp_dir("unpack")?;
         let (tx, rx) = mpsc::channel::<Bytes>(32);
         let unpack_dir = dir.clone();
-        let unpacker =
-            tokio::task::spawn_blocking(move || unpack_stream(rx, compression, &unpack_dir));
+        let limits = self.limits;
+        let unpacker = tokio::task::spawn_blocking(move || {
+            unpack_or_discard(rx, compression, &unpack_dir, &limits)
+        });
         let mut stream = session.blob_stream(&layer.digest, layer.size as u64);
         let mut hasher = layer.digest.hasher();
         let download: Result<()> = async {
@@ -477,6 +486,10 @@ impl Inner {
                 UnpackFailure::Decompress(e) => {
                     Error::Registry(format!("{}: cannot decompress: {e}", what()))
                 }
+                UnpackFailure::Limit(limit) => Error::LayerLimit {
+                    layer: what(),
+                    limit,
+                },
             })?;
             if &diff != diff_id {
                 return Err(Error::DigestMismatch {
@@ -506,9 +519,11 @@ impl Inner {
     }
 }
 
+#[derive(Debug)]
 enum UnpackFailure {
     Unpack(crate::unpack::UnpackError),
     Decompress(std::io::Error),
+    Limit(LimitExceeded),
 }
 
 /// Bytes arriving over a channel, as a `Read` for the blocking unpacker.
@@ -556,11 +571,28 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// [`unpack_stream`], and on failure remove `dir` right here: a layer
+/// stopped at a limit may have left gigabytes, and the download side may
+/// still be reading the rest of the blob.
+fn unpack_or_discard(
+    rx: mpsc::Receiver<Bytes>,
+    compression: Compression,
+    dir: &std::path::Path,
+    limits: &UnpackLimits,
+) -> std::result::Result<(Digest, crate::unpack::UnpackStats), UnpackFailure> {
+    let r = unpack_stream(rx, compression, dir, limits);
+    if r.is_err() {
+        crate::store::remove_any(dir);
+    }
+    r
+}
+
 /// Inflate, hash and unpack one layer stream into `dir`; returns the diff id.
 fn unpack_stream(
     rx: mpsc::Receiver<Bytes>,
     compression: Compression,
     dir: &std::path::Path,
+    limits: &UnpackLimits,
 ) -> std::result::Result<(Digest, crate::unpack::UnpackStats), UnpackFailure> {
     const BUF: usize = 256 << 10;
     let src = std::io::BufReader::with_capacity(
@@ -577,26 +609,184 @@ fn unpack_stream(
             zstd::stream::read::Decoder::with_buffer(src).map_err(UnpackFailure::Decompress)?,
         ),
     };
-    let mut hashing = HashingReader {
+    let hashing = HashingReader {
         inner: decoder,
         hasher: Hasher::sha256(),
         failed: None,
     };
+    let fs_error = |op: &str, source: std::io::Error| {
+        UnpackFailure::Unpack(crate::unpack::UnpackError::Io {
+            path: dir.display().to_string(),
+            op: op.into(),
+            source,
+        })
+    };
+    let store_fs = std::fs::File::open(dir).map_err(|e| fs_error("open the layer directory", e))?;
+    let mut limited = LimitedReader::new(hashing, limits, store_fs.into())
+        .map_err(|e| fs_error("measure the image store's filesystem", e))?;
     let stats = {
-        let reader = std::io::BufReader::with_capacity(BUF, &mut hashing);
-        match crate::unpack::unpack_layer(reader, dir) {
-            Ok(s) => s,
-            Err(e) => {
-                return Err(match hashing.failed {
-                    Some(kind) => {
-                        UnpackFailure::Decompress(std::io::Error::new(kind, e.to_string()))
-                    }
-                    None => UnpackFailure::Unpack(e),
-                });
-            }
+        let reader = std::io::BufReader::with_capacity(BUF, &mut limited);
+        crate::unpack::unpack_layer(reader, dir)
+    };
+    let stats = match stats {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(match (limited.exceeded(), limited.get_ref().failed) {
+                (Some(limit), _) => UnpackFailure::Limit(limit),
+                (None, Some(kind)) => {
+                    UnpackFailure::Decompress(std::io::Error::new(kind, e.to_string()))
+                }
+                (None, None) => UnpackFailure::Unpack(e),
+            });
         }
     };
     // Whatever follows the end-of-archive marker is part of the diff id.
-    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(UnpackFailure::Decompress)?;
-    Ok((hashing.hasher.finish(), stats))
+    if let Err(e) = std::io::copy(&mut limited, &mut std::io::sink()) {
+        return Err(match limited.exceeded() {
+            Some(limit) => UnpackFailure::Limit(limit),
+            None => UnpackFailure::Decompress(e),
+        });
+    }
+    Ok((limited.into_inner().hasher.finish(), stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::FreeSpace;
+    use crate::tar::testutil::RawHeader;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn zeros_header(mib: usize) -> [u8; 512] {
+        let mut h = RawHeader::ustar(b'0', b"zeros");
+        h.size((mib as u64) << 20).mode(0o644);
+        h.finish()
+    }
+
+    /// A gzip layer of one file of `mib` MiB of zeros. One gzip member per
+    /// MiB, all the same: compressed once, however large the bomb (a
+    /// multi-member stream is one valid gzip stream).
+    fn zeros_layer(mib: usize) -> Vec<u8> {
+        let zeros_member = gzip(&vec![0u8; 1 << 20]);
+        let mut blob = gzip(&zeros_header(mib));
+        for _ in 0..mib {
+            blob.extend_from_slice(&zeros_member);
+        }
+        blob.extend_from_slice(&gzip(&[0u8; 1024]));
+        blob
+    }
+
+    fn zeros_diff_id(mib: usize) -> Digest {
+        let mut hasher = Hasher::sha256();
+        hasher.update(&zeros_header(mib));
+        for _ in 0..mib {
+            hasher.update(&[0u8; 1 << 20]);
+        }
+        hasher.update(&[0u8; 1024]);
+        hasher.finish()
+    }
+
+    /// Feed `blob` to the unpacker as the download would, in chunks.
+    fn unpack(
+        blob: &[u8],
+        dir: &std::path::Path,
+        limits: &UnpackLimits,
+    ) -> std::result::Result<(Digest, crate::unpack::UnpackStats), UnpackFailure> {
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let chunks: Vec<Bytes> = blob.chunks(16 << 10).map(Bytes::copy_from_slice).collect();
+        let feeder = std::thread::spawn(move || {
+            for c in chunks {
+                if tx.blocking_send(c).is_err() {
+                    break; // the unpacker stopped
+                }
+            }
+        });
+        let r = unpack_or_discard(rx, Compression::Gzip, dir, limits);
+        feeder.join().unwrap();
+        r
+    }
+
+    fn fresh_dir(tmp: &tempfile::TempDir) -> std::path::PathBuf {
+        let d = tmp.path().join("unpack");
+        std::fs::create_dir(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_gzip_bomb_over_the_layer_limit_is_refused_and_its_partial_unpack_removed() {
+        let blob = zeros_layer(64);
+        assert!(blob.len() < 256 << 10, "{} bytes compressed", blob.len());
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = fresh_dir(&tmp);
+        let limits = UnpackLimits {
+            max_layer_bytes: 2 << 20,
+            min_free: FreeSpace::Bytes(0),
+        };
+        match unpack(&blob, &dir, &limits) {
+            Err(UnpackFailure::Limit(LimitExceeded::LayerSize { limit })) => {
+                assert_eq!(limit, 2 << 20)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!dir.exists(), "partial unpack left behind");
+    }
+
+    #[test]
+    fn a_layer_within_the_limits_unpacks_with_its_diff_id() {
+        let (blob, diff_id) = (zeros_layer(3), zeros_diff_id(3));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = fresh_dir(&tmp);
+        let limits = UnpackLimits {
+            max_layer_bytes: 4 << 20,
+            min_free: FreeSpace::Bytes(1),
+        };
+        let (diff, stats) = unpack(&blob, &dir, &limits).unwrap();
+        assert_eq!(diff, diff_id);
+        assert_eq!(stats.bytes, 3 << 20);
+        assert_eq!(std::fs::metadata(dir.join("zeros")).unwrap().len(), 3 << 20);
+    }
+
+    #[test]
+    fn unpacking_into_a_filesystem_under_the_reserve_is_refused_and_removed() {
+        let blob = zeros_layer(1);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = fresh_dir(&tmp);
+        let limits = UnpackLimits {
+            max_layer_bytes: u64::MAX,
+            min_free: FreeSpace::Percent(100),
+        };
+        match unpack(&blob, &dir, &limits) {
+            Err(UnpackFailure::Limit(LimitExceeded::FreeSpace { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn limit_errors_name_the_layer_the_limit_and_the_key_and_map_to_resource_exhausted() {
+        let e = Error::LayerLimit {
+            layer: "layer sha256:abc of example.com/bomb".into(),
+            limit: LimitExceeded::LayerSize { limit: 64 << 20 },
+        };
+        let msg = e.to_string();
+        for part in [
+            "sha256:abc",
+            "example.com/bomb",
+            "64.0 MiB",
+            "registry.max_unpacked_layer_size",
+        ] {
+            assert!(msg.contains(part), "{part}: {msg}");
+        }
+        assert_eq!(e.kind(), crate::error::ErrorKind::ResourceExhausted);
+        assert_eq!(
+            Error::Shared(Arc::new(e)).kind(),
+            crate::error::ErrorKind::ResourceExhausted
+        );
+    }
 }

@@ -1,5 +1,8 @@
-//! The image store on disk, under the berth root (mode 0700, so nothing in it,
-//! setuid files of images included, is reachable by other users):
+//! The image store on disk, under the berth root. The root and each store
+//! directory below it are 0700 (set at every open, whatever they were), as
+//! is each snapshot directory, so that nothing in a layer, setuid files and
+//! device nodes included, is reachable by other users of the node through
+//! the host path:
 //!
 //! ```text
 //! content/sha256/<hex>     manifests, indexes and configs, by digest
@@ -128,14 +131,15 @@ impl Store {
     /// Open (or create) the store under `root`, and clean up what an earlier
     /// crash left behind.
     pub fn open(root: &Path) -> Result<Self> {
-        mkdir_private(root)?;
-        // The root itself must not let other users reach into snapshots.
-        io(
-            || format!("setting mode 0700 on {}", root.display()),
-            fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700)),
-        )?;
-        for d in ["content/sha256", "snapshots", "tmp"] {
-            mkdir_private(&root.join(d))?;
+        // Not one of them may let other users reach into snapshots: each is
+        // a barrier of its own, should an operator open up another.
+        for d in ["", "content", "content/sha256", "snapshots", "tmp"] {
+            let p = root.join(d);
+            mkdir_private(&p)?;
+            io(
+                || format!("setting mode 0700 on {}", p.display()),
+                fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o700)),
+            )?;
         }
         // In-progress work of a previous run is never resumed.
         let tmp = root.join("tmp");
@@ -828,6 +832,26 @@ mod tests {
                 .repo_tags
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn store_and_snapshot_directories_are_private_even_if_opened_up() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        for d in ["", "content", "content/sha256", "snapshots", "tmp"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+            fs::set_permissions(root.join(d), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let s = Store::open(&root).unwrap();
+        let id = add_image(&s, "example.com/a:1", &["base"]);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        for d in ["", "content", "content/sha256", "snapshots", "tmp"] {
+            assert_eq!(mode(&root.join(d)), 0o700, "{d:?}");
+        }
+        for p in s.hold("c", &id).unwrap() {
+            assert_eq!(mode(&p), 0o700, "{}", p.display());
+        }
     }
 
     #[test]

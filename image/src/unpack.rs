@@ -6,6 +6,15 @@
 //! character device `NAME`, `.wh..wh..opq` the `trusted.overlay.opaque`
 //! xattr on its directory) and overlayfs does the merging.
 //!
+//! A whiteout hides only what the layers below have ("Whiteout files MUST
+//! only apply to resources in lower/parent layers"), never an entry of its
+//! own layer, whichever comes first in the archive. So `.wh.NAME` becomes a
+//! 0/0 device only where this layer has no `NAME`; where it has one (now or
+//! from a later entry, or as the implicit parent of a later entry), `NAME`
+//! stays, and if it is a directory it is made opaque, so that it hides the
+//! lower `NAME`'s contents as the whiteout asked. A non-directory hides the
+//! lower `NAME` by itself.
+//!
 //! A layer is untrusted input. The rules:
 //!
 //! * Nothing is ever resolved through a symlink. The parent directory of each
@@ -21,14 +30,22 @@
 //! * Later entries replace earlier ones with the same path; a directory over
 //!   a directory only updates its metadata; anything else over a directory
 //!   removes that directory tree (without following symlinks) first.
-//! * Hardlinks must point at an existing non-directory of this layer.
-//! * Device nodes are refused; FIFOs, symlinks (literal target) are created.
+//! * Hardlinks must point at an existing non-directory of this layer (not
+//!   at a whiteout).
+//! * Character and block device nodes are created with the header's
+//!   major/minor, as containerd does: opening one inside a container is the
+//!   cgroup device controller's decision, and on the host the store's
+//!   directories are 0700 (see [`crate::store`]). Device numbers the
+//!   kernel's 12-bit major / 20-bit minor cannot hold are refused (they
+//!   would silently name another device). FIFOs and symlinks (literal
+//!   target) are created too.
 //! * Owner, mode (setuid/setgid kept), xattrs (except `trusted.*`, which only
-//!   we may set) and mtimes are applied; directory mtimes at the very end.
+//!   we may set; none on FIFOs and device nodes, where `user.*` is not
+//!   allowed) and mtimes are applied; directory mtimes at the very end.
 //!
 //! On error the directory may hold partial content: the caller removes it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -80,9 +97,6 @@ pub enum UnpackError {
     /// The entry would resolve outside the layer or through a symlink.
     #[error("entry {path:?}: unsafe path: {reason}")]
     UnsafePath { path: String, reason: String },
-    /// Image layers may not carry device nodes.
-    #[error("entry {path:?}: device nodes are not allowed in image layers")]
-    DeviceNode { path: String },
     /// A hardlink whose target is not an existing non-directory of the layer.
     #[error("entry {path:?}: hardlink to {target:?} {reason}")]
     Hardlink {
@@ -143,6 +157,10 @@ struct Tracked {
     /// Directory mtimes, applied at the end; one per existing directory (a
     /// repeated or removed directory does not make it grow).
     dir_times: BTreeMap<Vec<u8>, Mtime>,
+    /// Paths a `.wh.` entry of this layer named: the lower layers' entry
+    /// there is gone, so a directory this layer has there must be opaque.
+    /// Kept when a tree is removed: it says what the lower layers lose.
+    whited: HashSet<Vec<u8>>,
 }
 
 impl Tracked {
@@ -205,7 +223,7 @@ impl State {
         {
             return Ok(Parent::Dir { key, fd });
         }
-        let fd = open_parent(root, &key, comps, raw)?;
+        let fd = open_parent(root, &key, comps, &self.t.whited, raw)?;
         Ok(Parent::Dir { key, fd })
     }
 
@@ -291,6 +309,7 @@ fn open_parent(
     root: BorrowedFd<'_>,
     key: &[u8],
     comps: &[&[u8]],
+    whited: &HashSet<Vec<u8>>,
     raw: &[u8],
 ) -> Result<OwnedFd, UnpackError> {
     for _ in 0..4 {
@@ -310,12 +329,19 @@ fn open_parent(
             Err(e) => return Err(io_err(raw, "open parent directory", e)),
         }
     }
-    walk_parent(root, comps, raw)
+    walk_parent(root, comps, whited, raw)
 }
 
 /// Opens `comps` one component at a time (each with the same openat2
-/// rules), creating missing directories 0755.
-fn walk_parent(root: BorrowedFd<'_>, comps: &[&[u8]], raw: &[u8]) -> Result<OwnedFd, UnpackError> {
+/// rules), creating missing directories 0755. A component that is a
+/// whiteout of this layer becomes an opaque directory: the entry below it
+/// belongs to this layer, the lower layers' directory stays hidden.
+fn walk_parent(
+    root: BorrowedFd<'_>,
+    comps: &[&[u8]],
+    whited: &HashSet<Vec<u8>>,
+    raw: &[u8],
+) -> Result<OwnedFd, UnpackError> {
     let mut cur: Option<OwnedFd> = None;
     for (i, &comp) in comps.iter().enumerate() {
         let at = cur.as_ref().map_or(root, |f| f.as_fd());
@@ -331,7 +357,15 @@ fn walk_parent(root: BorrowedFd<'_>, comps: &[&[u8]], raw: &[u8]) -> Result<Owne
             Errno::NOTDIR => invalid(raw, format!("parent {} is not a directory", prefix())),
             e => io_err(raw, format!("open parent directory {}", prefix()), e),
         };
-        let fd = match rfs::openat2(at, comp, DIR_FLAGS, Mode::empty(), RESOLVE) {
+        let opened = match rfs::openat2(at, comp, DIR_FLAGS, Mode::empty(), RESOLVE) {
+            Err(Errno::NOTDIR) if whited.contains(&join(&comps[..=i])) && is_whiteout(at, comp) => {
+                rfs::unlinkat(at, comp, AtFlags::empty())
+                    .map_err(|e| io_err(raw, format!("remove the whiteout {}", prefix()), e))?;
+                Err(Errno::NOENT)
+            }
+            r => r,
+        };
+        let fd = match opened {
             Ok(fd) => fd,
             Err(Errno::NOENT) => {
                 let created = match rfs::mkdirat(at, comp, Mode::from_raw_mode(0o755)) {
@@ -352,6 +386,9 @@ fn walk_parent(root: BorrowedFd<'_>, comps: &[&[u8]], raw: &[u8]) -> Result<Owne
                     rfs::fchmod(&fd, Mode::from_raw_mode(0o755)).map_err(|e| {
                         io_err(raw, format!("chmod parent directory {}", prefix()), e)
                     })?;
+                    if whited.contains(&join(&comps[..=i])) {
+                        set_opaque(fd.as_fd(), raw)?;
+                    }
                 }
                 fd
             }
@@ -377,12 +414,7 @@ fn remove_existing(
         Err(e) => return Err(io_err(raw, "stat the existing entry", e)),
     };
     if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-        let mut path = parent_key.to_vec();
-        if !path.is_empty() {
-            path.push(b'/');
-        }
-        path.extend_from_slice(name);
-        t.forget_tree(&path);
+        t.forget_tree(&child_key(parent_key, name));
         remove_tree(pfd, name).map_err(|e| io_err(raw, "remove the directory it replaces", e))
     } else {
         rfs::unlinkat(pfd, name, AtFlags::empty())
@@ -524,8 +556,7 @@ fn apply<R: Read>(
     if let Some(rest) = name.strip_prefix(WHITEOUT_PREFIX) {
         if name == WHITEOUT_OPAQUE {
             let parent = st.take_parent(root, parent_comps, raw)?;
-            rfs::fsetxattr(parent.fd(root), OPAQUE_XATTR, b"y", XattrFlags::empty())
-                .map_err(|e| io_err(raw, format!("set {OPAQUE_XATTR} on the directory"), e))?;
+            set_opaque(parent.fd(root), raw)?;
             st.keep_parent(parent);
         } else if rest.starts_with(WHITEOUT_PREFIX) {
             tracing::debug!(path = %disp(raw), "ignoring unknown whiteout meta entry");
@@ -534,33 +565,15 @@ fn apply<R: Read>(
                 return Err(unsafe_path(raw, "whiteout of an invalid name"));
             }
             let parent = st.take_parent(root, parent_comps, raw)?;
-            let pfd = parent.fd(root);
-            create_replacing(
-                &mut st.t,
-                pfd,
-                parent.key(),
-                rest,
-                raw,
-                "create whiteout",
-                || {
-                    rfs::mknodat(
-                        pfd,
-                        rest,
-                        FileType::CharacterDevice,
-                        Mode::empty(),
-                        rfs::makedev(0, 0),
-                    )
-                },
-            )?;
+            whiteout(parent.fd(root), rest, raw)?;
+            st.t.whited.insert(child_key(parent.key(), rest));
             st.keep_parent(parent);
         }
         return Ok(());
     }
 
     match hdr.kind {
-        EntryKind::Char | EntryKind::Block => {
-            return Err(UnpackError::DeviceNode { path: disp(raw) });
-        }
+        EntryKind::Char | EntryKind::Block => check_device_numbers(hdr, raw)?,
         EntryKind::Other(t) => {
             return Err(invalid(
                 raw,
@@ -631,6 +644,10 @@ fn apply<R: Read>(
                 .map_err(|e| io_err(raw, "open the directory", e))?;
             set_metadata(fd.as_fd(), hdr, ids, true, raw)?;
             let key = join(&comps);
+            if st.t.whited.contains(&key) {
+                // It replaced this layer's whiteout of the lower directory.
+                set_opaque(fd.as_fd(), raw)?;
+            }
             st.t.dir_times.insert(key.clone(), hdr.mtime);
             // Its children usually come next: it becomes the cached parent.
             st.t.cache = Some((key, fd));
@@ -685,7 +702,44 @@ fn apply<R: Read>(
             set_metadata(fd.as_fd(), hdr, ids, false, raw)?;
             rfs::futimens(&fd, &timestamps(hdr.mtime)).map_err(|e| io_err(raw, "set mtime", e))?;
         }
-        EntryKind::Char | EntryKind::Block | EntryKind::Other(_) => {
+        EntryKind::Char | EntryKind::Block => {
+            let file_type = if hdr.kind == EntryKind::Char {
+                FileType::CharacterDevice
+            } else {
+                FileType::BlockDevice
+            };
+            let dev = rfs::makedev(hdr.dev_major, hdr.dev_minor);
+            create_replacing(
+                &mut st.t,
+                pfd,
+                parent.key(),
+                name,
+                raw,
+                "create device node",
+                || rfs::mknodat(pfd, name, file_type, Mode::from_raw_mode(0o600), dev),
+            )?;
+            // Opening a device node would open the device: it is changed by
+            // name. The name cannot have changed since mknodat: only this
+            // unpack writes in the layer directory, which is private.
+            rfs::chownat(
+                pfd,
+                name,
+                Some(Uid::from_raw(ids.0)),
+                Some(Gid::from_raw(ids.1)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_err(raw, "chown device node", e))?;
+            rfs::chmodat(
+                pfd,
+                name,
+                Mode::from_raw_mode(hdr.mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(|e| io_err(raw, "chmod device node", e))?;
+            rfs::utimensat(pfd, name, &timestamps(hdr.mtime), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| io_err(raw, "set device node mtime", e))?;
+        }
+        EntryKind::Other(_) => {
             return Err(invalid(raw, "unexpected entry type"));
         }
     }
@@ -737,6 +791,9 @@ fn hardlink(
         Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
             return Err(herr("points to a directory"));
         }
+        Ok(st) if is_whiteout_stat(&st) && t.whited.contains(&join(&tcomps)) => {
+            return Err(herr("points to a whiteout, not a file of this layer"));
+        }
         Ok(_) => {}
         Err(Errno::NOENT) => return Err(herr("points to a missing file")),
         Err(e) => return Err(io_err(raw, "stat the hardlink target", e)),
@@ -758,6 +815,71 @@ fn hardlink(
         Err(Errno::NOENT) => Err(herr("points to a missing file")),
         Err(e) => Err(io_err(raw, "create hardlink", e)),
     }
+}
+
+fn child_key(parent_key: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(parent_key.len() + 1 + name.len());
+    key.extend_from_slice(parent_key);
+    if !key.is_empty() {
+        key.push(b'/');
+    }
+    key.extend_from_slice(name);
+    key
+}
+
+fn is_whiteout_stat(st: &rfs::Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
+}
+
+/// Whether `name` in `pfd` is an overlayfs whiteout (a 0/0 character device).
+fn is_whiteout(pfd: BorrowedFd<'_>, name: &[u8]) -> bool {
+    rfs::statat(pfd, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| is_whiteout_stat(&st))
+}
+
+fn set_opaque(dir: BorrowedFd<'_>, raw: &[u8]) -> Result<(), UnpackError> {
+    rfs::fsetxattr(dir, OPAQUE_XATTR, b"y", XattrFlags::empty())
+        .map_err(|e| io_err(raw, format!("set {OPAQUE_XATTR} on the directory"), e))
+}
+
+/// `.wh.NAME` in `pfd`: hide the lower layers' `NAME`. Where this layer has
+/// no `NAME` that is a 0/0 device; an entry of this layer stays (a later
+/// `NAME` entry replaces the device the same way), a directory made opaque.
+fn whiteout(pfd: BorrowedFd<'_>, name: &[u8], raw: &[u8]) -> Result<(), UnpackError> {
+    match rfs::statat(pfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(Errno::NOENT) => rfs::mknodat(
+            pfd,
+            name,
+            FileType::CharacterDevice,
+            Mode::empty(),
+            rfs::makedev(0, 0),
+        )
+        .map_err(|e| io_err(raw, "create whiteout", e)),
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            let fd = rfs::openat(pfd, name, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty())
+                .map_err(|e| io_err(raw, "open the directory it whites out", e))?;
+            set_opaque(fd.as_fd(), raw)
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(io_err(raw, "stat the entry it whites out", e)),
+    }
+}
+
+/// Device numbers as the kernel's `dev_t` holds them: 12-bit major, 20-bit
+/// minor. mknod takes 32 bits, so a larger number would be cut down to a
+/// different device than the header names.
+fn check_device_numbers(hdr: &EntryHeader, raw: &[u8]) -> Result<(), UnpackError> {
+    const MAX_MAJOR: u32 = (1 << 12) - 1;
+    const MAX_MINOR: u32 = (1 << 20) - 1;
+    if hdr.dev_major > MAX_MAJOR || hdr.dev_minor > MAX_MINOR {
+        return Err(invalid(
+            raw,
+            format!(
+                "device number {}:{} is out of range (major at most {MAX_MAJOR}, minor at most {MAX_MINOR})",
+                hdr.dev_major, hdr.dev_minor
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Directory mtimes, set last (creating children changes them).
@@ -1095,20 +1217,67 @@ mod tests {
     }
 
     #[test]
-    fn device_node_is_refused() {
+    fn device_nodes_are_created_with_their_type_numbers_mode_and_owner() {
         let f = fixture();
-        for flag in [b'3', b'4'] {
-            let mut h = RawHeader::ustar(flag, b"dev/sda");
-            h.dev(8, 0);
+        let mut t = TarBuilder::new();
+        let mut h = RawHeader::ustar(b'4', b"dev/sda");
+        h.dev(8, 1).mode(0o660).uid(0).gid(6).mtime(1_234_567_890);
+        t.header(&h);
+        let mut h = RawHeader::ustar(b'3', b"dev/null");
+        h.dev(1, 3).mode(0o666).uid(7).gid(8);
+        t.header(&h);
+        // The largest numbers the kernel holds; over an earlier file.
+        let mut h = RawHeader::ustar(b'3', b"dev/big");
+        h.dev(4095, (1 << 20) - 1).mode(0o600);
+        t.file("dev/big", b"file first").header(&h);
+        f.unpack(&t.finish()).unwrap();
+
+        let md = meta(&f.p("dev/sda"));
+        assert!(md.file_type().is_block_device());
+        assert_eq!(md.rdev(), rfs::makedev(8, 1));
+        assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o660, 0, 6));
+        assert_eq!(md.mtime(), 1_234_567_890);
+        let md = meta(&f.p("dev/null"));
+        assert!(md.file_type().is_char_device());
+        assert_eq!(md.rdev(), rfs::makedev(1, 3));
+        assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o666, 7, 8));
+        let md = meta(&f.p("dev/big"));
+        assert!(md.file_type().is_char_device());
+        assert_eq!(
+            (rfs::major(md.rdev()), rfs::minor(md.rdev())),
+            (4095, (1 << 20) - 1)
+        );
+        f.assert_outside_untouched();
+    }
+
+    #[test]
+    fn device_numbers_the_kernel_cannot_hold_are_refused() {
+        let f = fixture();
+        for (major, minor) in [(4096, 0), (8, 1 << 20)] {
+            let mut h = RawHeader::ustar(b'4', b"dev/alias");
+            h.dev(major, minor);
             let mut t = TarBuilder::new();
             t.header(&h);
             let err = f.unpack(&t.finish()).unwrap_err();
             assert!(
-                matches!(&err, UnpackError::DeviceNode { path } if path == "dev/sda"),
-                "{err}"
+                matches!(&err, UnpackError::Invalid { path, reason }
+                    if path == "dev/alias" && reason.contains("out of range")),
+                "{major}:{minor}: {err}"
             );
+            assert!(!f.p("dev/alias").exists());
         }
-        assert!(!f.p("dev/sda").exists());
+    }
+
+    #[test]
+    fn device_node_below_a_symlink_is_refused() {
+        let f = fixture();
+        let mut t = TarBuilder::new();
+        let mut h = RawHeader::ustar(b'3', b"evil/mem");
+        h.dev(1, 1);
+        t.symlink("evil", f.outside.to_str().unwrap()).header(&h);
+        let err = f.unpack(&t.finish()).unwrap_err();
+        assert!(matches!(err, UnpackError::UnsafePath { .. }), "{err}");
+        f.assert_outside_untouched();
     }
 
     #[test]
@@ -1126,7 +1295,7 @@ mod tests {
         let mut t = TarBuilder::new();
         t.file("etc/.wh.passwd", b"")
             .file(".wh.tmp", b"whiteouts may carry data; it is skipped")
-            .file("etc/shadow", b"s")
+            .file("etc/.wh.shadow", b"")
             .file("etc/.wh.shadow", b"");
         let stats = f.unpack(&t.finish()).unwrap();
         assert_eq!(stats.entries, 4);
@@ -1139,18 +1308,199 @@ mod tests {
         assert!(!f.p(".wh.tmp").exists());
     }
 
+    /// The archive orders of one layer that holds both `NAME` and `.wh.NAME`.
+    fn both_orders(entry: impl Fn(&mut TarBuilder), whiteout: &str) -> [Vec<u8>; 2] {
+        let mut first = TarBuilder::new();
+        entry(&mut first);
+        first.file(whiteout, b"");
+        let mut second = TarBuilder::new();
+        second.file(whiteout, b"");
+        entry(&mut second);
+        [first.finish(), second.finish()]
+    }
+
     #[test]
-    fn whiteout_of_a_directory_in_the_same_layer_removes_it() {
+    fn whiteout_keeps_a_file_of_its_own_layer_in_either_order() {
+        let cases = [
+            both_orders(
+                |t| {
+                    t.file("etc/shadow", b"mine");
+                },
+                "etc/.wh.shadow",
+            ),
+            both_orders(
+                |t| {
+                    t.symlink("etc/shadow", "target");
+                },
+                "etc/.wh.shadow",
+            ),
+        ];
+        for (i, archive) in cases.iter().flatten().enumerate() {
+            let f = fixture();
+            f.unpack(archive).unwrap();
+            let md = meta(&f.p("etc/shadow"));
+            assert!(!md.file_type().is_char_device(), "case {i}: whited out");
+            if md.is_file() {
+                assert_eq!(fs::read(f.p("etc/shadow")).unwrap(), b"mine", "case {i}");
+            } else {
+                assert!(md.file_type().is_symlink(), "case {i}");
+            }
+            assert_eq!(f.names("etc"), ["shadow"], "case {i}");
+        }
+    }
+
+    #[test]
+    fn whiteout_of_a_directory_of_its_own_layer_keeps_it_and_makes_it_opaque() {
+        let explicit = both_orders(
+            |t| {
+                t.dir("d/").dir("d/sub/").file("d/sub/f", b"f");
+            },
+            ".wh.d",
+        );
+        // Only the implicit parent of a later (or earlier) entry.
+        let implicit = both_orders(
+            |t| {
+                t.file("d/sub/f", b"f");
+            },
+            ".wh.d",
+        );
+        for (i, archive) in explicit.iter().chain(&implicit).enumerate() {
+            let f = fixture();
+            f.unpack(archive).unwrap();
+            assert!(meta(&f.p("d")).is_dir(), "case {i}");
+            assert_eq!(fs::read(f.p("d/sub/f")).unwrap(), b"f", "case {i}");
+            assert_eq!(
+                lget(&f.p("d"), OPAQUE_XATTR).as_deref(),
+                Some(&b"y"[..]),
+                "case {i}: the lower d's contents must stay hidden"
+            );
+            assert_eq!(lget(&f.p("d/sub"), OPAQUE_XATTR), None, "case {i}");
+            assert_eq!(f.names(""), ["d"], "case {i}");
+        }
+        // A whiteout parent replaced by a directory gets 0755, like any
+        // implicit parent.
+        let f = fixture();
+        f.unpack(&implicit[1]).unwrap();
+        assert_eq!(meta(&f.p("d")).mode() & 0o7777, 0o755);
+    }
+
+    #[test]
+    fn whiteout_of_a_lower_entry_below_a_directory_of_this_layer() {
         let f = fixture();
         let mut t = TarBuilder::new();
-        t.dir("d/")
-            .dir("d/sub/")
-            .file("d/sub/f", b"f")
-            .file(".wh.d", b"");
+        t.file("d/.wh.gone", b"")
+            .file("d/.wh.x", b"")
+            .dir("d/x/")
+            .file("d/x/y", b"y");
         f.unpack(&t.finish()).unwrap();
-        let md = meta(&f.p("d"));
-        assert!(md.file_type().is_char_device());
-        assert_eq!(md.rdev(), 0);
+        let md = meta(&f.p("d/gone"));
+        assert!(md.file_type().is_char_device() && md.rdev() == 0);
+        assert_eq!(lget(&f.p("d"), OPAQUE_XATTR), None);
+        assert_eq!(lget(&f.p("d/x"), OPAQUE_XATTR).as_deref(), Some(&b"y"[..]));
+        assert_eq!(f.names("d"), ["gone", "x"]);
+    }
+
+    #[test]
+    fn hardlink_to_a_whiteout_is_refused() {
+        let f = fixture();
+        let mut t = TarBuilder::new();
+        t.file(".wh.gone", b"").hardlink("h", "gone");
+        let err = f.unpack(&t.finish()).unwrap_err();
+        assert!(
+            matches!(&err, UnpackError::Hardlink { reason, .. } if reason.contains("whiteout")),
+            "{err}"
+        );
+    }
+
+    /// What a container sees: the layers as overlayfs lower directories
+    /// (bottom first), mounted read-only in this test thread's own mount
+    /// namespace, which goes away with the thread.
+    fn overlay_view(lowers: &[&Path], target: &Path, look: impl FnOnce(&Path) + Send) {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let lowerdir = lowers
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let target_c = CString::new(target.as_os_str().as_bytes()).unwrap();
+        let opts = CString::new(format!("lowerdir={lowerdir}")).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: unshare and mount with valid C strings; they only
+                // affect this thread (CLONE_NEWNS unshares its fs state).
+                unsafe {
+                    assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare");
+                    let none = c"none";
+                    assert_eq!(
+                        libc::mount(
+                            none.as_ptr(),
+                            c"/".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null()
+                        ),
+                        0,
+                        "make mounts private"
+                    );
+                    let r = libc::mount(
+                        c"overlay".as_ptr(),
+                        target_c.as_ptr(),
+                        c"overlay".as_ptr(),
+                        libc::MS_RDONLY,
+                        opts.as_ptr().cast(),
+                    );
+                    assert_eq!(r, 0, "mount overlay: {}", io::Error::last_os_error());
+                }
+                look(target);
+            });
+        });
+    }
+
+    #[test]
+    fn overlayfs_shows_the_upper_layers_own_entry_and_hides_the_lower_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lower = tmp.path().join("lower");
+        let mnt = tmp.path().join("mnt");
+        for d in [&lower, &mnt] {
+            fs::create_dir(d).unwrap();
+        }
+        let mut t = TarBuilder::new();
+        t.file("d/old", b"lower")
+            .file("f", b"lower")
+            .file("gone", b"lower");
+        unpack_layer(&t.finish()[..], &lower).unwrap();
+        for (i, upper_tar) in both_orders(
+            |t| {
+                t.dir("d/").file("d/new", b"upper").file("f", b"upper");
+            },
+            ".wh.d",
+        )
+        .into_iter()
+        .enumerate()
+        {
+            let upper = tmp.path().join(format!("upper{i}"));
+            fs::create_dir(&upper).unwrap();
+            let mut tar = upper_tar[..upper_tar.len() - 1024].to_vec();
+            let mut more = TarBuilder::new();
+            more.file(".wh.f", b"").file(".wh.gone", b"");
+            tar.extend_from_slice(&more.finish());
+            unpack_layer(&tar[..], &upper).unwrap();
+            overlay_view(&[&lower, &upper], &mnt, |m| {
+                let names = |p: &str| {
+                    let mut v: Vec<String> = fs::read_dir(m.join(p))
+                        .unwrap()
+                        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect();
+                    v.sort();
+                    v
+                };
+                assert_eq!(names(""), ["d", "f"], "order {i}");
+                assert_eq!(names("d"), ["new"], "order {i}: lower d/old shows through");
+                assert_eq!(fs::read(m.join("f")).unwrap(), b"upper", "order {i}");
+            });
+        }
     }
 
     #[test]
@@ -1394,9 +1744,9 @@ mod tests {
         let mut h = RawHeader::ustar(b'5', b"keep/");
         h.mode(0o750).uid(42);
         t.header(&h);
-        // fifo over file, whiteout over fifo
+        // fifo over file, fifo over this layer's whiteout
         t.file("p", b"").header(&RawHeader::ustar(b'6', b"p"));
-        t.header(&RawHeader::ustar(b'6', b"q")).file(".wh.q", b"");
+        t.file(".wh.q", b"").header(&RawHeader::ustar(b'6', b"q"));
         f.unpack(&t.finish()).unwrap();
 
         assert_eq!(fs::read(f.p("f")).unwrap(), b"two");
@@ -1410,7 +1760,7 @@ mod tests {
         assert_eq!((md.mode() & 0o7777, md.uid()), (0o750, 42));
         assert_eq!(f.names("keep"), ["child"]);
         assert!(meta(&f.p("p")).file_type().is_fifo());
-        assert!(meta(&f.p("q")).file_type().is_char_device());
+        assert!(meta(&f.p("q")).file_type().is_fifo());
         f.assert_outside_untouched();
     }
 
