@@ -248,3 +248,114 @@ pub async fn container_pid(env: &Env, id: &str) -> i32 {
         .as_i64()
         .expect("pid in info") as i32
 }
+
+/// A block device of this node (a whole disk, the first in /sys/block that
+/// is not a loop, ram or zram device) as (name, major, minor): what a
+/// container must not read through a node it makes itself. sda's 8:0
+/// where there is none.
+pub fn node_disk() -> (String, u32, u32) {
+    let mut disks: Vec<(String, u32, u32)> = std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if ["loop", "ram", "zram", "nbd"]
+                .iter()
+                .any(|p| name.starts_with(p))
+            {
+                return None;
+            }
+            let dev = std::fs::read_to_string(e.path().join("dev")).ok()?;
+            let (ma, mi) = dev.trim().split_once(':')?;
+            Some((name, ma.parse().ok()?, mi.parse().ok()?))
+        })
+        .collect();
+    disks.sort();
+    disks
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| ("sda".into(), 8, 0))
+}
+
+/// The device cgroup rules, checked from inside a container of `p` (root,
+/// default capabilities, so CAP_MKNOD) that asks for the node's
+/// /dev/loop-control through ContainerConfig.devices: mknod of any device
+/// works, but only the OCI defaults (null, zero, full, random, urandom,
+/// tty, ptmx) and the requested device open. Refused with "Operation not
+/// permitted" (the cgroup said no, not the filesystem), through nodes made
+/// in the container: the node's disk, and devices that root on the node
+/// can open and that need no capability, so that without the rules they
+/// would open: /dev/loop0 (block 7:0) and /dev/fuse (char 10:229). The
+/// container is stopped and removed after.
+pub async fn check_device_rules(env: &Env, p: &Pod, name: &str) {
+    let exists = |d: &str| std::path::Path::new(d).exists();
+    let requested = exists("/dev/loop-control").then_some("/dev/loop-control");
+    let mut c = container(p, name, &["sleep", "3600"]);
+    if let Some(dev) = requested {
+        c.devices = vec![k8s_cri::v1::Device {
+            container_path: dev.into(),
+            host_path: dev.into(),
+            permissions: "rwm".into(),
+        }];
+    }
+    let id = run(env, p, c).await;
+
+    let (disk, major, minor) = node_disk();
+    let mut refused = vec![(format!("b {major} {minor}"), format!("the disk {disk}"))];
+    if exists("/dev/loop0") {
+        refused.push(("b 7 0".into(), "/dev/loop0".into()));
+    }
+    if exists("/dev/fuse") {
+        refused.push(("c 10 229".into(), "/dev/fuse".into()));
+    }
+    for (i, (node, what)) in refused.iter().enumerate() {
+        let made = sh(
+            env,
+            &id,
+            &format!("mkdir -p /tmp && mknod /tmp/dev{i} {node} && echo made"),
+        )
+        .await;
+        assert_eq!(made.trim(), "made", "mknod {node} ({what}) is allowed");
+        let (code, out, err) = try_sh(env, &id, &format!("head -c1 /tmp/dev{i} >/dev/null")).await;
+        assert!(
+            code != 0 && err.contains("Operation not permitted"),
+            "opening {node} ({what}) must be refused by the device rules: \
+             exit {code}, stdout {out:?}, stderr {err:?}"
+        );
+    }
+    let out = sh(
+        env,
+        &id,
+        "head -c1 /dev/zero | wc -c; head -c1 /dev/urandom | wc -c; head -c1 /dev/random | wc -c; \
+         echo x > /dev/null; echo x > /dev/zero; : < /dev/full; : < /dev/ptmx; echo ok",
+    )
+    .await;
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["1", "1", "1", "ok"],
+        "null, zero, full, random, urandom, ptmx"
+    );
+    // A container without a terminal has no controlling tty: /dev/tty
+    // says ENXIO, not EPERM.
+    let (_, _, err) = try_sh(env, &id, ": < /dev/tty").await;
+    assert!(!err.contains("Operation not permitted"), "/dev/tty: {err}");
+    if let Some(dev) = requested {
+        let (code, out, err) = try_sh(env, &id, &format!(": < {dev} && echo opened")).await;
+        assert!(
+            code == 0 && out.contains("opened"),
+            "the requested {dev} opens: exit {code}, stderr {err:?}"
+        );
+    }
+
+    let mut rt = env.cri.runtime.clone();
+    rt.stop_container(k8s_cri::v1::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .expect("StopContainer");
+    rt.remove_container(k8s_cri::v1::RemoveContainerRequest { container_id: id })
+        .await
+        .expect("RemoveContainer");
+}

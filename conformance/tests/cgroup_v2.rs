@@ -9,7 +9,9 @@
 //! of them. What every host checks: detection, placement of the container,
 //! its execs and the pod's pause process in leaf cgroups of their own (v2
 //! forbids processes in a cgroup that delegates controllers), the
-//! container's cgroup namespace and read-only cgroup2 /sys/fs/cgroup, Stop
+//! container's cgroup namespace and read-only cgroup2 /sys/fs/cgroup, the
+//! device rules (an eBPF program on v2: mknod of the node's disk works,
+//! opening it does not; the OCI defaults and a requested device open), Stop
 //! ending every process of a container that shares the pod's PID
 //! namespace, and every cgroup and mount gone afterwards.
 
@@ -259,6 +261,10 @@ async fn pods_and_containers_on_cgroup_v2() {
         Some(exec_child),
         "the other process in the container's cgroup is the exec's child"
     );
+
+    // Device rules: v2 has no devices controller; berth attaches an eBPF
+    // program to the container's cgroup instead.
+    check_device_rules(&env, &pod, "devices").await;
 
     // A second container whose processes share the pod's PID namespace:
     // its init dying does not end the others; Stop must end them all.

@@ -235,6 +235,17 @@ async fn containers_of_a_pod_share_ipc_and_with_pid_pod_see_each_others_processe
     env.finish().await;
 }
 
+/// The node's cgroups as berthd finds them (v1 here: devices.allow and
+/// devices.deny; cgroup_v2.rs runs the same check on v2's eBPF program).
+#[tokio::test]
+async fn device_rules_let_a_container_make_nodes_but_open_only_its_devices() {
+    let env = Env::start().await;
+    let p = pod(&env, "devices", NamespaceMode::Container).await;
+    check_device_rules(&env, &p, "devices").await;
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn containers_keep_running_while_berthd_is_killed_and_are_found_again() {
     let mut env = Env::start().await;

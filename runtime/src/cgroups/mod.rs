@@ -18,6 +18,8 @@
 //! All paths hang off a root (`/sys/fs/cgroup`, or a temporary directory that
 //! mimics it in tests), so the logic is tested without root.
 
+mod bpf;
+mod devices;
 mod v1;
 mod v2;
 
@@ -169,9 +171,14 @@ pub trait CgroupManager {
     /// false if it existed, and then whoever made it removes it.
     fn create(&self, path: &CgroupPath) -> Result<bool, CgroupError>;
 
-    /// Write the limits of an OCI `linux.resources`. v2 has no device
-    /// controller (devices need an eBPF program) and ignores `devices`; v1
-    /// refuses `unified`.
+    /// Write the limits of an OCI `linux.resources`; v1 refuses `unified`.
+    /// `devices` are written to `devices.allow`/`devices.deny` on v1; v2 has
+    /// no device controller, so there they become an eBPF program attached
+    /// to the cgroup (`BPF_CGROUP_DEVICE`, Linux 4.15; replacing an earlier
+    /// one atomically needs 5.6), with the same meaning: see
+    /// `devices.rs` and `bpf.rs`. Either way they hold before the shim puts
+    /// a process into the cgroup. Absent or empty `devices` leave the
+    /// cgroup's device rules as they are.
     fn apply(&self, path: &CgroupPath, resources: &LinuxResources) -> Result<(), CgroupError>;
 
     /// Move a process into the cgroup.

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::Signal;
 use oci_spec::runtime::LinuxResources;
 
+use super::devices::DeviceRules;
 use super::{
-    CgroupError, CgroupManager, CgroupPath, CgroupVersion, cpu_max, cpu_shares_to_weight,
+    CgroupError, CgroupManager, CgroupPath, CgroupVersion, bpf, cpu_max, cpu_shares_to_weight,
     hugetlb_size, limit_or_max, mkdir_all, parse_oom_kill, parse_pids, read_file, remove_tree,
     signal_pids, swap_max_v2, write_file,
 };
@@ -92,6 +93,11 @@ impl CgroupManager for V2 {
 
     fn apply(&self, path: &CgroupPath, r: &LinuxResources) -> Result<(), CgroupError> {
         let dir = self.dir(path);
+        // Checked before anything is written; attached last.
+        let devices = match r.devices().as_deref() {
+            Some(rules) if !rules.is_empty() => Some(DeviceRules::from_oci(rules)?),
+            _ => None,
+        };
         let file = |name: &str| dir.join(name);
         if let Some(cpu) = r.cpu() {
             if let Some(weight) = cpu.shares().map(cpu_shares_to_weight).filter(|w| *w != 0) {
@@ -148,6 +154,11 @@ impl CgroupManager for V2 {
                 )));
             }
             write_file(&file(key), value)?;
+        }
+        // v2 has no devices.allow: an eBPF program on the cgroup holds the
+        // rules. No rules given: whatever is attached stays.
+        if let Some(rules) = devices {
+            bpf::set_device_rules(&dir, &rules)?;
         }
         Ok(())
     }

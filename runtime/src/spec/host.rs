@@ -168,9 +168,10 @@ fn devices_below(dir: &Path, out: &mut Vec<HostDevice>) -> io::Result<()> {
     Ok(())
 }
 
-/// The devices every container may use (runc's allowed list): mknod of
-/// any, and null, zero, full, random, urandom, tty, console, ptmx, ptys.
-pub(super) fn default_device_rules() -> Result<Vec<LinuxDeviceCgroup>, OciSpecError> {
+/// The devices every container (and a pod's pause process) may use
+/// (runc's allowed list): mknod of any, and null, zero, full, random,
+/// urandom, tty, console, ptmx, ptys; deny all first.
+pub fn default_device_rules() -> Result<Vec<LinuxDeviceCgroup>, OciSpecError> {
     let mut rules = vec![
         LinuxDeviceCgroupBuilder::default()
             .allow(false)

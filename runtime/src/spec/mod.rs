@@ -26,7 +26,7 @@ mod mounts;
 mod pod;
 pub mod seccomp;
 
-pub use host::{Host, HostDevice, RealHost, mkdir_in_rootfs};
+pub use host::{Host, HostDevice, RealHost, default_device_rules, mkdir_in_rootfs};
 pub use pod::{pause_spec, pod_sysctls, sysctl_proc_path};
 
 use host::plan_devices;

@@ -67,8 +67,11 @@ pub fn pause_spec(
         .build()?;
     process.set_rlimits(None);
     process.set_oom_score_adj(Some(PAUSE_OOM_SCORE_ADJ));
+    // The devices of any container: on v2 berthd's apply of these
+    // resources is what puts a device program on the pause's cgroup.
     let resources = LinuxResourcesBuilder::default()
         .cpu(LinuxCpuBuilder::default().shares(2u64).build()?)
+        .devices(super::default_device_rules()?)
         .build()?;
     let sc = &pod.config.linux.security_context;
     let mut linux = LinuxBuilder::default()
@@ -243,6 +246,12 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .is_empty()
+        );
+        // The same device rules as any container (a program on v2).
+        let r = s.linux().as_ref().unwrap().resources().clone().unwrap();
+        assert_eq!(
+            r.devices().as_deref(),
+            Some(&super::super::default_device_rules().unwrap()[..])
         );
         let a = s.annotations().clone().unwrap();
         assert_eq!(a[annotations::CONTAINER_TYPE], "sandbox");
