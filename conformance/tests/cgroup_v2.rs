@@ -222,6 +222,19 @@ async fn pods_and_containers_on_cgroup_v2() {
         .find(|p| !p.is_empty())
         .expect("a sibling cgroup with the pause process");
     assert_eq!(pause.len(), 1, "the pause cgroup holds pause only");
+    // Both leaves are governed by a device program of their own.
+    for leaf in std::fs::read_dir(&pod_dir)
+        .expect("pod cgroup")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+    {
+        assert_eq!(
+            berth_runtime::cgroups::device_programs(&leaf.path()).expect("BPF_PROG_QUERY"),
+            1,
+            "one device program on {}",
+            leaf.path().display()
+        );
+    }
 
     // Inside: a cgroup namespace rooted at the container's cgroup, and
     // cgroup2 on a read-only /sys/fs/cgroup.

@@ -297,6 +297,17 @@ fn detach_ids(cgroup: &OwnedFd, ids: &[u32], dir: &Path) -> Result<(), CgroupErr
 
 /// Make `rules` the device rules of the cgroup v2 directory `dir`,
 /// replacing the program a previous call attached.
+/// How many device programs are attached to the cgroup v2 directory
+/// `dir` itself (for checks and tests: berth attaches one per container).
+pub fn device_programs(dir: &Path) -> io::Result<usize> {
+    let cgroup = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(query(&cgroup)?.len())
+}
+
 pub(super) fn set_device_rules(dir: &Path, rules: &DeviceRules) -> Result<(), CgroupError> {
     let cgroup = rustix::fs::open(
         dir,

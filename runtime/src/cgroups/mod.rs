@@ -19,6 +19,7 @@
 //! mimics it in tests), so the logic is tested without root.
 
 mod bpf;
+pub use bpf::device_programs;
 mod devices;
 mod v1;
 mod v2;

@@ -414,6 +414,19 @@ impl Inner {
                 &self.cgroups.spec_path(&pause_cg),
                 &spec::RealHost,
             )?;
+            // Only its device rules (on v2 a BPF program, before the pause
+            // exists): its cpu shares would need a cpu controller the
+            // unified hierarchy may not offer, and a pause uses no CPU.
+            if let Some(devices) = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().as_ref())
+                .and_then(|r| r.devices().clone())
+            {
+                let mut res = oci_spec::runtime::LinuxResources::default();
+                res.set_devices(Some(devices));
+                self.cgroups.apply(&pause_cg, &res)?;
+            }
             let shim_cfg = ShimConfig {
                 id: format!("{id}-pause"),
                 kind: ShimKind::Pause,
