@@ -809,6 +809,116 @@ async fn sigkill_during_run_and_stop_leaves_no_orphans() {
     n.env.finish().await;
 }
 
+/// A node reboot as berthd sees it: its database (under root) survives,
+/// everything else is gone: berthd, the shims, the containers, the cgroups,
+/// the state dir (a tmpfs) with its namespace pins and mounts, the pods'
+/// veths and berth's nftables table. The pods must come back NOTREADY
+/// (containerd's answer, so that kubelet makes new ones), their addresses
+/// and hostPorts free, their containers EXITED, and Stop and Remove work.
+#[tokio::test]
+async fn after_a_node_reboot_pods_are_not_ready_and_release_what_they_held() {
+    let mut n = start("").await;
+    let mut pods = Vec::new();
+    for (i, ports, pid) in [
+        (0, vec![tcp(9471, 80)], NamespaceMode::Container),
+        (1, vec![], NamespaceMode::Pod),
+        (2, vec![], NamespaceMode::Container),
+    ] {
+        let mut cfg = pod_config(&n, &format!("reboot-{i}"), ports);
+        if let Some(ns) = cfg
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+        {
+            ns.pid = pid as i32;
+        }
+        let id = run_pod(&n, &cfg).await.expect("RunPodSandbox");
+        let c = run_container(&n, &id, &cfg, "sleeper", "exec sleep 100000").await;
+        assert_eq!(pod_ips(&n, &id).await.0.len(), 1);
+        pods.push((id, c));
+    }
+
+    // The reboot.
+    n.env.berthd.kill();
+    let dirs = [n.env.berthd.dir().to_path_buf()];
+    for p in berth_conformance::leak::processes_for(&dirs) {
+        if p.name == "berth-shim" {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    n.env.berthd.remove_cgroups();
+    let state = n.env.berthd.state();
+    berth_conformance::berthd::unmount_all_under(&state);
+    std::fs::remove_dir_all(&state).expect("wiping the state dir");
+    let node = n.env.berthd.node().expect("node netns");
+    for l in node
+        .links()
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.starts_with("bth"))
+    {
+        let _ = node.ip(&["link", "del", &l]);
+    }
+    let _ = node.exec("nft", &["delete", "table", "inet", "berth"]);
+    n.env
+        .berthd
+        .restart()
+        .await
+        .expect("berthd starts after the reboot");
+    n.env.cri = n.env.berthd.cri().await.expect("reconnect");
+
+    let listed = n.env.cri.list_pods().await;
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    for p in &listed {
+        assert_eq!(
+            p.state,
+            k8s_cri::v1::PodSandboxState::SandboxNotready as i32,
+            "pod {} whose namespaces are gone must be NOTREADY",
+            p.id
+        );
+        let (ips, _) = pod_ips(&n, &p.id).await;
+        assert!(ips.is_empty(), "a NOTREADY pod has no IP: {ips:?}");
+    }
+    let mut rt = n.env.cri.runtime.clone();
+    for (_, c) in &pods {
+        let st = rt
+            .container_status(k8s_cri::v1::ContainerStatusRequest {
+                container_id: c.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .unwrap();
+        assert_eq!(
+            st.state,
+            k8s_cri::v1::ContainerState::ContainerExited as i32
+        );
+    }
+    let info = n.env.cri.status(true).await.unwrap().info["network"].clone();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        info["allocated"].as_array().map(Vec::len),
+        Some(0),
+        "no address held by a NOTREADY pod: {info}"
+    );
+    // Its hostPort is free: a new pod (kubelet's replacement) takes it.
+    let again = pod_config(&n, "reboot-0-new", vec![tcp(9471, 80)]);
+    let new = run_pod(&n, &again)
+        .await
+        .expect("the lost pod's hostPort is free again");
+    for (id, _) in &pods {
+        stop_and_remove(&n, id).await;
+    }
+    stop_and_remove(&n, &new).await;
+    n.env.finish().await;
+}
+
 /// Every veth on the node belongs to a ready pod with an IP, every ready
 /// pod's address is allocated, and the ready pods reach each other.
 async fn check_consistent(n: &Net) {

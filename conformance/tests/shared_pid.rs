@@ -74,7 +74,10 @@ fn unique_sleep() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    format!("{}", 7_000_000 + (std::process::id() as u64 % 100_000) * 10 + n)
+    format!(
+        "{}",
+        7_000_000 + (std::process::id() as u64 % 100_000) * 10 + n
+    )
 }
 
 async fn init_exit_takes_the_rest_along(pid: NamespaceMode, name: &str) {

@@ -56,6 +56,13 @@ impl Pinned {
     }
 }
 
+/// Whether `path` still pins a namespace: an nsfs bind mount. After a
+/// reboot (the state dir is a tmpfs) or an unmount, it is not.
+pub fn is_pinned(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
 /// Create and pin the wanted namespaces under `dir` (files `net`, `ipc`,
 /// `uts`). `sysctls` are `(key, value)` pairs already checked to belong to
 /// the namespaces being made. On error nothing stays pinned.

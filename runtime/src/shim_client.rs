@@ -78,6 +78,12 @@ pub fn shim_problem(shim: &Path) -> Option<String> {
     None
 }
 
+/// Whether a shim serves in `dir`: its socket accepts a connection (one
+/// that exited removed it; one that was killed left it, unanswered).
+pub fn is_listening(dir: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(dir.join(protocol::SOCKET_FILE)).is_ok()
+}
+
 /// Run `shim <dir>` and wait for its `ok <pid>` line. The shim detaches; the
 /// process we started exits right after the line and is reaped here.
 pub async fn spawn(shim: &Path, dir: &Path) -> Result<i32, ShimError> {

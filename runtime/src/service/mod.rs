@@ -191,6 +191,7 @@ impl Runtime {
             }
             containers.insert(c.id.clone(), c);
         }
+        recover::mark_lost_pods(&store, &mut sandboxes)?;
         cleanup_unrecorded(&cfg, &sandboxes, &containers, &images, &cgroups);
         // A Stop that a crash cut short after its NotReady commit.
         for s in sandboxes.values() {

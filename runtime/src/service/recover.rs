@@ -2,6 +2,56 @@
 
 use super::*;
 
+/// At start: READY pods that lost what makes them a pod. The database is
+/// under `root` (it survives a reboot), the namespace pins and the pause
+/// process are not: after a reboot every pod would still read READY, with
+/// an IP whose netns is gone. Such a pod becomes NOTREADY, as containerd
+/// reports it, so that kubelet makes a new one; its network is dropped from
+/// the record (the plugin then rebuilds its view without it: addresses,
+/// hostPort rules, CNI results are released), and what is left of it
+/// (pins, /dev/shm, a pause) is released with the other NOTREADY pods.
+/// Stop and Remove then work as for any stopped pod.
+pub(super) fn mark_lost_pods(
+    store: &StateStore,
+    sandboxes: &mut HashMap<String, SandboxRecord>,
+) -> Result<()> {
+    for rec in sandboxes.values_mut() {
+        if rec.state != SandboxState::Ready {
+            continue;
+        }
+        let lost = lost_parts(rec);
+        if lost.is_empty() {
+            continue;
+        }
+        tracing::warn!(
+            pod = %rec.id,
+            name = %sandbox_name(&rec.config.metadata()),
+            lost = %lost.join(", "),
+            "pod lost its namespaces or its pause (a reboot?): it is NOTREADY now; kubelet makes a new one"
+        );
+        rec.state = SandboxState::NotReady;
+        rec.network = None;
+        store.put_sandbox(rec)?;
+    }
+    Ok(())
+}
+
+/// What of a READY pod is gone: a namespace pin, or its pause process.
+fn lost_parts(rec: &SandboxRecord) -> Vec<String> {
+    let mut lost: Vec<String> = rec
+        .namespaces
+        .all()
+        .filter(|p| !namespaces::is_pinned(p))
+        .map(|p| format!("namespace pin {}", p.display()))
+        .collect();
+    if let Some(p) = &rec.pause
+        && !shim_client::is_listening(&p.dir)
+    {
+        lost.push(format!("pause process (shim at {})", p.dir.display()));
+    }
+    lost
+}
+
 /// At start: what a crash left half made (a directory of a pod or container
 /// whose record never committed) is removed, with its mounts and processes.
 pub(super) fn cleanup_unrecorded(
