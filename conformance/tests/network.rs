@@ -839,6 +839,20 @@ async fn after_a_node_reboot_pods_are_not_ready_and_release_what_they_held() {
         pods.push((id, c));
     }
 
+    // A plain restart first: berthd killed, the node up. Nothing is lost,
+    // so every pod (the one with a pause process too) stays READY.
+    n.env.berthd.kill();
+    n.env.berthd.restart().await.expect("restart");
+    n.env.cri = n.env.berthd.cri().await.expect("reconnect");
+    for p in n.env.cri.list_pods().await {
+        assert_eq!(
+            p.state,
+            k8s_cri::v1::PodSandboxState::SandboxReady as i32,
+            "pod {} is whole after a mere berthd restart",
+            p.id
+        );
+    }
+
     // The reboot.
     n.env.berthd.kill();
     let dirs = [n.env.berthd.dir().to_path_buf()];

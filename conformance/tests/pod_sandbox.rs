@@ -401,3 +401,27 @@ async fn pods_survive_a_berthd_sigkill() {
     remove(&env, &id).await.unwrap();
     env.finish().await;
 }
+
+/// A pod's state dir holds its namespace pins and its /dev/shm (a 1777
+/// tmpfs, as containers need it): no other node user may reach them
+/// through the host path. Containers get them by bind mounts.
+#[tokio::test]
+async fn pod_state_is_not_reachable_by_other_node_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::start().await;
+    let id = run(&env, sandbox_config("private")).await.unwrap();
+    let sandboxes = env.berthd.state().join("sandboxes");
+    for d in [
+        sandboxes.clone(),
+        sandboxes.join(&id),
+        env.berthd.state().join("containers"),
+    ] {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", d.display());
+    }
+    let shm = sandboxes.join(&id).join("shm");
+    let mode = std::fs::metadata(&shm).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1777, "the pod's /dev/shm stays writable inside");
+    remove(&env, &id).await.unwrap();
+    env.finish().await;
+}

@@ -81,7 +81,11 @@ pub fn shim_problem(shim: &Path) -> Option<String> {
 /// Whether a shim serves in `dir`: its socket accepts a connection (one
 /// that exited removed it; one that was killed left it, unanswered).
 pub fn is_listening(dir: &Path) -> bool {
-    std::os::unix::net::UnixStream::connect(dir.join(protocol::SOCKET_FILE)).is_ok()
+    // Through the directory's fd: the full path may be longer than a
+    // socket address holds.
+    socket_path(dir)
+        .and_then(|(_dir_fd, path)| std::os::unix::net::UnixStream::connect(path))
+        .is_ok()
 }
 
 /// Run `shim <dir>` and wait for its `ok <pid>` line. The shim detaches; the

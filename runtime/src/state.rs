@@ -74,6 +74,11 @@ pub struct ShimRef {
     pub dir: PathBuf,
     /// The process it runs, in the host PID namespace.
     pub pid: i32,
+    /// The cgroup that process is in: berthd kills the pid directly (when
+    /// the shim does not answer) only while it is a member, never a pid
+    /// reused by another process. None in records older than this field.
+    #[serde(default)]
+    pub cgroup: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

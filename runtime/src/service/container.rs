@@ -338,9 +338,13 @@ impl Runtime {
         let inner = self.inner.clone();
         let rec2 = rec.clone();
         tokio::task::spawn_blocking(move || {
-            kill_shim(&rec2.dir, rec2.pid);
+            let cg = rec2.cgroup.as_deref().and_then(|c| CgroupPath::new(c).ok());
+            kill_shim(&rec2.dir, rec2.pid, cg.as_ref());
             rec2.rootfs.remove();
-            if let Some(cg) = rec2.cgroup.as_deref().and_then(|c| CgroupPath::new(c).ok()) {
+            if let Some(cg) = cg {
+                // Nothing of the container outlives it, whatever the shim
+                // managed (it kills its cgroup when its init exits).
+                kill_cgroup_logged(&inner.cgroups, &cg);
                 remove_cgroup_logged(&inner.cgroups, &cg);
             }
             remove_dir_logged(&rec2.dir);
@@ -407,6 +411,9 @@ impl Inner {
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let d = dir.clone();
         undo.push("container dir", move || remove_dir_logged(&d));
+        let pod_cg = self.pod_cgroup(&sb.config, &sb.id)?;
+        let cg = pod_cg.join(&id)?;
+        write_cgroup_file(&dir, &cg)?;
 
         let lowers = self.images.hold(&id, &image.record.id)?;
         {
@@ -430,8 +437,6 @@ impl Inner {
             image.config.config.user.as_deref(),
             config.security_context(),
         )?;
-        let pod_cg = self.pod_cgroup(&sb.config, &sb.id)?;
-        let cg = pod_cg.join(&id)?;
         if self.cgroups.create(&cg)? {
             let (cgroups, c) = (self.cgroups.clone(), cg.clone());
             undo.push("container cgroup", move || {
@@ -508,8 +513,8 @@ impl Inner {
         };
         let pid = self.start_shim(&dir, cs.spec, &shim_cfg)?;
         {
-            let d = dir.clone();
-            undo.push("shim", move || kill_shim(&d, pid));
+            let (d, c) = (dir.clone(), cg.clone());
+            undo.push("shim", move || kill_shim(&d, pid, Some(&c)));
         }
         let rec = ContainerRecord {
             id: id.clone(),

@@ -167,12 +167,17 @@ impl Runtime {
         images: Arc<berth_image::ImageService>,
         network: Arc<dyn berth_network::Plugin>,
     ) -> Result<Self> {
+        // 0700: pods' and containers' state (namespace pins, /dev/shm,
+        // root filesystems, bundles) is berthd's; no other user traverses it.
         for d in [cfg.state.join("sandboxes"), cfg.state.join("containers")] {
             fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o711)
+                .mode(0o700)
                 .create(&d)
                 .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+            // Made by an earlier berthd with a wider mode.
+            fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(|e| Error::io(format!("chmod 0700 {}", d.display()), e))?;
         }
         let store = StateStore::open(&cfg.root)?;
         let cgroups = Cgroups::detect()?;
@@ -419,6 +424,24 @@ fn remove_default_parent_if_empty(parent: &str) {
     }
 }
 
+/// SIGKILL whatever is still in `cg` (v2: cgroup.kill) and wait a little
+/// for it to go, so that the cgroup can be removed.
+fn kill_cgroup_logged(cgroups: &Cgroups, cg: &CgroupPath) {
+    if !cgroups.pids(cg).is_ok_and(|p| !p.is_empty()) {
+        return;
+    }
+    tracing::info!(cgroup = %cg, "killing what is left in the cgroup");
+    if let Err(e) = cgroups.kill_all(cg, nix::sys::signal::Signal::SIGKILL) {
+        tracing::warn!(cgroup = %cg, error = %e, "killing the cgroup's processes");
+    }
+    for _ in 0..100 {
+        if cgroups.pids(cg).map_or(true, |p| p.is_empty()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 fn remove_cgroup_logged(cgroups: &Cgroups, cg: &CgroupPath) {
     if let Err(e) = cgroups.remove(cg) {
         tracing::warn!(cgroup = %cg, error = %e, "removing cgroup");
@@ -426,21 +449,29 @@ fn remove_cgroup_logged(cgroups: &Cgroups, cg: &CgroupPath) {
 }
 
 /// SIGKILL everything a shim runs and wait (5 s at most) for the shim to
-/// record the exit and go. Cleanup: errors are logged.
-fn kill_shim(dir: &Path, pid: i32) {
+/// record the exit and go. If the shim does not answer, its process `pid`
+/// is killed directly, but only while it is still a member of `cgroup`
+/// (the container's): a pid read from a record or a file may have been
+/// reused by now. Cleanup: errors are logged.
+fn kill_shim(dir: &Path, pid: i32, cgroup: Option<&CgroupPath>) {
     let req = Request::Kill {
         signal: libc::SIGKILL,
         all: true,
     };
     match shim_client::call_blocking(dir, &req, std::time::Duration::from_secs(5)) {
         Ok(_) => {}
-        Err(shim_client::ShimError::Gone { .. }) => {}
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "asking the shim to kill; killing the process directly");
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            if !matches!(e, shim_client::ShimError::Gone { .. }) {
+                tracing::warn!(dir = %dir.display(), error = %e, "asking the shim to kill; killing the process directly");
+            }
+            match cgroup {
+                Some(cg) => kill_if_member(pid, cg),
+                None => tracing::warn!(
+                    dir = %dir.display(),
+                    pid,
+                    "the shim does not answer and the process's cgroup is unknown: not killing a pid that may have been reused"
+                ),
+            }
         }
     }
     let sock = dir.join(proto::SOCKET_FILE);
@@ -451,6 +482,57 @@ fn kill_shim(dir: &Path, pid: i32) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     tracing::warn!(dir = %dir.display(), "shim still there 5 s after the kill");
+}
+
+/// SIGKILL `pid` if it is a member of `cg`. The process is pinned by a
+/// pidfd before the check, and the signal goes through that pidfd: if the
+/// pid is reused meanwhile, the check fails (another process's cgroup) or
+/// the signal finds its process gone (ESRCH), never a stranger.
+fn kill_if_member(pid: i32, cg: &CgroupPath) {
+    use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+    let Some(p) = Pid::from_raw(pid) else { return };
+    let Ok(fd) = pidfd_open(p, PidfdFlags::empty()) else {
+        return; // gone already
+    };
+    let member =
+        fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| lists_cgroup(&text, cg));
+    if !member {
+        tracing::warn!(
+            pid,
+            cgroup = %cg,
+            "pid is no longer in the container's cgroup (reused?): not killed"
+        );
+        return;
+    }
+    if let Err(e) = pidfd_send_signal(&fd, Signal::KILL) {
+        tracing::debug!(pid, error = %e, "killing through a pidfd");
+    }
+}
+
+/// Whether a /proc/PID/cgroup text places the process in `cg` (in any
+/// hierarchy).
+fn lists_cgroup(text: &str, cg: &CgroupPath) -> bool {
+    let want = cg.as_str().trim_matches('/');
+    text.lines().any(|l| {
+        l.splitn(3, ':')
+            .nth(2)
+            .is_some_and(|p| p.trim_matches('/') == want)
+    })
+}
+
+/// A pod's or container's state dir names the cgroup it is to get, written
+/// before the cgroup is made, so that berthd finds (and removes) it after a
+/// crash that came before the record.
+const CGROUP_FILE: &str = "cgroup";
+
+fn write_cgroup_file(dir: &Path, cg: &CgroupPath) -> Result<()> {
+    fs::write(dir.join(CGROUP_FILE), cg.as_str())
+        .map_err(|e| Error::io(format!("writing {}", dir.join(CGROUP_FILE).display()), e))
+}
+
+fn read_cgroup_file(dir: &Path) -> Option<CgroupPath> {
+    let text = fs::read_to_string(dir.join(CGROUP_FILE)).ok()?;
+    CgroupPath::new(text.trim()).ok()
 }
 
 /// What a pod offers its containers' specs.
@@ -489,4 +571,21 @@ pub fn container_name(c: &ContainerConfig, pod: &SandboxConfig) -> String {
         "{}_{}_{}_{}_{}",
         m.name, p.name, p.namespace, p.uid, m.attempt
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_in_the_cgroup_its_proc_file_names() {
+        let cg = CgroupPath::new("/kubepods/pod1/abc").unwrap();
+        let v2 = "0::/kubepods/pod1/abc\n";
+        let v1 = "12:pids:/kubepods/pod1/abc\n3:memory:/kubepods/pod1/abc\n0::/\n";
+        assert!(lists_cgroup(v2, &cg));
+        assert!(lists_cgroup(v1, &cg));
+        assert!(!lists_cgroup("0::/kubepods/pod1/abcd\n", &cg));
+        assert!(!lists_cgroup("0::/kubepods/pod1\n", &cg));
+        assert!(!lists_cgroup("0::/user.slice/session-1.scope\n", &cg));
+    }
 }

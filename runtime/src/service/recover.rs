@@ -73,15 +73,20 @@ pub(super) fn cleanup_unrecorded(
         }
         tracing::info!(container = %id, "removing a container a crash left half made");
         let dir = e.path();
+        let cg = read_cgroup_file(&dir);
         let pid = fs::read_to_string(dir.join(proto::INIT_PID_FILE))
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
         if pid > 0 {
-            kill_shim(&dir, pid);
+            kill_shim(&dir, pid, cg.as_ref());
         }
         crate::rootfs::Rootfs::new(dir.join("rootfs"), cfg.root.join("containers").join(&id))
             .remove();
+        if let Some(cg) = &cg {
+            kill_cgroup_logged(cgroups, cg);
+            remove_cgroup_logged(cgroups, cg);
+        }
         remove_dir_logged(&dir);
         let _ = images.store().release(&id);
     }
@@ -106,12 +111,25 @@ pub(super) fn cleanup_unrecorded(
         }
         tracing::info!(pod = %id, "removing a pod a crash left half made");
         let dir = e.path();
+        // The pod cgroup it was to get (written before it was made); an
+        // older berthd wrote none: berth's default parent is assumed.
+        let pod_cg = read_cgroup_file(&dir).or_else(|| {
+            CgroupPath::new(&cfg.cgroup_parent)
+                .and_then(|p| p.join(&id))
+                .ok()
+        });
+        let pause_cg = pod_cg.as_ref().and_then(|c| c.join("pause").ok());
         let pause = dir.join("pause");
         if let Some(pid) = fs::read_to_string(pause.join(proto::INIT_PID_FILE))
             .ok()
             .and_then(|s| s.trim().parse().ok())
         {
-            kill_shim(&pause, pid);
+            kill_shim(&pause, pid, pause_cg.as_ref());
+        }
+        // The pause's leaf is berth's wherever the pod cgroup is.
+        if let Some(cg) = &pause_cg {
+            kill_cgroup_logged(cgroups, cg);
+            remove_cgroup_logged(cgroups, cg);
         }
         unmount_logged(&dir.join("shm"));
         namespaces::unpin(&namespaces::Pinned {
@@ -119,12 +137,13 @@ pub(super) fn cleanup_unrecorded(
             ipc: Some(dir.join("ipc")),
             uts: Some(dir.join("uts")),
         });
-        // Its cgroup, if it was to be under berth's own parent (kubelet
+        // The pod cgroup, if it is under berth's own parent (kubelet
         // makes and removes the ones under its parents itself).
-        if let Ok(cg) = CgroupPath::new(&cfg.cgroup_parent).and_then(|p| p.join(&id)) {
-            if let Ok(pause) = cg.join("pause") {
-                remove_cgroup_logged(cgroups, &pause);
-            }
+        if let Some(cg) = pod_cg.filter(|c| {
+            c.as_str()
+                .trim_start_matches('/')
+                .starts_with(&format!("{}/", cfg.cgroup_parent.trim_matches('/')))
+        }) {
             remove_cgroup_logged(cgroups, &cg);
             remove_default_parent_if_empty(&cfg.cgroup_parent);
         }

@@ -285,12 +285,16 @@ impl Inner {
         let mut undo = Undo::default();
 
         let dir = self.cfg.state.join("sandboxes").join(id);
+        // 0700: nothing in it is for other users (containers get its
+        // files and /dev/shm by bind mounts), and its shm tmpfs is 1777.
         fs::DirBuilder::new()
-            .mode(0o711)
+            .mode(0o700)
             .create(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let d = dir.clone();
         undo.push("pod dir", move || remove_dir_logged(&d));
+        let cg = self.pod_cgroup(&config, id)?;
+        write_cgroup_file(&dir, &cg)?;
 
         crate::failpoint::hit("sandbox.before_netns");
         let sysctls = namespaced_sysctls(&config.linux.sysctls, host_network, own_ipc)?;
@@ -364,7 +368,6 @@ impl Inner {
 
         // The pod cgroup: kubelet's cgroup_parent (which kubelet made and
         // removes itself), or berth/<id> made here.
-        let cg = self.pod_cgroup(&config, id)?;
         // The last pod's removal may take away berth's default parent
         // between our mkdirs: one retry makes it again.
         let made = match self.cgroups.create(&cg) {
@@ -434,11 +437,12 @@ impl Inner {
                 ..Default::default()
             };
             let pid = self.start_shim(&pause_dir, spec, &shim_cfg)?;
-            let d = pause_dir.clone();
-            undo.push("pause", move || kill_shim(&d, pid));
+            let (d, c) = (pause_dir.clone(), pause_cg.clone());
+            undo.push("pause", move || kill_shim(&d, pid, Some(&c)));
             record.pause = Some(ShimRef {
                 dir: pause_dir,
                 pid,
+                cgroup: Some(pause_cg.as_str().to_string()),
             });
         }
         crate::failpoint::hit("sandbox.before_commit");
@@ -456,7 +460,8 @@ impl Inner {
 /// A stopped pod's pause, /dev/shm and namespace pins; idempotent.
 pub(super) fn release_sandbox(rec: &SandboxRecord) {
     if let Some(p) = &rec.pause {
-        kill_shim(&p.dir, p.pid);
+        let cg = p.cgroup.as_deref().and_then(|c| CgroupPath::new(c).ok());
+        kill_shim(&p.dir, p.pid, cg.as_ref());
     }
     if let Some(shm) = &rec.shm {
         unmount_logged(shm);

@@ -1,0 +1,210 @@
+//! What berthd finds at start after a SIGKILL in the middle of a call, and
+//! calls that race each other on one pod. berthd pauses at a named point
+//! (its FAILPOINTS test hooks) so that the kill or the other call lands
+//! exactly there.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use berth_conformance::Env;
+use berth_conformance::berthd::BerthdOptions;
+use berth_conformance::cri::sandbox_config;
+use berth_conformance::leak;
+use berth_conformance::pods::{self, Pod};
+use berth_conformance::registry::Registry;
+use k8s_cri::v1::{
+    CreateContainerRequest, LinuxPodSandboxConfig, ListContainersRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest,
+};
+
+async fn env_pausing_at(point: &str, ms: u64) -> Env {
+    let registry = Registry::start().await.expect("starting docker-registry");
+    Env::start_with(
+        registry,
+        BerthdOptions::default().env("FAILPOINTS", &format!("{point}=sleep({ms})")),
+    )
+    .await
+}
+
+/// Directories named `name` below `parent` (relative to each hierarchy),
+/// in every mounted cgroup hierarchy.
+fn cgroups_named(parent: &str, name: &str) -> Vec<PathBuf> {
+    leak::cgroup_parent_dirs(parent)
+        .into_iter()
+        .flat_map(|d| leak::walk_dirs(&d))
+        .filter(|d| d.file_name().and_then(|n| n.to_str()) == Some(name))
+        .collect()
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGKILL while CreateContainer has made the container's cgroup, root
+/// filesystem and shim but not its record: berthd's start removes them all,
+/// the cgroup included.
+#[tokio::test]
+async fn a_container_cut_short_by_sigkill_leaves_no_cgroup() {
+    let mut env = env_pausing_at("container.before_commit", 5000).await;
+    let image = pods::push_busybox(&env, "crash/busybox:1").await;
+    let pod: Pod = pods::run_pod(&env, sandbox_config("crash-create"), &image).await;
+    let before = env.snapshot();
+    let req = CreateContainerRequest {
+        pod_sandbox_id: pod.id.clone(),
+        config: Some(pods::container(&pod, "cut", &["sleep", "1000"])),
+        sandbox_config: Some(pod.config.clone()),
+    };
+    let mut rt = env.cri.runtime.clone();
+    let call = tokio::spawn(async move { rt.create_container(req).await });
+    // The container's cgroup is <pod cgroup>/<id>, beside the pause's leaf.
+    let parent = env.berthd.cgroup_parent().to_string();
+    let pod_id = pod.id.clone();
+    wait_for("the container's cgroup is made", || {
+        leak::cgroup_parent_dirs(&format!("{parent}/{pod_id}"))
+            .iter()
+            .flat_map(|d| leak::walk_dirs(d).into_iter().skip(1))
+            .any(|d| d.file_name().and_then(|n| n.to_str()) != Some("pause"))
+    })
+    .await;
+    // The shim is started after the cgroup: give it time to be there too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.berthd.kill();
+    let _ = call.await;
+    env.berthd.restart().await.expect("restart");
+    env.cri = env.berthd.cri().await.expect("reconnect");
+    env.assert_no_leaks_since(&before).await;
+    let all = pods::list_containers(&env, &pod.id).await;
+    assert!(all.is_empty(), "no record, no container: {all:?}");
+    pods::remove_pod(&env, pod).await;
+    env.finish().await;
+}
+
+/// SIGKILL while RunPodSandbox has started a pod's pause process (in its
+/// leaf `pause` below the pod cgroup kubelet gave) but not committed the
+/// pod: the pause and its cgroup go at the next start; kubelet's own pod
+/// cgroup stays, kubelet's to remove.
+#[tokio::test]
+async fn a_pod_cut_short_by_sigkill_leaves_no_pause_cgroup_under_kubelets_parent() {
+    let mut env = env_pausing_at("sandbox.before_commit", 5000).await;
+    let kubelet_parent = format!("{}/kubepods-crash", env.berthd.cgroup_parent());
+    let mut config = sandbox_config("crash-run");
+    // CRI's default pid mode (POD): a pause process holds the namespace.
+    config.linux = Some(LinuxPodSandboxConfig {
+        cgroup_parent: format!("/{kubelet_parent}"),
+        ..Default::default()
+    });
+    let mut rt = env.cri.runtime.clone();
+    let call = tokio::spawn(async move {
+        rt.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+    });
+    wait_for("the pause process runs", || {
+        cgroups_named(&kubelet_parent, "pause").iter().any(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty())
+        })
+    })
+    .await;
+    env.berthd.kill();
+    let _ = call.await;
+    env.berthd.restart().await.expect("restart");
+    env.cri = env.berthd.cri().await.expect("reconnect");
+    assert!(env.cri.list_pods().await.is_empty());
+    let left = cgroups_named(&kubelet_parent, "pause");
+    assert!(
+        left.is_empty(),
+        "the pause cgroup is berth's to remove: {left:?}"
+    );
+    let procs = leak::processes_for(&[env.berthd.dir().to_path_buf()]);
+    assert!(
+        procs.iter().all(|p| p.name != "berth-shim"),
+        "the pause's shim is gone: {procs:?}"
+    );
+    // kubelet's pod cgroup: kubelet removes it (here, the test).
+    for d in leak::cgroup_parent_dirs(&kubelet_parent) {
+        let _ = std::fs::remove_dir(&d);
+    }
+    env.finish().await;
+}
+
+/// RemovePodSandbox while a CreateContainer in that pod is half done: the
+/// removal waits for the creation, then removes the new container with the
+/// pod; nothing is left in a pod that is gone.
+#[tokio::test]
+async fn remove_pod_sandbox_racing_create_container_leaves_no_container_behind() {
+    let env = env_pausing_at("container.before_commit", 600).await;
+    let image = pods::push_busybox(&env, "race/busybox:1").await;
+    let pod: Pod = pods::run_pod(&env, sandbox_config("race"), &image).await;
+    let req = CreateContainerRequest {
+        pod_sandbox_id: pod.id.clone(),
+        config: Some(pods::container(&pod, "late", &["sleep", "1000"])),
+        sandbox_config: Some(pod.config.clone()),
+    };
+    let mut rt = env.cri.runtime.clone();
+    let create = tokio::spawn(async move { rt.create_container(req).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut rt = env.cri.runtime.clone();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.id.clone(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    let created = create.await.expect("create task");
+    let all = rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers;
+    assert!(
+        all.is_empty(),
+        "a container outlived its removed pod (create answered {created:?}): {all:?}"
+    );
+    assert!(env.cri.list_pods().await.is_empty());
+    drop(pod);
+    env.finish().await;
+}
+
+/// A pid berthd read from a file (an unrecorded container's init.pid) may
+/// belong to another process by the time berthd acts on it. Its shim here
+/// takes the connection but never answers, so berthd gives up on it and
+/// would kill the pid itself: it must not, since that pid is not in the
+/// container's cgroup.
+#[tokio::test]
+async fn a_reused_pid_of_a_dead_container_is_not_killed() {
+    let mut env = Env::start().await;
+    env.berthd.kill();
+    let dir = env.berthd.state().join("containers").join("reused");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .expect("a process of the node's");
+    std::fs::write(dir.join("init.pid"), stranger.id().to_string()).unwrap();
+    std::fs::write(
+        dir.join("cgroup"),
+        format!("{}/gone-pod/reused", env.berthd.cgroup_parent()),
+    )
+    .unwrap();
+    // A shim that accepts (the backlog does) but never answers.
+    let _mute = std::os::unix::net::UnixListener::bind(dir.join("shim.sock")).unwrap();
+    env.berthd.restart().await.expect("restart");
+    env.cri = env.berthd.cri().await.expect("reconnect");
+    let alive = stranger.try_wait().expect("try_wait").is_none();
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    assert!(
+        alive,
+        "berthd killed a process that was not the container's"
+    );
+    assert!(!dir.exists(), "the unrecorded container's dir is removed");
+    env.finish().await;
+}
