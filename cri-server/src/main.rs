@@ -57,6 +57,10 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(&config);
+    if let Err(e) = berth_runtime::kernel::check() {
+        eprintln!("berthd: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = berth_runtime::failpoint::setup() {
         eprintln!("berthd: {e}");
         return ExitCode::from(2);

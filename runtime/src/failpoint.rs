@@ -16,6 +16,10 @@
 //!   not yet committed;
 //! * `container.before_commit`: CreateContainer, the shim started, the
 //!   record not yet committed.
+//!
+//! And one switch ([`enabled`], set with `=return`):
+//! * `rootfs.classic_lowerdir`: mount root filesystems with the classic
+//!   overlay options, as on a kernel before 6.8.
 
 /// A named point (see the module docs).
 #[inline]
@@ -24,6 +28,17 @@ pub fn hit(name: &str) {
     fail::fail_point!(name);
     #[cfg(not(feature = "failpoints"))]
     let _ = name;
+}
+
+/// Whether the named point is set to `return` (a switch rather than a
+/// pause). Always false without the feature.
+#[inline]
+pub fn enabled(name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!(name, |_| true);
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+    false
 }
 
 /// Read `FAILPOINTS`. Without the feature, an error if it is set.

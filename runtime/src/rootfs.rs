@@ -1,17 +1,25 @@
 //! A container's root filesystem: overlayfs of the image's layer snapshots
 //! plus a fresh upper directory.
 //!
-//! Mounted with the new mount API, one `lowerdir+` per layer, so that an image
-//! with many layers cannot overflow the one page of options that mount(2)
-//! takes (each layer path is ~90 bytes: the classic form fails near 40
-//! layers).
+//! Mounted with the new mount API, one `lowerdir+` per layer (Linux 6.8),
+//! so that an image with many layers cannot overflow the one page of
+//! options that mount(2) takes (each layer path is ~90 bytes: the classic
+//! form fails near 40 layers).
+//!
+//! Older kernels (5.15 and 6.1 LTS: Ubuntu 22.04, Debian 12, most managed
+//! node images) refuse `lowerdir+`. There the classic `lowerdir=a:b:c`
+//! option of mount(2) is used, with every directory given by a short
+//! `/proc/self/fd/N` path of a descriptor berthd holds during the call
+//! (~17 bytes a layer instead of ~90: ~220 layers fit in the page, where
+//! Docker builds at most 127). The first refusal is remembered, so that
+//! later mounts go straight to the classic form.
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags};
-
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     #[error("{what}: {source}")]
@@ -56,21 +64,6 @@ impl Rootfs {
                 .create(d)
                 .map_err(sys(format!("creating {}", d.display())))?;
         }
-        let r = self.mount_overlay(lowers, &upper, &work);
-        if r.is_err() {
-            self.remove();
-        }
-        r
-    }
-
-    fn mount_overlay(
-        &self,
-        lowers: &[PathBuf],
-        upper: &Path,
-        work: &Path,
-    ) -> Result<(), RootfsError> {
-        let fs_fd = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
-            .map_err(sys("fsopen(overlay)"))?;
         // An image without layers still needs one lower directory.
         let empty;
         let lowers: Vec<&Path> = if lowers.is_empty() {
@@ -81,8 +74,84 @@ impl Rootfs {
             // overlayfs lists the top layer first.
             lowers.iter().rev().map(PathBuf::as_path).collect()
         };
+        let r = match lowerdir_form() {
+            LowerdirForm::Classic => self.mount_classic(&lowers, &upper, &work),
+            LowerdirForm::Plus => match self.mount_plus(&lowers, &upper, &work) {
+                Err(RootfsError::Sys { what, source })
+                    if source.raw_os_error() == Some(libc::EINVAL) =>
+                {
+                    // A kernel before 6.8 (or its legacy option parser)
+                    // does not know lowerdir+.
+                    let r = self.mount_classic(&lowers, &upper, &work);
+                    if r.is_ok() {
+                        tracing::info!(
+                            refused = %what,
+                            "this kernel refuses overlayfs lowerdir+ (Linux 6.8); using the classic lowerdir option from now on"
+                        );
+                        FORM.store(CLASSIC, Ordering::Relaxed);
+                    }
+                    r
+                }
+                r => r,
+            },
+        };
+        if r.is_err() {
+            self.remove();
+        }
+        r
+    }
+
+    /// The classic form: mount(2) with `lowerdir=A:B:…,upperdir=U,workdir=W`,
+    /// every directory a `/proc/self/fd/N` of a descriptor held across the
+    /// call (short, and free of the `:` and `,` the syntax reserves).
+    fn mount_classic(
+        &self,
+        lowers: &[&Path],
+        upper: &Path,
+        work: &Path,
+    ) -> Result<(), RootfsError> {
+        use rustix::fs::{Mode, OFlags};
+        let open = |p: &Path| {
+            rustix::fs::open(
+                p,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(sys(format!("opening {}", p.display())))
+        };
+        let lower_fds = lowers
+            .iter()
+            .map(|l| open(l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (upper_fd, work_fd) = (open(upper)?, open(work)?);
+        let data = classic_options(
+            &lower_fds.iter().map(fd_path).collect::<Vec<_>>(),
+            &fd_path(&upper_fd),
+            &fd_path(&work_fd),
+        )?;
+        nix::mount::mount(
+            Some("overlay"),
+            &self.target,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .map_err(|e| RootfsError::Sys {
+            what: format!(
+                "mounting the root filesystem at {} (overlay, {} layers, classic lowerdir)",
+                self.target.display(),
+                lowers.len()
+            ),
+            source: e.into(),
+        })
+    }
+
+    /// The new mount API with one `lowerdir+` per layer (Linux 6.8).
+    fn mount_plus(&self, lowers: &[&Path], upper: &Path, work: &Path) -> Result<(), RootfsError> {
+        let fs_fd = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
+            .map_err(sys("fsopen(overlay)"))?;
         for l in lowers {
-            rustix::mount::fsconfig_set_string(&fs_fd, "lowerdir+", l)
+            rustix::mount::fsconfig_set_string(&fs_fd, "lowerdir+", *l)
                 .map_err(sys(format!("overlay lowerdir+ {}", l.display())))?;
         }
         rustix::mount::fsconfig_set_string(&fs_fd, "upperdir", upper)
@@ -134,6 +203,59 @@ impl Rootfs {
             }
         }
     }
+}
+
+/// How overlayfs gets the lower layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LowerdirForm {
+    /// One `lowerdir+` per layer through fsconfig (Linux 6.8).
+    Plus,
+    /// `lowerdir=a:b:c` in mount(2)'s option page.
+    Classic,
+}
+
+const UNKNOWN: u8 = 0;
+const CLASSIC: u8 = 2;
+/// CLASSIC once the kernel refused lowerdir+.
+static FORM: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+fn lowerdir_form() -> LowerdirForm {
+    // Test hook: a 6.8+ kernel drives the fallback as 5.15 would.
+    if FORM.load(Ordering::Relaxed) == CLASSIC
+        || crate::failpoint::enabled("rootfs.classic_lowerdir")
+    {
+        LowerdirForm::Classic
+    } else {
+        LowerdirForm::Plus
+    }
+}
+
+fn fd_path(fd: &std::os::fd::OwnedFd) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// mount(2) copies one page of options.
+const MOUNT_OPTIONS_MAX: usize = 4095;
+
+/// The classic overlay options for these (top layer first) directories,
+/// refused with a clear error beyond what mount(2) takes.
+fn classic_options(lowers: &[String], upper: &str, work: &str) -> Result<String, RootfsError> {
+    let data = format!(
+        "lowerdir={},upperdir={upper},workdir={work}",
+        lowers.join(":")
+    );
+    if data.len() > MOUNT_OPTIONS_MAX {
+        return Err(RootfsError::Sys {
+            what: format!(
+                "an image of {} layers: its overlay options take {} bytes, more than the {MOUNT_OPTIONS_MAX} a mount(2) on this kernel (before Linux 6.8) takes",
+                lowers.len(),
+                data.len()
+            ),
+            source: std::io::Error::from_raw_os_error(libc::E2BIG),
+        });
+    }
+    Ok(data)
 }
 
 /// Whether `path` is a mount point: statx's MOUNT_ROOT attribute (one
@@ -218,6 +340,61 @@ mod tests {
         assert!(!rootfs.is_mounted());
         assert!(!dir.path().join("rootfs").exists());
         assert!(!dir.path().join("ctr").exists());
+    }
+
+    #[test]
+    fn the_classic_form_stacks_many_layers_too() {
+        let dir = tempfile::tempdir().unwrap();
+        // 120 layers with 100-byte names (a Docker image has at most 127):
+        // far beyond a page as paths, within it as /proc/self/fd names.
+        let mut lowers = Vec::new();
+        for i in 0..120 {
+            let l = dir.path().join(format!("layer-{i:03}-{}", "y".repeat(92)));
+            fs::create_dir(&l).unwrap();
+            fs::write(l.join("which"), format!("{i}")).unwrap();
+            fs::write(l.join(format!("only-{i}")), "").unwrap();
+            lowers.push(l);
+        }
+        let rootfs = Rootfs::new(dir.path().join("rootfs"), dir.path().join("ctr"));
+        for d in [
+            rootfs.layer_dir.join("upper"),
+            rootfs.layer_dir.join("work"),
+            rootfs.target.clone(),
+        ] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let top_first: Vec<&Path> = lowers.iter().rev().map(PathBuf::as_path).collect();
+        let r = rootfs.mount_classic(
+            &top_first,
+            &rootfs.layer_dir.join("upper"),
+            &rootfs.layer_dir.join("work"),
+        );
+        let which = fs::read_to_string(rootfs.target.join("which"));
+        let has_first = rootfs.target.join("only-0").exists();
+        let _ = fs::write(rootfs.target.join("new-file"), "x");
+        let upper_has_it = dir.path().join("ctr/upper/new-file").exists();
+        rootfs.remove();
+        r.unwrap();
+        assert_eq!(which.unwrap(), "119", "the last image layer is on top");
+        assert!(has_first);
+        assert!(upper_has_it, "writes go to the container's upper dir");
+        assert!(!rootfs.is_mounted());
+    }
+
+    #[test]
+    fn classic_options_beyond_a_page_are_refused_naming_the_layers() {
+        let lowers: Vec<String> = (0..300)
+            .map(|i| format!("/proc/self/fd/{}", 1000 + i))
+            .collect();
+        let e = classic_options(&lowers, "/proc/self/fd/3", "/proc/self/fd/4")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("300 layers") && e.contains("6.8"), "{e}");
+        let ok = classic_options(&lowers[..2], "/u", "/w").unwrap();
+        assert_eq!(
+            ok,
+            "lowerdir=/proc/self/fd/1000:/proc/self/fd/1001,upperdir=/u,workdir=/w"
+        );
     }
 
     #[test]

@@ -1,0 +1,77 @@
+//! The oldest kernel berth runs on, checked when berthd starts.
+//!
+//! Linux 5.10 (the oldest LTS kernel node images still ship, e.g. Debian
+//! 11). What berth needs and from which release:
+//!
+//! * `openat2` with `RESOLVE_IN_ROOT` (5.6): every path of an image layer
+//!   and of a bind mount is resolved inside its root with it; there is no
+//!   safe fallback;
+//! * the cgroup v2 device program (`BPF_CGROUP_DEVICE`, 4.15);
+//! * `pidfd_open` (5.3): direct kills of a container's process.
+//!
+//! Newer features are used where the kernel has them and fallen back from
+//! where it has not: overlayfs `lowerdir+` (6.8; else the classic option),
+//! `clone3(CLONE_INTO_CGROUP)` (5.7; else fork and move), `cgroup.kill`
+//! (5.14; else freeze, kill, thaw), `BPF_F_REPLACE` (5.6; else attach the
+//! new device program, then detach the old), statx's mount-root attribute
+//! (5.8; else mountinfo).
+
+/// The oldest supported release, (major, minor).
+pub const MINIMUM: (u32, u32) = (5, 10);
+
+/// Why `release` (uname -r, e.g. "6.1.0-18-amd64") is too old, if it is.
+pub fn too_old(release: &str) -> Option<String> {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>().ok());
+    let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
+        return Some(format!(
+            "cannot read the kernel release {release:?}; berth needs Linux {}.{} or newer",
+            MINIMUM.0, MINIMUM.1
+        ));
+    };
+    ((major, minor) < MINIMUM).then(|| {
+        format!(
+            "Linux {release} is older than {}.{}, the oldest kernel berth supports (it resolves every image and mount path with openat2, Linux 5.6, and uses pidfds and cgroup BPF): upgrade the node's kernel",
+            MINIMUM.0, MINIMUM.1
+        )
+    })
+}
+
+/// This node's kernel, checked.
+pub fn check() -> Result<(), String> {
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    too_old(&release).map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lts_kernels_from_5_10_pass_and_older_ones_are_named() {
+        for ok in [
+            "5.10.0-28-amd64",
+            "5.15.0-91-generic",
+            "6.1.0-18-cloud-amd64",
+            "6.18.44-fc-v1300",
+            "10.0",
+        ] {
+            assert_eq!(too_old(ok), None, "{ok}");
+        }
+        for old in ["5.4.0-150-generic", "4.19.0", "3.10.0-1160.el7.x86_64"] {
+            let e = too_old(old).unwrap_or_else(|| panic!("{old} passed"));
+            assert!(e.contains(old) && e.contains("5.10"), "{e}");
+        }
+        assert!(too_old("garbage").is_some());
+    }
+
+    #[test]
+    fn this_node_passes() {
+        assert_eq!(check(), Ok(()));
+    }
+}
