@@ -138,6 +138,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let runtime_config = berth_runtime::service::RuntimeConfig {
         root: config.root.clone(),
         state: config.state.clone(),
+        shim_exec: berth_runtime::shim_client::pin_readonly(&shim, &config.state).with_context(
+            || {
+                format!(
+                    "bind-mounting {} read-only at {}",
+                    shim.display(),
+                    config.state.join("berth-shim").display()
+                )
+            },
+        )?,
         shim,
         cgroup_parent: config.runtime.cgroup_parent.clone(),
     };
@@ -200,6 +209,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let _ = std::fs::remove_file(&config.socket);
+    berth_runtime::shim_client::unpin_readonly(&config.state);
     result.context("server task")?.context("gRPC server")?;
     tracing::info!("berthd stopped");
     Ok(())

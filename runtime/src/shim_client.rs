@@ -88,6 +88,54 @@ pub fn is_listening(dir: &Path) -> bool {
         .is_ok()
 }
 
+/// The file berthd runs berth-shim from: a read-only bind mount of the
+/// installed binary at `<state>/berth-shim`. A shim's children run its code
+/// inside a container's namespaces until their execve (CVE-2019-5736):
+/// /proc/PID/exe of such a process, or of a shim, then names a file on a
+/// read-only mount, which no process opens for writing (EROFS), whatever
+/// the kernel's ETXTBSY rules. The bind also pins the binary berthd started
+/// with: an upgrade that replaces the file on disk takes effect at berthd's
+/// restart, for the shims it starts from then on.
+pub fn pin_readonly(shim: &Path, state: &Path) -> std::io::Result<PathBuf> {
+    use nix::mount::{MsFlags, mount};
+    let target = state.join("berth-shim");
+    unpin_readonly(state);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&target)?;
+    mount(
+        Some(shim),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    let ro = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV;
+    if let Err(e) = mount(None::<&str>, &target, None::<&str>, ro, None::<&str>) {
+        unpin_readonly(state);
+        return Err(e.into());
+    }
+    Ok(target)
+}
+
+/// Undo [`pin_readonly`] (at shutdown, and before pinning anew after a
+/// crash). Running shims keep the binary they run.
+pub fn unpin_readonly(state: &Path) {
+    let target = state.join("berth-shim");
+    while crate::rootfs::is_mountpoint(&target) {
+        if nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).is_err() {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&target);
+}
+
 /// Run `shim <dir>` and wait for its `ok <pid>` line. The shim detaches; the
 /// process we started exits right after the line and is reaped here.
 pub async fn spawn(shim: &Path, dir: &Path) -> Result<i32, ShimError> {

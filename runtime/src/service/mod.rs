@@ -65,8 +65,11 @@ pub struct RuntimeConfig {
     pub root: PathBuf,
     /// Runtime state dir: sandboxes/ and containers/ under it.
     pub state: PathBuf,
-    /// The berth-shim binary.
+    /// The berth-shim binary as installed (checked for RuntimeReady).
     pub shim: PathBuf,
+    /// What shims are started from: its read-only bind
+    /// (`shim_client::pin_readonly`).
+    pub shim_exec: PathBuf,
     /// Parent cgroup of pods that come without a `cgroup_parent` (crictl,
     /// tests): their cgroup is `<this>/<pod id>`.
     pub cgroup_parent: String,
@@ -388,7 +391,7 @@ impl Inner {
             let handle = tokio::runtime::Handle::try_current()
                 .map_err(|_| Error::Internal("no async runtime to start the shim from".into()))?;
             handle
-                .block_on(shim_client::spawn(&self.cfg.shim, dir))
+                .block_on(shim_client::spawn(&self.cfg.shim_exec, dir))
                 .map_err(Error::from)
         })();
         if r.is_err() {

@@ -471,7 +471,22 @@ const _: () = assert!(std::mem::size_of::<CloneArgs>() == 88);
 /// Returns the fork result and whether the child is in `cgroup` already.
 /// The shim is single-threaded, so the child inherits no lock held by
 /// another thread; it runs ordinary code and ends in _exit.
+///
+/// The child is made non-dumpable at once (runc's defence against
+/// CVE-2019-5736): until its execve it runs the shim's code inside the
+/// container's namespaces, and a process of the container must not reach
+/// the shim binary or its memory through /proc/PID/exe, mem or fd. The
+/// kernel resets the flag at execve.
 fn fork_into(cgroup: Option<&Cgroup>, what: &str) -> Result<(ForkResult, bool)> {
+    let (r, placed) = fork_into_cgroup(cgroup, what)?;
+    if let ForkResult::Child = r {
+        // A plain prctl; it cannot fail with a valid argument.
+        let _ = nix::sys::prctl::set_dumpable(false);
+    }
+    Ok((r, placed))
+}
+
+fn fork_into_cgroup(cgroup: Option<&Cgroup>, what: &str) -> Result<(ForkResult, bool)> {
     let v2_dir = cgroup
         .filter(|c| c.v2 && cfg!(target_env = "gnu"))
         .and_then(|c| c.dirs.first());
@@ -581,7 +596,12 @@ fn init(plan: &ContainerPlan, sync_w: &OwnedFd, start_r: OwnedFd, io: ChildIo) -
     }
     drop(io);
     if plan.pause {
-        // Never execs: the filter goes on now (with no_new_privs).
+        // Never execs: what exec would drop (every capability of the
+        // shim's, as its spec says), and the filter, go now.
+        if let Err(e) = drop_privileges(&plan.process) {
+            report(sync_w.as_fd(), &format!("error {e}"));
+            return 1;
+        }
         if let Some(f) = &plan.seccomp
             && let Err(e) = nix::sys::prctl::set_no_new_privs().and_then(|()| seccomp::load(f))
         {

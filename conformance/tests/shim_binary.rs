@@ -1,0 +1,128 @@
+//! CVE-2019-5736: a shim's children run berth-shim's code inside a
+//! container's namespaces until their execve (a created container's init
+//! waits there for StartContainer). A process of the container must not
+//! be able to reach that binary through /proc/PID/exe and overwrite it.
+//! berth does what runc does: the children are non-dumpable until execve,
+//! and the binary they run is a read-only bind mount of the installed one.
+
+mod common;
+
+use std::time::Duration;
+
+use berth_conformance::Env;
+use berth_conformance::cri::sandbox_config;
+use berth_conformance::pods::*;
+use k8s_cri::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext};
+use sha2::Digest;
+
+/// Pids (in the pod's PID namespace) of the processes still running
+/// berth-shim's code, as a container sees them.
+const FIND_SHIM_CODE: &str = "for d in /proc/[0-9]*; do [ \"$(cat $d/comm 2>/dev/null)\" = berth-shim ] && echo ${d#/proc/}; done; true";
+
+#[tokio::test]
+async fn a_container_cannot_reach_the_shim_binary_of_a_created_container() {
+    let env = Env::start().await;
+    let image = push_busybox(&env, "cve/busybox:1").await;
+    // The CRI default pid mode (POD): the pod's containers see each other.
+    let mut config = sandbox_config("cve-5736");
+    config.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let p = run_pod(&env, config, &image).await;
+    let attacker = run(&env, &p, container(&p, "attacker", &["sleep", "1000"])).await;
+    let mut priv_c = container(&p, "privileged", &["sleep", "1000"]);
+    security(&mut priv_c).privileged = true;
+    let privileged = run(&env, &p, priv_c).await;
+    // Created, never started: its init sits in the shim's code.
+    let victim = create(&env, &p, container(&p, "victim", &["true"]))
+        .await
+        .expect("CreateContainer");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let installed = berth_conformance::berthd::berthd_binary()
+        .unwrap()
+        .with_file_name("berth-shim");
+    let hash = || sha2::Sha256::digest(std::fs::read(&installed).unwrap());
+    let before = hash();
+
+    // The pause holds no capability (its spec's, though it never execs).
+    let caps = sh(
+        &env,
+        &attacker,
+        "grep -E '^Cap(Prm|Eff|Bnd)' /proc/1/status",
+    )
+    .await;
+    assert!(
+        caps.lines().all(|l| l.ends_with("0000000000000000")),
+        "the pause process's capabilities: {caps}"
+    );
+    let pids = sh(&env, &attacker, FIND_SHIM_CODE).await;
+    let pids: Vec<&str> = pids.split_whitespace().collect();
+    // The created init, and the pod's pause process (PID 1).
+    assert!(pids.len() >= 2, "processes running shim code: {pids:?}");
+    for pid in &pids {
+        // Default capabilities (no CAP_SYS_PTRACE): a non-dumpable
+        // process's exe link is closed to it.
+        let (code, out, err) = try_sh(&env, &attacker, &format!("readlink /proc/{pid}/exe")).await;
+        assert_ne!(code, 0, "readlink of pid {pid}'s exe: {out}");
+        let (code, _, err2) =
+            try_sh(&env, &attacker, &format!("echo pwned >> /proc/{pid}/exe")).await;
+        assert_ne!(code, 0, "writing pid {pid}'s exe succeeded");
+        assert!(
+            err.contains("denied") || err2.contains("denied"),
+            "refused for want of permission: {err} / {err2}"
+        );
+    }
+    // With every capability the link opens, and names the read-only bind,
+    // not the installed binary; writing through it fails.
+    for pid in &pids {
+        let exe = sh(&env, &privileged, &format!("readlink /proc/{pid}/exe")).await;
+        assert_eq!(
+            exe.trim(),
+            env.berthd.state().join("berth-shim").to_str().unwrap(),
+            "the shim runs from its read-only bind"
+        );
+        let (code, _, err) =
+            try_sh(&env, &privileged, &format!("echo pwned >> /proc/{pid}/exe")).await;
+        assert_ne!(code, 0, "writing through pid {pid}'s exe succeeded");
+        assert!(err.contains("Read-only") || err.contains("busy"), "{err}");
+    }
+    // On the host the bind is a read-only mount: no writer, with or
+    // without a running shim to make the kernel say ETXTBSY.
+    let bind = env.berthd.state().join("berth-shim");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(bind.to_str().unwrap()))
+        .expect("the shim's bind mount");
+    assert!(
+        line.split(' ')
+            .nth(5)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "ro"),
+        "{line}"
+    );
+    assert_eq!(hash(), before, "the installed shim is unchanged");
+    let _ = victim;
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn the_shim_bind_refuses_writers_and_goes_with_berthd() {
+    let env = Env::start().await;
+    let bind = env.berthd.state().join("berth-shim");
+    let e = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&bind)
+        .expect_err("the shim's bind must not open for writing");
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    // env.finish stops berthd (SIGTERM) and checks no mount is left
+    // under its directory: the bind included.
+    env.finish().await;
+}
