@@ -34,6 +34,17 @@ async fn pod_with_pid(env: &Env, name: &str, pid: NamespaceMode) -> Pod {
     run_pod(env, config, &image).await
 }
 
+/// A container running `sh -c script` in the PID namespace `pid` (kubelet
+/// gives a container its pod's mode: hostPID makes both NODE).
+fn in_pid(p: &Pod, pid: NamespaceMode, name: &str, script: &str) -> k8s_cri::v1::ContainerConfig {
+    let mut c = container(p, name, &["sh", "-c", script]);
+    security(&mut c).namespace_options = Some(NamespaceOption {
+        pid: pid as i32,
+        ..Default::default()
+    });
+    c
+}
+
 /// Host pids of processes whose command line holds `marker`.
 fn processes_with(marker: &str) -> Vec<i32> {
     let mut out = Vec::new();
@@ -85,7 +96,7 @@ async fn init_exit_takes_the_rest_along(pid: NamespaceMode, name: &str) {
     let p = pod_with_pid(&env, name, pid).await;
     let secs = unique_sleep();
     let script = format!("sleep {secs} & sleep {secs} & echo started; exit 0");
-    let id = run(&env, &p, container(&p, "leaver", &["sh", "-c", &script])).await;
+    let id = run(&env, &p, in_pid(&p, pid, "leaver", &script)).await;
     let st = wait_exited(&env, &id, Duration::from_secs(10)).await;
     assert_eq!(st.exit_code, 0, "{st:?}");
     wait_gone(&format!("sleep {secs}"), "after the init exited").await;
@@ -110,7 +121,12 @@ async fn stop_and_remove_leave_no_process_of_a_container_in_a_shared_pid_namespa
     let secs = unique_sleep();
     // The init ignores SIGTERM, and its children do not die with it.
     let script = format!("trap '' TERM; sleep {secs} & sleep {secs} & wait");
-    let id = run(&env, &p, container(&p, "stubborn", &["sh", "-c", &script])).await;
+    let id = run(
+        &env,
+        &p,
+        in_pid(&p, NamespaceMode::Pod, "stubborn", &script),
+    )
+    .await;
     let t = Instant::now();
     while processes_with(&format!("sleep {secs}")).len() < 2 {
         assert!(
@@ -132,7 +148,7 @@ async fn stop_and_remove_leave_no_process_of_a_container_in_a_shared_pid_namespa
     // shim ends what is left when RemoveContainer kills the container.
     let secs2 = unique_sleep() + "1";
     let script = format!("sleep {secs2} & exec sleep {secs2}");
-    let id2 = run(&env, &p, container(&p, "second", &["sh", "-c", &script])).await;
+    let id2 = run(&env, &p, in_pid(&p, NamespaceMode::Pod, "second", &script)).await;
     rt.remove_container(RemoveContainerRequest { container_id: id2 })
         .await
         .expect("RemoveContainer");
