@@ -819,10 +819,14 @@ async fn sigkill_during_run_and_stop_leaves_no_orphans() {
 async fn after_a_node_reboot_pods_are_not_ready_and_release_what_they_held() {
     let mut n = start("").await;
     let mut pods = Vec::new();
-    for (i, ports, pid) in [
-        (0, vec![tcp(9471, 80)], NamespaceMode::Container),
-        (1, vec![], NamespaceMode::Pod),
-        (2, vec![], NamespaceMode::Container),
+    // A hostPort pod, one with a pause process, a plain one, and one on
+    // the host's network and IPC (it pins nothing: only its state dir,
+    // with its resolv.conf and hosts, tells that the node rebooted).
+    for (i, ports, pid, host) in [
+        (0, vec![tcp(9471, 80)], NamespaceMode::Container, false),
+        (1, vec![], NamespaceMode::Pod, false),
+        (2, vec![], NamespaceMode::Container, false),
+        (3, vec![], NamespaceMode::Container, true),
     ] {
         let mut cfg = pod_config(&n, &format!("reboot-{i}"), ports);
         if let Some(ns) = cfg
@@ -832,10 +836,14 @@ async fn after_a_node_reboot_pods_are_not_ready_and_release_what_they_held() {
             .and_then(|s| s.namespace_options.as_mut())
         {
             ns.pid = pid as i32;
+            if host {
+                ns.network = NamespaceMode::Node as i32;
+                ns.ipc = NamespaceMode::Node as i32;
+            }
         }
         let id = run_pod(&n, &cfg).await.expect("RunPodSandbox");
         let c = run_container(&n, &id, &cfg, "sleeper", "exec sleep 100000").await;
-        assert_eq!(pod_ips(&n, &id).await.0.len(), 1);
+        assert_eq!(pod_ips(&n, &id).await.0.len(), usize::from(!host));
         pods.push((id, c));
     }
 
@@ -886,7 +894,7 @@ async fn after_a_node_reboot_pods_are_not_ready_and_release_what_they_held() {
     n.env.cri = n.env.berthd.cri().await.expect("reconnect");
 
     let listed = n.env.cri.list_pods().await;
-    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert_eq!(listed.len(), 4, "{listed:?}");
     for p in &listed {
         assert_eq!(
             p.state,

@@ -36,14 +36,21 @@ pub(super) fn mark_lost_pods(
     Ok(())
 }
 
-/// What of a READY pod is gone: a namespace pin, or its pause process.
+/// What of a READY pod is gone: its state dir, a namespace pin, or its
+/// pause process.
 fn lost_parts(rec: &SandboxRecord) -> Vec<String> {
-    let mut lost: Vec<String> = rec
-        .namespaces
-        .all()
-        .filter(|p| !namespaces::is_pinned(p))
-        .map(|p| format!("namespace pin {}", p.display()))
+    // Its hosts, resolv.conf and hostname live there (a host-network,
+    // host-IPC pod pins nothing else).
+    let mut lost: Vec<String> = (!rec.dir.is_dir())
+        .then(|| format!("state directory {}", rec.dir.display()))
+        .into_iter()
         .collect();
+    lost.extend(
+        rec.namespaces
+            .all()
+            .filter(|p| !namespaces::is_pinned(p))
+            .map(|p| format!("namespace pin {}", p.display())),
+    );
     if let Some(p) = &rec.pause
         && !shim_client::is_listening(&p.dir)
     {
