@@ -314,6 +314,119 @@ pub fn call_blocking(dir: &Path, req: &Request, timeout: Duration) -> Result<Res
     })
 }
 
+/// An open streaming request to a shim ([`Request::ExecStream`] or
+/// [`Request::Attach`]): its first answer, the descriptors that came with
+/// it, and the connection, on which the rest follows (the exec's exit, or
+/// the container's output frames). `rest` holds what was read past the
+/// answer line.
+pub struct ShimStream {
+    pub answer: Response,
+    pub fds: Vec<std::os::fd::OwnedFd>,
+    pub conn: UnixStream,
+    pub rest: Vec<u8>,
+}
+
+/// Descriptors a streaming answer may carry, at most.
+const STREAM_FDS_MAX: usize = 3;
+
+/// Send a streaming request and take its answer with its descriptors.
+pub async fn open_stream(dir: &Path, req: &Request) -> Result<ShimStream, ShimError> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let dir_s = dir.display().to_string();
+    let gone = |source| ShimError::Gone {
+        dir: dir_s.clone(),
+        source,
+    };
+    let io = |what: &'static str| {
+        let dir = dir_s.clone();
+        move |source| ShimError::Io { dir, what, source }
+    };
+    let (_dir_fd, path) = socket_path(dir).map_err(gone)?;
+    let mut s = UnixStream::connect(&path).await.map_err(gone)?;
+    let mut line = serde_json::to_vec(req).map_err(|e| ShimError::Protocol {
+        dir: dir_s.clone(),
+        detail: e.to_string(),
+    })?;
+    line.push(b'\n');
+    s.write_all(&line).await.map_err(io("sending a request"))?;
+    let mut buf = Vec::new();
+    let mut fds = Vec::new();
+    let read = async {
+        loop {
+            s.readable().await.map_err(io("reading the answer"))?;
+            let mut chunk = [0u8; 4096];
+            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; STREAM_FDS_MAX]);
+            let r = s.try_io(tokio::io::Interest::READABLE, || {
+                let mut iov = [std::io::IoSliceMut::new(&mut chunk)];
+                let msg = recvmsg::<()>(
+                    s.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                )
+                .map_err(std::io::Error::from)?;
+                let mut got = Vec::new();
+                for c in msg.cmsgs().map_err(std::io::Error::from)? {
+                    if let ControlMessageOwned::ScmRights(raw) = c {
+                        got.extend(raw);
+                    }
+                }
+                Ok((msg.bytes, got))
+            });
+            match r {
+                Ok((n, got)) => {
+                    for raw in got {
+                        // SAFETY: SCM_RIGHTS installed this descriptor in
+                        // this process for us; nothing else owns it.
+                        fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                    }
+                    if n == 0 {
+                        return Err(ShimError::Gone {
+                            dir: dir_s.clone(),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "connection closed without an answer",
+                            ),
+                        });
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.contains(&b'\n') {
+                        return Ok(());
+                    }
+                    if buf.len() > 1 << 20 {
+                        return Err(ShimError::Protocol {
+                            dir: dir_s.clone(),
+                            detail: "answer line too long".into(),
+                        });
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(io("reading the answer")(e)),
+            }
+        }
+    };
+    tokio::time::timeout(START_TIMEOUT, read)
+        .await
+        .map_err(|_| ShimError::Timeout {
+            dir: dir_s.clone(),
+            secs: START_TIMEOUT.as_secs(),
+        })??;
+    let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let answer: Response =
+        serde_json::from_slice(&buf[..end]).map_err(|e| ShimError::Protocol {
+            dir: dir_s.clone(),
+            detail: format!("{e}: {:?}", String::from_utf8_lossy(&buf[..end])),
+        })?;
+    let rest = buf.get(end + 1..).unwrap_or_default().to_vec();
+    Ok(ShimStream {
+        answer,
+        fds,
+        conn: s,
+        rest,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

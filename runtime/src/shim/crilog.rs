@@ -266,6 +266,8 @@ pub const READ_CHUNK: usize = 8 * 1024;
 /// allocated on first use.
 pub struct Relay {
     scratch: Vec<u8>,
+    /// Bytes the last read brought (in `scratch`).
+    last: usize,
 }
 
 impl Default for Relay {
@@ -278,7 +280,14 @@ impl Relay {
     pub fn new() -> Self {
         Relay {
             scratch: Vec::new(),
+            last: 0,
         }
+    }
+
+    /// What the last [`Relay::read_once`] read, before it became log
+    /// records (for attach clients).
+    pub fn last_chunk(&self) -> &[u8] {
+        self.scratch.get(..self.last).unwrap_or_default()
     }
 
     /// One read from `fd` into the log.
@@ -303,6 +312,7 @@ impl Relay {
             }
         };
         let eof = n == 0;
+        self.last = n;
         if carry.is_empty() {
             let used = log.write_records(stream, &self.scratch[..n], eof);
             carry.extend_from_slice(&self.scratch[used..n]);

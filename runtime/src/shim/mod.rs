@@ -438,6 +438,7 @@ fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<server::Monitor, Sh
         listener,
         sigfd,
         state_dir: dir.to_path_buf(),
+        stdin_once: cfg.stdin_once,
     }))
 }
 

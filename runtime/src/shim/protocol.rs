@@ -104,6 +104,67 @@ pub enum Request {
     Wait,
     /// Set the pty's size.
     Resize { width: u16, height: u16 },
+    /// Start a process in the container for a streaming Exec. The answer
+    /// is [`Response::Streaming`], sent with the shim's ends of the
+    /// process's stdio as SCM_RIGHTS in the same message (see
+    /// [`stream_fds`]); berthd moves the bytes itself. The connection then
+    /// stays open: the shim writes [`Response::Exec`] (code only, no output)
+    /// once the process is reaped, and kills the process if berthd closes
+    /// the connection first (the client went away).
+    ExecStream {
+        args: Vec<String>,
+        env: Option<Vec<String>>,
+        cwd: Option<String>,
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+        /// The pty's size at start (columns, rows).
+        #[serde(default)]
+        size: Option<(u16, u16)>,
+    },
+    /// Attach to the container's own stdio. The answer is
+    /// [`Response::Attached`], with a dup of the container's stdin pipe (or
+    /// pty) as SCM_RIGHTS when `stdin` is asked for and the container has
+    /// one. After it the shim writes the container's output on the
+    /// connection as [`AttachFrame`]s, as it comes, until the container
+    /// exits (then it closes the connection). Closing the connection ends
+    /// the attach; with `stdin_once` the first attach with stdin to end
+    /// closes the container's stdin.
+    Attach {
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
+}
+
+/// Which descriptors come with [`Response::Streaming`], in order: the pty
+/// alone with `tty`, else stdin's write end, stdout's read end and
+/// stderr's read end, each only if asked for.
+pub fn stream_fds(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> usize {
+    if tty {
+        1
+    } else {
+        usize::from(stdin) + usize::from(stdout) + usize::from(stderr)
+    }
+}
+
+/// Container output on an attach connection: one byte naming the stream
+/// ([`ATTACH_STDOUT`] or [`ATTACH_STDERR`]; a pty's output is stdout), a
+/// big-endian u32 length, then that many bytes.
+pub struct AttachFrame;
+
+pub const ATTACH_STDOUT: u8 = 1;
+pub const ATTACH_STDERR: u8 = 2;
+/// A frame carries at most this much.
+pub const ATTACH_FRAME_MAX: usize = 64 << 10;
+
+impl AttachFrame {
+    /// The frame header for `len` bytes of `stream`.
+    pub fn header(stream: u8, len: usize) -> [u8; 5] {
+        let l = (len as u32).to_be_bytes();
+        [stream, l[0], l[1], l[2], l[3]]
+    }
 }
 
 pub const EXEC_OUTPUT_LIMIT: usize = 16 << 20;
@@ -115,7 +176,20 @@ pub enum Response {
     State(State),
     Exec(ExecResult),
     Exit(ExitStatus),
-    Error { message: String },
+    Error {
+        message: String,
+    },
+    /// The exec process runs (its pid in the host PID namespace); its
+    /// stdio comes with this line (see [`Request::ExecStream`]).
+    Streaming {
+        pid: i32,
+    },
+    /// Attached; `tty`: the container has a pty (output is all stdout);
+    /// `stdin`: a descriptor for its stdin comes with this line.
+    Attached {
+        tty: bool,
+        stdin: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -22,7 +22,8 @@ use super::cgroup::Cgroup;
 use super::crilog::{LogFile, ReadOutcome, Relay, Stream};
 use super::plan;
 use super::protocol::{
-    EXEC_OUTPUT_LIMIT, ExecResult, ExitStatus, Request, Response, ShimKind, State, Status,
+    ATTACH_FRAME_MAX, ATTACH_STDERR, ATTACH_STDOUT, AttachFrame, EXEC_OUTPUT_LIMIT, ExecResult,
+    ExitStatus, Request, Response, ShimKind, State, Status,
 };
 use super::spawn::{self, ProcessConfig};
 
@@ -30,6 +31,10 @@ use super::spawn::{self, ProcessConfig};
 const MAX_REQUEST: usize = 1 << 20;
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNS: usize = 64;
+/// Output an attach client has not taken yet, at most: a client that
+/// falls this far behind is dropped (the container and its log never wait
+/// for an attacher).
+const ATTACH_BACKLOG: usize = 4 << 20;
 
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -52,6 +57,17 @@ enum ConnState {
     AwaitExit,
     AwaitExec,
     Writing,
+    /// An attach client: output frames are queued in `out` as they come.
+    Attached,
+}
+
+/// What an attach client asked for.
+#[derive(Clone, Copy, Default)]
+struct AttachSub {
+    stdout: bool,
+    stderr: bool,
+    /// It holds the container's stdin (for stdin_once).
+    stdin: bool,
 }
 
 struct Conn {
@@ -61,12 +77,16 @@ struct Conn {
     out: Vec<u8>,
     written: usize,
     state: ConnState,
+    /// The state once `out` is written (None: close the connection).
+    then: Option<ConnState>,
+    attach: AttachSub,
 }
 
 impl Conn {
     /// Waiting for the container (to start or to exit), nothing to do.
     fn parked(&self) -> bool {
         matches!(self.state, ConnState::AwaitStart | ConnState::AwaitExit)
+            || (self.state == ConnState::Attached && self.written == self.out.len())
     }
 }
 
@@ -79,6 +99,14 @@ struct ExecRun {
     err: Vec<u8>,
     deadline: Option<Instant>,
     timed_out: bool,
+}
+
+/// How a write of queued bytes went.
+#[derive(PartialEq, Eq)]
+enum Flush {
+    Done,
+    Pending,
+    Broken,
 }
 
 /// Everything the loop watches and answers for.
@@ -99,6 +127,8 @@ pub struct Monitor {
     start_waiter: Option<u64>,
     outputs: [Option<Output>; 2],
     pub stdin: Option<OwnedFd>,
+    /// Close stdin when the first attach that holds it ends.
+    stdin_once: bool,
     pty: Option<OwnedFd>,
     pub log: LogFile,
     relay: Relay,
@@ -134,6 +164,7 @@ pub struct MonitorParts {
     pub listener: UnixListener,
     pub sigfd: SignalFd,
     pub state_dir: PathBuf,
+    pub stdin_once: bool,
 }
 
 fn nonblocking(fd: &OwnedFd) {
@@ -195,6 +226,7 @@ impl Monitor {
             start_waiter: None,
             outputs,
             stdin: c.stdin,
+            stdin_once: p.stdin_once,
             pty,
             log: p.log,
             relay: Relay::new(),
@@ -304,10 +336,10 @@ impl Monitor {
             }
         }
         for c in &self.conns {
-            let ev = if c.state == ConnState::Writing {
-                PollFlags::POLLOUT
-            } else {
-                inp
+            let ev = match c.state {
+                ConnState::Writing => PollFlags::POLLOUT,
+                ConnState::Attached if c.written < c.out.len() => inp | PollFlags::POLLOUT,
+                _ => inp,
             };
             tokens.push(Token::Conn(c.id));
             fds.push(PollFd::new(c.sock.as_fd(), ev));
@@ -342,22 +374,60 @@ impl Monitor {
     }
 
     fn read_output(&mut self, i: usize) {
-        let Some(o) = self.outputs[i].as_mut() else {
-            return;
-        };
         // A few reads per wake-up: enough for a flood, fair to the rest.
         for _ in 0..16 {
+            let Some(o) = self.outputs[i].as_mut() else {
+                return;
+            };
+            let stream = o.stream;
             match self
                 .relay
                 .read_once(&o.fd, o.stream, &mut o.carry, &mut self.log)
             {
-                ReadOutcome::Data => continue,
+                ReadOutcome::Data => self.fan_out(stream),
                 ReadOutcome::WouldBlock => return,
                 ReadOutcome::Eof => {
                     self.outputs[i] = None;
                     return;
                 }
             }
+        }
+    }
+
+    /// What the last read of the container's output brought, to every
+    /// attach client that wants that stream.
+    fn fan_out(&mut self, stream: Stream) {
+        let chunk = self.relay.last_chunk();
+        if chunk.is_empty() {
+            return;
+        }
+        let (tag, wanted): (u8, fn(&AttachSub) -> bool) = match stream {
+            Stream::Stdout => (ATTACH_STDOUT, |a| a.stdout),
+            Stream::Stderr => (ATTACH_STDERR, |a| a.stderr),
+        };
+        let mut slow = Vec::new();
+        for c in self
+            .conns
+            .iter_mut()
+            .filter(|c| c.state == ConnState::Attached && wanted(&c.attach))
+        {
+            if c.written == c.out.len() {
+                c.out.clear();
+                c.written = 0;
+            }
+            for part in chunk.chunks(ATTACH_FRAME_MAX) {
+                c.out
+                    .extend_from_slice(&AttachFrame::header(tag, part.len()));
+                c.out.extend_from_slice(part);
+            }
+            match write_out(c) {
+                Flush::Broken => slow.push(c.id),
+                _ if c.out.len() - c.written > ATTACH_BACKLOG => slow.push(c.id),
+                _ => {}
+            }
+        }
+        for id in slow {
+            self.end_attach(id);
         }
     }
 
@@ -369,11 +439,15 @@ impl Monitor {
             let mut reads = 0;
             while let Some(o) = self.outputs[i].as_mut() {
                 reads += 1;
+                let stream = o.stream;
                 match self
                     .relay
                     .read_once(&o.fd, o.stream, &mut o.carry, &mut self.log)
                 {
-                    ReadOutcome::Data if reads < 1024 => continue,
+                    ReadOutcome::Data if reads < 1024 => {
+                        self.fan_out(stream);
+                        continue;
+                    }
                     ReadOutcome::Data | ReadOutcome::WouldBlock => {
                         Relay::flush(o.stream, &mut o.carry, &mut self.log);
                         self.outputs[i] = None;
@@ -493,6 +567,8 @@ impl Monitor {
                         out: Vec::new(),
                         written: 0,
                         state: ConnState::Reading,
+                        then: None,
+                        attach: AttachSub::default(),
                     });
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -507,7 +583,19 @@ impl Monitor {
 
     fn drop_conn(&mut self, id: u64) {
         if let Some(i) = self.conn_index(id) {
-            self.conns.swap_remove(i);
+            let c = self.conns.swap_remove(i);
+            if c.attach.stdin && self.stdin_once {
+                // The first attach with stdin ended: the container reads
+                // EOF once berthd's copy is closed too.
+                self.stdin = None;
+            }
+            // An exec whose client went away is killed (as containerd
+            // does): nobody reads or writes its stdio any more.
+            if c.state == ConnState::AwaitExec
+                && let Some(e) = self.execs.iter().find(|e| e.conn == id)
+            {
+                let _ = kill(e.pid, Signal::SIGKILL);
+            }
         }
         if self.start_waiter == Some(id) {
             self.start_waiter = None;
@@ -521,8 +609,33 @@ impl Monitor {
             ConnState::Writing => {
                 let gone = ev.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)
                     && !ev.contains(PollFlags::POLLOUT);
-                if gone || flush_conn(c) {
-                    self.drop_conn(id);
+                match if gone { Flush::Broken } else { write_out(c) } {
+                    Flush::Pending => {}
+                    Flush::Done if c.then.is_some() => {
+                        c.state = c.then.take().unwrap_or(ConnState::Reading);
+                        c.out = Vec::new();
+                        c.written = 0;
+                    }
+                    _ => self.drop_conn(id),
+                }
+            }
+            ConnState::Attached => {
+                if ev.contains(PollFlags::POLLOUT) && write_out(c) == Flush::Broken {
+                    return self.end_attach(id);
+                }
+                if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                    // The client sends nothing: a read is its hang-up.
+                    let mut b = [0u8; 64];
+                    match c.sock.read(&mut b) {
+                        Ok(0) => self.end_attach(id),
+                        Err(e)
+                            if e.kind() != ErrorKind::WouldBlock
+                                && e.kind() != ErrorKind::Interrupted =>
+                        {
+                            self.end_attach(id)
+                        }
+                        _ => {}
+                    }
                 }
             }
             ConnState::Reading => {
@@ -594,6 +707,48 @@ impl Monitor {
         }
     }
 
+    /// Sends `resp` with `fds` as SCM_RIGHTS on its first bytes, then
+    /// moves the connection to `then` once the line is written.
+    fn respond_with_fds(&mut self, id: u64, resp: &Response, fds: &[OwnedFd], then: ConnState) {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        use std::os::fd::AsRawFd;
+        let Some(i) = self.conn_index(id) else { return };
+        let c = &mut self.conns[i];
+        let mut line = serde_json::to_vec(resp).unwrap_or_default();
+        line.push(b'\n');
+        let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsg };
+        let sent = loop {
+            match sendmsg::<()>(
+                c.sock.as_raw_fd(),
+                &[std::io::IoSlice::new(&line)],
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Err(Errno::EINTR) => continue,
+                // A fresh connection's buffer takes a line: anything else
+                // means the client is gone.
+                Err(_) | Ok(0) => {
+                    self.drop_conn(id);
+                    return;
+                }
+                Ok(n) => break n,
+            }
+        };
+        c.out = line;
+        c.written = sent;
+        c.then = Some(then);
+        c.state = ConnState::Writing;
+        if c.written == c.out.len() {
+            c.state = then;
+            c.then = None;
+            c.out = Vec::new();
+            c.written = 0;
+        }
+    }
+
     /// Queues the answer and sends what the socket takes now.
     fn respond(&mut self, id: u64, resp: &Response) {
         let Some(i) = self.conn_index(id) else { return };
@@ -605,6 +760,7 @@ impl Monitor {
         c.out = line;
         c.written = 0;
         c.state = ConnState::Writing;
+        c.then = None;
         if flush_conn(c) {
             self.drop_conn(id);
         }
@@ -639,6 +795,30 @@ impl Monitor {
                     return;
                 }
             },
+            Request::ExecStream {
+                args,
+                env,
+                cwd,
+                tty,
+                stdin,
+                stdout,
+                stderr,
+                size,
+            } => {
+                let stdio = spawn::ExecStdio {
+                    tty,
+                    stdin,
+                    stdout,
+                    stderr,
+                    size,
+                };
+                return self.exec_stream(id, args, env, cwd, stdio);
+            }
+            Request::Attach {
+                stdin,
+                stdout,
+                stderr,
+            } => return self.attach(id, stdin, stdout, stderr),
             Request::Resize { width, height } => match &self.pty {
                 Some(fd) => match spawn::set_winsize(fd, width, height) {
                     Ok(()) => Response::Ok,
@@ -770,13 +950,18 @@ impl Monitor {
         if let Some(cwd) = cwd {
             cfg.cwd = PathBuf::from(cwd);
         }
-        match spawn::spawn_exec(self.pid, self.cgroup.as_ref(), &cfg) {
+        match spawn::spawn_exec(
+            self.pid,
+            self.cgroup.as_ref(),
+            &cfg,
+            &spawn::ExecStdio::CAPTURE,
+        ) {
             Ok(s) => {
                 self.execs.push(ExecRun {
                     conn: id,
                     pid: s.pid,
-                    stdout: Some(s.stdout),
-                    stderr: Some(s.stderr),
+                    stdout: s.stdout,
+                    stderr: s.stderr,
                     out: Vec::new(),
                     err: Vec::new(),
                     deadline: (timeout_ms > 0)
@@ -792,6 +977,126 @@ impl Monitor {
                 },
             ),
         }
+    }
+
+    /// A streaming exec: the process's stdio goes to berthd with the
+    /// answer; the connection waits for its exit.
+    fn exec_stream(
+        &mut self,
+        id: u64,
+        args: Vec<String>,
+        env: Option<Vec<String>>,
+        cwd: Option<String>,
+        stdio: spawn::ExecStdio,
+    ) {
+        if self.status != Status::Running || args.is_empty() {
+            let message = if args.is_empty() {
+                "exec needs args"
+            } else {
+                "exec needs a running container"
+            };
+            return self.respond(
+                id,
+                &Response::Error {
+                    message: message.into(),
+                },
+            );
+        }
+        let mut cfg = self.exec_cfg.clone();
+        cfg.args = args;
+        if let Some(env) = env {
+            cfg.env = env;
+        }
+        if let Some(cwd) = cwd {
+            cfg.cwd = PathBuf::from(cwd);
+        }
+        let s = match spawn::spawn_exec(self.pid, self.cgroup.as_ref(), &cfg, &stdio) {
+            Ok(s) => s,
+            Err(e) => {
+                return self.respond(
+                    id,
+                    &Response::Error {
+                        message: format!("exec: {e}"),
+                    },
+                );
+            }
+        };
+        let fds: Vec<OwnedFd> = [s.pty, s.stdin, s.stdout, s.stderr]
+            .into_iter()
+            .flatten()
+            .collect();
+        self.execs.push(ExecRun {
+            conn: id,
+            pid: s.pid,
+            stdout: None,
+            stderr: None,
+            out: Vec::new(),
+            err: Vec::new(),
+            deadline: None,
+            timed_out: false,
+        });
+        self.respond_with_fds(
+            id,
+            &Response::Streaming {
+                pid: s.pid.as_raw(),
+            },
+            &fds,
+            ConnState::AwaitExec,
+        );
+    }
+
+    /// An attach: a dup of stdin (pipe or pty) if asked for and there is
+    /// one, then the container's output as frames.
+    fn attach(&mut self, id: u64, stdin: bool, stdout: bool, stderr: bool) {
+        if self.kind == ShimKind::Pause || self.status == Status::Exited {
+            let message = if self.kind == ShimKind::Pause {
+                "a pause process has nothing to attach to"
+            } else {
+                "the container has exited"
+            };
+            return self.respond(
+                id,
+                &Response::Error {
+                    message: message.into(),
+                },
+            );
+        }
+        let tty = self.pty.is_some();
+        let source = if tty { &self.pty } else { &self.stdin };
+        let fd = match source.as_ref().filter(|_| stdin).map(OwnedFd::try_clone) {
+            Some(Ok(fd)) => Some(fd),
+            Some(Err(e)) => {
+                return self.respond(
+                    id,
+                    &Response::Error {
+                        message: format!("attach: dup of stdin: {e}"),
+                    },
+                );
+            }
+            None => None,
+        };
+        if let Some(i) = self.conn_index(id) {
+            self.conns[i].attach = AttachSub {
+                // A pty's output is one stream, logged as stdout.
+                stdout: stdout || (tty && stderr),
+                stderr: stderr && !tty,
+                stdin: fd.is_some() && !tty,
+            };
+        }
+        let fds: Vec<OwnedFd> = fd.into_iter().collect();
+        let stdin = !fds.is_empty();
+        self.respond_with_fds(
+            id,
+            &Response::Attached { tty, stdin },
+            &fds,
+            ConnState::Attached,
+        );
+    }
+
+    /// An attach client is done (it hung up, fell behind, or the
+    /// container exited).
+    fn end_attach(&mut self, id: u64) {
+        self.drop_conn(id);
     }
 
     fn read_exec(&mut self, pid: Pid, is_err: bool) {
@@ -849,6 +1154,13 @@ impl Monitor {
         for id in waiting {
             self.respond(id, &Response::Exit(exit.clone()));
         }
+        // Attach clients get what is queued, then the end of the stream.
+        for c in &mut self.conns {
+            if c.state == ConnState::Attached {
+                c.state = ConnState::Writing;
+                c.then = None;
+            }
+        }
         // Exec processes die with the container's namespace, or now.
         for mut e in std::mem::take(&mut self.execs) {
             let _ = kill(e.pid, Signal::SIGKILL);
@@ -880,6 +1192,20 @@ impl Monitor {
 
 /// Writes what the socket takes; true when the answer is all out (or the
 /// peer is gone).
+/// Writes what the socket takes of `c.out` now.
+fn write_out(c: &mut Conn) -> Flush {
+    while c.written < c.out.len() {
+        match c.sock.write(&c.out[c.written..]) {
+            Ok(0) => return Flush::Broken,
+            Ok(n) => c.written += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Flush::Pending,
+            Err(_) => return Flush::Broken,
+        }
+    }
+    Flush::Done
+}
+
 fn flush_conn(c: &mut Conn) -> bool {
     while c.written < c.out.len() {
         match c.sock.write(&c.out[c.written..]) {

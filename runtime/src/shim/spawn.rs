@@ -916,24 +916,88 @@ fn try_exec(
     Err((code, format!("{}: {}", path.display(), e.desc())))
 }
 
-/// A process started by Exec: the shim's ends.
+/// How an exec process's stdio is wired: a pty (its output on stdout),
+/// or a pipe per stream asked for; what is not asked for is /dev/null.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecStdio {
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    /// The pty's size at start (columns, rows).
+    pub size: Option<(u16, u16)>,
+}
+
+impl ExecStdio {
+    /// ExecSync: output captured, no input.
+    pub const CAPTURE: ExecStdio = ExecStdio {
+        tty: false,
+        stdin: false,
+        stdout: true,
+        stderr: true,
+        size: None,
+    };
+}
+
+/// A process started by Exec: the shim's ends of its stdio (output ends
+/// non-blocking).
 pub struct ExecSpawned {
     pub pid: Pid,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    /// The pty's master (input and output) with `tty`.
+    pub pty: Option<OwnedFd>,
 }
 
 /// Starts `cfg` inside the namespaces of `init` (same cgroup, user and
 /// capabilities as the container), as runc exec does.
-pub fn spawn_exec(init: Pid, cgroup: Option<&Cgroup>, cfg: &ProcessConfig) -> Result<ExecSpawned> {
+pub fn spawn_exec(
+    init: Pid,
+    cgroup: Option<&Cgroup>,
+    cfg: &ProcessConfig,
+    stdio: &ExecStdio,
+) -> Result<ExecSpawned> {
     let (report_r, report_w) = cloexec_pipe()?;
-    let (out_r, out_w) = output_pipe()?;
-    let (err_r, err_w) = output_pipe()?;
+    let mut parent = ExecSpawned {
+        pid: Pid::from_raw(0),
+        stdin: None,
+        stdout: None,
+        stderr: None,
+        pty: None,
+    };
+    let mut child = ChildIo::default();
+    if stdio.tty {
+        let pty = nix::pty::openpty(None, None).map_err(sys("open", "pty"))?;
+        set_cloexec(&pty.master)?;
+        set_cloexec(&pty.slave)?;
+        if let Some((w, h)) = stdio.size {
+            set_winsize(&pty.master, w, h).map_err(sys("ioctl TIOCSWINSZ", "pty"))?;
+        }
+        parent.pty = Some(pty.master);
+        child.pty_slave = Some(pty.slave);
+    } else {
+        if stdio.stdin {
+            let (r, w) = cloexec_pipe()?;
+            parent.stdin = Some(w);
+            child.stdin = Some(r);
+        }
+        if stdio.stdout {
+            let (r, w) = output_pipe()?;
+            parent.stdout = Some(r);
+            child.stdout = Some(w);
+        }
+        if stdio.stderr {
+            let (r, w) = output_pipe()?;
+            parent.stderr = Some(r);
+            child.stderr = Some(w);
+        }
+    }
     match fork_into(cgroup, "exec process")? {
         (ForkResult::Child, placed) => {
-            drop((report_r, out_r, err_r));
+            drop((report_r, parent));
             let cgroup = cgroup.filter(|_| !placed);
-            let code = match exec_intermediate(init, cgroup, cfg, &report_w, out_w, err_w) {
+            let code = match exec_intermediate(init, cgroup, cfg, &report_w, child) {
                 Ok(()) => 0,
                 Err(e) => {
                     report(report_w.as_fd(), &format!("error {e}"));
@@ -943,14 +1007,11 @@ pub fn spawn_exec(init: Pid, cgroup: Option<&Cgroup>, cfg: &ProcessConfig) -> Re
             exit_now(code)
         }
         (ForkResult::Parent { child: mid }, _) => {
-            drop((report_w, out_w, err_w));
+            drop((report_w, child));
             let pid = read_report(&report_r, &mut Vec::new(), parse_pid);
             let _ = waitpid(mid, None);
-            Ok(ExecSpawned {
-                pid: pid?,
-                stdout: out_r,
-                stderr: err_r,
-            })
+            parent.pid = pid?;
+            Ok(parent)
         }
     }
 }
@@ -960,8 +1021,7 @@ fn exec_intermediate(
     cgroup: Option<&Cgroup>,
     cfg: &ProcessConfig,
     report_w: &OwnedFd,
-    out_w: OwnedFd,
-    err_w: OwnedFd,
+    io: ChildIo,
 ) -> Result<()> {
     if let Some(cg) = cgroup {
         cg.enter_self()?;
@@ -998,12 +1058,14 @@ fn exec_intermediate(
     // SAFETY: single-threaded (see create).
     match unsafe { fork() }.map_err(sys("fork", "exec process"))? {
         ForkResult::Child => {
-            let io = ChildIo {
-                stdin: None,
-                stdout: Some(out_w),
-                stderr: Some(err_w),
-                pty_slave: None,
-            };
+            // A terminal needs a session of its own to be its controlling
+            // one (setup_stdio makes it so).
+            if io.pty_slave.is_some()
+                && let Err(e) = setsid()
+            {
+                report(report_w.as_fd(), &format!("error setsid: {e}"));
+                exit_now(126);
+            }
             if let Err(e) = setup_stdio(&io) {
                 report(report_w.as_fd(), &format!("error {e}"));
                 exit_now(126);

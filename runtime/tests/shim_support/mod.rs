@@ -304,18 +304,28 @@ impl Bundle {
     }
 
     pub fn write_with(&self, spec: &Spec, kind: ShimKind, tty: bool) {
+        self.write_cfg(spec, |c| {
+            c.kind = kind;
+            c.stdin = tty;
+            c.tty = tty;
+        });
+    }
+
+    /// The spec and a shim.json that `edit` adjusts.
+    pub fn write_cfg(&self, spec: &Spec, edit: impl FnOnce(&mut ShimConfig)) {
         std::fs::create_dir_all(self.log.parent().unwrap()).unwrap();
         spec.save(self.dir.join("config.json")).unwrap();
-        let cfg = ShimConfig {
+        let mut cfg = ShimConfig {
             id: self.dir.file_name().unwrap().to_string_lossy().into_owned(),
-            kind,
+            kind: ShimKind::Container,
             log_path: self.log.to_string_lossy().into_owned(),
-            stdin: tty,
+            stdin: false,
             stdin_once: false,
-            tty,
+            tty: false,
             restrict_oom_score_adj: true,
             seccomp: false,
         };
+        edit(&mut cfg);
         std::fs::write(
             self.dir.join("shim.json"),
             serde_json::to_vec(&cfg).unwrap(),

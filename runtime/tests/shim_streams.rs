@@ -1,0 +1,326 @@
+//! Streaming requests to a real berth-shim: an exec whose stdio comes to
+//! the caller as descriptors (SCM_RIGHTS), and attach to the container's
+//! own stdio (output frames on the connection, stdin as a descriptor).
+//! Root only.
+
+mod shim_support;
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use berth_runtime::shim::protocol::{
+    ATTACH_STDERR, ATTACH_STDOUT, Request, Response, ShimKind, Status,
+};
+use berth_runtime::shim_client::{ShimStream, open_stream};
+use shim_support::*;
+use tokio::io::AsyncReadExt;
+
+fn require_root() {
+    assert!(
+        is_root(),
+        "this test needs root (it makes namespaces, mounts and cgroups); run the suite as root"
+    );
+}
+
+fn exec_req(args: &[&str], tty: bool, stdin: bool) -> Request {
+    Request::ExecStream {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: None,
+        cwd: None,
+        tty,
+        stdin,
+        stdout: true,
+        stderr: !tty,
+        size: tty.then_some((91, 17)),
+    }
+}
+
+fn file(fd: OwnedFd) -> std::fs::File {
+    std::fs::File::from(fd)
+}
+
+/// Reads `f` (a non-blocking pipe or pty master) until EOF, EIO (a pty
+/// whose other side closed) or `within`.
+fn read_all(f: &mut std::fs::File, within: Duration) -> Vec<u8> {
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let mut b = [0u8; 4096];
+    while t.elapsed() < within {
+        match f.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// The exit line after the answer.
+async fn exit_code(s: &mut ShimStream) -> i32 {
+    let mut line = std::mem::take(&mut s.rest);
+    while !line.contains(&b'\n') {
+        let mut b = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.conn.read(&mut b))
+            .await
+            .expect("the exit comes")
+            .unwrap();
+        assert!(n > 0, "connection closed before the exit");
+        line.extend_from_slice(&b[..n]);
+    }
+    let end = line.iter().position(|&b| b == b'\n').unwrap();
+    match serde_json::from_slice(&line[..end]).unwrap() {
+        Response::Exec(r) => r.exit_code,
+        other => panic!("exit: {other:?}"),
+    }
+}
+
+fn running(
+    name: &str,
+    args: &[&str],
+    edit: impl FnOnce(&mut berth_runtime::shim::protocol::ShimConfig),
+) -> Bundle {
+    let mut b = Bundle::new(name);
+    b.write_cfg(&b.spec(args), edit);
+    b.run_shim().unwrap();
+    assert_eq!(b.start(), Response::Ok);
+    let t = Instant::now();
+    while b.state().status != Status::Running {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    b
+}
+
+#[tokio::test]
+async fn a_streaming_exec_hands_its_pipes_over_and_reports_its_exit() {
+    require_root();
+    let b = running("xs-pipes", &["sleep", "1000"], |_| {});
+    let mut s = open_stream(
+        &b.dir,
+        &exec_req(&["sh", "-c", "cat; echo err >&2; exit 7"], false, true),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(s.answer, Response::Streaming { pid } if pid > 0),
+        "{:?}",
+        s.answer
+    );
+    assert_eq!(s.fds.len(), 3, "stdin, stdout, stderr");
+    let mut fds = std::mem::take(&mut s.fds).into_iter();
+    let (mut stdin, mut stdout, mut stderr) = (
+        file(fds.next().unwrap()),
+        file(fds.next().unwrap()),
+        file(fds.next().unwrap()),
+    );
+    stdin.write_all(b"through the pipe\n").unwrap();
+    drop(stdin); // EOF: cat ends
+    assert_eq!(
+        read_all(&mut stdout, Duration::from_secs(5)),
+        b"through the pipe\n"
+    );
+    assert_eq!(read_all(&mut stderr, Duration::from_secs(5)), b"err\n");
+    assert_eq!(exit_code(&mut s).await, 7);
+}
+
+#[tokio::test]
+async fn a_tty_exec_gets_a_pty_of_the_asked_size() {
+    require_root();
+    let b = running("xs-tty", &["sleep", "1000"], |_| {});
+    let mut s = open_stream(
+        &b.dir,
+        &exec_req(
+            &[
+                "sh",
+                "-c",
+                "stty size; [ -t 0 ] && [ -t 1 ] && echo is-a-tty",
+            ],
+            true,
+            true,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.fds.len(), 1, "the pty alone");
+    let mut pty = file(s.fds.pop().unwrap());
+    let out = String::from_utf8_lossy(&read_all(&mut pty, Duration::from_secs(5))).into_owned();
+    assert!(out.contains("17 91"), "rows columns: {out:?}");
+    assert!(out.contains("is-a-tty"), "{out:?}");
+    assert_eq!(exit_code(&mut s).await, 0);
+}
+
+#[tokio::test]
+async fn an_exec_whose_caller_hangs_up_is_killed() {
+    require_root();
+    let b = running("xs-hangup", &["sleep", "1000"], |_| {});
+    let s = open_stream(&b.dir, &exec_req(&["sleep", "4242"], false, false))
+        .await
+        .unwrap();
+    let Response::Streaming { pid } = s.answer else {
+        panic!("{:?}", s.answer)
+    };
+    assert!(alive(pid));
+    drop(s);
+    let t = Instant::now();
+    while alive(pid) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "exec {pid} outlived its caller"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        b.state().status,
+        Status::Running,
+        "the container is not touched"
+    );
+}
+
+/// Reads attach frames until `done(stdout, stderr)` holds for what came
+/// on each stream (or panics).
+async fn frames_until(s: &mut ShimStream, done: impl Fn(&str, &str) -> bool) -> (String, String) {
+    let mut buf = std::mem::take(&mut s.rest);
+    let (mut out, mut err) = (String::new(), String::new());
+    let t = Instant::now();
+    loop {
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() < 5 + len {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buf[5..5 + len]).into_owned();
+            match buf[0] {
+                ATTACH_STDOUT => out.push_str(&text),
+                ATTACH_STDERR => err.push_str(&text),
+                other => panic!("frame of stream {other}"),
+            }
+            buf.drain(..5 + len);
+        }
+        if done(&out, &err) {
+            s.rest = buf;
+            return (out, err);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "stdout {out:?} stderr {err:?}"
+        );
+        let mut b = [0u8; 4096];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), s.conn.read(&mut b)).await
+        {
+            assert!(n > 0, "attach closed; stdout {out:?} stderr {err:?}");
+            buf.extend_from_slice(&b[..n]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn attach_writes_stdin_and_reads_both_streams_while_the_log_goes_on() {
+    require_root();
+    let script = "while read l; do echo out-$l; echo err-$l >&2; done";
+    let b = running("at-pipes", &["sh", "-c", script], |c| c.stdin = true);
+    let attach = Request::Attach {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+    };
+    let mut a = open_stream(&b.dir, &attach).await.unwrap();
+    assert_eq!(
+        a.answer,
+        Response::Attached {
+            tty: false,
+            stdin: true
+        }
+    );
+    // A second attacher, output only.
+    let mut watcher = open_stream(
+        &b.dir,
+        &Request::Attach {
+            stdin: false,
+            stdout: true,
+            stderr: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(watcher.fds.is_empty());
+    let mut stdin = file(a.fds.pop().expect("stdin"));
+    stdin.write_all(b"one\n").unwrap();
+    frames_until(&mut a, |o, e| {
+        o.contains("out-one") && e.contains("err-one")
+    })
+    .await;
+    let (_, err) = frames_until(&mut watcher, |o, _| o.contains("out-one")).await;
+    assert!(err.is_empty(), "the watcher asked for stdout only: {err:?}");
+    drop(a);
+    drop(stdin);
+    // Without stdin_once the container keeps its stdin after the attach.
+    let mut again = open_stream(&b.dir, &attach).await.unwrap();
+    let mut stdin = file(again.fds.pop().expect("stdin again"));
+    stdin.write_all(b"two\n").unwrap();
+    frames_until(&mut again, |o, _| o.contains("out-two")).await;
+    let log = b.wait_log(5, |l| l.contains("out-two"));
+    assert!(log.contains("out-one") && log.contains("err-one"), "{log}");
+}
+
+#[tokio::test]
+async fn stdin_once_closes_stdin_when_the_first_attach_ends() {
+    require_root();
+    let b = running("at-once", &["sh", "-c", "cat; echo stdin-closed"], |c| {
+        c.stdin = true;
+        c.stdin_once = true;
+    });
+    let mut a = open_stream(
+        &b.dir,
+        &Request::Attach {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        },
+    )
+    .await
+    .unwrap();
+    let mut stdin = file(a.fds.pop().expect("stdin"));
+    stdin.write_all(b"hi\n").unwrap();
+    frames_until(&mut a, |o, _| o.contains("hi")).await;
+    drop(stdin);
+    drop(a);
+    let exit = b.wait();
+    assert_eq!(exit.code, 0);
+    assert!(b.log_text().contains("stdin-closed"));
+}
+
+#[tokio::test]
+async fn a_tty_container_is_attached_through_its_pty() {
+    require_root();
+    let mut b = Bundle::new("at-tty");
+    b.write_with(&b.spec(&["sh"]), ShimKind::Container, true);
+    b.run_shim().unwrap();
+    assert_eq!(b.start(), Response::Ok);
+    let mut a = open_stream(
+        &b.dir,
+        &Request::Attach {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        a.answer,
+        Response::Attached {
+            tty: true,
+            stdin: true
+        }
+    );
+    let mut pty = file(a.fds.pop().expect("the pty"));
+    pty.write_all(b"echo via-$((40+2))\n").unwrap();
+    frames_until(&mut a, |o, _| o.contains("via-42")).await;
+    pty.write_all(b"exit 5\n").unwrap();
+    assert_eq!(b.wait().code, 5);
+}
