@@ -287,8 +287,11 @@ async fn stdin_once_closes_stdin_when_the_first_attach_ends() {
     let mut stdin = file(a.fds.pop().expect("stdin"));
     stdin.write_all(b"hi\n").unwrap();
     frames_until(&mut a, |o, _| o.contains("hi")).await;
+    // The client's stdin ends: berthd closes its copy and shuts its side
+    // of the attach down; the attach itself goes on, and sees the rest.
     drop(stdin);
-    drop(a);
+    tokio::io::AsyncWriteExt::shutdown(&mut a.conn).await.unwrap();
+    frames_until(&mut a, |o, _| o.contains("stdin-closed")).await;
     let exit = b.wait();
     assert_eq!(exit.code, 0);
     assert!(b.log_text().contains("stdin-closed"));

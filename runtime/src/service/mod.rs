@@ -29,7 +29,7 @@ mod sandbox;
 mod undo;
 
 pub use events::{Event, EventKind};
-pub use exec::ExecOutput;
+pub use exec::{ExecOutput, StreamAsk};
 pub use undo::Undo;
 
 use recover::cleanup_unrecorded;

@@ -129,8 +129,10 @@ pub enum Request {
     /// one. After it the shim writes the container's output on the
     /// connection as [`AttachFrame`]s, as it comes, until the container
     /// exits (then it closes the connection). Closing the connection ends
-    /// the attach; with `stdin_once` the first attach with stdin to end
-    /// closes the container's stdin.
+    /// the attach. Shutting down its writing side says the client's stdin
+    /// ended: with `stdin_once`, the first attach holding stdin to end it
+    /// (or to go) closes the container's stdin, so that it reads EOF once
+    /// berthd's copy is closed too.
     Attach {
         stdin: bool,
         stdout: bool,

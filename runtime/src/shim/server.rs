@@ -68,6 +68,8 @@ struct AttachSub {
     stderr: bool,
     /// It holds the container's stdin (for stdin_once).
     stdin: bool,
+    /// berthd shut its side's writing down: the client's stdin ended.
+    read_closed: bool,
 }
 
 struct Conn {
@@ -338,7 +340,17 @@ impl Monitor {
         for c in &self.conns {
             let ev = match c.state {
                 ConnState::Writing => PollFlags::POLLOUT,
-                ConnState::Attached if c.written < c.out.len() => inp | PollFlags::POLLOUT,
+                ConnState::Attached => {
+                    let mut ev = PollFlags::empty();
+                    if !c.attach.read_closed {
+                        ev |= inp;
+                    }
+                    if c.written < c.out.len() {
+                        ev |= PollFlags::POLLOUT;
+                    }
+                    // POLLHUP (berthd closed it all) comes whatever is asked.
+                    ev
+                }
                 _ => inp,
             };
             tokens.push(Token::Conn(c.id));
@@ -623,11 +635,21 @@ impl Monitor {
                 if ev.contains(PollFlags::POLLOUT) && write_out(c) == Flush::Broken {
                     return self.end_attach(id);
                 }
-                if ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-                    // The client sends nothing: a read is its hang-up.
+                if ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+                    return self.end_attach(id);
+                }
+                if ev.contains(PollFlags::POLLIN) {
+                    // berthd sends nothing after the request: end of file
+                    // is its shutdown of writing, the client's stdin ended.
                     let mut b = [0u8; 64];
                     match c.sock.read(&mut b) {
-                        Ok(0) => self.end_attach(id),
+                        Ok(0) => {
+                            c.attach.read_closed = true;
+                            if c.attach.stdin && self.stdin_once {
+                                c.attach.stdin = false;
+                                self.stdin = None;
+                            }
+                        }
                         Err(e)
                             if e.kind() != ErrorKind::WouldBlock
                                 && e.kind() != ErrorKind::Interrupted =>
@@ -1081,6 +1103,7 @@ impl Monitor {
                 stdout: stdout || (tty && stderr),
                 stderr: stderr && !tty,
                 stdin: fd.is_some() && !tty,
+                read_closed: false,
             };
         }
         let fds: Vec<OwnedFd> = fd.into_iter().collect();
