@@ -290,7 +290,11 @@ pub fn node_disk() -> (String, u32, u32) {
 /// container is stopped and removed after.
 pub async fn check_device_rules(env: &Env, p: &Pod, name: &str) {
     let exists = |d: &str| std::path::Path::new(d).exists();
-    let requested = exists("/dev/loop-control").then_some("/dev/loop-control");
+    assert!(
+        exists("/dev/loop-control"),
+        "the device check asks for the node's /dev/loop-control, which this node lacks (modprobe loop)"
+    );
+    let requested = Some("/dev/loop-control");
     let mut c = container(p, name, &["sleep", "3600"]);
     if let Some(dev) = requested {
         c.devices = vec![k8s_cri::v1::Device {

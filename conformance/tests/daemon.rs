@@ -267,3 +267,23 @@ async fn runtime_ready_is_false_while_the_shim_is_not_executable() {
     d.stop().await.expect("SIGTERM must exit 0");
     assert_nothing_left(&d);
 }
+
+#[tokio::test]
+async fn runtime_ready_is_false_once_the_shims_read_only_bind_is_gone() {
+    let mut d = Berthd::start(BerthdOptions::default()).await.unwrap();
+    let cri = d.cri().await.unwrap();
+    let bind = d.state().join("berth-shim");
+    nix::mount::umount2(&bind, nix::mount::MntFlags::MNT_DETACH).expect("unmounting the bind");
+    let st = cri.status(false).await.expect("Status");
+    let c = st
+        .status
+        .and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.r#type == "RuntimeReady")
+        })
+        .expect("RuntimeReady");
+    assert!(!c.status && c.message.contains("restart berthd"), "{c:?}");
+    d.stop().await.expect("SIGTERM must exit 0");
+    assert_nothing_left(&d);
+}

@@ -77,6 +77,16 @@ async fn a_container_cannot_reach_the_shim_binary_of_a_created_container() {
             "refused for want of permission: {err} / {err2}"
         );
     }
+    // PID 1 is the pause: even with CAP_SYS_PTRACE its root is an empty
+    // tmpfs (its /proc only), never the node's root filesystem.
+    let root = sh(&env, &privileged, "ls -A /proc/1/root").await;
+    assert_eq!(
+        root.split_whitespace().collect::<Vec<_>>(),
+        vec!["proc"],
+        "the pause's root"
+    );
+    let (code, _, _) = try_sh(&env, &privileged, "cat /proc/1/root/etc/hostname").await;
+    assert_ne!(code, 0, "the node's files through the pause's root");
     // With every capability the link opens, and names the read-only bind,
     // not the installed binary; writing through it fails.
     for pid in &pids {

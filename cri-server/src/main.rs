@@ -61,6 +61,7 @@ fn main() -> ExitCode {
         eprintln!("berthd: {e}");
         return ExitCode::FAILURE;
     }
+    berth_runtime::kernel::raise_memlock_for_bpf();
     if let Err(e) = berth_runtime::failpoint::setup() {
         eprintln!("berthd: {e}");
         return ExitCode::from(2);
@@ -135,18 +136,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // by the default action (the socket accepts before the select below).
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // Unpinned on every way out of here, errors included.
+    let pinned_shim = PinnedShim::new(&shim, &config.state)?;
     let runtime_config = berth_runtime::service::RuntimeConfig {
         root: config.root.clone(),
         state: config.state.clone(),
-        shim_exec: berth_runtime::shim_client::pin_readonly(&shim, &config.state).with_context(
-            || {
-                format!(
-                    "bind-mounting {} read-only at {}",
-                    shim.display(),
-                    config.state.join("berth-shim").display()
-                )
-            },
-        )?,
+        shim_exec: pinned_shim.path().to_path_buf(),
         shim,
         cgroup_parent: config.runtime.cgroup_parent.clone(),
     };
@@ -209,7 +204,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let _ = std::fs::remove_file(&config.socket);
-    berth_runtime::shim_client::unpin_readonly(&config.state);
+    drop(pinned_shim);
     result.context("server task")?.context("gRPC server")?;
     tracing::info!("berthd stopped");
     Ok(())
@@ -225,4 +220,37 @@ fn shim_path() -> anyhow::Result<PathBuf> {
         anyhow::bail!("{problem}");
     }
     Ok(shim)
+}
+
+/// The read-only bind of berth-shim that shims are started from
+/// (`shim_client::pin_readonly`), taken down when berthd stops serving.
+struct PinnedShim {
+    path: PathBuf,
+    state: PathBuf,
+}
+
+impl PinnedShim {
+    fn new(shim: &std::path::Path, state: &std::path::Path) -> anyhow::Result<Self> {
+        let path = berth_runtime::shim_client::pin_readonly(shim, state).with_context(|| {
+            format!(
+                "bind-mounting {} read-only at {}",
+                shim.display(),
+                state.join("berth-shim").display()
+            )
+        })?;
+        Ok(Self {
+            path,
+            state: state.to_path_buf(),
+        })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for PinnedShim {
+    fn drop(&mut self) {
+        berth_runtime::shim_client::unpin_readonly(&self.state);
+    }
 }

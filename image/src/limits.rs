@@ -18,6 +18,12 @@ use std::os::fd::OwnedFd;
 /// How often (in uncompressed bytes) the free space is looked at again.
 pub const FREE_SPACE_CHECK_EVERY: u64 = 4 << 20;
 
+/// The share of the store filesystem's inodes (percent) an unpack leaves
+/// free: a layer of millions of empty files costs 512 bytes of tar each,
+/// far under any byte limit, and would take the node's inodes (kubelet's
+/// and journald's too) long before its bytes.
+pub const MIN_FREE_INODES_PERCENT: u64 = 5;
+
 /// The free space an unpack must leave on the store's filesystem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FreeSpace {
@@ -65,6 +71,8 @@ pub enum LimitExceeded {
         reserve: u64,
         min_free: FreeSpace,
     },
+    /// Unpacking would leave fewer than `reserve` inodes free.
+    FreeInodes { available: u64, reserve: u64 },
 }
 
 impl fmt::Display for LimitExceeded {
@@ -86,8 +94,21 @@ impl fmt::Display for LimitExceeded {
                 bytesize::ByteSize(*available),
                 bytesize::ByteSize(*reserve),
             ),
+            LimitExceeded::FreeInodes { available, reserve } => write!(
+                f,
+                "unpacking stopped with {available} inodes free on the image store's filesystem, \
+                 under the reserve of {reserve} ({MIN_FREE_INODES_PERCENT}% of its inodes): the layer \
+                 holds too many files"
+            ),
         }
     }
+}
+
+/// The inodes short of the reserve, if any: (available, reserve). A
+/// filesystem that counts no inodes (btrfs reports 0) has no reserve.
+pub fn inodes_short(available: u64, total: u64) -> Option<(u64, u64)> {
+    let reserve = total / 100 * MIN_FREE_INODES_PERCENT;
+    (total > 0 && available < reserve).then_some((available, reserve))
 }
 
 impl std::error::Error for LimitExceeded {}
@@ -129,7 +150,7 @@ impl<R: Read> LimitedReader<R> {
             inner,
             read: 0,
             max: limits.max_layer_bytes,
-            free: (reserve > 0).then_some(FreeCheck {
+            free: Some(FreeCheck {
                 fd: store_fs,
                 reserve,
                 min_free: limits.min_free,
@@ -167,8 +188,11 @@ impl<R: Read> LimitedReader<R> {
             return Ok(());
         };
         let st = rustix::fs::fstatvfs(&c.fd)?;
+        if let Some((available, reserve)) = inodes_short(st.f_favail, st.f_files) {
+            return Err(self.fail(LimitExceeded::FreeInodes { available, reserve }));
+        }
         let available = st.f_bavail.saturating_mul(st.f_frsize);
-        if available < c.reserve {
+        if c.reserve > 0 && available < c.reserve {
             let e = LimitExceeded::FreeSpace {
                 available,
                 reserve: c.reserve,
@@ -276,5 +300,18 @@ mod tests {
                 data.len() as u64
             );
         }
+    }
+
+    #[test]
+    fn an_inode_reserve_of_five_percent_is_kept_where_inodes_are_counted() {
+        assert_eq!(inodes_short(4_000, 100_000), Some((4_000, 5_000)));
+        assert_eq!(inodes_short(5_000, 100_000), None);
+        assert_eq!(inodes_short(0, 0), None, "btrfs counts no inodes");
+        let e = LimitExceeded::FreeInodes {
+            available: 4,
+            reserve: 5,
+        }
+        .to_string();
+        assert!(e.contains("too many files") && e.contains("5%"), "{e}");
     }
 }

@@ -14,7 +14,9 @@
 //! `clone3(CLONE_INTO_CGROUP)` (5.7; else fork and move), `cgroup.kill`
 //! (5.14; else freeze, kill, thaw), `BPF_F_REPLACE` (5.6; else attach the
 //! new device program, then detach the old), statx's mount-root attribute
-//! (5.8; else mountinfo).
+//! (5.8; else mountinfo), `CLOSE_RANGE_CLOEXEC` (5.11; else each
+//! descriptor of /proc/self/fd), BPF programs charged to the memory cgroup
+//! rather than RLIMIT_MEMLOCK (5.11; else berthd raises its limit).
 
 /// The oldest supported release, (major, minor).
 pub const MINIMUM: (u32, u32) = (5, 10);
@@ -37,6 +39,63 @@ pub fn too_old(release: &str) -> Option<String> {
             MINIMUM.0, MINIMUM.1
         )
     })
+}
+
+/// Before Linux 5.11 every BPF program counts against the locked memory
+/// limit of the user that loads it (since, against its memory cgroup):
+/// berthd loads one device program per container on cgroup v2, and
+/// systemd's default 64 KiB (shared with systemd's own programs) runs out
+/// within a few containers. On such a kernel the limit is raised for berthd,
+/// as runc and youki do; shims get the original one back (see
+/// [`memlock_for_children`]), so containers never inherit it.
+pub fn raise_memlock_for_bpf() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    if !release_before(&release, (5, 11)) {
+        return;
+    }
+    let old = getrlimit(Resource::Memlock);
+    let _ = ORIGINAL_MEMLOCK.set((old.current, old.maximum));
+    let unlimited = Rlimit {
+        current: None,
+        maximum: None,
+    };
+    if let Err(e) = setrlimit(Resource::Memlock, unlimited) {
+        // Without CAP_SYS_RESOURCE: the soft limit up to the hard one.
+        let up = Rlimit {
+            current: old.maximum,
+            maximum: old.maximum,
+        };
+        let r = setrlimit(Resource::Memlock, up);
+        tracing::warn!(
+            error = %e,
+            raised_to_hard_limit = r.is_ok(),
+            "Linux before 5.11 charges BPF programs to RLIMIT_MEMLOCK and it cannot be lifted: device programs may fail to load on cgroup v2 (LimitMEMLOCK=infinity in berthd's unit)"
+        );
+    }
+}
+
+static ORIGINAL_MEMLOCK: std::sync::OnceLock<(Option<u64>, Option<u64>)> =
+    std::sync::OnceLock::new();
+
+/// The locked memory limit berthd started with, if it raised its own
+/// (soft, hard; None: unlimited). Shims are started with it.
+pub fn memlock_for_children() -> Option<(Option<u64>, Option<u64>)> {
+    ORIGINAL_MEMLOCK.get().copied()
+}
+
+fn release_before(release: &str, v: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(Some(major)), Some(Some(minor))) => (major, minor) < v,
+        _ => false,
+    }
 }
 
 /// This node's kernel, checked.
@@ -68,6 +127,13 @@ mod tests {
             assert!(e.contains(old) && e.contains("5.10"), "{e}");
         }
         assert!(too_old("garbage").is_some());
+    }
+
+    #[test]
+    fn memlock_matters_before_5_11() {
+        assert!(release_before("5.10.0-28-amd64", (5, 11)));
+        assert!(!release_before("5.11.0", (5, 11)));
+        assert!(!release_before("6.1.0-18-amd64", (5, 11)));
     }
 
     #[test]

@@ -102,8 +102,7 @@ pub fn pin_readonly(shim: &Path, state: &Path) -> std::io::Result<PathBuf> {
     unpin_readonly(state);
     std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .open(&target)?;
     mount(
         Some(shim),
@@ -139,7 +138,24 @@ pub fn unpin_readonly(state: &Path) {
 /// Run `shim <dir>` and wait for its `ok <pid>` line. The shim detaches; the
 /// process we started exits right after the line and is reaped here.
 pub async fn spawn(shim: &Path, dir: &Path) -> Result<i32, ShimError> {
-    let mut child = tokio::process::Command::new(shim)
+    let mut cmd = tokio::process::Command::new(shim);
+    if let Some((soft, hard)) = crate::kernel::memlock_for_children() {
+        // SAFETY: setrlimit is async-signal-safe and touches only the
+        // child; the values are copied in before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::setrlimit(
+                    rustix::process::Resource::Memlock,
+                    rustix::process::Rlimit {
+                        current: soft,
+                        maximum: hard,
+                    },
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+    }
+    let mut child = cmd
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

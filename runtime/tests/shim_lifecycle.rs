@@ -1,6 +1,6 @@
 //! berth-shim end to end: the real binary, a busybox root filesystem, a
 //! cgroup v1 per test, checked through the control socket, the CRI log and
-//! exit.json. Needs root (skipped otherwise).
+//! exit.json. Needs root (fails otherwise).
 
 mod shim_support;
 

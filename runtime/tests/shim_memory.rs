@@ -1,7 +1,7 @@
 //! What a running berth-shim costs: PSS (from /proc/<pid>/smaps_rollup) of
 //! each of several shims, each watching a sleeping container. Printed for
 //! the benchmark notes (`--nocapture`); the assertion is a loose ceiling
-//! that holds for debug builds too. Needs root (skipped otherwise).
+//! that holds for debug builds too. Needs root (fails otherwise).
 
 mod shim_support;
 

@@ -2,7 +2,7 @@
 //! bundle goes on the container process and on each exec, never on the
 //! shim; a bundle that asks for a filter it lacks fails to start and
 //! leaves nothing. Also the memory a filtered container's shim keeps. Needs
-//! root (skipped otherwise).
+//! root (fails otherwise).
 
 mod shim_support;
 

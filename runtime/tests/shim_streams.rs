@@ -290,7 +290,9 @@ async fn stdin_once_closes_stdin_when_the_first_attach_ends() {
     // The client's stdin ends: berthd closes its copy and shuts its side
     // of the attach down; the attach itself goes on, and sees the rest.
     drop(stdin);
-    tokio::io::AsyncWriteExt::shutdown(&mut a.conn).await.unwrap();
+    tokio::io::AsyncWriteExt::shutdown(&mut a.conn)
+        .await
+        .unwrap();
     frames_until(&mut a, |o, _| o.contains("stdin-closed")).await;
     let exit = b.wait();
     assert_eq!(exit.code, 0);

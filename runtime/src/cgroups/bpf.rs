@@ -384,15 +384,16 @@ mod tests {
     }
 
     impl TestCgroup {
+        /// Panics (the test fails, never passes unrun) unless root with a
+        /// cgroup2 hierarchy mounted.
         fn new(name: &str) -> Option<Self> {
-            if !nix::unistd::Uid::effective().is_root() {
-                eprintln!("skipped: needs root");
-                return None;
-            }
-            let Some(root) = cgroup2_mount() else {
-                eprintln!("skipped: no cgroup2 hierarchy mounted");
-                return None;
-            };
+            assert!(
+                nix::unistd::Uid::effective().is_root(),
+                "this test needs root (it makes a cgroup and loads BPF); run the suite as root"
+            );
+            let root = cgroup2_mount().expect(
+                "this test needs a cgroup2 hierarchy mounted (pure v2, or hybrid's unified)",
+            );
             let dir = root.join(format!("berth-test-devices-{}-{name}", std::process::id()));
             std::fs::create_dir(&dir).unwrap();
             Some(TestCgroup { dir })
@@ -637,9 +638,10 @@ mod tests {
 
     #[test]
     fn a_directory_that_is_no_cgroup_is_an_error() {
-        if !nix::unistd::Uid::effective().is_root() {
-            return;
-        }
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test needs root; run the suite as root"
+        );
         let tmp = tempfile::tempdir().unwrap();
         let e = set_device_rules(
             tmp.path(),

@@ -99,26 +99,55 @@ impl Runtime {
         let name = container_name(&config, &sb.config);
         let rt = self.handle();
         let sandbox_id = sb.id;
-        self.inner
+        let sb_id = sandbox_id.clone();
+        let id = self
+            .inner
             .container_names
             .run_once(&name, move |reservation| async move {
-                let r = rt.create_in_pod(&sandbox_id, config).await;
-                match &r {
-                    Ok(id) => reservation.succeeded(id),
-                    Err(e) => reservation.failed(e),
-                }
-                r
+                rt.create_in_pod(&sandbox_id, config, reservation).await
             })
-            .await
+            .await?;
+        // A retry gets the first call's container; a container of another
+        // pod sandbox with the same name (a pod's next attempt while the
+        // old one stays) is a conflict, as containerd's name reservation
+        // says.
+        let holder = self.container(&id)?;
+        if holder.sandbox_id != sb_id {
+            return Err(Error::AlreadyExists(format!(
+                "container name {name:?} is taken by container {id} of pod sandbox {}; remove it first",
+                holder.sandbox_id
+            )));
+        }
+        Ok(id)
     }
 
     /// CreateContainer's work, holding the pod's lock shared: a Stop or
     /// Remove of the pod waits for it, then finds the new container (and
     /// stops or removes it with the pod); one that came first leaves a pod
-    /// that is not ready, and the container is refused.
-    async fn create_in_pod(&self, sandbox_id: &str, config: ContainerConfig) -> Result<String> {
-        let lock = self.pod_lock(sandbox_id)?;
-        let _pod = lock.read_owned().await;
+    /// that is not ready, and the container is refused. The name is
+    /// taken (or freed) before the pod's lock goes: a Remove that waited
+    /// for it then finds the name taken and frees it with the container.
+    async fn create_in_pod(
+        &self,
+        sandbox_id: &str,
+        config: ContainerConfig,
+        reservation: super::reserve::Reservation,
+    ) -> Result<String> {
+        let r = self.create_in_pod_locked(sandbox_id, config).await;
+        match &r {
+            Ok((id, _)) => reservation.succeeded(id),
+            Err(e) => reservation.failed(e),
+        }
+        r.map(|(id, _pod)| id)
+    }
+
+    async fn create_in_pod_locked(
+        &self,
+        sandbox_id: &str,
+        config: ContainerConfig,
+    ) -> Result<(String, tokio::sync::OwnedRwLockReadGuard<()>)> {
+        let lock = self.pod_lock_existing(sandbox_id)?;
+        let pod = lock.read_owned().await;
         let sb = self.sandbox(sandbox_id)?;
         if sb.state != SandboxState::Ready {
             return Err(Error::FailedPrecondition(format!(
@@ -137,7 +166,7 @@ impl Runtime {
             .write()
             .map_err(|_| poisoned())?
             .insert(id.clone(), rec);
-        Ok(id)
+        Ok((id, pod))
     }
 
     /// StartContainer: let the created process exec.
@@ -152,6 +181,16 @@ impl Runtime {
 
     pub(super) async fn start_container_now(&self, id: &str) -> Result<()> {
         let full = self.resolve_container(id)?;
+        // The pod's lock first (as Stop/RemovePodSandbox take it), then the
+        // container's: a pod being stopped starts nothing.
+        let sandbox_id = self.container(&full)?.sandbox_id;
+        let pod_lock = self.pod_lock_existing(&sandbox_id)?;
+        let _pod = pod_lock.read().await;
+        if self.sandbox(&sandbox_id)?.state != SandboxState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {sandbox_id} is not ready (stopped); its containers cannot start"
+            )));
+        }
         let lock = self.lock_for(&full)?;
         let _g = lock.lock().await;
         let mut rec = self.container(&full)?;

@@ -204,7 +204,7 @@ impl Runtime {
         // A Stop that a crash cut short after its NotReady commit.
         for s in sandboxes.values() {
             if s.state == SandboxState::NotReady {
-                release_sandbox(s);
+                release_sandbox(s, &cgroups);
             }
         }
         // The network plugin rebuilds its view (addresses, ports, rules)
@@ -238,6 +238,16 @@ impl Runtime {
     /// (reason, message). Checked on every Status: an operator who removes
     /// or breaks the shim sees it before kubelet's pods fail.
     pub fn runtime_readiness(&self) -> Option<(String, String)> {
+        let exec = &self.inner.cfg.shim_exec;
+        if exec != &self.inner.cfg.shim && !crate::rootfs::is_mountpoint(exec) {
+            return Some((
+                "BerthShimMissing".into(),
+                format!(
+                    "the read-only bind of berth-shim at {} that shims start from is gone: restart berthd",
+                    exec.display()
+                ),
+            ));
+        }
         shim_client::shim_problem(&self.inner.cfg.shim).map(|m| ("BerthShimMissing".into(), m))
     }
 
@@ -276,6 +286,13 @@ impl Runtime {
     fn pod_lock(&self, id: &str) -> Result<Arc<tokio::sync::RwLock<()>>> {
         let mut m = self.inner.pod_locks.lock().map_err(|_| poisoned())?;
         Ok(m.entry(id.to_string()).or_default().clone())
+    }
+
+    /// The lock of a pod that exists (so that calls on a removed pod do not
+    /// bring its lock back for ever).
+    fn pod_lock_existing(&self, id: &str) -> Result<Arc<tokio::sync::RwLock<()>>> {
+        let full = self.resolve_sandbox(id)?;
+        self.pod_lock(&full)
     }
 
     /// Another handle on the same runtime, for tasks that outlive a call.
@@ -464,7 +481,8 @@ fn kill_shim(dir: &Path, pid: i32, cgroup: Option<&CgroupPath>) {
     match shim_client::call_blocking(dir, &req, std::time::Duration::from_secs(5)) {
         Ok(_) => {}
         Err(e) => {
-            if !matches!(e, shim_client::ShimError::Gone { .. }) {
+            let gone = matches!(e, shim_client::ShimError::Gone { .. });
+            if !gone {
                 tracing::warn!(dir = %dir.display(), error = %e, "asking the shim to kill; killing the process directly");
             }
             match cgroup {
@@ -474,6 +492,12 @@ fn kill_shim(dir: &Path, pid: i32, cgroup: Option<&CgroupPath>) {
                     pid,
                     "the shim does not answer and the process's cgroup is unknown: not killing a pid that may have been reused"
                 ),
+            }
+            if gone {
+                // No shim listens (a SIGKILLed one leaves its socket file):
+                // nothing will remove the socket, nothing to wait for.
+                let _ = fs::remove_file(dir.join(proto::SOCKET_FILE));
+                return;
             }
         }
     }
@@ -494,8 +518,15 @@ fn kill_shim(dir: &Path, pid: i32, cgroup: Option<&CgroupPath>) {
 fn kill_if_member(pid: i32, cg: &CgroupPath) {
     use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
     let Some(p) = Pid::from_raw(pid) else { return };
-    let Ok(fd) = pidfd_open(p, PidfdFlags::empty()) else {
-        return; // gone already
+    let fd = match pidfd_open(p, PidfdFlags::empty()) {
+        Ok(fd) => Some(fd),
+        Err(rustix::io::Errno::SRCH) => return, // gone already
+        // No pidfds (a seccomp profile around berthd refuses them): the
+        // check and a plain kill, with the small race that leaves.
+        Err(e) => {
+            tracing::debug!(pid, error = %e, "pidfd_open; killing by pid");
+            None
+        }
     };
     let member =
         fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| lists_cgroup(&text, cg));
@@ -507,7 +538,11 @@ fn kill_if_member(pid: i32, cg: &CgroupPath) {
         );
         return;
     }
-    if let Err(e) = pidfd_send_signal(&fd, Signal::KILL) {
+    let r = match &fd {
+        Some(fd) => pidfd_send_signal(fd, Signal::KILL),
+        None => rustix::process::kill_process(p, Signal::KILL),
+    };
+    if let Err(e) = r {
         tracing::debug!(pid, error = %e, "killing through a pidfd");
     }
 }

@@ -48,7 +48,7 @@ pub(super) struct Names {
 }
 
 /// The right to create `name`; see the module docs.
-pub(super) struct Reservation {
+pub(crate) struct Reservation {
     names: Arc<Names>,
     name: String,
     generation: u64,

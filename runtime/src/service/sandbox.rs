@@ -25,29 +25,44 @@ impl Runtime {
         self.inner
             .pod_names
             .run_once(&name, move |reservation| async move {
-                let r = rt.create_sandbox(config, &n).await;
-                match &r {
-                    Ok(id) => reservation.succeeded(id),
-                    Err(e) => reservation.failed(e),
-                }
-                r
+                rt.create_sandbox(config, &n, reservation).await
             })
             .await
     }
 
-    pub(super) async fn create_sandbox(&self, config: SandboxConfig, name: &str) -> Result<String> {
-        let id = new_id()?;
-        let inner = self.inner.clone();
-        let cfg2 = config.clone();
-        let id2 = id.clone();
-        let record = tokio::task::spawn_blocking(move || inner.make_sandbox(&id2, cfg2))
-            .await
-            .map_err(|e| Error::Internal(format!("sandbox task failed: {e}")))??;
+    /// The pod is made, then shown and its name taken under its lock: a
+    /// Stop or Remove that finds it waits until both are done.
+    pub(super) async fn create_sandbox(
+        &self,
+        config: SandboxConfig,
+        name: &str,
+        reservation: super::reserve::Reservation,
+    ) -> Result<String> {
+        let made = async {
+            let id = new_id()?;
+            let inner = self.inner.clone();
+            let id2 = id.clone();
+            let record = tokio::task::spawn_blocking(move || inner.make_sandbox(&id2, config))
+                .await
+                .map_err(|e| Error::Internal(format!("sandbox task failed: {e}")))??;
+            Ok::<_, Error>((id, record))
+        }
+        .await;
+        let (id, record) = match made {
+            Ok(m) => m,
+            Err(e) => {
+                reservation.failed(&e);
+                return Err(e);
+            }
+        };
+        let lock = self.pod_lock(&id)?;
+        let _g = lock.write().await;
         self.inner
             .sandboxes
             .write()
             .map_err(|_| poisoned())?
             .insert(id.clone(), record);
+        reservation.succeeded(&id);
         tracing::info!(pod = %name, id = %id, "pod sandbox ready");
         Ok(id)
     }
@@ -453,15 +468,19 @@ impl Inner {
 
     /// What StopPodSandbox releases after the network; safe to run twice.
     pub(super) fn release_sandbox_resources(&self, rec: &SandboxRecord) {
-        release_sandbox(rec)
+        release_sandbox(rec, &self.cgroups)
     }
 }
 
 /// A stopped pod's pause, /dev/shm and namespace pins; idempotent.
-pub(super) fn release_sandbox(rec: &SandboxRecord) {
+pub(super) fn release_sandbox(rec: &SandboxRecord, cgroups: &Cgroups) {
     if let Some(p) = &rec.pause {
         let cg = p.cgroup.as_deref().and_then(|c| CgroupPath::new(c).ok());
         kill_shim(&p.dir, p.pid, cg.as_ref());
+        // Whatever its shim managed: nothing of the pause outlives Stop.
+        if let Some(cg) = &cg {
+            kill_cgroup_logged(cgroups, cg);
+        }
     }
     if let Some(shm) = &rec.shm {
         unmount_logged(shm);

@@ -160,7 +160,7 @@ impl Cgroup {
         // Frozen processes cannot fork: one round kills them all; thawed
         // (or without a freezer) a fork bomb may need a few.
         for _ in 0..20 {
-            let pids = self.procs();
+            let pids = self.procs_deep();
             if pids.is_empty() {
                 break;
             }
@@ -174,7 +174,7 @@ impl Cgroup {
             // SIGKILL takes a frozen task once it is thawed.
             f.set(false);
         }
-        self.procs()
+        self.procs_deep()
             .into_iter()
             .filter(|&p| kill(Pid::from_raw(p), None).is_ok())
             .filter(|&p| !is_zombie(p))
@@ -195,6 +195,28 @@ impl Cgroup {
             .iter()
             .find(|d| d.join("freezer.state").exists())
             .map(|d| Freezer::V1(d.clone()))
+    }
+
+    /// The processes in the cgroup and in any cgroup below it (a privileged
+    /// container may make its own), all hierarchies, once each.
+    fn procs_deep(&self) -> Vec<i32> {
+        let mut out: Vec<i32> = Vec::new();
+        let mut dirs: Vec<PathBuf> = self.dirs.clone();
+        while let Some(dir) = dirs.pop() {
+            if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in text.lines().filter_map(|l| l.trim().parse().ok()) {
+                    if !out.contains(&pid) {
+                        out.push(pid);
+                    }
+                }
+            }
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(e.path());
+                }
+            }
+        }
+        out
     }
 
     /// How many times the OOM killer killed in this cgroup (0 if unknown).

@@ -689,7 +689,7 @@ fn setup_init(plan: &ContainerPlan, io: &ChildIo) -> Result<()> {
         set_oom_score_adj(adj, plan.process.restrict_oom_score_adj);
     }
     if plan.pause {
-        return Ok(());
+        return pause_root();
     }
     if let (Some(h), true) = (&plan.hostname, plan.ns.new_uts()) {
         nix::unistd::sethostname(h).map_err(sys("sethostname", h))?;
@@ -712,6 +712,47 @@ fn setup_init(plan: &ContainerPlan, io: &ChildIo) -> Result<()> {
         plan.root_readonly,
         &plan.process.cwd,
     )?;
+    Ok(())
+}
+
+/// The pause's root filesystem: an empty read-only tmpfs holding only its
+/// PID namespace's /proc (for its memory release), pivoted into inside its
+/// own mount namespace. It is PID 1 of the pod's shared PID namespace, so
+/// a container allowed to ptrace it reads /proc/1/root: that must not be
+/// the node's root filesystem (as a pause image's rootfs is not).
+fn pause_root() -> Result<()> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let none: Option<&str> = None;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(sys("make / private", "pause"))?;
+    // The shim's working directory, the pause's bundle: a place to mount
+    // on that exists in this (copied) mount namespace.
+    let dir = std::env::current_dir().map_err(|e| sys("getcwd", "pause")(io_errno(&e)))?;
+    let safe = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("tmpfs"),
+        &dir,
+        Some("tmpfs"),
+        safe,
+        Some("size=16k,mode=0555"),
+    )
+    .map_err(sys("mount tmpfs", "the pause's root"))?;
+    nix::unistd::chdir(&dir).map_err(sys("chdir", "the pause's root"))?;
+    nix::unistd::mkdir("proc", Mode::from_bits_truncate(0o555))
+        .map_err(sys("mkdir", "the pause's /proc"))?;
+    mount(Some("proc"), "proc", Some("proc"), safe, none)
+        .map_err(sys("mount proc", "the pause's /proc"))?;
+    nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root", "the pause's root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(sys("detach", "the old root"))?;
+    nix::unistd::chdir("/").map_err(sys("chdir", "/"))?;
+    mount(
+        none,
+        "/",
+        none,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | safe,
+        none,
+    )
+    .map_err(sys("remount read-only", "the pause's root"))?;
     Ok(())
 }
 
@@ -810,13 +851,36 @@ fn clean_process_state() {
     // SAFETY: SIG_DFL installs no handler.
     let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only marks descriptors.
-    unsafe {
+    let r = unsafe {
         libc::syscall(
             libc::SYS_close_range,
             3u32,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
-        );
+        )
+    };
+    if r != 0 {
+        // Before Linux 5.11 (no CLOSE_RANGE_CLOEXEC): one by one.
+        mark_cloexec_by_listing();
+    }
+}
+
+/// Every descriptor above stderr close-on-exec, from /proc/self/fd.
+fn mark_cloexec_by_listing() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number only changes its flag; one
+        // that is not open (the listing's own) fails with EBADF.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
     }
 }
 
