@@ -27,6 +27,7 @@ pub mod leak;
 pub mod netns;
 pub mod pods;
 pub mod registry;
+pub mod streaming;
 pub mod util;
 
 use std::path::PathBuf;

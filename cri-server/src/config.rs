@@ -20,6 +20,41 @@ pub struct Config {
     pub registry: RegistrySection,
     pub runtime: RuntimeSection,
     pub network: berth_network::NetworkConfig,
+    pub streaming: StreamingSection,
+}
+
+/// `[streaming]`: the HTTP server Exec, Attach and PortForward URLs point
+/// at (kubelet proxies the API server's streams to it; crictl talks to it
+/// directly).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingSection {
+    /// The address it listens on (an IP address).
+    pub address: std::net::IpAddr,
+    /// Its port; 0: a free port chosen at start.
+    pub port: u16,
+    /// A session with no traffic for this long is closed.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// How long a client has to open the streams of a session.
+    #[serde(deserialize_with = "duration")]
+    pub stream_creation_timeout: Duration,
+    /// TLS: both or neither (PEM files).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for StreamingSection {
+    fn default() -> Self {
+        Self {
+            address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port: 0,
+            idle_timeout: Duration::from_secs(4 * 3600),
+            stream_creation_timeout: Duration::from_secs(30),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -135,6 +170,7 @@ impl Default for Config {
             registry: RegistrySection::default(),
             runtime: RuntimeSection::default(),
             network: berth_network::NetworkConfig::default(),
+            streaming: StreamingSection::default(),
         }
     }
 }
@@ -220,6 +256,18 @@ impl Config {
             )));
         }
         self.network.validate().map_err(ConfigError::Invalid)?;
+        let st = &self.streaming;
+        if st.tls_cert.is_some() != st.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "streaming.tls_cert and streaming.tls_key go together: set both or neither".into(),
+            ));
+        }
+        if st.idle_timeout.is_zero() || st.stream_creation_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "streaming.idle_timeout and streaming.stream_creation_timeout must be more than 0"
+                    .into(),
+            ));
+        }
         if self.registry.max_concurrent_downloads == 0 {
             return Err(ConfigError::Invalid(
                 "registry.max_concurrent_downloads must be at least 1".into(),

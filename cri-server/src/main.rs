@@ -6,6 +6,7 @@ mod image;
 mod runtime;
 mod socket;
 mod status;
+mod streaming;
 mod unknown;
 
 use std::path::PathBuf;
@@ -165,7 +166,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "berthd serving CRI v1"
     );
 
-    let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(runtime))
+    let streaming = streaming::Server::start(config.streaming.clone(), runtime.clone()).await?;
+    let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(runtime, streaming))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let image = ImageServiceServer::new(image::ImageApi::new(images.clone()))

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use berth_runtime::service::{ContainerFilter, EventKind, Runtime, SandboxFilter};
+use berth_runtime::service::{ContainerFilter, EventKind, Runtime, SandboxFilter, StreamAsk};
 use berth_runtime::state::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
@@ -21,11 +21,19 @@ const KUBELET_API_VERSION: &str = "0.1.0";
 
 pub struct RuntimeApi {
     runtime: Arc<Runtime>,
+    streaming: Arc<crate::streaming::Server>,
 }
 
 impl RuntimeApi {
-    pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime }
+    pub fn new(runtime: Arc<Runtime>, streaming: Arc<crate::streaming::Server>) -> Self {
+        Self { runtime, streaming }
+    }
+
+    fn stream_url(&self, p: crate::streaming::Pending) -> Result<String, Status> {
+        self.streaming.url(p).map_err(|e| match e {
+            crate::streaming::StreamingError::Full => Status::resource_exhausted(e.to_string()),
+            crate::streaming::StreamingError::Internal(m) => Status::internal(m),
+        })
     }
 }
 
@@ -652,11 +660,91 @@ impl RuntimeService for RuntimeApi {
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
+    /// Exec: checked now (the container runs, the streams make sense),
+    /// run when the client comes to the URL.
+    async fn exec(
+        &self,
+        request: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        let req = request.into_inner();
+        let ask = StreamAsk {
+            tty: req.tty,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        };
+        if req.cmd.is_empty() {
+            return Err(Status::invalid_argument("cmd is required"));
+        }
+        let rec = self
+            .runtime
+            .check_stream(&req.container_id, &ask)
+            .map_err(runtime_error)?;
+        let url = self.stream_url(crate::streaming::Pending::Exec {
+            container: rec.id,
+            cmd: req.cmd,
+            ask,
+        })?;
+        Ok(Response::new(cri::ExecResponse { url }))
+    }
+
+    async fn attach(
+        &self,
+        request: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        let req = request.into_inner();
+        let ask = StreamAsk {
+            tty: req.tty,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        };
+        let rec = self
+            .runtime
+            .check_stream(&req.container_id, &ask)
+            .map_err(runtime_error)?;
+        if req.stdin && !rec.config.stdin {
+            return Err(Status::invalid_argument(format!(
+                "container {} was not created with stdin: there is no stdin to attach to",
+                rec.id
+            )));
+        }
+        let ask = StreamAsk {
+            // A terminal is the container's to have, not the client's.
+            tty: rec.config.tty,
+            ..ask
+        };
+        let url = self.stream_url(crate::streaming::Pending::Attach {
+            container: rec.id,
+            ask,
+        })?;
+        Ok(Response::new(cri::AttachResponse { url }))
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        let req = request.into_inner();
+        let pod = self
+            .runtime
+            .resolve_sandbox(&req.pod_sandbox_id)
+            .map_err(runtime_error)?;
+        let netns = self
+            .runtime
+            .port_forward_netns(&pod)
+            .map_err(runtime_error)?;
+        for p in &req.port {
+            if !(1..=65535).contains(p) {
+                return Err(Status::invalid_argument(format!("{p} is not a port")));
+            }
+        }
+        let url = self.stream_url(crate::streaming::Pending::PortForward { pod, netns })?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
+    }
+
     unimplemented_calls! {
         update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
-        exec(ExecRequest) -> ExecResponse = "Exec";
-        attach(AttachRequest) -> AttachResponse = "Attach";
-        port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
         container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
         list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
         pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
