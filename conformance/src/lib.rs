@@ -55,6 +55,19 @@ impl Env {
         Env::start_with(registry, BerthdOptions::default()).await
     }
 
+    /// An anonymous registry and a berthd that sleeps `ms` at its test hook
+    /// `point` each time a call passes it (`FAILPOINTS`, see
+    /// berth_runtime::failpoint), so that a scenario can cancel the call or
+    /// kill berthd exactly there.
+    pub async fn start_pausing_at(point: &str, ms: u64) -> Env {
+        let registry = Registry::start().await.expect("starting docker-registry");
+        Env::start_with(
+            registry,
+            BerthdOptions::default().env("FAILPOINTS", &format!("{point}=sleep({ms})")),
+        )
+        .await
+    }
+
     /// A berthd with `options` next to an already started registry.
     pub async fn start_with(registry: Registry, options: BerthdOptions) -> Env {
         let berthd = Berthd::start(options).await.expect("starting berthd");

@@ -12,22 +12,12 @@ mod common;
 use std::time::Duration;
 
 use berth_conformance::Env;
-use berth_conformance::berthd::BerthdOptions;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::{self, Pod};
-use berth_conformance::registry::Registry;
 use k8s_cri::v1::{
     CreateContainerRequest, ListContainersRequest, PodSandboxConfig, RunPodSandboxRequest,
 };
 
-async fn env_pausing_at(point: &str, ms: u64) -> Env {
-    let registry = Registry::start().await.expect("starting docker-registry");
-    Env::start_with(
-        registry,
-        BerthdOptions::default().env("FAILPOINTS", &format!("{point}=sleep({ms})")),
-    )
-    .await
-}
 
 fn run_request(config: &PodSandboxConfig) -> RunPodSandboxRequest {
     RunPodSandboxRequest {
@@ -73,7 +63,7 @@ async fn assert_idle(env: &Env) {
 }
 
 async fn cancelled_run_pod_sandbox_is_finished_and_the_retry_gets_it(point: &str) {
-    let env = env_pausing_at(point, 400).await;
+    let env = Env::start_pausing_at(point, 400).await;
     let config = sandbox_config(&format!("cancel-{}", point.replace('.', "-")));
     run_and_drop(&env, &config, Duration::from_millis(150)).await;
     // A retry while the first call's work still runs waits for it.
@@ -117,7 +107,7 @@ async fn run_pod_sandbox_cancelled_before_the_database_commit() {
 /// ms, somewhere in the middle of their work, then all retried.
 #[tokio::test]
 async fn a_dozen_cancelled_pods_are_all_there_for_their_retries() {
-    let env = env_pausing_at("sandbox.before_commit", 20).await;
+    let env = Env::start_pausing_at("sandbox.before_commit", 20).await;
     let configs: Vec<PodSandboxConfig> = (0..12)
         .map(|i| sandbox_config(&format!("dozen-{i}")))
         .collect();
@@ -160,7 +150,7 @@ async fn a_dozen_cancelled_pods_are_all_there_for_their_retries() {
 
 #[tokio::test]
 async fn create_container_cancelled_before_the_database_commit() {
-    let env = env_pausing_at("container.before_commit", 400).await;
+    let env = Env::start_pausing_at("container.before_commit", 400).await;
     let image = pods::push_busybox(&env, "cancel/busybox:1").await;
     let pod: Pod = pods::run_pod(&env, sandbox_config("cancel-create"), &image).await;
     let c = pods::container(&pod, "once", &["sleep", "1000"]);

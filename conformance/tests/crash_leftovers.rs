@@ -9,24 +9,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use berth_conformance::Env;
-use berth_conformance::berthd::BerthdOptions;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::leak;
 use berth_conformance::pods::{self, Pod};
-use berth_conformance::registry::Registry;
 use k8s_cri::v1::{
     CreateContainerRequest, LinuxPodSandboxConfig, ListContainersRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest,
 };
 
-async fn env_pausing_at(point: &str, ms: u64) -> Env {
-    let registry = Registry::start().await.expect("starting docker-registry");
-    Env::start_with(
-        registry,
-        BerthdOptions::default().env("FAILPOINTS", &format!("{point}=sleep({ms})")),
-    )
-    .await
-}
 
 /// Directories named `name` below `parent` (relative to each hierarchy),
 /// in every mounted cgroup hierarchy.
@@ -51,7 +41,7 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 /// the cgroup included.
 #[tokio::test]
 async fn a_container_cut_short_by_sigkill_leaves_no_cgroup() {
-    let mut env = env_pausing_at("container.before_commit", 5000).await;
+    let mut env = Env::start_pausing_at("container.before_commit", 5000).await;
     let image = pods::push_busybox(&env, "crash/busybox:1").await;
     let pod: Pod = pods::run_pod(&env, sandbox_config("crash-create"), &image).await;
     let before = env.snapshot();
@@ -91,7 +81,7 @@ async fn a_container_cut_short_by_sigkill_leaves_no_cgroup() {
 /// cgroup stays, kubelet's to remove.
 #[tokio::test]
 async fn a_pod_cut_short_by_sigkill_leaves_no_pause_cgroup_under_kubelets_parent() {
-    let mut env = env_pausing_at("sandbox.before_commit", 5000).await;
+    let mut env = Env::start_pausing_at("sandbox.before_commit", 5000).await;
     let kubelet_parent = format!("{}/kubepods-crash", env.berthd.cgroup_parent());
     let mut config = sandbox_config("crash-run");
     // CRI's default pid mode (POD): a pause process holds the namespace.
@@ -140,7 +130,7 @@ async fn a_pod_cut_short_by_sigkill_leaves_no_pause_cgroup_under_kubelets_parent
 /// pod; nothing is left in a pod that is gone.
 #[tokio::test]
 async fn remove_pod_sandbox_racing_create_container_leaves_no_container_behind() {
-    let env = env_pausing_at("container.before_commit", 600).await;
+    let env = Env::start_pausing_at("container.before_commit", 600).await;
     let image = pods::push_busybox(&env, "race/busybox:1").await;
     let pod: Pod = pods::run_pod(&env, sandbox_config("race"), &image).await;
     let req = CreateContainerRequest {
