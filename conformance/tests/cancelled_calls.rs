@@ -18,7 +18,6 @@ use k8s_cri::v1::{
     CreateContainerRequest, ListContainersRequest, PodSandboxConfig, RunPodSandboxRequest,
 };
 
-
 fn run_request(config: &PodSandboxConfig) -> RunPodSandboxRequest {
     RunPodSandboxRequest {
         config: Some(config.clone()),

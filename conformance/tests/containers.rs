@@ -420,3 +420,64 @@ async fn get_container_events_streams_the_lifecycle() {
     remove_pod(&env, p).await;
     env.finish().await;
 }
+
+/// crictl users and scripts give a pod a log directory that does not exist
+/// yet: CreateContainer makes it (0755), as containerd and CRI-O do.
+#[tokio::test]
+async fn a_missing_log_directory_is_made() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::start().await;
+    let image = push_busybox(&env, "logs/busybox:1").await;
+    let p = run_pod(&env, sandbox_config("no-log-dir"), &image).await;
+    // A second pod whose log directory nobody made (run_pod makes one).
+    let missing = p.logs.path().join("not/yet");
+    let mut config = sandbox_config("no-log-dir-2");
+    config.log_directory = missing.display().to_string();
+    let pod_id = env
+        .cri
+        .runtime
+        .clone()
+        .run_pod_sandbox(k8s_cri::v1::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox with a log directory that does not exist")
+        .into_inner()
+        .pod_sandbox_id;
+    assert!(
+        missing.is_dir(),
+        "RunPodSandbox makes the pod's log directory, as containerd does"
+    );
+    std::fs::remove_dir(&missing).unwrap();
+    let mut rt = env.cri.runtime.clone();
+    let mut c = container(&p, "talker", &["echo", "logged"]);
+    c.log_path = "talker/0.log".into();
+    let id = rt
+        .create_container(k8s_cri::v1::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(c),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect("CreateContainer with a log directory that does not exist")
+        .into_inner()
+        .container_id;
+    start(&env, &id).await.unwrap();
+    wait_exited(&env, &id, Duration::from_secs(10)).await;
+    let log = std::fs::read_to_string(missing.join("talker/0.log")).unwrap();
+    assert!(log.contains("logged"), "{log}");
+    let mode = std::fs::metadata(missing.join("talker"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o755);
+    rt.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id,
+    })
+    .await
+    .unwrap();
+    remove_pod(&env, p).await;
+    env.finish().await;
+}

@@ -17,7 +17,6 @@ use k8s_cri::v1::{
     RunPodSandboxRequest,
 };
 
-
 /// Directories named `name` below `parent` (relative to each hierarchy),
 /// in every mounted cgroup hierarchy.
 fn cgroups_named(parent: &str, name: &str) -> Vec<PathBuf> {

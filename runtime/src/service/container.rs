@@ -540,6 +540,24 @@ impl Inner {
                 .display()
                 .to_string()
         };
+        // The log's directory, as containerd and CRI-O make it (0755) when
+        // kubelet has not yet: crictl users and scripts pass one that does
+        // not exist. log_path is relative without `..` (validated).
+        if let Some(parent) = Path::new(&log_path)
+            .parent()
+            .filter(|_| !log_path.is_empty())
+        {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(|e| {
+                    Error::io(
+                        format!("creating the log directory {}", parent.display()),
+                        e,
+                    )
+                })?;
+        }
         let shim_cfg = ShimConfig {
             id: id.clone(),
             kind: ShimKind::Container,

@@ -311,6 +311,21 @@ impl Inner {
         let cg = self.pod_cgroup(&config, id)?;
         write_cgroup_file(&dir, &cg)?;
 
+        // The pod's log directory, as containerd makes it (0755) when
+        // kubelet has not (crictl, scripts). Absolute (validated); not
+        // removed with the pod: the logs are kubelet's.
+        if !config.log_directory.is_empty() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&config.log_directory)
+                .map_err(|e| {
+                    Error::io(
+                        format!("creating the pod's log directory {}", config.log_directory),
+                        e,
+                    )
+                })?;
+        }
         crate::failpoint::hit("sandbox.before_netns");
         let sysctls = namespaced_sysctls(&config.linux.sysctls, host_network, own_ipc)?;
         let want = Wanted {
