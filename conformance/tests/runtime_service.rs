@@ -6,7 +6,7 @@ mod common;
 
 use berth_conformance::Env;
 use common::*;
-use k8s_cri::v1::{ContainerStatsRequest, UpdateContainerResourcesRequest};
+use k8s_cri::v1::ContainerStatsRequest;
 use tonic::Code;
 
 #[tokio::test]
@@ -81,20 +81,12 @@ async fn runtime_config_answers() {
 async fn other_runtime_calls_answer_unimplemented_with_their_names() {
     let env = Env::start().await;
     let mut rt = env.cri.runtime.clone();
-    let checks = vec![
-        (
-            "UpdateContainerResources",
-            rt.update_container_resources(UpdateContainerResourcesRequest::default())
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "ContainerStats",
-            rt.container_stats(ContainerStatsRequest::default())
-                .await
-                .map(|_| ()),
-        ),
-    ];
+    let checks = vec![(
+        "ContainerStats",
+        rt.container_stats(ContainerStatsRequest::default())
+            .await
+            .map(|_| ()),
+    )];
     for (name, r) in checks {
         let s = expect_code(r, &[Code::Unimplemented], name);
         assert!(

@@ -743,8 +743,29 @@ impl RuntimeService for RuntimeApi {
         Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
+    /// kubelet's in-place pod resize and the static CPU manager.
+    async fn update_container_resources(
+        &self,
+        request: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        let req = request.into_inner();
+        let span =
+            tracing::info_span!("UpdateContainerResources", container_id = %req.container_id);
+        async {
+            let linux = req.linux.ok_or_else(|| {
+                Status::invalid_argument("linux resources are required on a Linux node")
+            })?;
+            self.runtime
+                .update_container_resources(&req.container_id, crate::convert::resources(linux))
+                .await
+                .map_err(runtime_error)?;
+            Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
+        }
+        .instrument(span)
+        .await
+    }
+
     unimplemented_calls! {
-        update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
         container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
         list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
         pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";

@@ -900,6 +900,11 @@ fn sysctl(field: &str, key: &str, value: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// UpdateContainerResources' resources, checked as CreateContainer's are.
+pub fn validate_resources(r: &LinuxResources) -> Result<(), ValidationError> {
+    resources("linux", r)
+}
+
 fn resources(field: &str, r: &LinuxResources) -> Result<(), ValidationError> {
     for (name, v, min) in [
         ("cpu_period", r.cpu_period, 0),

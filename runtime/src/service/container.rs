@@ -169,6 +169,50 @@ impl Runtime {
         Ok((id, pod))
     }
 
+    /// UpdateContainerResources: the new limits go to the container's
+    /// cgroup (if it is created or running) and into its record, so that
+    /// ContainerStatus.resources reports them, also after a restart. The
+    /// request carries the whole set, as kubelet sends it; zero means
+    /// unset and leaves that limit as it is in the cgroup. oom_score_adj
+    /// stays what the container started with (a process's, not a
+    /// cgroup's). A limit the kernel refuses (a memory limit below what
+    /// the container uses, on v1) fails the call, naming the file and the
+    /// kernel's answer, and changes nothing in the record.
+    pub async fn update_container_resources(
+        &self,
+        id: &str,
+        resources: model::LinuxResources,
+    ) -> Result<()> {
+        model::validate_resources(&resources)?;
+        let full = self.resolve_container(id)?;
+        let lock = self.lock_for(&full)?;
+        let _g = lock.lock().await;
+        let mut rec = self.container(&full)?;
+        let mut resources = resources;
+        if let Some(old) = rec.config.linux.resources.as_ref() {
+            resources.oom_score_adj = old.oom_score_adj;
+        }
+        let oci = spec::linux_resources(&resources)?;
+        let live = matches!(rec.state, ContainerState::Created | ContainerState::Running);
+        if let (true, Some(cg)) = (
+            live,
+            rec.cgroup.as_deref().and_then(|c| CgroupPath::new(c).ok()),
+        ) {
+            let cgroups = self.inner.cgroups.clone();
+            tokio::task::spawn_blocking(move || cgroups.apply(&cg, &oci))
+                .await
+                .map_err(|e| Error::Internal(format!("update task failed: {e}")))?
+                .map_err(|e| {
+                    Error::FailedPrecondition(format!(
+                        "the kernel refused the new resources of container {full}: {e}"
+                    ))
+                })?;
+        }
+        rec.config.linux.resources = Some(resources);
+        self.update_container(rec)?;
+        Ok(())
+    }
+
     /// StartContainer: let the created process exec.
     pub async fn start_container(&self, id: &str) -> Result<()> {
         let rt = self.handle();
