@@ -1508,3 +1508,62 @@ async fn a_configured_gateway_is_the_bridges_address_and_the_pods_route() {
     stop_and_remove(&n, &p).await;
     n.env.finish().await;
 }
+
+/// PodSandboxStats counts the pod's traffic on its own interface, read
+/// inside its network namespace.
+#[tokio::test]
+async fn pod_stats_count_the_pods_network_traffic() {
+    let n = start("").await;
+    let cfg = pod_config(&n, "net-stats", vec![]);
+    let id = run_pod(&n, &cfg).await.expect("RunPodSandbox");
+    let gateway = "10.89.0.1";
+    run_container(
+        &n,
+        &id,
+        &cfg,
+        "pinger",
+        &format!("ping -c 5 -i 0.2 {gateway}; sleep 3600"),
+    )
+    .await;
+    let stats = || async {
+        n.env
+            .cri
+            .runtime
+            .clone()
+            .pod_sandbox_stats(k8s_cri::v1::PodSandboxStatsRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+            .expect("PodSandboxStats")
+            .into_inner()
+            .stats
+            .and_then(|s| s.linux)
+            .and_then(|l| l.network)
+            .expect("a pod network's counters")
+    };
+    let t = std::time::Instant::now();
+    loop {
+        let net = stats().await;
+        let eth0 = net
+            .default_interface
+            .expect("eth0 is the default interface");
+        assert_eq!(eth0.name, "eth0");
+        let (rx, tx) = (
+            eth0.rx_bytes.map(|v| v.value).unwrap_or(0),
+            eth0.tx_bytes.map(|v| v.value).unwrap_or(0),
+        );
+        // five echo requests and their replies, 98 bytes each at least
+        if rx >= 5 * 98 && tx >= 5 * 98 {
+            assert!(
+                net.interfaces.iter().all(|i| i.name != "lo"),
+                "{:?}",
+                net.interfaces
+            );
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "rx {rx} tx {tx}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop_and_remove(&n, &id).await;
+    n.env.finish().await;
+}

@@ -6,7 +6,7 @@ mod common;
 
 use berth_conformance::Env;
 use common::*;
-use k8s_cri::v1::ContainerStatsRequest;
+use k8s_cri::v1::{CheckpointContainerRequest, ListMetricDescriptorsRequest};
 use tonic::Code;
 
 #[tokio::test]
@@ -81,12 +81,20 @@ async fn runtime_config_answers() {
 async fn other_runtime_calls_answer_unimplemented_with_their_names() {
     let env = Env::start().await;
     let mut rt = env.cri.runtime.clone();
-    let checks = vec![(
-        "ContainerStats",
-        rt.container_stats(ContainerStatsRequest::default())
-            .await
-            .map(|_| ()),
-    )];
+    let checks = vec![
+        (
+            "CheckpointContainer",
+            rt.checkpoint_container(CheckpointContainerRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "ListMetricDescriptors",
+            rt.list_metric_descriptors(ListMetricDescriptorsRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ];
     for (name, r) in checks {
         let s = expect_code(r, &[Code::Unimplemented], name);
         assert!(

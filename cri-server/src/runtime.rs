@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use berth_runtime::service::{ContainerFilter, EventKind, Runtime, SandboxFilter, StreamAsk};
+use berth_runtime::service::{
+    ContainerFilter, EventKind, Runtime, SandboxFilter, StatsFilter, StreamAsk,
+};
 use berth_runtime::state::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
@@ -765,11 +767,98 @@ impl RuntimeService for RuntimeApi {
         .await
     }
 
+    async fn container_stats(
+        &self,
+        request: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let s = self
+            .runtime
+            .container_stats(&id)
+            .await
+            .map_err(runtime_error)?;
+        let mp = self
+            .runtime
+            .writable_layer_mountpoint()
+            .display()
+            .to_string();
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(crate::stats::container(&s, &mp)),
+        }))
+    }
+
+    /// kubelet's eviction manager (every 10 s), /stats/summary and
+    /// /metrics/resource (metrics-server: kubectl top, the HPA).
+    async fn list_container_stats(
+        &self,
+        request: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        let f = request.into_inner().filter.unwrap_or_default();
+        let filter = StatsFilter {
+            id: f.id,
+            sandbox_id: f.pod_sandbox_id,
+            labels: f.label_selector.into_iter().collect(),
+        };
+        let all = self
+            .runtime
+            .list_container_stats(&filter)
+            .await
+            .map_err(runtime_error)?;
+        let mp = self
+            .runtime
+            .writable_layer_mountpoint()
+            .display()
+            .to_string();
+        Ok(Response::new(cri::ListContainerStatsResponse {
+            stats: all
+                .iter()
+                .map(|s| crate::stats::container(s, &mp))
+                .collect(),
+        }))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        let s = self.runtime.pod_stats(&id).await.map_err(runtime_error)?;
+        let mp = self
+            .runtime
+            .writable_layer_mountpoint()
+            .display()
+            .to_string();
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(crate::stats::pod(&s, &mp)),
+        }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        let f = request.into_inner().filter.unwrap_or_default();
+        let filter = StatsFilter {
+            id: f.id,
+            sandbox_id: String::new(),
+            labels: f.label_selector.into_iter().collect(),
+        };
+        let all = self
+            .runtime
+            .list_pod_stats(&filter)
+            .await
+            .map_err(runtime_error)?;
+        let mp = self
+            .runtime
+            .writable_layer_mountpoint()
+            .display()
+            .to_string();
+        Ok(Response::new(cri::ListPodSandboxStatsResponse {
+            stats: all.iter().map(|s| crate::stats::pod(s, &mp)).collect(),
+        }))
+    }
+
     unimplemented_calls! {
-        container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
-        list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
-        pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
-        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";

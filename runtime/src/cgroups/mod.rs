@@ -20,7 +20,9 @@
 
 mod bpf;
 pub use bpf::device_programs;
+pub use usage::CgroupUsage;
 mod devices;
+pub mod usage;
 mod v1;
 mod v2;
 
@@ -191,6 +193,9 @@ pub trait CgroupManager {
     /// How many times the kernel's OOM killer killed in it (0 if unknown).
     fn oom_kill_count(&self, path: &CgroupPath) -> Result<u64, CgroupError>;
 
+    /// What it has used (stats); a counter the node lacks is None.
+    fn usage(&self, path: &CgroupPath) -> CgroupUsage;
+
     /// Signal every process in it (v2 with SIGKILL: `cgroup.kill`, which
     /// also catches processes forking meanwhile).
     fn kill_all(&self, path: &CgroupPath, signal: Signal) -> Result<(), CgroupError> {
@@ -273,6 +278,9 @@ impl CgroupManager for Cgroups {
     }
     fn oom_kill_count(&self, path: &CgroupPath) -> Result<u64, CgroupError> {
         self.inner().oom_kill_count(path)
+    }
+    fn usage(&self, path: &CgroupPath) -> CgroupUsage {
+        self.inner().usage(path)
     }
     fn kill_all(&self, path: &CgroupPath, signal: Signal) -> Result<(), CgroupError> {
         self.inner().kill_all(path, signal)

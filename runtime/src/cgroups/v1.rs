@@ -326,6 +326,13 @@ impl CgroupManager for V1 {
         Ok(Vec::new())
     }
 
+    fn usage(&self, path: &CgroupPath) -> super::CgroupUsage {
+        super::usage::v1(|controller, file| {
+            let h = self.hierarchy(controller)?;
+            std::fs::read_to_string(path.under(&h.dir).join(file)).ok()
+        })
+    }
+
     fn oom_kill_count(&self, path: &CgroupPath) -> Result<u64, CgroupError> {
         let Some(h) = self.hierarchy("memory") else {
             return Ok(0);

@@ -173,6 +173,11 @@ impl CgroupManager for V2 {
             .unwrap_or_default())
     }
 
+    fn usage(&self, path: &CgroupPath) -> super::CgroupUsage {
+        let dir = self.dir(path);
+        super::usage::v2(|f| std::fs::read_to_string(dir.join(f)).ok())
+    }
+
     fn oom_kill_count(&self, path: &CgroupPath) -> Result<u64, CgroupError> {
         Ok(read_file(&self.dir(path).join("memory.events"))?
             .map(|t| parse_oom_kill(&t))

@@ -451,6 +451,7 @@ impl Runtime {
             .lock()
             .map_err(|_| poisoned())?
             .remove(&full);
+        self.forget_stats(&full);
         self.emit(&rec, EventKind::Deleted);
         Ok(())
     }

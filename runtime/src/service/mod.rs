@@ -26,10 +26,12 @@ mod exec;
 mod recover;
 mod reserve;
 mod sandbox;
+mod stats;
 mod undo;
 
 pub use events::{Event, EventKind};
 pub use exec::{ExecOutput, StreamAsk};
+pub use stats::{ContainerStats, DiskUsage, InterfaceUsage, PodStats, StatsFilter};
 pub use undo::Undo;
 
 use recover::cleanup_unrecorded;
@@ -138,6 +140,8 @@ struct Inner {
     /// alone, so that a pod is never stopped or removed under a container
     /// being made in it.
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    /// Previous CPU samples and cached writable-layer usage (stats.rs).
+    stats: Mutex<stats::StatsCache>,
 }
 
 /// A full id from an id or a unique prefix of one (crictl takes prefixes).
@@ -230,6 +234,7 @@ impl Runtime {
                 container_names,
                 locks: Mutex::new(HashMap::new()),
                 pod_locks: Mutex::new(HashMap::new()),
+                stats: Mutex::new(stats::StatsCache::default()),
             }),
         })
     }

@@ -211,6 +211,7 @@ impl Runtime {
             .lock()
             .map_err(|_| poisoned())?
             .remove(&full);
+        self.forget_stats(&full);
         tracing::info!(id = %full, "pod sandbox removed");
         Ok(())
     }
