@@ -3,6 +3,9 @@
 //! speak them.
 //!
 //! * [`spdy`]: SPDY/3.1 framing and a tokio multiplexer, server and client.
+//! * [`upgrade`]: the HTTP/1.1 `Upgrade: SPDY/3.1` handshake on both sides,
+//!   with `X-Stream-Protocol-Version` negotiation, independent of any HTTP
+//!   server (it works with hyper 1's `hyper::upgrade::on`).
 //! * [`k8s`]: protocol names, header names, stream types, and the JSON the
 //!   remotecommand v4 error stream and resize stream carry.
 //!
@@ -11,3 +14,4 @@
 
 pub mod k8s;
 pub mod spdy;
+pub mod upgrade;
