@@ -225,3 +225,208 @@ pub async fn ws_portforward(
     }
     Ok((data, String::from_utf8_lossy(&error).into_owned()))
 }
+
+// ------------------------------------------------------------------ SPDY
+
+use berth_stream::k8s::{header, stream_type};
+use berth_stream::spdy::frame::Headers;
+use berth_stream::spdy::{Config as SpdyConfig, Session, Stream};
+use berth_stream::upgrade::{UpgradeRequest, client_handshake};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A SPDY session to `url` (http://…/kind/token) after the upgrade,
+/// offering `protocols` as client-go's SPDY executor does; the protocol the
+/// server chose.
+pub async fn spdy_connect(url: &str, protocols: &[&str]) -> Result<(Session, Option<String>)> {
+    let host = url::host_port(url)?;
+    let path = url
+        .strip_prefix("http://")
+        .and_then(|r| r.find('/').map(|i| &r[i..]))
+        .ok_or_else(|| anyhow!("no path in {url}"))?;
+    let tcp = TcpStream::connect(&host)
+        .await
+        .with_context(|| format!("connecting to {host}"))?;
+    let req = UpgradeRequest {
+        method: "POST",
+        path,
+        host: &host,
+        protocols,
+        headers: &[],
+    };
+    let up = client_handshake(tcp, &req)
+        .await
+        .with_context(|| format!("SPDY upgrade of {url}"))?;
+    Ok((Session::client(up.io, SpdyConfig::default()), up.protocol))
+}
+
+/// How a SPDY remote command is driven.
+#[derive(Clone, Debug, Default)]
+pub struct SpdyExec {
+    /// Offered protocols, best first (client-go: v4, v3, v2, v1).
+    pub protocols: Vec<String>,
+    pub tty: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    /// Written to stdin, then stdin closed; None: no stdin stream.
+    pub stdin: Option<Vec<u8>>,
+    /// Sizes sent on the resize stream (tty only).
+    pub resize: Vec<(u16, u16)>,
+    pub timeout: Option<Duration>,
+}
+
+impl SpdyExec {
+    /// As client-go's executor offers: v4 first.
+    pub fn client_go() -> Vec<String> {
+        berth_stream::k8s::protocol::REMOTECOMMAND_SPDY
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
+async fn open(session: &Session, kind: &str) -> Result<Stream> {
+    session
+        .open(Headers::new().with(header::STREAM_TYPE, kind))
+        .await
+        .with_context(|| format!("opening the {kind} stream"))
+}
+
+async fn read_all(mut s: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    out
+}
+
+/// Runs a remote command over SPDY as client-go's executor does (error
+/// stream first, then stdin, stdout, stderr, resize) until the server
+/// ends it.
+pub async fn spdy_remotecommand(url: &str, how: &SpdyExec) -> Result<Output> {
+    let protos: Vec<&str> = how.protocols.iter().map(String::as_str).collect();
+    let (session, chosen) = spdy_connect(url, &protos).await?;
+    let run = async {
+        let error = open(&session, stream_type::ERROR).await?;
+        let mut stdin = match &how.stdin {
+            Some(_) => Some(open(&session, stream_type::STDIN).await?),
+            None => None,
+        };
+        let stdout = match how.stdout {
+            true => Some(open(&session, stream_type::STDOUT).await?),
+            false => None,
+        };
+        let stderr = match how.stderr && !how.tty {
+            true => Some(open(&session, stream_type::STDERR).await?),
+            false => None,
+        };
+        let mut resize = match how.tty {
+            true => Some(open(&session, stream_type::RESIZE).await?),
+            false => None,
+        };
+        if let Some(r) = resize.as_mut() {
+            for &(w, h) in &how.resize {
+                r.write_all(format!(r#"{{"Width":{w},"Height":{h}}}"#).as_bytes())
+                    .await?;
+            }
+        }
+        if let (Some(s), Some(data)) = (stdin.as_mut(), &how.stdin) {
+            s.write_all(data).await?;
+            s.shutdown().await?;
+        }
+        let out = async {
+            match stdout {
+                Some(s) => read_all(s).await,
+                None => Vec::new(),
+            }
+        };
+        let err = async {
+            match stderr {
+                Some(s) => read_all(s).await,
+                None => Vec::new(),
+            }
+        };
+        let (stdout, stderr, error) = tokio::join!(out, err, read_all(error));
+        drop((stdin, resize));
+        Ok::<_, anyhow::Error>(Output {
+            stdout,
+            stderr,
+            error,
+            protocol: chosen.clone(),
+        })
+    };
+    let out = match how.timeout {
+        Some(t) => tokio::time::timeout(t, run)
+            .await
+            .map_err(|_| anyhow!("the session did not end within {t:?}"))??,
+        None => run.await?,
+    };
+    session.close().await;
+    Ok(out)
+}
+
+/// One request through port-forward over SPDY (`portforward.k8s.io`):
+/// an error stream and a data stream for `port`, `request` written, the
+/// answer read until the server ends the data stream; the error stream's
+/// text.
+pub async fn spdy_portforward(
+    session: &Session,
+    port: u16,
+    request_id: u32,
+    request: &[u8],
+) -> Result<(Vec<u8>, String)> {
+    let headers = |kind: &str| {
+        Headers::new()
+            .with(header::STREAM_TYPE, kind)
+            .with(header::PORT, port.to_string())
+            .with(header::REQUEST_ID, request_id.to_string())
+    };
+    let mut error = session.open(headers(stream_type::ERROR)).await?;
+    let mut data = session.open(headers(stream_type::DATA)).await?;
+    // client-go closes its side of the error stream at once.
+    error.shutdown().await?;
+    data.write_all(request).await?;
+    let (answer, err) = tokio::join!(read_all(&mut data), read_all(&mut error));
+    Ok((answer, String::from_utf8_lossy(&err).into_owned()))
+}
+
+/// Port-forward's SPDY session inside a WebSocket, as client-go's
+/// tunneling dialer makes it (`SPDY/3.1+portforward.k8s.io`: the SPDY
+/// bytes in binary messages, no upgrade inside).
+pub async fn ws_spdy_tunnel(url: &str) -> Result<Session> {
+    let (ws, chosen) = ws_connect(url, &["SPDY/3.1+portforward.k8s.io"]).await?;
+    if chosen.as_deref() != Some("SPDY/3.1+portforward.k8s.io") {
+        bail!("server chose {chosen:?}");
+    }
+    let (ours, theirs) = tokio::io::duplex(256 << 10);
+    let (mut rd, mut wr) = tokio::io::split(theirs);
+    let (mut sink, mut source) = ws.split();
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = source.next().await {
+            if let Message::Binary(b) = msg {
+                if wr.write_all(&b).await.is_err() {
+                    break;
+                }
+            } else if msg.is_close() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 << 10];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+    Ok(Session::client(ours, SpdyConfig::default()))
+}

@@ -322,3 +322,218 @@ async fn port_forward_over_websocket_reaches_the_pods_loopback() {
     remove_pod(&env, p).await;
     env.finish().await;
 }
+
+// ---- SPDY/3.1: kubelet's and crictl's default transport ----
+
+use berth_conformance::streaming::{SpdyExec, spdy_connect, spdy_portforward, spdy_remotecommand};
+
+fn spdy(stdin: Option<&[u8]>, tty: bool) -> SpdyExec {
+    SpdyExec {
+        protocols: SpdyExec::client_go(),
+        tty,
+        stdout: true,
+        stderr: !tty,
+        stdin: stdin.map(<[u8]>::to_vec),
+        resize: if tty { vec![(100, 30)] } else { vec![] },
+        timeout: Some(Duration::from_secs(20)),
+    }
+}
+
+#[tokio::test]
+async fn exec_over_spdy_reports_output_stdin_exit_codes_and_the_tty_size() {
+    let env = Env::start().await;
+    let (p, id) = running(&env, "spdy-exec").await;
+    let url = exec_url(
+        &env,
+        &id,
+        &["sh", "-c", "echo out; echo err >&2"],
+        false,
+        false,
+    )
+    .await;
+    let out = spdy_remotecommand(&url, &spdy(None, false)).await.unwrap();
+    assert_eq!(out.protocol.as_deref(), Some("v4.channel.k8s.io"));
+    assert_eq!(out.stdout_text(), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    assert_eq!(out.exit_code().unwrap(), 0);
+    for code in [1, 137] {
+        let cmd = format!("exit {code}");
+        let url = exec_url(&env, &id, &["sh", "-c", &cmd], false, false).await;
+        let out = spdy_remotecommand(&url, &spdy(None, false)).await.unwrap();
+        assert_eq!(out.exit_code().unwrap(), code, "{out:?}");
+    }
+    let url = exec_url(&env, &id, &["cat"], false, true).await;
+    let out = spdy_remotecommand(&url, &spdy(Some(b"piped through\n"), false))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_text(), "piped through\n");
+    let url = exec_url(&env, &id, &["sh", "-c", "stty size"], true, true).await;
+    let out = spdy_remotecommand(&url, &spdy(Some(b""), true))
+        .await
+        .unwrap();
+    assert!(
+        out.stdout_text().contains("30 100"),
+        "{:?}",
+        out.stdout_text()
+    );
+    // Older protocol versions.
+    for proto in ["v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"] {
+        let url = exec_url(&env, &id, &["echo", "old"], false, false).await;
+        let how = SpdyExec {
+            protocols: vec![proto.into()],
+            ..spdy(None, false)
+        };
+        let out = spdy_remotecommand(&url, &how).await.unwrap();
+        assert_eq!(out.protocol.as_deref(), Some(proto));
+        assert_eq!(out.stdout_text(), "old\n", "{proto}");
+        assert!(
+            out.error.is_empty(),
+            "{proto}: success writes nothing before v4"
+        );
+    }
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_mid_exec_leaves_no_process() {
+    let env = Env::start().await;
+    let (p, id) = running(&env, "spdy-vanish").await;
+    let url = exec_url(&env, &id, &["sleep", "4711"], false, false).await;
+    let (session, _) = spdy_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    let _err = session
+        .open(berth_stream::spdy::frame::Headers::new().with("streamType", "error"))
+        .await
+        .unwrap();
+    let _out = session
+        .open(berth_stream::spdy::frame::Headers::new().with("streamType", "stdout"))
+        .await
+        .unwrap();
+    let _stderr = session
+        .open(berth_stream::spdy::frame::Headers::new().with("streamType", "stderr"))
+        .await
+        .unwrap();
+    let running_sleep = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c.starts_with(b"sleep\x004711"))
+        })
+    };
+    let t = std::time::Instant::now();
+    while !running_sleep() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the exec never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The client goes away without a word.
+    drop((_err, _out, _stderr, session));
+    let t = std::time::Instant::now();
+    while running_sleep() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the exec outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn attach_over_spdy_and_port_forward_with_fifty_connections() {
+    let env = Env::start().await;
+    let image = push_busybox(&env, "stream/busybox:1").await;
+    let p = run_pod(&env, sandbox_config("spdy-pf"), &image).await;
+    let script = "mkdir -p /www && echo served-by-spdy > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www";
+    let _web = run(&env, &p, container(&p, "web", &["sh", "-c", script])).await;
+    let mut rt = env.cri.runtime.clone();
+    let url = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: p.id.clone(),
+            port: vec![8080],
+        })
+        .await
+        .expect("PortForward")
+        .into_inner()
+        .url;
+    let (session, proto) = spdy_connect(&url, &["portforward.k8s.io"]).await.unwrap();
+    assert_eq!(proto.as_deref(), Some("portforward.k8s.io"));
+    let get = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
+    // The server may not listen yet: the first request retries.
+    let t = std::time::Instant::now();
+    loop {
+        let (answer, err) = spdy_portforward(&session, 8080, 0, get).await.unwrap();
+        if String::from_utf8_lossy(&answer).contains("served-by-spdy") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{err}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let many = (1..=50).map(|i| {
+        let session = session.clone();
+        async move { spdy_portforward(&session, 8080, i, get).await }
+    });
+    for r in futures::future::join_all(many).await {
+        let (answer, err) = r.unwrap();
+        assert!(
+            String::from_utf8_lossy(&answer).contains("served-by-spdy"),
+            "{err}"
+        );
+    }
+    let (_, err) = spdy_portforward(&session, 8081, 99, get).await.unwrap();
+    assert!(
+        err.contains("8081"),
+        "a closed port is reported on the error stream: {err:?}"
+    );
+    let (answer, _) = spdy_portforward(&session, 8080, 100, get).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).contains("served-by-spdy"),
+        "the session goes on after a refused port"
+    );
+    session.close().await;
+
+    // The same through client-go's SPDY-in-WebSocket tunnel.
+    let url = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: p.id.clone(),
+            port: vec![8080],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let tunnel = berth_conformance::streaming::ws_spdy_tunnel(&url)
+        .await
+        .unwrap();
+    let (answer, err) = spdy_portforward(&tunnel, 8080, 1, get).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).contains("served-by-spdy"),
+        "{err}"
+    );
+    tunnel.close().await;
+
+    // Attach over SPDY to a container with stdin.
+    let mut c = container(&p, "reader", &["sh", "-c", "read l; echo got-$l"]);
+    c.stdin = true;
+    c.stdin_once = true;
+    let id = run(&env, &p, c).await;
+    let url = rt
+        .attach(AttachRequest {
+            container_id: id.clone(),
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let out = spdy_remotecommand(&url, &spdy(Some(b"it\n"), false))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_text(), "got-it\n");
+    remove_pod(&env, p).await;
+    env.finish().await;
+}

@@ -14,6 +14,7 @@
 pub mod fdio;
 pub mod portforward;
 pub mod session;
+pub mod spdy;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -196,12 +197,71 @@ impl Server {
         };
         if ws::is_websocket(&req) {
             self.websocket(req, pending).await
+        } else if berth_stream::upgrade::is_spdy_upgrade(req.headers()) {
+            self.spdy(req, pending).await
         } else {
             plain(
                 StatusCode::BAD_REQUEST,
                 "upgrade to SPDY/3.1 or to a WebSocket to stream",
             )
         }
+    }
+
+    async fn spdy(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        p: Pending,
+    ) -> Response<Full<Bytes>> {
+        use berth_stream::k8s::protocol;
+        let supported = match p {
+            Pending::PortForward { .. } => protocol::PORT_FORWARD,
+            _ => protocol::REMOTECOMMAND_SPDY,
+        };
+        let accepted = match berth_stream::upgrade::accept(req.headers(), supported) {
+            Ok(a) => a,
+            Err(e) => {
+                let mut r = plain(e.status(), &e.to_string());
+                r.headers_mut().extend(e.response_headers());
+                return r;
+            }
+        };
+        let protocol = accepted.protocol.to_string();
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *resp.headers_mut() = accepted.headers;
+        let upgrade = hyper::upgrade::on(&mut req);
+        let rt = self.runtime.clone();
+        let (idle, creation) = (self.cfg.idle_timeout, self.cfg.stream_creation_timeout);
+        tokio::spawn(async move {
+            let Ok(up) = upgrade.await else { return };
+            let session = spdy::session(TokioIo::new(up), idle);
+            match p {
+                Pending::Exec {
+                    container,
+                    cmd,
+                    ask,
+                } => {
+                    if let Some(st) =
+                        spdy::remotecommand(session.clone(), &protocol, &ask, creation).await
+                    {
+                        session::exec(rt, container, cmd, ask, st).await;
+                    }
+                }
+                Pending::Attach { container, ask } => {
+                    if let Some(st) =
+                        spdy::remotecommand(session.clone(), &protocol, &ask, creation).await
+                    {
+                        session::attach(rt, container, ask, st).await;
+                    }
+                }
+                Pending::PortForward { pod, netns } => {
+                    tracing::debug!(%pod, "port-forward over SPDY");
+                    spdy::portforward(session.clone(), portforward::connector(netns)).await;
+                }
+            }
+            session.close().await;
+        });
+        resp
     }
 
     async fn websocket(
@@ -217,8 +277,9 @@ impl Server {
             Ok(p) => p,
             Err(e) => return plain(StatusCode::FORBIDDEN, &e),
         };
+        let tunnel = protocol.as_deref() == Some(ws::SPDY_TUNNEL);
         let ports = match &p {
-            Pending::PortForward { .. } => match query_ports(req.uri().query()) {
+            Pending::PortForward { .. } if !tunnel => match query_ports(req.uri().query()) {
                 Ok(p) => p,
                 Err(e) => return plain(StatusCode::BAD_REQUEST, &e),
             },
@@ -246,6 +307,12 @@ impl Server {
                 Pending::Attach { container, ask } => {
                     let st = ws::remotecommand(sock, protocol.as_deref(), &ask, idle);
                     session::attach(rt, container, ask, st).await;
+                }
+                Pending::PortForward { pod, netns } if tunnel => {
+                    tracing::debug!(%pod, "port-forward over SPDY in a WebSocket");
+                    let session = spdy::session(ws::byte_stream(sock), idle);
+                    spdy::portforward(session.clone(), portforward::connector(netns)).await;
+                    session.close().await;
                 }
                 Pending::PortForward { pod, netns } => {
                     tracing::debug!(%pod, ?ports, "port-forward over a WebSocket");

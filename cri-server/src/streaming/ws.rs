@@ -35,8 +35,11 @@ pub const V1_BASE64: &str = "base64.channel.k8s.io";
 
 /// What exec and attach accept, best first.
 pub const REMOTECOMMAND: &[&str] = &[V5, V4, V4_BASE64, V1, V1_BASE64];
+/// SPDY/3.1 carried in a WebSocket's binary messages: the port-forward
+/// tunnel of client-go (`crictl -r websocket port-forward`, kubectl 1.31+).
+pub const SPDY_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 /// What port-forward accepts.
-pub const PORTFORWARD: &[&str] = &[V4, V4_BASE64, V1, V1_BASE64];
+pub const PORTFORWARD: &[&str] = &[SPDY_TUNNEL, V4, V4_BASE64, V1, V1_BASE64];
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
@@ -351,4 +354,42 @@ pub async fn portforward(
         r.abort();
     }
     writer.abort();
+}
+
+/// The WebSocket as a byte stream (binary messages in, binary messages
+/// out), for the SPDY tunnel: a pipe whose other end two tasks feed from
+/// and to the socket.
+pub fn byte_stream(ws: Ws) -> DuplexStream {
+    let (ours, theirs) = tokio::io::duplex(256 << 10);
+    let (mut rd, mut wr) = tokio::io::split(theirs);
+    let (mut sink, mut source) = ws.split();
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = source.next().await {
+            match msg {
+                Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 << 10];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink
+                        .send(Message::Binary(bytes::Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+    ours
 }
