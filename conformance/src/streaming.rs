@@ -146,7 +146,15 @@ pub async fn ws_remotecommand(url: &str, how: &WsExec) -> Result<Output> {
                         base64::engine::general_purpose::STANDARD.decode(&t[1..])?,
                     )
                 }
-                Message::Close(_) => break,
+                // client-go's executor takes only a normal closure (1000)
+                // as the end; anything else is its error.
+                Message::Close(frame) => {
+                    let code = frame.as_ref().map(|f| u16::from(f.code));
+                    if code != Some(1000) {
+                        bail!("the server closed the WebSocket with {frame:?}, not 1000 (normal)");
+                    }
+                    break;
+                }
                 _ => continue,
             };
             match ch {

@@ -190,7 +190,7 @@ pub fn remotecommand(
                 return;
             }
         }
-        let _ = sink.close().await;
+        close_normally(&mut sink).await;
     });
     let mut streams = Streams {
         stdin: None,
@@ -300,7 +300,7 @@ pub async fn portforward(
                 return;
             }
         }
-        let _ = sink.close().await;
+        close_normally(&mut sink).await;
     });
     let mut to_port: Vec<Option<tokio::io::WriteHalf<tokio::net::TcpStream>>> = Vec::new();
     let mut readers = Vec::new();
@@ -389,7 +389,25 @@ pub fn byte_stream(ws: Ws) -> DuplexStream {
                 }
             }
         }
-        let _ = sink.close().await;
+        close_normally(&mut sink).await;
     });
     ours
+}
+
+/// A Close frame with 1000 (normal closure): client-go's executor takes
+/// only that as the end of the session (a bare close, 1005, is an error
+/// for it).
+async fn close_normally<S>(sink: &mut S)
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        })))
+        .await;
+    let _ = sink.close().await;
 }
