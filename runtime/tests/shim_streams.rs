@@ -329,3 +329,45 @@ async fn a_tty_container_is_attached_through_its_pty() {
     pty.write_all(b"exit 5\n").unwrap();
     assert_eq!(b.wait().code, 5);
 }
+
+fn pss_kib(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// What 100 streaming execs and an attach leave in an idle shim (PSS,
+/// printed for the notes with --nocapture; the ceiling is loose enough for
+/// debug builds: `berth-bench streaming` measures the release shim).
+#[tokio::test]
+async fn a_shim_after_a_hundred_execs_and_an_attach_gives_its_memory_back() {
+    require_root();
+    let b = running("xs-pss", &["sh", "-c", "while read l; do echo $l; done"], |c| c.stdin = true);
+    let shim = b.shim_pid.unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = pss_kib(shim);
+    for _ in 0..100 {
+        let mut s = open_stream(&b.dir, &exec_req(&["true"], false, false)).await.unwrap();
+        assert_eq!(exit_code(&mut s).await, 0);
+    }
+    let mut a = open_stream(
+        &b.dir,
+        &Request::Attach {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        },
+    )
+    .await
+    .unwrap();
+    let mut stdin = file(a.fds.pop().unwrap());
+    stdin.write_all(b"hello\n").unwrap();
+    frames_until(&mut a, |o, _| o.contains("hello")).await;
+    drop((stdin, a));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = pss_kib(shim);
+    println!("berth-shim PSS: {before} KiB idle, {after} KiB after 100 streaming execs and an attach");
+    assert!(after < 2048, "{after} KiB");
+}

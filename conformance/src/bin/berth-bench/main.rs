@@ -9,6 +9,7 @@ mod network;
 mod podbench;
 mod pods;
 mod report;
+mod streaming;
 mod workload;
 
 use std::os::unix::process::CommandExt;
@@ -226,6 +227,7 @@ enum Mode {
     Pull(Args),
     Pods(pods::PodsArgs),
     Network(network::NetworkArgs),
+    Streaming(streaming::StreamingArgs),
 }
 
 fn main() {
@@ -238,6 +240,11 @@ fn main() {
     } else if argv.get(1).is_some_and(|a| a == "network") {
         Mode::Network(network::NetworkArgs::parse_from(
             std::iter::once(std::ffi::OsString::from("berth-bench network"))
+                .chain(argv[2..].iter().cloned()),
+        ))
+    } else if argv.get(1).is_some_and(|a| a == "streaming") {
+        Mode::Streaming(streaming::StreamingArgs::parse_from(
+            std::iter::once(std::ffi::OsString::from("berth-bench streaming"))
                 .chain(argv[2..].iter().cloned()),
         ))
     } else {
@@ -263,6 +270,7 @@ fn start(mode: Mode) -> Result<i32> {
         Mode::Pull(a) => a.skip_berth,
         Mode::Pods(a) => a.skip_berth,
         Mode::Network(a) => a.skip_berth,
+        Mode::Streaming(a) => a.skip_berth,
     };
     let berthd = if skip_berth {
         None
@@ -282,6 +290,7 @@ fn start(mode: Mode) -> Result<i32> {
                     Mode::Pull(args) => run(args, berthd).await,
                     Mode::Pods(args) => pods::run(args, berthd).await,
                     Mode::Network(args) => network::run(args, berthd).await,
+                    Mode::Streaming(args) => streaming::run(args, berthd).await,
                 }
             } => r,
             _ = tokio::signal::ctrl_c() => {
