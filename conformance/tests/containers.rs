@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::*;
-use common::*;
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     ContainerState, ExecSyncRequest, GetEventsRequest, ImageSpec, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, ListContainersRequest, NamespaceMode, NamespaceOption,
     RemoveContainerRequest, RemovePodSandboxRequest, StopContainerRequest,
 };
+use common::*;
 use tonic::Code;
 
 /// A pod (with `pid` sharing as given) and a pulled busybox image.
@@ -41,7 +41,7 @@ async fn exec_timeout(
     id: &str,
     cmd: &[&str],
     timeout: i64,
-) -> Result<k8s_cri::v1::ExecSyncResponse, tonic::Status> {
+) -> Result<berth_cri_api::v1::ExecSyncResponse, tonic::Status> {
     let mut rt = env.cri.runtime.clone();
     rt.exec_sync(ExecSyncRequest {
         container_id: id.into(),
@@ -344,7 +344,7 @@ async fn bad_container_requests_get_clear_errors_and_leave_nothing() {
         "image not pulled",
     );
     let mut escape = container(&p, "z", &["true"]);
-    escape.mounts = vec![k8s_cri::v1::Mount {
+    escape.mounts = vec![berth_cri_api::v1::Mount {
         container_path: "../../etc".into(),
         host_path: "/tmp".into(),
         ..Default::default()

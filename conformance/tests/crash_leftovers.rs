@@ -12,11 +12,10 @@ use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::leak;
 use berth_conformance::pods::{self, Pod};
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     CreateContainerRequest, LinuxPodSandboxConfig, ListContainersRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest,
 };
-
 
 /// Directories named `name` below `parent` (relative to each hierarchy),
 /// in every mounted cgroup hierarchy.
