@@ -620,9 +620,19 @@ impl Berthd {
             cmd.env(k, v);
         }
         util::die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {}", self.binary.display()))?;
+        // A binary a test has just copied may still be open for writing in
+        // a child another test thread forked meanwhile (until its exec):
+        // ETXTBSY goes once that child has exec'd.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => break r.with_context(|| format!("spawning {}", self.binary.display()))?,
+            }
+        };
         self.child = Some(child);
         Ok(())
     }

@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{
+use berth_cri_api::v1::image_service_client::ImageServiceClient;
+use berth_cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use berth_cri_api::v1::{
     AuthConfig, Image, ImageFilter, ImageFsInfoRequest, ImageFsInfoResponse, ImageSpec,
     ImageStatusRequest, ImageStatusResponse, ListImagesRequest, PodSandboxConfig,
     PodSandboxMetadata, PullImageRequest, RemoveImageRequest, RuntimeConfigRequest,
@@ -190,10 +190,10 @@ impl Cri {
     }
 
     /// ListPodSandbox without a filter (panics on error: test helper).
-    pub async fn list_pods(&self) -> Vec<k8s_cri::v1::PodSandbox> {
+    pub async fn list_pods(&self) -> Vec<berth_cri_api::v1::PodSandbox> {
         self.runtime
             .clone()
-            .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+            .list_pod_sandbox(berth_cri_api::v1::ListPodSandboxRequest { filter: None })
             .await
             .expect("ListPodSandbox")
             .into_inner()

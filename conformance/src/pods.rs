@@ -2,7 +2,7 @@
 //! makes, in its order, with the fields it sends. A scenario builds its own
 //! pod config (that is what it tests) and hands it to [`run_pod`].
 
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     ContainerConfig, ContainerFilter, ContainerMetadata, CreateContainerRequest, ExecSyncRequest,
     ExecSyncResponse, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
     ListContainersRequest, PodSandboxConfig, RemovePodSandboxRequest, RunPodSandboxRequest,
@@ -80,7 +80,7 @@ pub fn memory_hog(p: &Pod, name: &str, mib: u32) -> ContainerConfig {
     let mut c = container(p, name, &["sh", "-c", &script]);
     c.linux
         .get_or_insert_with(LinuxContainerConfig::default)
-        .resources = Some(k8s_cri::v1::LinuxContainerResources {
+        .resources = Some(berth_cri_api::v1::LinuxContainerResources {
         memory_limit_in_bytes: 16 << 20,
         ..Default::default()
     });
@@ -166,7 +166,7 @@ pub async fn sh(env: &Env, id: &str, script: &str) -> String {
 }
 
 /// ListContainers of one pod.
-pub async fn list_containers(env: &Env, pod_id: &str) -> Vec<k8s_cri::v1::Container> {
+pub async fn list_containers(env: &Env, pod_id: &str) -> Vec<berth_cri_api::v1::Container> {
     let mut rt = env.cri.runtime.clone();
     rt.list_containers(ListContainersRequest {
         filter: Some(ContainerFilter {
@@ -197,10 +197,13 @@ pub async fn remove_pod(env: &Env, p: Pod) {
 }
 
 /// ContainerStatus (not verbose).
-pub async fn status(env: &Env, id: &str) -> Result<k8s_cri::v1::ContainerStatus, tonic::Status> {
+pub async fn status(
+    env: &Env,
+    id: &str,
+) -> Result<berth_cri_api::v1::ContainerStatus, tonic::Status> {
     let mut rt = env.cri.runtime.clone();
     Ok(rt
-        .container_status(k8s_cri::v1::ContainerStatusRequest {
+        .container_status(berth_cri_api::v1::ContainerStatusRequest {
             container_id: id.into(),
             verbose: false,
         })
@@ -216,11 +219,11 @@ pub async fn wait_exited(
     env: &Env,
     id: &str,
     within: std::time::Duration,
-) -> k8s_cri::v1::ContainerStatus {
+) -> berth_cri_api::v1::ContainerStatus {
     let t = std::time::Instant::now();
     loop {
         let st = status(env, id).await.expect("ContainerStatus");
-        if st.state == k8s_cri::v1::ContainerState::ContainerExited as i32 {
+        if st.state == berth_cri_api::v1::ContainerState::ContainerExited as i32 {
             return st;
         }
         assert!(t.elapsed() < within, "container {id} did not exit: {st:?}");
@@ -232,7 +235,7 @@ pub async fn wait_exited(
 pub async fn verbose_info(env: &Env, id: &str) -> serde_json::Value {
     let mut rt = env.cri.runtime.clone();
     let r = rt
-        .container_status(k8s_cri::v1::ContainerStatusRequest {
+        .container_status(berth_cri_api::v1::ContainerStatusRequest {
             container_id: id.into(),
             verbose: true,
         })
@@ -297,7 +300,7 @@ pub async fn check_device_rules(env: &Env, p: &Pod, name: &str) {
     let requested = Some("/dev/loop-control");
     let mut c = container(p, name, &["sleep", "3600"]);
     if let Some(dev) = requested {
-        c.devices = vec![k8s_cri::v1::Device {
+        c.devices = vec![berth_cri_api::v1::Device {
             container_path: dev.into(),
             host_path: dev.into(),
             permissions: "rwm".into(),
@@ -353,13 +356,13 @@ pub async fn check_device_rules(env: &Env, p: &Pod, name: &str) {
     }
 
     let mut rt = env.cri.runtime.clone();
-    rt.stop_container(k8s_cri::v1::StopContainerRequest {
+    rt.stop_container(berth_cri_api::v1::StopContainerRequest {
         container_id: id.clone(),
         timeout: 0,
     })
     .await
     .expect("StopContainer");
-    rt.remove_container(k8s_cri::v1::RemoveContainerRequest { container_id: id })
+    rt.remove_container(berth_cri_api::v1::RemoveContainerRequest { container_id: id })
         .await
         .expect("RemoveContainer");
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::{self, Pod};
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     CreateContainerRequest, ListContainersRequest, PodSandboxConfig, RunPodSandboxRequest,
 };
 
@@ -77,16 +77,16 @@ async fn cancelled_run_pod_sandbox_is_finished_and_the_retry_gets_it(point: &str
     );
     assert_eq!(
         pods[0].state,
-        k8s_cri::v1::PodSandboxState::SandboxReady as i32
+        berth_cri_api::v1::PodSandboxState::SandboxReady as i32
     );
     assert_idle(&env).await;
     let mut rt = env.cri.runtime.clone();
-    rt.stop_pod_sandbox(k8s_cri::v1::StopPodSandboxRequest {
+    rt.stop_pod_sandbox(berth_cri_api::v1::StopPodSandboxRequest {
         pod_sandbox_id: id.clone(),
     })
     .await
     .expect("StopPodSandbox");
-    rt.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest { pod_sandbox_id: id })
+    rt.remove_pod_sandbox(berth_cri_api::v1::RemovePodSandboxRequest { pod_sandbox_id: id })
         .await
         .expect("RemovePodSandbox");
     env.finish().await;
@@ -140,7 +140,7 @@ async fn a_dozen_cancelled_pods_are_all_there_for_their_retries() {
     assert_idle(&env).await;
     let mut rt = env.cri.runtime.clone();
     for id in ids {
-        rt.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest { pod_sandbox_id: id })
+        rt.remove_pod_sandbox(berth_cri_api::v1::RemovePodSandboxRequest { pod_sandbox_id: id })
             .await
             .expect("RemovePodSandbox");
     }

@@ -25,7 +25,7 @@ use berth_conformance::berthd::BerthdOptions;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::*;
 use berth_conformance::registry::Registry;
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     HugepageLimit, LinuxContainerConfig, LinuxContainerResources, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, RemoveContainerRequest,
     StopContainerRequest,

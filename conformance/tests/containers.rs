@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::*;
-use common::*;
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     ContainerState, ExecSyncRequest, GetEventsRequest, ImageSpec, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, ListContainersRequest, NamespaceMode, NamespaceOption,
     RemoveContainerRequest, RemovePodSandboxRequest, StopContainerRequest,
 };
+use common::*;
 use tonic::Code;
 
 /// A pod (with `pid` sharing as given) and a pulled busybox image.
@@ -41,7 +41,7 @@ async fn exec_timeout(
     id: &str,
     cmd: &[&str],
     timeout: i64,
-) -> Result<k8s_cri::v1::ExecSyncResponse, tonic::Status> {
+) -> Result<berth_cri_api::v1::ExecSyncResponse, tonic::Status> {
     let mut rt = env.cri.runtime.clone();
     rt.exec_sync(ExecSyncRequest {
         container_id: id.into(),
@@ -344,7 +344,7 @@ async fn bad_container_requests_get_clear_errors_and_leave_nothing() {
         "image not pulled",
     );
     let mut escape = container(&p, "z", &["true"]);
-    escape.mounts = vec![k8s_cri::v1::Mount {
+    escape.mounts = vec![berth_cri_api::v1::Mount {
         container_path: "../../etc".into(),
         host_path: "/tmp".into(),
         ..Default::default()
@@ -437,7 +437,7 @@ async fn a_missing_log_directory_is_made() {
         .cri
         .runtime
         .clone()
-        .run_pod_sandbox(k8s_cri::v1::RunPodSandboxRequest {
+        .run_pod_sandbox(berth_cri_api::v1::RunPodSandboxRequest {
             config: Some(config.clone()),
             runtime_handler: String::new(),
         })
@@ -454,7 +454,7 @@ async fn a_missing_log_directory_is_made() {
     let mut c = container(&p, "talker", &["echo", "logged"]);
     c.log_path = "talker/0.log".into();
     let id = rt
-        .create_container(k8s_cri::v1::CreateContainerRequest {
+        .create_container(berth_cri_api::v1::CreateContainerRequest {
             pod_sandbox_id: pod_id.clone(),
             config: Some(c),
             sandbox_config: Some(config.clone()),
@@ -473,7 +473,7 @@ async fn a_missing_log_directory_is_made() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o755);
-    rt.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+    rt.remove_pod_sandbox(berth_cri_api::v1::RemovePodSandboxRequest {
         pod_sandbox_id: pod_id,
     })
     .await

@@ -17,14 +17,14 @@ use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::images::{Format, ImageBuilder};
 use berth_conformance::pods::*;
-use common::*;
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     Capability, ContainerFilter, ContainerState, ContainerStateValue, ContainerStatusRequest,
     DnsConfig, Int64Value, KeyValue, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
     ListContainersRequest, ListPodSandboxRequest, Mount, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest,
     RemovePodSandboxRequest, ReopenContainerLogRequest, RunPodSandboxRequest, StopContainerRequest,
 };
+use common::*;
 use tonic::Code;
 
 /// containerd's default capability set (CHOWN, DAC_OVERRIDE, FSETID, FOWNER,

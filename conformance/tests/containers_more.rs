@@ -13,11 +13,11 @@ use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::images::{Format, ImageBuilder};
 use berth_conformance::pods::*;
-use common::*;
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     Device, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, MountPropagation,
     NamespaceMode, NamespaceOption, RemoveContainerRequest,
 };
+use common::*;
 use nix::mount::{MntFlags, MsFlags};
 use tonic::Code;
 

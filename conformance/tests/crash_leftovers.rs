@@ -12,7 +12,7 @@ use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::leak;
 use berth_conformance::pods::{self, Pod};
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     CreateContainerRequest, LinuxPodSandboxConfig, ListContainersRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest,
 };

@@ -235,7 +235,7 @@ async fn runtime_ready_is_false_while_the_shim_is_not_executable() {
         .await
         .unwrap();
     let cri = d.cri().await.unwrap();
-    let runtime_ready = |s: &k8s_cri::v1::StatusResponse| {
+    let runtime_ready = |s: &berth_cri_api::v1::StatusResponse| {
         s.status
             .as_ref()
             .and_then(|st| st.conditions.iter().find(|c| c.r#type == "RuntimeReady"))

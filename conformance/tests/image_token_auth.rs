@@ -21,12 +21,12 @@ use base64::Engine as _;
 use berth_conformance::Env;
 use berth_conformance::cri::auth_basic;
 use berth_conformance::images::{Format, ImageBuilder};
+use berth_cri_api::v1::AuthConfig;
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use k8s_cri::v1::AuthConfig;
 use tonic::Code;
 
 const REFRESH_TOKEN: &str = "refresh-token-of-alice";

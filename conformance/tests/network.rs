@@ -26,13 +26,13 @@ use berth_conformance::cri::sandbox_config;
 use berth_conformance::images::{Format, ImageBuilder};
 use berth_conformance::netns::NetNs;
 use berth_conformance::registry::Registry;
-use common::*;
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest,
     RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
+use common::*;
 use tonic::Code;
 
 const NODE_ADDR: &str = "198.51.100.1";
@@ -855,7 +855,7 @@ async fn after_a_node_reboot_pods_are_not_ready_and_release_what_they_held() {
     for p in n.env.cri.list_pods().await {
         assert_eq!(
             p.state,
-            k8s_cri::v1::PodSandboxState::SandboxReady as i32,
+            berth_cri_api::v1::PodSandboxState::SandboxReady as i32,
             "pod {} is whole after a mere berthd restart",
             p.id
         );
@@ -898,7 +898,7 @@ async fn after_a_node_reboot_pods_are_not_ready_and_release_what_they_held() {
     for p in &listed {
         assert_eq!(
             p.state,
-            k8s_cri::v1::PodSandboxState::SandboxNotready as i32,
+            berth_cri_api::v1::PodSandboxState::SandboxNotready as i32,
             "pod {} whose namespaces are gone must be NOTREADY",
             p.id
         );
@@ -908,7 +908,7 @@ async fn after_a_node_reboot_pods_are_not_ready_and_release_what_they_held() {
     let mut rt = n.env.cri.runtime.clone();
     for (_, c) in &pods {
         let st = rt
-            .container_status(k8s_cri::v1::ContainerStatusRequest {
+            .container_status(berth_cri_api::v1::ContainerStatusRequest {
                 container_id: c.clone(),
                 verbose: false,
             })
@@ -919,7 +919,7 @@ async fn after_a_node_reboot_pods_are_not_ready_and_release_what_they_held() {
             .unwrap();
         assert_eq!(
             st.state,
-            k8s_cri::v1::ContainerState::ContainerExited as i32
+            berth_cri_api::v1::ContainerState::ContainerExited as i32
         );
     }
     let info = n.env.cri.status(true).await.unwrap().info["network"].clone();
@@ -948,7 +948,7 @@ async fn check_consistent(n: &Net) {
     let mut ready_ips = HashMap::new();
     for p in &pods {
         let (ips, _) = pod_ips(n, &p.id).await;
-        if p.state == k8s_cri::v1::PodSandboxState::SandboxReady as i32 {
+        if p.state == berth_cri_api::v1::PodSandboxState::SandboxReady as i32 {
             assert_eq!(ips.len(), 1, "ready pod {} has an IP", p.id);
             ready_ips.insert(p.id.clone(), ips[0]);
         } else {
@@ -1301,9 +1301,9 @@ async fn a_run_pod_sandbox_cancelled_inside_a_slow_cni_plugin_is_there_for_its_r
 async fn kubelets_pod_cidr_is_used_when_no_subnet_is_configured() {
     let mut n = start("").await;
     let mut rt = n.env.cri.runtime.clone();
-    let update = |cidr: &str| k8s_cri::v1::UpdateRuntimeConfigRequest {
-        runtime_config: Some(k8s_cri::v1::RuntimeConfig {
-            network_config: Some(k8s_cri::v1::NetworkConfig {
+    let update = |cidr: &str| berth_cri_api::v1::UpdateRuntimeConfigRequest {
+        runtime_config: Some(berth_cri_api::v1::RuntimeConfig {
+            network_config: Some(berth_cri_api::v1::NetworkConfig {
                 pod_cidr: cidr.into(),
             }),
         }),
@@ -1530,7 +1530,7 @@ async fn pod_stats_count_the_pods_network_traffic() {
             .cri
             .runtime
             .clone()
-            .pod_sandbox_stats(k8s_cri::v1::PodSandboxStatsRequest {
+            .pod_sandbox_stats(berth_cri_api::v1::PodSandboxStatsRequest {
                 pod_sandbox_id: id.clone(),
             })
             .await

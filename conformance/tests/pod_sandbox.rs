@@ -11,12 +11,12 @@ use std::path::PathBuf;
 
 use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
-use common::*;
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode,
     NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxState, PodSandboxStateValue,
     PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
+use common::*;
 use serde_json::Value;
 use tonic::Code;
 
@@ -33,7 +33,7 @@ async fn run(env: &Env, config: PodSandboxConfig) -> Result<String, tonic::Statu
 async fn status(
     env: &Env,
     id: &str,
-) -> Result<(k8s_cri::v1::PodSandboxStatus, Value), tonic::Status> {
+) -> Result<(berth_cri_api::v1::PodSandboxStatus, Value), tonic::Status> {
     let mut rt = env.cri.runtime.clone();
     let r = rt
         .pod_sandbox_status(PodSandboxStatusRequest {
@@ -48,7 +48,7 @@ async fn status(
     Ok((r.status.expect("status"), info))
 }
 
-async fn list(env: &Env, filter: Option<PodSandboxFilter>) -> Vec<k8s_cri::v1::PodSandbox> {
+async fn list(env: &Env, filter: Option<PodSandboxFilter>) -> Vec<berth_cri_api::v1::PodSandbox> {
     let mut rt = env.cri.runtime.clone();
     rt.list_pod_sandbox(ListPodSandboxRequest { filter })
         .await

@@ -10,8 +10,8 @@ use std::time::Duration;
 use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::*;
+use berth_cri_api::v1::{LinuxContainerResources, UpdateContainerResourcesRequest};
 use common::*;
-use k8s_cri::v1::{LinuxContainerResources, UpdateContainerResourcesRequest};
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;

@@ -5,8 +5,12 @@
 mod common;
 
 use berth_conformance::Env;
+use berth_cri_api::v1::{
+    CheckpointContainerRequest, ListMetricDescriptorsRequest, StreamContainerStatsRequest,
+    StreamContainersRequest, StreamImagesRequest, StreamPodSandboxMetricsRequest,
+    StreamPodSandboxStatsRequest, StreamPodSandboxesRequest, UpdatePodSandboxResourcesRequest,
+};
 use common::*;
-use k8s_cri::v1::{CheckpointContainerRequest, ListMetricDescriptorsRequest};
 use tonic::Code;
 
 #[tokio::test]
@@ -71,7 +75,7 @@ async fn runtime_config_answers() {
     let linux = rc.linux.expect("RuntimeConfig.linux must be set on Linux");
     assert_eq!(
         linux.cgroup_driver,
-        k8s_cri::v1::CgroupDriver::Cgroupfs as i32,
+        berth_cri_api::v1::CgroupDriver::Cgroupfs as i32,
         "berth manages cgroups through cgroupfs: {linux:?}"
     );
     env.finish().await;
@@ -91,6 +95,53 @@ async fn other_runtime_calls_answer_unimplemented_with_their_names() {
         (
             "ListMetricDescriptors",
             rt.list_metric_descriptors(ListMetricDescriptorsRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+        // cri-api 1.33-1.36 calls: kubelet falls back to the unary List*
+        // calls when the Stream* ones answer UNIMPLEMENTED.
+        (
+            "UpdatePodSandboxResources",
+            rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "StreamPodSandboxes",
+            rt.stream_pod_sandboxes(StreamPodSandboxesRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "StreamContainers",
+            rt.stream_containers(StreamContainersRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "StreamContainerStats",
+            rt.stream_container_stats(StreamContainerStatsRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "StreamPodSandboxStats",
+            rt.stream_pod_sandbox_stats(StreamPodSandboxStatsRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "StreamPodSandboxMetrics",
+            rt.stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "StreamImages",
+            env.cri
+                .image
+                .clone()
+                .stream_images(StreamImagesRequest::default())
                 .await
                 .map(|_| ()),
         ),

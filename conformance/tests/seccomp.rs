@@ -13,11 +13,11 @@ use std::path::Path;
 use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::*;
-use common::*;
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     ContainerConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
     NamespaceOption, SecurityProfile, security_profile::ProfileType,
 };
+use common::*;
 use tonic::Code;
 
 /// A pod; `pod_seccomp` is its own profile (its pause process has it when

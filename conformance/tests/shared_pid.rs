@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::*;
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
     RemoveContainerRequest, StopContainerRequest,
 };
@@ -36,7 +36,12 @@ async fn pod_with_pid(env: &Env, name: &str, pid: NamespaceMode) -> Pod {
 
 /// A container running `sh -c script` in the PID namespace `pid` (kubelet
 /// gives a container its pod's mode: hostPID makes both NODE).
-fn in_pid(p: &Pod, pid: NamespaceMode, name: &str, script: &str) -> k8s_cri::v1::ContainerConfig {
+fn in_pid(
+    p: &Pod,
+    pid: NamespaceMode,
+    name: &str,
+    script: &str,
+) -> berth_cri_api::v1::ContainerConfig {
     let mut c = container(p, name, &["sh", "-c", script]);
     security(&mut c).namespace_options = Some(NamespaceOption {
         pid: pid as i32,

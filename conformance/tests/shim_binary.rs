@@ -12,7 +12,7 @@ use std::time::Duration;
 use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::*;
-use k8s_cri::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext};
+use berth_cri_api::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext};
 use sha2::Digest;
 
 /// Pids (in the pod's PID namespace) of the processes still running

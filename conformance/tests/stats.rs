@@ -12,16 +12,16 @@ use std::time::{Duration, Instant};
 use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::*;
-use common::*;
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     ContainerStatsFilter, ContainerStatsRequest, ListContainerStatsRequest,
     ListPodSandboxStatsRequest, PodSandboxStatsFilter, PodSandboxStatsRequest,
 };
+use common::*;
 use tonic::Code;
 
 const MIB: u64 = 1 << 20;
 
-async fn list(env: &Env, filter: ContainerStatsFilter) -> Vec<k8s_cri::v1::ContainerStats> {
+async fn list(env: &Env, filter: ContainerStatsFilter) -> Vec<berth_cri_api::v1::ContainerStats> {
     env.cri
         .runtime
         .clone()
@@ -34,7 +34,7 @@ async fn list(env: &Env, filter: ContainerStatsFilter) -> Vec<k8s_cri::v1::Conta
         .stats
 }
 
-async fn one(env: &Env, id: &str) -> k8s_cri::v1::ContainerStats {
+async fn one(env: &Env, id: &str) -> berth_cri_api::v1::ContainerStats {
     env.cri
         .runtime
         .clone()
@@ -48,7 +48,7 @@ async fn one(env: &Env, id: &str) -> k8s_cri::v1::ContainerStats {
         .expect("stats")
 }
 
-fn v(x: &Option<k8s_cri::v1::UInt64Value>) -> u64 {
+fn v(x: &Option<berth_cri_api::v1::UInt64Value>) -> u64 {
     x.as_ref().map(|v| v.value).expect("a value")
 }
 
@@ -168,7 +168,7 @@ async fn memory_cpu_and_the_writable_layer_show_what_the_container_does() {
                 .cri
                 .image
                 .clone()
-                .image_fs_info(k8s_cri::v1::ImageFsInfoRequest {})
+                .image_fs_info(berth_cri_api::v1::ImageFsInfoRequest {})
                 .await
                 .unwrap()
                 .into_inner();

@@ -10,8 +10,8 @@ use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::*;
 use berth_conformance::streaming::{WsExec, ws_connect, ws_remotecommand};
+use berth_cri_api::v1::{AttachRequest, ExecRequest, PortForwardRequest};
 use common::*;
-use k8s_cri::v1::{AttachRequest, ExecRequest, PortForwardRequest};
 use tonic::Code;
 
 async fn exec_url(env: &Env, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> String {

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use berth_cri_api::v1 as cri;
 use berth_runtime::model as m;
-use k8s_cri::v1 as cri;
 use tonic::Status;
 
 fn map(h: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
@@ -14,6 +14,20 @@ fn map(h: std::collections::HashMap<String, String>) -> BTreeMap<String, String>
 
 fn bad(e: m::ValidationError) -> Status {
     Status::invalid_argument(e.to_string())
+}
+
+/// KeyValue.value is `bytes` since cri-api v0.36.2 (it was `string`, which
+/// protobuf requires to be UTF-8: a value that was not failed to decode the
+/// whole request). berth's model keeps environment values as strings, so a
+/// value that is not UTF-8 is refused, naming the variable.
+fn env(i: usize, kv: cri::KeyValue) -> Result<m::KeyValue, Status> {
+    match String::from_utf8(kv.value) {
+        Ok(value) => Ok(m::KeyValue { key: kv.key, value }),
+        Err(_) => Err(bad(m::ValidationError::Unsupported {
+            field: format!("envs[{i}] ({:?})", kv.key),
+            what: "a value that is not UTF-8".into(),
+        })),
+    }
 }
 
 fn ns_options(o: Option<cri::NamespaceOption>) -> Result<m::NamespaceOptions, Status> {
@@ -182,11 +196,9 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<m::ContainerConfig, S
         envs: c
             .envs
             .into_iter()
-            .map(|kv| m::KeyValue {
-                key: kv.key,
-                value: kv.value,
-            })
-            .collect(),
+            .enumerate()
+            .map(|(i, kv)| env(i, kv))
+            .collect::<Result<_, _>>()?,
         mounts: c
             .mounts
             .into_iter()
@@ -301,6 +313,22 @@ mod tests {
         assert_eq!(
             got(Some(explicit), "runtime/default").unwrap(),
             Some((m::ProfileType::Unconfined, String::new()))
+        );
+    }
+
+    #[test]
+    fn env_values_that_are_not_utf8_are_refused_naming_the_variable() {
+        let kv = |key: &str, value: &[u8]| cri::KeyValue {
+            key: key.into(),
+            value: value.to_vec(),
+        };
+        let ok = env(0, kv("GREETING", "grüß".as_bytes())).unwrap();
+        assert_eq!((ok.key.as_str(), ok.value.as_str()), ("GREETING", "grüß"));
+        let err = env(3, kv("RAW", &[0x66, 0xff, 0x6f])).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            err.message(),
+            "envs[3] (\"RAW\"): a value that is not UTF-8 is not supported by berth"
         );
     }
 }

@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use berth_cri_api::v1 as cri;
+use berth_cri_api::v1::image_service_server::ImageService;
 use berth_image::registry::Credentials;
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::image_service_server::ImageService;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::status::image_error;
+use crate::status::{NotYetStream, image_error, not_yet};
 
 pub struct ImageApi {
     images: Arc<berth_image::ImageService>,
@@ -166,5 +166,16 @@ impl ImageService for ImageApi {
             image_filesystems: vec![fs],
             container_filesystems: vec![],
         }))
+    }
+
+    // cri-api 1.36's streaming ListImages: kubelet falls back to ListImages
+    // on UNIMPLEMENTED.
+    type StreamImagesStream = NotYetStream<cri::StreamImagesResponse>;
+
+    async fn stream_images(
+        &self,
+        _request: Request<cri::StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        Err(not_yet("StreamImages"))
     }
 }

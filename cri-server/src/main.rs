@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use berth_cri_api::v1::image_service_server::ImageServiceServer;
+use berth_cri_api::v1::runtime_service_server::RuntimeServiceServer;
 use clap::Parser;
-use k8s_cri::v1::image_service_server::ImageServiceServer;
-use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, LogFormat, LogLevel};

@@ -1,21 +1,21 @@
-//! CRI RuntimeService. Version, Status and RuntimeConfig answer now; the pod
-//! and container calls answer UNIMPLEMENTED, naming the call, until the
-//! runtime lands.
+//! CRI RuntimeService: gRPC in, berth's runtime calls out (translation and
+//! error codes only). Calls berth has not got yet answer UNIMPLEMENTED,
+//! naming the call.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use berth_cri_api::v1 as cri;
+use berth_cri_api::v1::runtime_service_server::RuntimeService;
 use berth_runtime::service::{
     ContainerFilter, EventKind, Runtime, SandboxFilter, StatsFilter, StreamAsk,
 };
 use berth_runtime::state::{ContainerRecord, ContainerState, SandboxRecord, SandboxState};
-use k8s_cri::v1 as cri;
-use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::convert;
-use crate::status::runtime_error;
+use crate::status::{NotYetStream, not_yet, runtime_error};
 
 /// The CRI API version berth speaks (VersionResponse.version is the kubelet
 /// runtime API version, "0.1.0" for every runtime today).
@@ -128,6 +128,10 @@ fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
         resources,
         image_id: r.image_id.clone(),
         user: process_user(r.user.as_ref()),
+        // ContainerConfig.stop_signal (cri-api 1.33+) is not read yet: berth
+        // stops with the image's StopSignal or SIGTERM, so it reports the
+        // runtime default.
+        stop_signal: cri::Signal::RuntimeDefault as i32,
     }
 }
 
@@ -148,10 +152,6 @@ fn labels(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, Str
     m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-fn not_yet(call: &str) -> Status {
-    Status::unimplemented(format!("{call} is not implemented by berth yet"))
-}
-
 /// `#[async_trait]` does not see inside a macro's expansion, so the methods
 /// are written in its desugared form: a boxed future.
 macro_rules! unimplemented_calls {
@@ -161,6 +161,27 @@ macro_rules! unimplemented_calls {
             _request: Request<cri::$req>,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<Response<cri::$resp>, Status>> + Send + 'async_trait>,
+        >
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(std::future::ready(Err(not_yet($name))))
+        }
+    )*};
+}
+
+/// The same for server-streaming calls, with the stream type the trait asks
+/// for: the call fails before any message is sent.
+macro_rules! unimplemented_streams {
+    ($($method:ident($req:ident) -> $stream:ident<$item:ident> = $name:literal;)*) => {$(
+        type $stream = NotYetStream<cri::$item>;
+
+        fn $method<'life0, 'async_trait>(
+            &'life0 self,
+            _request: Request<cri::$req>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Response<Self::$stream>, Status>> + Send + 'async_trait>,
         >
         where
             'life0: 'async_trait,
@@ -862,5 +883,16 @@ impl RuntimeService for RuntimeApi {
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
+        update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest) -> UpdatePodSandboxResourcesResponse = "UpdatePodSandboxResources";
+    }
+
+    // cri-api 1.36's streaming list calls: kubelet falls back to the unary
+    // List* calls on UNIMPLEMENTED.
+    unimplemented_streams! {
+        stream_pod_sandboxes(StreamPodSandboxesRequest) -> StreamPodSandboxesStream<StreamPodSandboxesResponse> = "StreamPodSandboxes";
+        stream_containers(StreamContainersRequest) -> StreamContainersStream<StreamContainersResponse> = "StreamContainers";
+        stream_container_stats(StreamContainerStatsRequest) -> StreamContainerStatsStream<StreamContainerStatsResponse> = "StreamContainerStats";
+        stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> StreamPodSandboxStatsStream<StreamPodSandboxStatsResponse> = "StreamPodSandboxStats";
+        stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest) -> StreamPodSandboxMetricsStream<StreamPodSandboxMetricsResponse> = "StreamPodSandboxMetrics";
     }
 }

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
+use berth_cri_api::v1 as cri;
 use berth_runtime::cgroups::CgroupUsage;
 use berth_runtime::service::{ContainerStats, PodStats};
-use k8s_cri::v1 as cri;
 
 fn u64v(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
@@ -15,12 +15,35 @@ fn labels(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, Str
     m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+/// Pressure stall information as CRI carries it (total in microseconds,
+/// the averages in percent), where the kernel has it (cgroup v2, PSI on).
+fn psi(p: Option<berth_runtime::cgroups::usage::Pressure>) -> Option<cri::PsiStats> {
+    let line = |l: berth_runtime::cgroups::usage::PressureLine| cri::PsiData {
+        total: l.total_us,
+        avg10: l.avg10,
+        avg60: l.avg60,
+        avg300: l.avg300,
+    };
+    p.map(|p| cri::PsiStats {
+        full: Some(line(p.full)),
+        some: Some(line(p.some)),
+    })
+}
+
 pub fn cpu(at: i64, u: &CgroupUsage, nano_cores: Option<u64>) -> cri::CpuUsage {
     cri::CpuUsage {
         timestamp: at,
         usage_core_nano_seconds: u64v(u.cpu_usage_ns),
         usage_nano_cores: u64v(nano_cores),
+        psi: psi(u.cpu_pressure),
     }
+}
+
+pub fn io(at: i64, u: &CgroupUsage) -> Option<cri::IoUsage> {
+    u.io_pressure.map(|_| cri::IoUsage {
+        timestamp: at,
+        psi: psi(u.io_pressure),
+    })
 }
 
 pub fn memory(at: i64, u: &CgroupUsage) -> cri::MemoryUsage {
@@ -38,6 +61,7 @@ pub fn memory(at: i64, u: &CgroupUsage) -> cri::MemoryUsage {
         rss_bytes: u64v(u.rss),
         page_faults: u64v(u.page_faults),
         major_page_faults: u64v(u.major_page_faults),
+        psi: psi(u.memory_pressure),
     }
 }
 
@@ -73,6 +97,7 @@ pub fn container(s: &ContainerStats, mountpoint: &str) -> cri::ContainerStats {
             ),
             swap_usage_bytes: u64v(s.cgroup.swap_usage),
         }),
+        io: io(s.at_ns, &s.cgroup),
     }
 }
 
@@ -115,6 +140,7 @@ pub fn pod(s: &PodStats, mountpoint: &str) -> cri::PodSandboxStats {
                 timestamp: s.at_ns,
                 process_count: u64v(s.cgroup.pids),
             }),
+            io: io(s.at_ns, &s.cgroup),
             containers: s
                 .containers
                 .iter()

@@ -1,7 +1,19 @@
 //! Domain errors to gRPC status codes, logged once here.
 
+use std::pin::Pin;
+
 use berth_image::error::ErrorKind;
 use tonic::{Code, Status};
+
+/// A CRI call berth does not implement yet: UNIMPLEMENTED, naming the call,
+/// so that kubelet falls back where it can (the Stream* list calls to the
+/// unary List* calls) and a person reading a log knows which call it was.
+pub fn not_yet(call: &str) -> Status {
+    Status::unimplemented(format!("{call} is not implemented by berth yet"))
+}
+
+/// The response stream of a server-streaming call answered with [`not_yet`].
+pub type NotYetStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
 pub fn image_error(e: berth_image::Error) -> Status {
     let code = match e.kind() {

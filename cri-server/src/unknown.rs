@@ -1,7 +1,8 @@
-//! tonic answers a method it does not know (the Stream* list calls and
-//! UpdatePodSandboxResources, newer than k8s-cri 0.11) with a bare
-//! UNIMPLEMENTED. kubelet then falls back to the unary calls; this layer
-//! only adds a message that names the method, for people reading logs.
+//! tonic answers a method it does not know (one newer than the cri-api
+//! release berth-cri-api vendors, or a misspelt one) with a bare
+//! UNIMPLEMENTED. This layer only adds a message that names the method, for
+//! people reading logs. The calls the bindings do know but berth does not
+//! implement yet answer UNIMPLEMENTED themselves (`status::not_yet`).
 
 use std::future::Future;
 use std::pin::Pin;

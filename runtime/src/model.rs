@@ -1,10 +1,10 @@
 //! The CRI pod and container configs in domain terms.
 //!
 //! These mirror `PodSandboxConfig` and `ContainerConfig` of the CRI
-//! (k8s-cri's `proto/v1.proto`; the field comments there are the spec) so that
-//! the gRPC types stay in cri-server. berthd persists them as JSON: every
-//! struct takes `#[serde(default)]` so that a record written before a field
-//! existed still loads.
+//! (`cri-api/proto/api.proto`, the vendored cri-api v1.36; the field
+//! comments there are the spec) so that the gRPC types stay in cri-server.
+//! berthd persists them as JSON: every struct takes `#[serde(default)]` so
+//! that a record written before a field existed still loads.
 //!
 //! [`validate_sandbox_config`] and [`validate_container_config`] reject what
 //! is malformed on its face; every error is an InvalidArgument for the CRI

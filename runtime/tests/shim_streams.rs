@@ -338,18 +338,26 @@ fn pss_kib(pid: i32) -> u64 {
         .unwrap()
 }
 
-/// What 100 streaming execs and an attach leave in an idle shim (PSS,
-/// printed for the notes with --nocapture; the ceiling is loose enough for
-/// debug builds: `berth-bench streaming` measures the release shim).
+/// What 100 streaming execs and an attach leave in an idle shim: once the
+/// loop is idle again it gives back what they made it touch (code, heap,
+/// stack), so its PSS comes back to about where it was. Printed for the
+/// notes with --nocapture (`berth-bench streaming` measures the release
+/// shim among others).
 #[tokio::test]
 async fn a_shim_after_a_hundred_execs_and_an_attach_gives_its_memory_back() {
     require_root();
-    let b = running("xs-pss", &["sh", "-c", "while read l; do echo $l; done"], |c| c.stdin = true);
+    let b = running(
+        "xs-pss",
+        &["sh", "-c", "while read l; do echo $l; done"],
+        |c| c.stdin = true,
+    );
     let shim = b.shim_pid.unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let before = pss_kib(shim);
     for _ in 0..100 {
-        let mut s = open_stream(&b.dir, &exec_req(&["true"], false, false)).await.unwrap();
+        let mut s = open_stream(&b.dir, &exec_req(&["true"], false, false))
+            .await
+            .unwrap();
         assert_eq!(exit_code(&mut s).await, 0);
     }
     let mut a = open_stream(
@@ -368,6 +376,12 @@ async fn a_shim_after_a_hundred_execs_and_an_attach_gives_its_memory_back() {
     drop((stdin, a));
     std::thread::sleep(Duration::from_millis(500));
     let after = pss_kib(shim);
-    println!("berth-shim PSS: {before} KiB idle, {after} KiB after 100 streaming execs and an attach");
-    assert!(after < 2048, "{after} KiB");
+    println!(
+        "berth-shim PSS: {before} KiB idle, {after} KiB after 100 streaming execs and an attach"
+    );
+    assert!(
+        after <= before + 128,
+        "the shim kept {} KiB of what the execs and the attach used",
+        after.saturating_sub(before)
+    );
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use berth_conformance::util::unique_suffix;
-use k8s_cri::v1::Image;
+use berth_cri_api::v1::Image;
 use serde_json::Value;
 use tonic::{Code, Status};
 

@@ -596,6 +596,10 @@ impl Monitor {
     fn drop_conn(&mut self, id: u64) {
         if let Some(i) = self.conn_index(id) {
             let c = self.conns.swap_remove(i);
+            // A connection that ends may have run code since the last
+            // release (an attach relays output while parked): give it back
+            // once the loop is idle again.
+            self.served = true;
             if c.attach.stdin && self.stdin_once {
                 // The first attach with stdin ended: the container reads
                 // EOF once berthd's copy is closed too.

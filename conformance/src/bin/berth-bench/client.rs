@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use berth_conformance::cri::{CRI_CLIENT_VERSION, image_spec};
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{
+use berth_cri_api::v1::image_service_client::ImageServiceClient;
+use berth_cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use berth_cri_api::v1::{
     ImageStatusRequest, PullImageRequest, RemoveImageRequest, VersionRequest, VersionResponse,
 };
 use tonic::Status;

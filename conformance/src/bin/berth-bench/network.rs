@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use berth_conformance::registry::Registry;
+use berth_cri_api::v1::NamespaceMode;
 use clap::Parser;
-use k8s_cri::v1::NamespaceMode;
 use serde_json::Value;
 
 use crate::containerd::ContainerdSetup;

@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use berth_conformance::images::{Format, ImageBuilder};
 use berth_conformance::registry::Registry;
+use berth_cri_api::v1::ListContainersRequest;
 use clap::Parser;
-use k8s_cri::v1::ListContainersRequest;
 
 use crate::containerd::ContainerdSetup;
 use crate::podbench::{

@@ -19,10 +19,10 @@ use anyhow::{Context, Result, bail};
 use berth_conformance::images::{Format, ImageBuilder};
 use berth_conformance::registry::Registry;
 use berth_conformance::streaming::{SpdyExec, spdy_connect, spdy_portforward, spdy_remotecommand};
-use clap::Parser;
-use k8s_cri::v1::{
+use berth_cri_api::v1::{
     AttachRequest, CreateContainerRequest, ExecRequest, PodSandboxConfig, PortForwardRequest,
 };
+use clap::Parser;
 
 use crate::containerd::ContainerdSetup;
 use crate::podbench::{
