@@ -537,3 +537,129 @@ async fn attach_over_spdy_and_port_forward_with_fifty_connections() {
     remove_pod(&env, p).await;
     env.finish().await;
 }
+
+#[tokio::test]
+async fn spdy_sessions_answer_pings_and_refuse_an_unknown_version() {
+    let env = Env::start().await;
+    let (p, id) = running(&env, "spdy-misc").await;
+    let url = exec_url(&env, &id, &["sleep", "2"], false, false).await;
+    let (session, _) = spdy_connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
+    // kubelet's client pings every few seconds; so does this one.
+    let rtt = tokio::time::timeout(Duration::from_secs(5), session.ping())
+        .await
+        .expect("the PING is answered")
+        .unwrap();
+    assert!(rtt < Duration::from_secs(5));
+    session.close().await;
+    let url = exec_url(&env, &id, &["true"], false, false).await;
+    let e = spdy_connect(&url, &["v9.channel.k8s.io"]).await;
+    let msg = format!("{:#}", e.expect_err("an unknown version is refused"));
+    assert!(msg.contains("403"), "{msg}");
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_tty_container_attached_twice_resizes_and_a_hundred_mib_pass_one_port_forward() {
+    let env = Env::start().await;
+    let image = push_busybox(&env, "stream/busybox:1").await;
+    let p = run_pod(&env, sandbox_config("spdy-tty"), &image).await;
+    let mut c = container(&p, "term", &["sh"]);
+    c.tty = true;
+    c.stdin = true;
+    let id = run(&env, &p, c).await;
+    let mut rt = env.cri.runtime.clone();
+    let attach_url = |rt: &mut berth_cri_api::v1::runtime_service_client::RuntimeServiceClient<
+        tonic::transport::Channel,
+    >,
+                      stdin: bool| {
+        let id = id.clone();
+        let mut rt = rt.clone();
+        async move {
+            rt.attach(AttachRequest {
+                container_id: id,
+                stdin,
+                stdout: true,
+                tty: true,
+                ..Default::default()
+            })
+            .await
+            .expect("Attach")
+            .into_inner()
+            .url
+        }
+    };
+    // A watcher (output only) and a typist (stdin, a resize), at once.
+    let watch = {
+        let url = attach_url(&mut rt, false).await;
+        tokio::spawn(async move {
+            let how = SpdyExec {
+                stdin: None,
+                resize: vec![],
+                ..spdy(None, true)
+            };
+            spdy_remotecommand(&url, &how).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = attach_url(&mut rt, true).await;
+    let how = SpdyExec {
+        resize: vec![(77, 22)],
+        ..spdy(Some(b"stty size; exit 4\n"), true)
+    };
+    let typed = spdy_remotecommand(&url, &how).await.unwrap();
+    assert!(
+        typed.stdout_text().contains("22 77"),
+        "{:?}",
+        typed.stdout_text()
+    );
+    let watched = watch.await.unwrap().unwrap();
+    assert!(
+        watched.stdout_text().contains("22 77"),
+        "the second attacher sees it too: {:?}",
+        watched.stdout_text()
+    );
+    assert_eq!(
+        wait_exited(&env, &id, Duration::from_secs(10))
+            .await
+            .exit_code,
+        4
+    );
+
+    // 100 MiB through one port-forward connection.
+    let script = "mkdir -p /www && head -c 104857600 /dev/zero > /www/big && exec httpd -f -p 127.0.0.1:8080 -h /www";
+    let _web = run(&env, &p, container(&p, "web", &["sh", "-c", script])).await;
+    let url = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: p.id.clone(),
+            port: vec![8080],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let (session, _) = spdy_connect(&url, &["portforward.k8s.io"]).await.unwrap();
+    let t = std::time::Instant::now();
+    let mut n = 0;
+    let answer = loop {
+        n += 1;
+        let (answer, _) = spdy_portforward(&session, 8080, n, b"GET /big HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        if answer.len() >= 100 << 20 {
+            break answer;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{} bytes",
+            answer.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let body = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(answer.len() - body, 100 << 20, "every byte of the file");
+    assert!(answer[body..].iter().all(|&b| b == 0));
+    session.close().await;
+    remove_pod(&env, p).await;
+    env.finish().await;
+}

@@ -55,9 +55,43 @@ pub enum Pending {
     },
 }
 
+/// Requests waiting for their clients, by token.
+#[derive(Default)]
+struct Tokens(HashMap<String, (Pending, Instant)>);
+
+impl Tokens {
+    fn park(&mut self, token: String, p: Pending, now: Instant) -> Result<(), StreamingError> {
+        self.0
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < TOKEN_TTL);
+        if self.0.len() >= MAX_IN_FLIGHT {
+            return Err(StreamingError::Full);
+        }
+        self.0.insert(token, (p, now));
+        Ok(())
+    }
+
+    /// The request, if the token is known, of this kind and not expired;
+    /// it is used up either way.
+    fn take(&mut self, kind: &str, token: &str, now: Instant) -> Option<Pending> {
+        let (p, at) = self.0.remove(token)?;
+        (p.kind() == kind && now.saturating_duration_since(at) < TOKEN_TTL).then_some(p)
+    }
+}
+
+impl Pending {
+    /// The URL path's first part.
+    fn kind(&self) -> &'static str {
+        match self {
+            Pending::Exec { .. } => "exec",
+            Pending::Attach { .. } => "attach",
+            Pending::PortForward { .. } => "portforward",
+        }
+    }
+}
+
 pub struct Server {
     base: String,
-    tokens: Mutex<HashMap<String, (Pending, Instant)>>,
+    tokens: Mutex<Tokens>,
     runtime: Arc<Runtime>,
     cfg: StreamingSection,
 }
@@ -97,7 +131,7 @@ impl Server {
         };
         let server = Arc::new(Server {
             base: format!("{scheme}://{local}"),
-            tokens: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(Tokens::default()),
             runtime,
             cfg,
         });
@@ -143,37 +177,19 @@ impl Server {
 
     /// Parks `p` and returns its URL.
     pub fn url(&self, p: Pending) -> Result<String, StreamingError> {
-        let kind = match &p {
-            Pending::Exec { .. } => "exec",
-            Pending::Attach { .. } => "attach",
-            Pending::PortForward { .. } => "portforward",
-        };
+        let kind = p.kind();
         let token = berth_runtime::service::new_id()
             .map_err(|e| StreamingError::Internal(e.to_string()))?;
-        let mut t = self
-            .tokens
+        self.tokens
             .lock()
-            .map_err(|_| StreamingError::Internal("token cache poisoned".into()))?;
-        let now = Instant::now();
-        t.retain(|_, (_, at)| now.duration_since(*at) < TOKEN_TTL);
-        if t.len() >= MAX_IN_FLIGHT {
-            return Err(StreamingError::Full);
-        }
-        t.insert(token.clone(), (p, now));
+            .map_err(|_| StreamingError::Internal("token cache poisoned".into()))?
+            .park(token.clone(), p, Instant::now())?;
         Ok(format!("{}/{kind}/{token}", self.base))
     }
 
     /// The request a token stands for, once: it is used up.
     fn take(&self, kind: &str, token: &str) -> Option<Pending> {
-        let mut t = self.tokens.lock().ok()?;
-        let (p, at) = t.remove(token)?;
-        let fits = matches!(
-            (kind, &p),
-            ("exec", Pending::Exec { .. })
-                | ("attach", Pending::Attach { .. })
-                | ("portforward", Pending::PortForward { .. })
-        );
-        (fits && at.elapsed() < TOKEN_TTL).then_some(p)
+        self.tokens.lock().ok()?.take(kind, token, Instant::now())
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -377,4 +393,57 @@ fn tls_acceptor(
         .with_single_cert(certs, key)
         .context("the streaming TLS certificate and key")?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pf() -> Pending {
+        Pending::PortForward {
+            pod: "p".into(),
+            netns: None,
+        }
+    }
+
+    #[test]
+    fn tokens_are_single_use_of_their_kind_and_expire_after_a_minute() {
+        let mut t = Tokens::default();
+        let now = Instant::now();
+        t.park("a".into(), pf(), now).unwrap();
+        assert!(
+            t.take("exec", "a", now).is_none(),
+            "a port-forward token is no exec's"
+        );
+        assert!(
+            t.take("portforward", "a", now).is_none(),
+            "and it is used up"
+        );
+        t.park("b".into(), pf(), now).unwrap();
+        assert!(
+            t.take("portforward", "b", now + Duration::from_secs(30))
+                .is_some()
+        );
+        t.park("c".into(), pf(), now).unwrap();
+        assert!(
+            t.take("portforward", "c", now + TOKEN_TTL + Duration::from_secs(1))
+                .is_none(),
+            "expired"
+        );
+        assert!(t.take("portforward", "never", now).is_none());
+    }
+
+    #[test]
+    fn at_most_a_thousand_wait_and_expired_ones_make_room() {
+        let mut t = Tokens::default();
+        let now = Instant::now();
+        for i in 0..MAX_IN_FLIGHT {
+            t.park(i.to_string(), pf(), now).unwrap();
+        }
+        assert!(matches!(
+            t.park("x".into(), pf(), now),
+            Err(StreamingError::Full)
+        ));
+        t.park("y".into(), pf(), now + TOKEN_TTL).unwrap();
+    }
 }
