@@ -385,3 +385,81 @@ async fn a_shim_after_a_hundred_execs_and_an_attach_gives_its_memory_back() {
         after.saturating_sub(before)
     );
 }
+
+/// An attach client slower than the container loses nothing (the
+/// container's output waits for it); one that takes nothing for 10 s is
+/// dropped and the container and its log go on.
+#[tokio::test]
+async fn a_slow_attacher_gets_everything_and_a_hung_one_is_dropped() {
+    require_root();
+    let b = running(
+        "at-slow",
+        &[
+            "sh",
+            "-c",
+            "read x; head -c 20971520 /dev/zero; echo; echo second-part-done; read y; head -c 8388608 /dev/zero; echo all-done; sleep 1000",
+        ],
+        |c| c.stdin = true,
+    );
+    let mut a = open_stream(
+        &b.dir,
+        &Request::Attach {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        },
+    )
+    .await
+    .unwrap();
+    let mut stdin = file(a.fds.pop().unwrap());
+    stdin.write_all(b"go\n").unwrap();
+    // Read 20 MiB slowly: 64 KiB at a time with pauses.
+    let mut buf = std::mem::take(&mut a.rest);
+    let mut payload = 0usize;
+    let t = Instant::now();
+    while payload < 20 << 20 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{payload} bytes so far"
+        );
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() < 5 + len {
+                break;
+            }
+            payload += buf[5..5 + len].iter().filter(|&&c| c == 0).count();
+            buf.drain(..5 + len);
+        }
+        if payload >= 20 << 20 {
+            break;
+        }
+        let mut chunk = vec![0u8; 64 << 10];
+        let n = s_read(&mut a, &mut chunk, payload).await;
+        buf.extend_from_slice(&chunk[..n]);
+        if payload % (4 << 20) < (64 << 10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(payload, 20 << 20, "every byte, none dropped");
+    // Now hang: read nothing while the container writes 8 MiB more.
+    stdin.write_all(b"more\n").unwrap();
+    let log = b.wait_log(30, |l| l.contains("all-done"));
+    assert!(log.contains("second-part-done"), "the log went on");
+    // The hung client was dropped: what the socket still holds, then EOF
+    // (the container sleeps on, so only a drop ends the stream).
+    let mut rest = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    loop {
+        assert!(t.elapsed() < Duration::from_secs(20), "never dropped");
+        if s_read(&mut a, &mut rest, payload).await == 0 {
+            break;
+        }
+    }
+}
+
+async fn s_read(s: &mut ShimStream, buf: &mut [u8], so_far: usize) -> usize {
+    tokio::time::timeout(Duration::from_secs(20), s.conn.read(buf))
+        .await
+        .unwrap_or_else(|_| panic!("no attach output after {so_far} bytes"))
+        .unwrap()
+}

@@ -31,10 +31,15 @@ use super::spawn::{self, ProcessConfig};
 const MAX_REQUEST: usize = 1 << 20;
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNS: usize = 64;
-/// Output an attach client has not taken yet, at most: a client that
-/// falls this far behind is dropped (the container and its log never wait
-/// for an attacher).
-const ATTACH_BACKLOG: usize = 4 << 20;
+/// Output an attach client has not taken yet, at most: while one is this
+/// far behind, the container's output is not read (its writes wait, as
+/// with a pipe nobody reads fast enough), so that an attacher loses
+/// nothing of what it watches.
+const ATTACH_BACKLOG: usize = 1 << 20;
+/// An attach client that takes nothing for this long while it holds the
+/// container up is dropped: a hung client must not stop the container (nor
+/// its log) for good.
+const ATTACH_STALL: Duration = Duration::from_secs(10);
 
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -82,9 +87,16 @@ struct Conn {
     /// The state once `out` is written (None: close the connection).
     then: Option<ConnState>,
     attach: AttachSub,
+    /// Since when this attach client is ATTACH_BACKLOG behind.
+    stalled_since: Option<Instant>,
 }
 
 impl Conn {
+    /// An attach client too far behind: the container's output waits.
+    fn holds_output(&self) -> bool {
+        self.state == ConnState::Attached && self.out.len() - self.written > ATTACH_BACKLOG
+    }
+
     /// Waiting for the container (to start or to exit), nothing to do.
     fn parked(&self) -> bool {
         matches!(self.state, ConnState::AwaitStart | ConnState::AwaitExit)
@@ -331,8 +343,9 @@ impl Monitor {
             tokens.push(Token::Sync);
             fds.push(PollFd::new(fd.as_fd(), inp));
         }
+        let held = self.conns.iter().any(Conn::holds_output);
         for (i, o) in self.outputs.iter().enumerate() {
-            if let Some(o) = o {
+            if let (Some(o), false) = (o, held) {
                 tokens.push(Token::Output(i));
                 fds.push(PollFd::new(o.fd.as_fd(), inp));
             }
@@ -371,6 +384,11 @@ impl Monitor {
             .execs
             .iter()
             .filter_map(|e| e.deadline)
+            .chain(
+                self.conns
+                    .iter()
+                    .filter_map(|c| c.stalled_since.map(|t| t + ATTACH_STALL)),
+            )
             .map(|d| d.saturating_duration_since(now) + Duration::from_millis(1))
             .chain(cap)
             .min();
@@ -388,6 +406,9 @@ impl Monitor {
     fn read_output(&mut self, i: usize) {
         // A few reads per wake-up: enough for a flood, fair to the rest.
         for _ in 0..16 {
+            if self.conns.iter().any(Conn::holds_output) {
+                return;
+            }
             let Some(o) = self.outputs[i].as_mut() else {
                 return;
             };
@@ -426,6 +447,9 @@ impl Monitor {
             if c.written == c.out.len() {
                 c.out.clear();
                 c.written = 0;
+            } else if c.written > ATTACH_BACKLOG {
+                c.out.drain(..c.written);
+                c.written = 0;
             }
             for part in chunk.chunks(ATTACH_FRAME_MAX) {
                 c.out
@@ -434,7 +458,9 @@ impl Monitor {
             }
             match write_out(c) {
                 Flush::Broken => slow.push(c.id),
-                _ if c.out.len() - c.written > ATTACH_BACKLOG => slow.push(c.id),
+                _ if c.holds_output() => {
+                    c.stalled_since.get_or_insert_with(Instant::now);
+                }
                 _ => {}
             }
         }
@@ -581,6 +607,7 @@ impl Monitor {
                         state: ConnState::Reading,
                         then: None,
                         attach: AttachSub::default(),
+                        stalled_since: None,
                     });
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -636,8 +663,16 @@ impl Monitor {
                 }
             }
             ConnState::Attached => {
+                let before = c.written;
                 if ev.contains(PollFlags::POLLOUT) && write_out(c) == Flush::Broken {
                     return self.end_attach(id);
+                }
+                // A stall is taking nothing: a client that takes some,
+                // however slowly, starts its clock again.
+                if !c.holds_output() {
+                    c.stalled_since = None;
+                } else if c.written != before {
+                    c.stalled_since = Some(Instant::now());
                 }
                 if ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
                     return self.end_attach(id);
@@ -1141,6 +1176,22 @@ impl Monitor {
 
     fn check_deadlines(&mut self) {
         let now = Instant::now();
+        let stuck: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|c| {
+                c.stalled_since
+                    .is_some_and(|t| now.duration_since(t) >= ATTACH_STALL)
+            })
+            .map(|c| c.id)
+            .collect();
+        for id in stuck {
+            super::diag(
+                &self.state_dir,
+                "an attach client took nothing for 10 s while holding the container's output: dropped",
+            );
+            self.end_attach(id);
+        }
         for e in &mut self.execs {
             if e.deadline.is_some_and(|d| d <= now) {
                 e.deadline = None;
