@@ -238,14 +238,26 @@ pub async fn ws_portforward(
 
 use berth_stream::k8s::{header, stream_type};
 use berth_stream::spdy::frame::Headers;
-use berth_stream::spdy::{Config as SpdyConfig, Session, Stream};
+use berth_stream::spdy::{Config as SpdyConfig, FlowControl, Session, Stream};
 use berth_stream::upgrade::{UpgradeRequest, client_handshake};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A SPDY session to `url` (http://…/kind/token) after the upgrade,
 /// offering `protocols` as client-go's SPDY executor does; the protocol the
 /// server chose.
+/// A SPDY session speaking as client-go does (moby/spdystream: no flow
+/// control, neither SETTINGS nor WINDOW_UPDATE), as kubelet and crictl do.
 pub async fn spdy_connect(url: &str, protocols: &[&str]) -> Result<(Session, Option<String>)> {
+    spdy_connect_with(url, protocols, false).await
+}
+
+/// A SPDY session; `flow_control`: as a SPDY/3.1 peer that opens with
+/// SETTINGS and grants windows, which berth then enforces both ways.
+pub async fn spdy_connect_with(
+    url: &str,
+    protocols: &[&str],
+    flow_control: bool,
+) -> Result<(Session, Option<String>)> {
     let host = url::host_port(url)?;
     let path = url
         .strip_prefix("http://")
@@ -264,7 +276,20 @@ pub async fn spdy_connect(url: &str, protocols: &[&str]) -> Result<(Session, Opt
     let up = client_handshake(tcp, &req)
         .await
         .with_context(|| format!("SPDY upgrade of {url}"))?;
-    Ok((Session::client(up.io, SpdyConfig::default()), up.protocol))
+    Ok((
+        Session::client(up.io, spdy_config(flow_control)),
+        up.protocol,
+    ))
+}
+
+fn spdy_config(flow_control: bool) -> SpdyConfig {
+    SpdyConfig {
+        flow_control: match flow_control {
+            true => FlowControl::Auto,
+            false => FlowControl::Never,
+        },
+        ..SpdyConfig::default()
+    }
 }
 
 /// How a SPDY remote command is driven.
@@ -280,6 +305,8 @@ pub struct SpdyExec {
     /// Sizes sent on the resize stream (tty only).
     pub resize: Vec<(u16, u16)>,
     pub timeout: Option<Duration>,
+    /// Speak as a flow-controlled SPDY/3.1 peer rather than as client-go.
+    pub flow_control: bool,
 }
 
 impl SpdyExec {
@@ -310,7 +337,7 @@ async fn read_all(mut s: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
 /// ends it.
 pub async fn spdy_remotecommand(url: &str, how: &SpdyExec) -> Result<Output> {
     let protos: Vec<&str> = how.protocols.iter().map(String::as_str).collect();
-    let (session, chosen) = spdy_connect(url, &protos).await?;
+    let (session, chosen) = spdy_connect_with(url, &protos, how.flow_control).await?;
     let run = async {
         let error = open(&session, stream_type::ERROR).await?;
         let mut stdin = match &how.stdin {
@@ -335,10 +362,15 @@ pub async fn spdy_remotecommand(url: &str, how: &SpdyExec) -> Result<Output> {
                     .await?;
             }
         }
-        if let (Some(s), Some(data)) = (stdin.as_mut(), &how.stdin) {
-            s.write_all(data).await?;
-            s.shutdown().await?;
-        }
+        // Stdin is copied while the output is read, as client-go does: a
+        // command that echoes its input waits for its output to be taken.
+        let feed = async {
+            if let (Some(s), Some(data)) = (stdin.as_mut(), &how.stdin) {
+                s.write_all(data).await?;
+                s.shutdown().await?;
+            }
+            Ok::<_, std::io::Error>(())
+        };
         let out = async {
             match stdout {
                 Some(s) => read_all(s).await,
@@ -351,7 +383,8 @@ pub async fn spdy_remotecommand(url: &str, how: &SpdyExec) -> Result<Output> {
                 None => Vec::new(),
             }
         };
-        let (stdout, stderr, error) = tokio::join!(out, err, read_all(error));
+        let (fed, stdout, stderr, error) = tokio::join!(feed, out, err, read_all(error));
+        fed?;
         drop((stdin, resize));
         Ok::<_, anyhow::Error>(Output {
             stdout,
@@ -436,5 +469,6 @@ pub async fn ws_spdy_tunnel(url: &str) -> Result<Session> {
         }
         let _ = sink.close().await;
     });
-    Ok(Session::client(ours, SpdyConfig::default()))
+    // client-go's tunnel carries spdystream, which has no flow control.
+    Ok(Session::client(ours, spdy_config(false)))
 }

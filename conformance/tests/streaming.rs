@@ -325,7 +325,9 @@ async fn port_forward_over_websocket_reaches_the_pods_loopback() {
 
 // ---- SPDY/3.1: kubelet's and crictl's default transport ----
 
-use berth_conformance::streaming::{SpdyExec, spdy_connect, spdy_portforward, spdy_remotecommand};
+use berth_conformance::streaming::{
+    SpdyExec, spdy_connect, spdy_connect_with, spdy_portforward, spdy_remotecommand,
+};
 
 fn spdy(stdin: Option<&[u8]>, tty: bool) -> SpdyExec {
     SpdyExec {
@@ -336,6 +338,7 @@ fn spdy(stdin: Option<&[u8]>, tty: bool) -> SpdyExec {
         stdin: stdin.map(<[u8]>::to_vec),
         resize: if tty { vec![(100, 30)] } else { vec![] },
         timeout: Some(Duration::from_secs(20)),
+        flow_control: false,
     }
 }
 
@@ -367,6 +370,18 @@ async fn exec_over_spdy_reports_output_stdin_exit_codes_and_the_tty_size() {
         .await
         .unwrap();
     assert_eq!(out.stdout_text(), "piped through\n");
+    // A SPDY/3.1 peer that grants windows: held to them both ways, 1 MiB
+    // each way (16 of its 64 KiB windows) passes.
+    let url = exec_url(&env, &id, &["cat"], false, true).await;
+    let big: Vec<u8> = (0..1 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+    let how = SpdyExec {
+        flow_control: true,
+        ..spdy(Some(&big), false)
+    };
+    let out = spdy_remotecommand(&url, &how).await.unwrap();
+    assert_eq!(out.stdout.len(), big.len());
+    assert!(out.stdout == big, "cat gave back what it got");
+    assert_eq!(out.exit_code().unwrap(), 0);
     let url = exec_url(&env, &id, &["sh", "-c", "stty size"], true, true).await;
     let out = spdy_remotecommand(&url, &spdy(Some(b""), true))
         .await
@@ -457,7 +472,11 @@ async fn attach_over_spdy_and_port_forward_with_fifty_connections() {
         .expect("PortForward")
         .into_inner()
         .url;
-    let (session, proto) = spdy_connect(&url, &["portforward.k8s.io"]).await.unwrap();
+    // This one as a flow-controlled SPDY/3.1 peer; the 100 MiB one below
+    // speaks as client-go.
+    let (session, proto) = spdy_connect_with(&url, &["portforward.k8s.io"], true)
+        .await
+        .unwrap();
     assert_eq!(proto.as_deref(), Some("portforward.k8s.io"));
     let get = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
     // The server may not listen yet: the first request retries.

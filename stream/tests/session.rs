@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use berth_stream::k8s::{self, header, stream_type};
 use berth_stream::spdy::frame::{self, Decoder, Encoder, Frame, SynStream};
-use berth_stream::spdy::{CloseReason, Config, Error, GoAwayStatus, Headers, RstStatus, Session};
+use berth_stream::spdy::{
+    CloseReason, Config, Error, FlowControl, GoAwayStatus, Headers, RstStatus, Session,
+};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -607,6 +609,58 @@ async fn a_peer_without_flow_control_is_not_held_to_windows() {
     assert_eq!(st.flow_control, Some(false));
     assert_eq!(st.window_updates_sent, 0);
     assert!(st.peak_buffered <= window + 32 * 1024, "{st:?}");
+}
+
+/// A client that speaks as spdystream does (FlowControl::Never) against a
+/// default server: neither sends SETTINGS or WINDOW_UPDATE, neither holds the
+/// other to a window, and 4 MiB each way pass without a stall.
+#[tokio::test]
+async fn a_never_client_and_an_auto_server_move_data_without_windows() {
+    const N: usize = 4 * 1024 * 1024;
+    let client_cfg = Config {
+        flow_control: FlowControl::Never,
+        ..Config::default()
+    };
+    let (client, server) = pair(client_cfg, Config::default()).await;
+    let srv = tokio::spawn(async move {
+        let inc = server.accept().await.unwrap();
+        let mut s = inc.reply(Headers::new()).unwrap();
+        let payload: Vec<u8> = (0..N).map(pattern_at).collect();
+        let (mut r, mut w) = tokio::io::split(&mut s);
+        let (got, ()) = tokio::join!(
+            async {
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.unwrap();
+                got
+            },
+            async {
+                w.write_all(&payload).await.unwrap();
+                w.shutdown().await.unwrap();
+            }
+        );
+        (server, got)
+    });
+    let mut s = client.open(typed("data")).await.unwrap();
+    let payload: Vec<u8> = (0..N).map(pattern_at).collect();
+    let (mut r, mut w) = tokio::io::split(&mut s);
+    let (echo, ()) = tokio::join!(
+        async {
+            let mut got = Vec::new();
+            timeout(T, r.read_to_end(&mut got)).await.unwrap().unwrap();
+            got
+        },
+        async {
+            w.write_all(&payload).await.unwrap();
+            w.shutdown().await.unwrap();
+        }
+    );
+    let (server, got) = timeout(T, srv).await.unwrap().unwrap();
+    assert_eq!(echo, payload);
+    assert_eq!(got, payload);
+    let (ss, cs) = (server.stats(), client.stats());
+    assert_eq!(ss.flow_control, Some(false), "{ss:?}");
+    assert_eq!(cs.flow_control, Some(false), "{cs:?}");
+    assert_eq!(ss.window_updates_sent + cs.window_updates_sent, 0);
 }
 
 /// The client's GOAWAY: the server's open stream is reset and the server

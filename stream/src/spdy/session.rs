@@ -48,7 +48,8 @@
 //! [`Config::stream_window`] per stream by back-pressure instead: the reader
 //! stops reading the connection until the application has read the stream
 //! below that bound (as spdystream itself does). [`FlowControl::Always`]
-//! enforces windows whatever the peer's first frame.
+//! enforces windows whatever the peer's first frame; [`FlowControl::Never`]
+//! makes this session such a peer (a client that speaks as kubelet does).
 //!
 //! Memory stays bounded either way: data received and not yet read is at most
 //! the session window (flow-controlled peer) or one stream window per stream
@@ -122,6 +123,10 @@ pub enum FlowControl {
     Auto,
     /// With every peer (a spdystream peer would stall after 64 KiB).
     Always,
+    /// With no peer, as spdystream does: no SETTINGS or WINDOW_UPDATE is
+    /// sent, the peer's windows are ignored and its data is held back by
+    /// not reading (a client that speaks as kubelet and crictl do).
+    Never,
 }
 
 /// Session settings.
@@ -659,7 +664,11 @@ impl Shared {
         if !st.peer_spoke {
             st.peer_spoke = true;
             let aware = matches!(frame, Frame::Settings(_) | Frame::WindowUpdate(_));
-            let fc = aware || cfg.flow_control == FlowControl::Always;
+            let fc = match cfg.flow_control {
+                FlowControl::Auto => aware,
+                FlowControl::Always => true,
+                FlowControl::Never => false,
+            };
             st.fc = Some(fc);
             st.stats.flow_control = Some(fc);
             tracing::debug!(role = ?self.role, flow_control = fc, "SPDY peer's first frame");
@@ -1403,7 +1412,7 @@ impl Session {
         let config = sanitize(config);
         let (rd, wr) = tokio::io::split(io);
         let mut ctrl = VecDeque::new();
-        if role == Role::Client {
+        if role == Role::Client && config.flow_control != FlowControl::Never {
             ctrl.extend(initial_frames(&config));
         }
         let state = State {

@@ -92,6 +92,8 @@ fn spdy_how(stdin: Option<&[u8]>) -> SpdyExec {
         stdin: stdin.map(<[u8]>::to_vec),
         resize: vec![],
         timeout: Some(Duration::from_secs(120)),
+        // As kubelet and crictl (client-go's spdystream) speak.
+        flow_control: false,
     }
 }
 
