@@ -10,8 +10,13 @@
 //!   the pod through one port-forward connection;
 //! * attach throughput: a container that writes `--mib` MiB to stdout
 //!   once a line comes on its stdin, read through Attach;
-//! * the container's monitor after the execs: PSS of berth-shim (of the
-//!   pod's containerd-shim for containerd), from smaps_rollup.
+//! * the container's monitor idle before and after the execs: PSS of
+//!   berth-shim (of the pod's containerd-shim for containerd), from
+//!   smaps_rollup. A lone berth-shim shares its code with no other shim,
+//!   so its PSS here is higher than with ten shims in `berth-bench pods`.
+//!
+//! The SPDY client speaks as client-go (spdystream: no flow control), as
+//! kubelet and crictl do.
 
 use std::time::{Duration, Instant};
 
@@ -65,6 +70,8 @@ struct RtResult {
     exec_ms: Vec<f64>,
     port_forward_mb_s: Option<f64>,
     attach_mb_s: Option<f64>,
+    /// The monitor idle before the execs, and after them.
+    shim_pss_before_kib: Option<u64>,
     shim_pss_kib: Option<u64>,
     error: Option<String>,
 }
@@ -136,6 +143,7 @@ async fn workload(ctx: &Ctx, procs: &Procs, args: &StreamingArgs, r: &mut RtResu
 
     // Exec round trips (one warm-up first).
     let sleeper = create_start(ctx, &pod, &cfg, "sleeper", &["sleep", "3600"], false).await?;
+    r.shim_pss_before_kib = shim_pss(procs, &sleeper, &pod);
     for i in 0..=args.execs {
         let t = Instant::now();
         let url = rt
@@ -232,9 +240,15 @@ async fn workload(ctx: &Ctx, procs: &Procs, args: &StreamingArgs, r: &mut RtResu
         r.name,
         r.port_forward_mb_s.unwrap_or(f64::NAN),
         r.attach_mb_s.unwrap_or(f64::NAN),
-        r.shim_pss_kib.map(|k| k.to_string()).unwrap_or("?".into())
+        pss_pair(r)
     );
     Ok(())
+}
+
+/// The monitor's PSS before and after the execs, "BEFORE -> AFTER".
+fn pss_pair(r: &RtResult) -> String {
+    let k = |v: Option<u64>| v.map(|k| k.to_string()).unwrap_or("?".into());
+    format!("{} -> {}", k(r.shim_pss_before_kib), k(r.shim_pss_kib))
 }
 
 /// PSS of the container's monitor: berth-shim of `container`, or the
@@ -392,12 +406,12 @@ fn print_report(r: &Report) {
     );
     let fmt = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or("-".into());
     println!(
-        "{:<12}{:>24}{:>20}{:>16}{:>18}",
+        "{:<12}{:>24}{:>20}{:>16}{:>24}",
         "", "exec p50 / p99 ms", "port-forward MB/s", "attach MB/s", "monitor PSS KiB"
     );
     for x in &r.runtimes {
         println!(
-            "{:<12}{:>24}{:>20}{:>16}{:>18}",
+            "{:<12}{:>24}{:>20}{:>16}{:>24}",
             x.name,
             format!(
                 "{} / {}",
@@ -406,7 +420,7 @@ fn print_report(r: &Report) {
             ),
             fmt(x.port_forward_mb_s),
             fmt(x.attach_mb_s),
-            x.shim_pss_kib.map(|k| k.to_string()).unwrap_or("-".into())
+            pss_pair(x)
         );
     }
     let by = |n: &str| r.runtimes.iter().find(|x| x.name == n);
