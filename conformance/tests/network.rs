@@ -1564,6 +1564,43 @@ async fn pod_stats_count_the_pods_network_traffic() {
         assert!(t.elapsed() < Duration::from_secs(20), "rx {rx} tx {tx}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // ListPodSandboxMetrics: the same counters as cadvisor's series, at pod
+    // level with the interface as the last label.
+    let pm = n
+        .env
+        .cri
+        .runtime
+        .clone()
+        .list_pod_sandbox_metrics(berth_cri_api::v1::ListPodSandboxMetricsRequest {})
+        .await
+        .expect("ListPodSandboxMetrics")
+        .into_inner()
+        .pod_metrics
+        .into_iter()
+        .find(|m| m.pod_sandbox_id == id)
+        .expect("the pod's metrics");
+    let series = |name: &str| {
+        pm.metrics
+            .iter()
+            .find(|m| m.name == name && m.label_values.last().map(String::as_str) == Some("eth0"))
+            .unwrap_or_else(|| panic!("{name} for eth0: {:?}", pm.metrics))
+            .clone()
+    };
+    let rx = series("container_network_receive_bytes_total");
+    assert!(rx.value.unwrap().value >= 5 * 98, "{rx:?}");
+    assert_eq!(
+        rx.metric_type,
+        berth_cri_api::v1::MetricType::Counter as i32
+    );
+    assert_eq!(rx.label_values[3], "net-stats", "the pod label: {rx:?}");
+    assert_eq!(rx.label_values[4], "POD", "pod-level series: {rx:?}");
+    assert!(
+        series("container_network_transmit_packets_total")
+            .value
+            .unwrap()
+            .value
+            >= 5
+    );
     stop_and_remove(&n, &id).await;
     n.env.finish().await;
 }

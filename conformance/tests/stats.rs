@@ -14,7 +14,8 @@ use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::*;
 use berth_cri_api::v1::{
     ContainerStatsFilter, ContainerStatsRequest, ListContainerStatsRequest,
-    ListPodSandboxStatsRequest, PodSandboxStatsFilter, PodSandboxStatsRequest,
+    ListMetricDescriptorsRequest, ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest,
+    PodSandboxStatsFilter, PodSandboxStatsRequest,
 };
 use common::*;
 use tonic::Code;
@@ -222,6 +223,9 @@ async fn memory_cpu_and_the_writable_layer_show_what_the_container_does() {
             .collect::<Vec<_>>(),
         vec![spinner.clone()]
     );
+    metrics_show_the_same(&env, &p, &hog, &spinner).await;
+    stream_calls_list_what_list_calls_do(&env).await;
+
     let done = run(&env, &p, container(&p, "done", &["true"])).await;
     wait_exited(&env, &done, Duration::from_secs(10)).await;
     assert_eq!(
@@ -274,4 +278,219 @@ async fn memory_cpu_and_the_writable_layer_show_what_the_container_does() {
     assert_eq!(listed.len(), 1);
     remove_pod(&env, p).await;
     env.finish().await;
+}
+
+/// ListMetricDescriptors and ListPodSandboxMetrics (kubelet's
+/// `/metrics/cadvisor` from the runtime): cadvisor's names, label values
+/// matching the descriptors' keys, and values that agree with the stats.
+async fn metrics_show_the_same(env: &Env, p: &Pod, hog: &str, spinner: &str) {
+    let mut rt = env.cri.runtime.clone();
+    let descs = rt
+        .list_metric_descriptors(ListMetricDescriptorsRequest {})
+        .await
+        .expect("ListMetricDescriptors")
+        .into_inner()
+        .descriptors;
+    let keys: HashMap<String, Vec<String>> = descs
+        .iter()
+        .map(|d| (d.name.clone(), d.label_keys.clone()))
+        .collect();
+    for name in [
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "container_network_receive_bytes_total",
+        "container_fs_usage_bytes",
+    ] {
+        assert!(keys.contains_key(name), "{name} is described: {keys:?}");
+    }
+    let pods = rt
+        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+        .await
+        .expect("ListPodSandboxMetrics")
+        .into_inner()
+        .pod_metrics;
+    let pm = pods
+        .iter()
+        .find(|m| m.pod_sandbox_id == p.id)
+        .expect("the pod's metrics");
+    assert_eq!(pm.container_metrics.len(), 3, "its running containers");
+    let value = |id: &str, name: &str| -> (u64, Vec<String>) {
+        let c = pm
+            .container_metrics
+            .iter()
+            .find(|c| c.container_id == id)
+            .unwrap_or_else(|| panic!("metrics of {id}"));
+        for m in &c.metrics {
+            let k = keys
+                .get(&m.name)
+                .unwrap_or_else(|| panic!("{} was sent but not described", m.name));
+            assert_eq!(
+                m.label_values.len(),
+                k.len(),
+                "{}: {:?}",
+                m.name,
+                m.label_values
+            );
+        }
+        let m = c
+            .metrics
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{name} of {id}: {:?}", c.metrics));
+        (m.value.unwrap().value, m.label_values.clone())
+    };
+    let (ws, labels) = value(hog, "container_memory_working_set_bytes");
+    assert!(ws >= 64 * MIB, "working set {ws}");
+    let k = &keys["container_memory_working_set_bytes"];
+    let label = |name: &str| labels[k.iter().position(|x| x == name).unwrap()].clone();
+    assert_eq!(label("id"), hog);
+    assert_eq!(label("container"), "hog");
+    assert_eq!(label("pod"), "stats");
+    assert!(!label("image").is_empty(), "{labels:?}");
+    // The spinner has burnt more than two seconds by now (whole seconds).
+    let (cpu, _) = value(spinner, "container_cpu_usage_seconds_total");
+    let stats_cpu = v(&one(env, spinner).await.cpu.unwrap().usage_core_nano_seconds);
+    assert!(
+        cpu >= 2 && cpu <= stats_cpu / 1_000_000_000 + 1,
+        "{cpu} s against {stats_cpu} ns"
+    );
+    let (procs, _) = value(spinner, "container_processes");
+    assert!(procs >= 1);
+    // No pod network here (the default pod is the node's loopback only):
+    // the pod-level series are its interfaces', and none is lo.
+    assert!(
+        pm.metrics
+            .iter()
+            .all(|m| !m.label_values.contains(&"lo".to_string()))
+    );
+}
+
+/// cri-api 1.36's Stream* list calls carry exactly the unary calls' items.
+async fn stream_calls_list_what_list_calls_do(env: &Env) {
+    use berth_cri_api::v1 as cri;
+    use futures::StreamExt;
+    let mut rt = env.cri.runtime.clone();
+    async fn gather<T, I>(s: tonic::Streaming<T>, items: fn(T) -> Vec<I>) -> (usize, Vec<I>) {
+        let msgs: Vec<T> = s.map(|m| m.expect("a message")).collect().await;
+        let n = msgs.len();
+        (n, msgs.into_iter().flat_map(items).collect())
+    }
+    let unary: Vec<String> = rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let (msgs, streamed) = gather(
+        rt.stream_containers(cri::StreamContainersRequest::default())
+            .await
+            .expect("StreamContainers")
+            .into_inner(),
+        |m| m.containers,
+    )
+    .await;
+    assert!(msgs >= 1);
+    assert_eq!(
+        streamed.into_iter().map(|c| c.id).collect::<Vec<_>>(),
+        unary
+    );
+
+    let (_, pods) = gather(
+        rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest::default())
+            .await
+            .expect("StreamPodSandboxes")
+            .into_inner(),
+        |m| m.pod_sandboxes,
+    )
+    .await;
+    let unary_pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(
+        pods.iter().map(|p| &p.id).collect::<Vec<_>>(),
+        unary_pods.iter().map(|p| &p.id).collect::<Vec<_>>()
+    );
+
+    let (_, stats) = gather(
+        rt.stream_container_stats(cri::StreamContainerStatsRequest::default())
+            .await
+            .expect("StreamContainerStats")
+            .into_inner(),
+        |m| m.container_stats,
+    )
+    .await;
+    let mut ids: Vec<String> = stats
+        .into_iter()
+        .map(|s| s.attributes.unwrap().id)
+        .collect();
+    let mut want: Vec<String> = list(env, ContainerStatsFilter::default())
+        .await
+        .into_iter()
+        .map(|s| s.attributes.unwrap().id)
+        .collect();
+    ids.sort();
+    want.sort();
+    assert_eq!(ids, want);
+
+    let (_, pod_stats) = gather(
+        rt.stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest::default())
+            .await
+            .expect("StreamPodSandboxStats")
+            .into_inner(),
+        |m| m.pod_sandbox_stats,
+    )
+    .await;
+    assert_eq!(pod_stats.len(), unary_pods.len());
+
+    let (_, metrics) = gather(
+        rt.stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest {})
+            .await
+            .expect("StreamPodSandboxMetrics")
+            .into_inner(),
+        |m| m.pod_sandbox_metrics,
+    )
+    .await;
+    assert_eq!(metrics.len(), unary_pods.len());
+
+    // A filter that matches nothing: no message, just the end.
+    let (msgs, none) = gather(
+        rt.stream_containers(cri::StreamContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                id: "no-such-container".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("StreamContainers with a filter")
+        .into_inner(),
+        |m| m.containers,
+    )
+    .await;
+    assert_eq!((msgs, none.len()), (0, 0));
+
+    let mut img = env.cri.image.clone();
+    let (_, images) = gather(
+        img.stream_images(cri::StreamImagesRequest::default())
+            .await
+            .expect("StreamImages")
+            .into_inner(),
+        |m| m.images,
+    )
+    .await;
+    let unary_images = img
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(
+        images.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        unary_images.iter().map(|i| &i.id).collect::<Vec<_>>()
+    );
 }

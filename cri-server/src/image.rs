@@ -9,7 +9,7 @@ use berth_image::registry::Credentials;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::status::{NotYetStream, image_error, not_yet};
+use crate::status::image_error;
 
 pub struct ImageApi {
     images: Arc<berth_image::ImageService>,
@@ -168,14 +168,21 @@ impl ImageService for ImageApi {
         }))
     }
 
-    // cri-api 1.36's streaming ListImages: kubelet falls back to ListImages
-    // on UNIMPLEMENTED.
-    type StreamImagesStream = NotYetStream<cri::StreamImagesResponse>;
+    // cri-api 1.36's streaming ListImages (KEP-5825).
+    type StreamImagesStream = crate::listing::Chunks<cri::StreamImagesResponse>;
 
     async fn stream_images(
         &self,
-        _request: Request<cri::StreamImagesRequest>,
+        request: Request<cri::StreamImagesRequest>,
     ) -> Result<Response<Self::StreamImagesStream>, Status> {
-        Err(not_yet("StreamImages"))
+        let filter = request.into_inner().filter;
+        let images = self
+            .list_images(Request::new(cri::ListImagesRequest { filter }))
+            .await?
+            .into_inner()
+            .images;
+        Ok(Response::new(crate::listing::stream(images, |images| {
+            cri::StreamImagesResponse { images }
+        })))
     }
 }

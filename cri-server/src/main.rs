@@ -3,6 +3,8 @@
 mod config;
 mod convert;
 mod image;
+mod listing;
+mod pod_metrics;
 mod runtime;
 mod socket;
 mod stats;

@@ -15,7 +15,8 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::convert;
-use crate::status::{NotYetStream, not_yet, runtime_error};
+use crate::listing::Chunks;
+use crate::status::{not_yet, runtime_error};
 
 /// The CRI API version berth speaks (VersionResponse.version is the kubelet
 /// runtime API version, "0.1.0" for every runtime today).
@@ -171,27 +172,6 @@ macro_rules! unimplemented_calls {
     )*};
 }
 
-/// The same for server-streaming calls, with the stream type the trait asks
-/// for: the call fails before any message is sent.
-macro_rules! unimplemented_streams {
-    ($($method:ident($req:ident) -> $stream:ident<$item:ident> = $name:literal;)*) => {$(
-        type $stream = NotYetStream<cri::$item>;
-
-        fn $method<'life0, 'async_trait>(
-            &'life0 self,
-            _request: Request<cri::$req>,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<Response<Self::$stream>, Status>> + Send + 'async_trait>,
-        >
-        where
-            'life0: 'async_trait,
-            Self: 'async_trait,
-        {
-            Box::pin(std::future::ready(Err(not_yet($name))))
-        }
-    )*};
-}
-
 #[tonic::async_trait]
 impl RuntimeService for RuntimeApi {
     async fn version(
@@ -252,8 +232,21 @@ impl RuntimeService for RuntimeApi {
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
             info,
-            runtime_handlers: vec![],
-            features: None,
+            runtime_handlers: vec![cri::RuntimeHandler {
+                // The built-in executor, the only handler until RuntimeClass
+                // handlers land. kubelet refuses `hostUsers: false` pods and
+                // `recursiveReadOnly: Enabled` mounts on a handler that does
+                // not claim them, so nothing is claimed berth does not do.
+                name: String::new(),
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            }],
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: false,
+                user_namespaces_host_network: false,
+            }),
         }))
     }
 
@@ -879,20 +872,127 @@ impl RuntimeService for RuntimeApi {
         }))
     }
 
+    /// The metrics kubelet's `/metrics/cadvisor` serves from the runtime
+    /// (PodAndContainerStatsFromCRI): asked once, at kubelet's start.
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: crate::pod_metrics::descriptors(),
+        }))
+    }
+
+    /// Every ready pod's metrics, read live (one Prometheus scrape of
+    /// kubelet, one call).
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        let pods = self
+            .runtime
+            .pod_metrics_samples()
+            .await
+            .map_err(runtime_error)?;
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics: pods.iter().map(crate::pod_metrics::pod).collect(),
+        }))
+    }
+
     unimplemented_calls! {
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
-        list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
-        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
         update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest) -> UpdatePodSandboxResourcesResponse = "UpdatePodSandboxResources";
     }
 
-    // cri-api 1.36's streaming list calls: kubelet falls back to the unary
-    // List* calls on UNIMPLEMENTED.
-    unimplemented_streams! {
-        stream_pod_sandboxes(StreamPodSandboxesRequest) -> StreamPodSandboxesStream<StreamPodSandboxesResponse> = "StreamPodSandboxes";
-        stream_containers(StreamContainersRequest) -> StreamContainersStream<StreamContainersResponse> = "StreamContainers";
-        stream_container_stats(StreamContainerStatsRequest) -> StreamContainerStatsStream<StreamContainerStatsResponse> = "StreamContainerStats";
-        stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> StreamPodSandboxStatsStream<StreamPodSandboxStatsResponse> = "StreamPodSandboxStats";
-        stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest) -> StreamPodSandboxMetricsStream<StreamPodSandboxMetricsResponse> = "StreamPodSandboxMetrics";
+    // cri-api 1.36's streaming list calls (KEP-5825): the unary call's
+    // items, cut into messages of at most a megabyte.
+    type StreamPodSandboxesStream = Chunks<cri::StreamPodSandboxesResponse>;
+
+    async fn stream_pod_sandboxes(
+        &self,
+        request: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        let filter = request.into_inner().filter;
+        let items = self
+            .list_pod_sandbox(Request::new(cri::ListPodSandboxRequest { filter }))
+            .await?
+            .into_inner()
+            .items;
+        Ok(Response::new(crate::listing::stream(
+            items,
+            |pod_sandboxes| cri::StreamPodSandboxesResponse { pod_sandboxes },
+        )))
+    }
+
+    type StreamContainersStream = Chunks<cri::StreamContainersResponse>;
+
+    async fn stream_containers(
+        &self,
+        request: Request<cri::StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        let filter = request.into_inner().filter;
+        let items = self
+            .list_containers(Request::new(cri::ListContainersRequest { filter }))
+            .await?
+            .into_inner()
+            .containers;
+        Ok(Response::new(crate::listing::stream(items, |containers| {
+            cri::StreamContainersResponse { containers }
+        })))
+    }
+
+    type StreamContainerStatsStream = Chunks<cri::StreamContainerStatsResponse>;
+
+    async fn stream_container_stats(
+        &self,
+        request: Request<cri::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        let filter = request.into_inner().filter;
+        let items = self
+            .list_container_stats(Request::new(cri::ListContainerStatsRequest { filter }))
+            .await?
+            .into_inner()
+            .stats;
+        Ok(Response::new(crate::listing::stream(
+            items,
+            |container_stats| cri::StreamContainerStatsResponse { container_stats },
+        )))
+    }
+
+    type StreamPodSandboxStatsStream = Chunks<cri::StreamPodSandboxStatsResponse>;
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        request: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        let filter = request.into_inner().filter;
+        let items = self
+            .list_pod_sandbox_stats(Request::new(cri::ListPodSandboxStatsRequest { filter }))
+            .await?
+            .into_inner()
+            .stats;
+        Ok(Response::new(crate::listing::stream(
+            items,
+            |pod_sandbox_stats| cri::StreamPodSandboxStatsResponse { pod_sandbox_stats },
+        )))
+    }
+
+    type StreamPodSandboxMetricsStream = Chunks<cri::StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        let items = self
+            .list_pod_sandbox_metrics(Request::new(cri::ListPodSandboxMetricsRequest {}))
+            .await?
+            .into_inner()
+            .pod_metrics;
+        Ok(Response::new(crate::listing::stream(
+            items,
+            |pod_sandbox_metrics| cri::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            },
+        )))
     }
 }

@@ -1,7 +1,5 @@
 //! Domain errors to gRPC status codes, logged once here.
 
-use std::pin::Pin;
-
 use berth_image::error::ErrorKind;
 use tonic::{Code, Status};
 
@@ -11,9 +9,6 @@ use tonic::{Code, Status};
 pub fn not_yet(call: &str) -> Status {
     Status::unimplemented(format!("{call} is not implemented by berth yet"))
 }
-
-/// The response stream of a server-streaming call answered with [`not_yet`].
-pub type NotYetStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
 pub fn image_error(e: berth_image::Error) -> Status {
     let code = match e.kind() {

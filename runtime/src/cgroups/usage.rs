@@ -27,6 +27,24 @@ pub struct CgroupUsage {
     /// None: unlimited.
     pub swap_limit: Option<u64>,
     pub pids: Option<u64>,
+    /// CPU time in user and in kernel mode, nanoseconds.
+    pub cpu_user_ns: Option<u64>,
+    pub cpu_system_ns: Option<u64>,
+    /// CFS bandwidth: periods elapsed, periods throttled, time throttled.
+    pub cfs_periods: Option<u64>,
+    pub cfs_throttled_periods: Option<u64>,
+    pub cfs_throttled_ns: Option<u64>,
+    /// Page cache (v1 `total_cache`, v2 `file`) and mapped files.
+    pub memory_cache: Option<u64>,
+    pub memory_mapped_file: Option<u64>,
+    /// The most memory ever charged (v1 `max_usage_in_bytes`, v2
+    /// `memory.peak` from 5.19).
+    pub memory_max_usage: Option<u64>,
+    /// Times the limit was hit (v1 `failcnt`, v2 `memory.events` max).
+    pub memory_failcnt: Option<u64>,
+    /// Processes the OOM killer killed in it (v1 `oom_control` from 4.13,
+    /// v2 `memory.events`).
+    pub oom_kills: Option<u64>,
     /// v2 with PSI (CONFIG_PSI, not psi=0).
     pub cpu_pressure: Option<Pressure>,
     pub memory_pressure: Option<Pressure>,
@@ -122,7 +140,14 @@ pub fn pressure(text: &str) -> Option<Pressure> {
 pub fn v2(read: impl Fn(&str) -> Option<String>) -> CgroupUsage {
     let mut u = CgroupUsage::default();
     if let Some(t) = read("cpu.stat") {
-        u.cpu_usage_ns = flat_keyed(&t).get("usage_usec").map(|us| us * 1000);
+        let c = flat_keyed(&t);
+        let ns = |k: &str| c.get(k).map(|us| us.saturating_mul(1000));
+        u.cpu_usage_ns = ns("usage_usec");
+        u.cpu_user_ns = ns("user_usec");
+        u.cpu_system_ns = ns("system_usec");
+        u.cfs_periods = c.get("nr_periods").copied();
+        u.cfs_throttled_periods = c.get("nr_throttled").copied();
+        u.cfs_throttled_ns = ns("throttled_usec");
     }
     u.memory_usage = read("memory.current").and_then(|t| single(&t)).flatten();
     u.memory_limit = read("memory.max").and_then(|t| single(&t)).flatten();
@@ -132,6 +157,14 @@ pub fn v2(read: impl Fn(&str) -> Option<String>) -> CgroupUsage {
         u.rss = m.get("anon").copied();
         u.page_faults = m.get("pgfault").copied();
         u.major_page_faults = m.get("pgmajfault").copied();
+        u.memory_cache = m.get("file").copied();
+        u.memory_mapped_file = m.get("file_mapped").copied();
+    }
+    u.memory_max_usage = read("memory.peak").and_then(|t| single(&t)).flatten();
+    if let Some(t) = read("memory.events") {
+        let e = flat_keyed(&t);
+        u.memory_failcnt = e.get("max").copied();
+        u.oom_kills = e.get("oom_kill").copied();
     }
     u.swap_usage = read("memory.swap.current")
         .and_then(|t| single(&t))
@@ -159,7 +192,22 @@ pub fn v1(read: impl Fn(&str, &str) -> Option<String>) -> CgroupUsage {
         u.rss = m.get("total_rss").copied();
         u.page_faults = m.get("total_pgfault").copied();
         u.major_page_faults = m.get("total_pgmajfault").copied();
+        u.memory_cache = m.get("total_cache").copied();
+        u.memory_mapped_file = m.get("total_mapped_file").copied();
     }
+    let number = |c: &str, f: &str| read(c, f).and_then(|t| t.trim().parse::<u64>().ok());
+    u.cpu_user_ns = number("cpuacct", "cpuacct.usage_user");
+    u.cpu_system_ns = number("cpuacct", "cpuacct.usage_sys");
+    if let Some(t) = read("cpu", "cpu.stat") {
+        let c = flat_keyed(&t);
+        u.cfs_periods = c.get("nr_periods").copied();
+        u.cfs_throttled_periods = c.get("nr_throttled").copied();
+        u.cfs_throttled_ns = c.get("throttled_time").copied();
+    }
+    u.memory_max_usage = number("memory", "memory.max_usage_in_bytes");
+    u.memory_failcnt = number("memory", "memory.failcnt");
+    u.oom_kills =
+        read("memory", "memory.oom_control").and_then(|t| flat_keyed(&t).get("oom_kill").copied());
     // Swap is memory+swap less memory, where swap is accounted.
     if let (Some(memsw), Some(mem)) = (
         read("memory", "memory.memsw.usage_in_bytes").and_then(|t| t.trim().parse::<u64>().ok()),
@@ -182,7 +230,12 @@ mod tests {
     #[test]
     fn v2_files_become_counters() {
         let files: HashMap<&str, &str> = [
-            ("cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n"),
+            (
+                "cpu.stat",
+                "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 10\nnr_throttled 4\nthrottled_usec 30\n",
+            ),
+            ("memory.events", "low 0\nhigh 0\nmax 6\noom 2\noom_kill 1\n"),
+            ("memory.peak", "20971520\n"),
             ("memory.current", "10485760\n"),
             ("memory.max", "max\n"),
             ("memory.stat", "anon 4096\nfile 8192\ninactive_file 2048\npgfault 7\npgmajfault 1\n"),
@@ -213,6 +266,17 @@ mod tests {
         assert_eq!(p.some.total_us, 1234);
         assert_eq!(p.full.total_us, 56);
         assert_eq!(u.cpu_pressure, None, "no file, no pressure");
+        assert_eq!(
+            (u.cpu_user_ns, u.cpu_system_ns),
+            (Some(1_000_000), Some(500_000))
+        );
+        assert_eq!(
+            (u.cfs_periods, u.cfs_throttled_periods, u.cfs_throttled_ns),
+            (Some(10), Some(4), Some(30_000))
+        );
+        assert_eq!((u.memory_cache, u.memory_mapped_file), (Some(8192), None));
+        assert_eq!(u.memory_max_usage, Some(20 << 20));
+        assert_eq!((u.memory_failcnt, u.oom_kills), (Some(6), Some(1)));
     }
 
     #[test]
@@ -223,7 +287,19 @@ mod tests {
             (("memory", "memory.limit_in_bytes"), "9223372036854771712\n"),
             (
                 ("memory", "memory.stat"),
-                "cache 1\nrss 2\ntotal_rss 4096\ntotal_inactive_file 1024\ntotal_pgfault 9\ntotal_pgmajfault 2\n",
+                "cache 1\nrss 2\ntotal_cache 8192\ntotal_mapped_file 512\ntotal_rss 4096\ntotal_inactive_file 1024\ntotal_pgfault 9\ntotal_pgmajfault 2\n",
+            ),
+            (("cpuacct", "cpuacct.usage_user"), "100000000\n"),
+            (("cpuacct", "cpuacct.usage_sys"), "23456789\n"),
+            (
+                ("cpu", "cpu.stat"),
+                "nr_periods 7\nnr_throttled 3\nthrottled_time 999\n",
+            ),
+            (("memory", "memory.max_usage_in_bytes"), "31457280\n"),
+            (("memory", "memory.failcnt"), "4\n"),
+            (
+                ("memory", "memory.oom_control"),
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
             ),
             (("memory", "memory.memsw.usage_in_bytes"), "20975616\n"),
             (("memory", "memory.memsw.limit_in_bytes"), "9223372036854771712\n"),
@@ -238,6 +314,20 @@ mod tests {
         assert_eq!(u.swap_usage, Some(4096));
         assert_eq!(u.swap_limit, None);
         assert_eq!(u.pids, Some(5));
+        assert_eq!(
+            (u.cpu_user_ns, u.cpu_system_ns),
+            (Some(100_000_000), Some(23_456_789))
+        );
+        assert_eq!(
+            (u.cfs_periods, u.cfs_throttled_periods, u.cfs_throttled_ns),
+            (Some(7), Some(3), Some(999))
+        );
+        assert_eq!(
+            (u.memory_cache, u.memory_mapped_file),
+            (Some(8192), Some(512))
+        );
+        assert_eq!(u.memory_max_usage, Some(30 << 20));
+        assert_eq!((u.memory_failcnt, u.oom_kills), (Some(4), Some(2)));
         let limited = v1(|c, f| match (c, f) {
             ("memory", "memory.limit_in_bytes") => Some("67108864\n".into()),
             _ => None,

@@ -29,9 +29,13 @@ pub const FS_REFRESH: Duration = Duration::from_secs(5);
 pub struct InterfaceUsage {
     pub name: String,
     pub rx_bytes: u64,
+    pub rx_packets: u64,
     pub rx_errors: u64,
+    pub rx_dropped: u64,
     pub tx_bytes: u64,
+    pub tx_packets: u64,
     pub tx_errors: u64,
+    pub tx_dropped: u64,
 }
 
 /// A writable layer's (or any directory tree's) disk usage.
@@ -93,7 +97,7 @@ impl Runtime {
             )));
         }
         let rt = self.handle();
-        tokio::task::spawn_blocking(move || rt.container_sample(rec))
+        tokio::task::spawn_blocking(move || rt.container_sample(rec, true))
             .await
             .map_err(|e| Error::Internal(format!("stats task failed: {e}")))
     }
@@ -111,7 +115,7 @@ impl Runtime {
         tokio::task::spawn_blocking(move || {
             recs.into_iter()
                 .filter(|r| r.state != ContainerState::Exited)
-                .map(|r| rt.container_sample(r))
+                .map(|r| rt.container_sample(r, true))
                 .collect()
         })
         .await
@@ -128,7 +132,7 @@ impl Runtime {
             )));
         }
         let rt = self.handle();
-        tokio::task::spawn_blocking(move || rt.pod_sample(rec))
+        tokio::task::spawn_blocking(move || rt.pod_sample(rec, true))
             .await
             .map_err(|e| Error::Internal(format!("stats task failed: {e}")))
     }
@@ -141,12 +145,32 @@ impl Runtime {
             labels: f.labels.clone(),
         })?;
         let rt = self.handle();
-        tokio::task::spawn_blocking(move || recs.into_iter().map(|r| rt.pod_sample(r)).collect())
-            .await
-            .map_err(|e| Error::Internal(format!("stats task failed: {e}")))
+        tokio::task::spawn_blocking(move || {
+            recs.into_iter().map(|r| rt.pod_sample(r, true)).collect()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("stats task failed: {e}")))
     }
 
-    fn container_sample(&self, record: ContainerRecord) -> ContainerStats {
+    /// Every ready pod's sample for ListPodSandboxMetrics: counters only,
+    /// so that a Prometheus scrape does not shorten the window of the CPU
+    /// rate kubelet's stats calls read (usage_nano_cores).
+    pub async fn pod_metrics_samples(&self) -> Result<Vec<PodStats>> {
+        let recs = self.list_sandboxes(&SandboxFilter {
+            state: Some(SandboxState::Ready),
+            ..Default::default()
+        })?;
+        let rt = self.handle();
+        tokio::task::spawn_blocking(move || {
+            recs.into_iter().map(|r| rt.pod_sample(r, false)).collect()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("stats task failed: {e}")))
+    }
+
+    /// `rate`: compute usage_nano_cores against the previous sample and
+    /// keep this one for the next.
+    fn container_sample(&self, record: ContainerRecord, rate: bool) -> ContainerStats {
         let at_ns = now_ns();
         let cgroup = record
             .cgroup
@@ -154,7 +178,9 @@ impl Runtime {
             .and_then(|c| CgroupPath::new(c).ok())
             .map(|cg| self.inner.cgroups.usage(&cg))
             .unwrap_or_default();
-        let nano_cores = self.cpu_rate(&format!("c/{}", record.id), at_ns, cgroup.cpu_usage_ns);
+        let nano_cores = rate
+            .then(|| self.cpu_rate(&format!("c/{}", record.id), at_ns, cgroup.cpu_usage_ns))
+            .flatten();
         let writable_layer = self.writable_layer(&record);
         ContainerStats {
             record,
@@ -165,14 +191,16 @@ impl Runtime {
         }
     }
 
-    fn pod_sample(&self, record: SandboxRecord) -> PodStats {
+    fn pod_sample(&self, record: SandboxRecord, rate: bool) -> PodStats {
         let at_ns = now_ns();
         let cgroup = self
             .inner
             .pod_cgroup(&record.config, &record.id)
             .map(|cg| self.inner.cgroups.usage(&cg))
             .unwrap_or_default();
-        let nano_cores = self.cpu_rate(&format!("p/{}", record.id), at_ns, cgroup.cpu_usage_ns);
+        let nano_cores = rate
+            .then(|| self.cpu_rate(&format!("p/{}", record.id), at_ns, cgroup.cpu_usage_ns))
+            .flatten();
         let interfaces = record.namespaces.net.as_deref().map(|ns| {
             net_dev_in(ns).unwrap_or_else(|e| {
                 tracing::debug!(pod = %record.id, error = %e, "reading the pod's network counters");
@@ -187,7 +215,7 @@ impl Runtime {
             .unwrap_or_default()
             .into_iter()
             .filter(|c| c.sandbox_id == record.id && c.state != ContainerState::Exited)
-            .map(|c| self.container_sample(c))
+            .map(|c| self.container_sample(c, rate))
             .collect();
         PodStats {
             record,
@@ -340,9 +368,13 @@ pub fn parse_net_dev(text: &str) -> Vec<InterfaceUsage> {
             Some(InterfaceUsage {
                 name: name.to_string(),
                 rx_bytes: *v.first()?,
+                rx_packets: *v.get(1)?,
                 rx_errors: *v.get(2)?,
+                rx_dropped: *v.get(3)?,
                 tx_bytes: *v.get(8)?,
+                tx_packets: *v.get(9)?,
                 tx_errors: *v.get(10)?,
+                tx_dropped: *v.get(11)?,
             })
         })
         .collect()
@@ -357,16 +389,20 @@ mod tests {
         let text = "Inter-|   Receive                                                |  Transmit\n \
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
 lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  \
-eth0:    5000      40    2    0    0     0          0         0     7000      50    3    0    0     0       0          0\n";
+eth0:    5000      40    2    1    0     0          0         0     7000      50    3    4    0     0       0          0\n";
         let ifs = parse_net_dev(text);
         assert_eq!(
             ifs,
             vec![InterfaceUsage {
                 name: "eth0".into(),
                 rx_bytes: 5000,
+                rx_packets: 40,
                 rx_errors: 2,
+                rx_dropped: 1,
                 tx_bytes: 7000,
+                tx_packets: 50,
                 tx_errors: 3,
+                tx_dropped: 4,
             }]
         );
         assert!(parse_net_dev("garbage").is_empty());
