@@ -463,3 +463,76 @@ async fn missing_command_fails_start_container_and_remove_leaves_nothing() {
     remove_pod(&env, p).await;
     env.finish().await;
 }
+
+/// ContainerConfig.stop_signal (KEP-4960): StopContainer sends it, before
+/// the image's STOPSIGNAL, before SIGTERM; ContainerStatus.stop_signal
+/// reports the one in effect; a value the enum has not is refused.
+#[tokio::test]
+async fn stop_signal_of_the_config_beats_the_images_and_status_reports_it() {
+    use berth_cri_api::v1::Signal;
+    let env = Env::start().await;
+    let img = ImageBuilder::busybox(Format::Oci)
+        .stop_signal("SIGINT")
+        .build();
+    let r = env.push("more/stopsignal:1", &img).await;
+    env.cri.pull(&r).await.expect("pull");
+    let p = pod_with_image(&env, "stopsignal", &r).await;
+    // The exit code says which signal came first.
+    let script = "trap 'exit 41' USR1; trap 'exit 42' INT; trap 'exit 43' TERM; \
+                  echo ready > /tmp/ready; while :; do sleep 0.1; done";
+    let mut with = container(&p, "with", &["sh", "-c", script]);
+    with.stop_signal = Signal::Sigusr1 as i32;
+    let with = run(&env, &p, with).await;
+    let from_image = run(&env, &p, container(&p, "image", &["sh", "-c", script])).await;
+    for id in [&with, &from_image] {
+        let t = Instant::now();
+        while try_sh(&env, id, "cat /tmp/ready").await.0 != 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{id} never got ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(
+        status(&env, &with).await.unwrap().stop_signal,
+        Signal::Sigusr1 as i32
+    );
+    assert_eq!(
+        status(&env, &from_image).await.unwrap().stop_signal,
+        Signal::Sigint as i32
+    );
+
+    let mut rt = env.cri.runtime.clone();
+    for (id, code) in [(&with, 41), (&from_image, 42)] {
+        rt.stop_container(berth_cri_api::v1::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 10,
+        })
+        .await
+        .expect("StopContainer");
+        let st = wait_exited(&env, id, Duration::from_secs(5)).await;
+        assert_eq!(st.exit_code, code, "{st:?}");
+    }
+
+    // No STOPSIGNAL in the image, none in the config: SIGTERM.
+    let plain = push_busybox(&env, "more/stopsignal-plain:1").await;
+    let mut c = container(&p, "plain", &["sleep", "1000"]);
+    c.image = Some(berth_cri_api::v1::ImageSpec {
+        image: plain,
+        ..Default::default()
+    });
+    let plain = create(&env, &p, c).await.expect("CreateContainer");
+    assert_eq!(
+        status(&env, &plain).await.unwrap().stop_signal,
+        Signal::Sigterm as i32
+    );
+
+    let mut bad = container(&p, "bad", &["true"]);
+    bad.stop_signal = 999;
+    let e = create(&env, &p, bad).await;
+    let s = expect_code(e, &[Code::InvalidArgument], "stop_signal 999");
+    assert!(s.message().contains("stop_signal"), "{}", s.message());
+    remove_pod(&env, p).await;
+    env.finish().await;
+}

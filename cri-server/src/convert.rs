@@ -173,6 +173,32 @@ pub fn sandbox_config(c: cri::PodSandboxConfig) -> Result<m::SandboxConfig, Stat
     })
 }
 
+/// ContainerConfig.stop_signal: RUNTIME_DEFAULT (0) is None (the image's,
+/// else SIGTERM); a value the enum has not is refused.
+fn stop_signal(v: i32) -> Result<Option<i32>, Status> {
+    let sig = cri::Signal::try_from(v)
+        .map_err(|_| Status::invalid_argument(format!("stop_signal {v} is not a Signal")))?;
+    if sig == cri::Signal::RuntimeDefault {
+        return Ok(None);
+    }
+    berth_runtime::service::cri_signal_number(sig.as_str_name())
+        .map(Some)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "stop_signal {} is not a signal of this node",
+                sig.as_str_name()
+            ))
+        })
+}
+
+/// A signal number as CRI's Signal enum (RUNTIME_DEFAULT for one it has
+/// no name for).
+pub fn cri_signal(n: i32) -> i32 {
+    berth_runtime::service::cri_signal_name(n)
+        .and_then(|name| cri::Signal::from_str_name(&name))
+        .unwrap_or(cri::Signal::RuntimeDefault) as i32
+}
+
 pub fn container_config(c: cri::ContainerConfig) -> Result<m::ContainerConfig, Status> {
     let linux = c.linux.unwrap_or_default();
     let sc = linux.security_context.unwrap_or_default();
@@ -229,6 +255,7 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<m::ContainerConfig, S
         stdin: c.stdin,
         stdin_once: c.stdin_once,
         tty: c.tty,
+        stop_signal: stop_signal(c.stop_signal)?,
         linux: m::LinuxContainerConfig {
             resources: linux.resources.map(resources),
             security_context: m::ContainerSecurityContext {

@@ -74,7 +74,7 @@ fn container_metadata(r: &ContainerRecord) -> cri::ContainerMetadata {
     }
 }
 
-fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
+fn container_status(r: &ContainerRecord, stop_signal: i32) -> cri::ContainerStatus {
     let mounts = r
         .config
         .mounts
@@ -129,10 +129,9 @@ fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
         resources,
         image_id: r.image_id.clone(),
         user: process_user(r.user.as_ref()),
-        // ContainerConfig.stop_signal (cri-api 1.33+) is not read yet: berth
-        // stops with the image's StopSignal or SIGTERM, so it reports the
-        // runtime default.
-        stop_signal: cri::Signal::RuntimeDefault as i32,
+        // The signal StopContainer sends: the config's, the image's or
+        // SIGTERM (KEP-4960: the status shows the one in effect).
+        stop_signal: convert::cri_signal(stop_signal),
     }
 }
 
@@ -439,7 +438,10 @@ impl RuntimeService for RuntimeApi {
                         };
                         let statuses = runtime
                             .container(&ev.container_id)
-                            .map(|c| vec![container_status(&c)])
+                            .map(|c| {
+                                let sig = runtime.stop_signal(&c);
+                                vec![container_status(&c, sig)]
+                            })
                             .unwrap_or_default();
                         let resp = cri::ContainerEventResponse {
                             container_id: ev.container_id,
@@ -616,7 +618,7 @@ impl RuntimeService for RuntimeApi {
             info.insert("info".to_string(), v.to_string());
         }
         Ok(Response::new(cri::ContainerStatusResponse {
-            status: Some(container_status(&r)),
+            status: Some(container_status(&r, self.runtime.stop_signal(&r))),
             info,
         }))
     }

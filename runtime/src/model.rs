@@ -424,6 +424,9 @@ pub struct ContainerConfig {
     pub stdin_once: bool,
     pub tty: bool,
     pub linux: LinuxContainerConfig,
+    /// ContainerConfig.stop_signal (cri-api 1.33+, KEP-4960), a signal
+    /// number; None: the image's StopSignal, else SIGTERM.
+    pub stop_signal: Option<i32>,
 }
 
 impl ContainerConfig {

@@ -383,7 +383,13 @@ impl Runtime {
         self.record_exit(&full, exit).await
     }
 
-    pub(super) fn stop_signal(&self, rec: &ContainerRecord) -> i32 {
+    /// The signal StopContainer sends first: the container config's
+    /// (kubelet's `stopSignal`), else the image's STOPSIGNAL, else SIGTERM
+    /// (KEP-4960's order, containerd's and CRI-O's).
+    pub fn stop_signal(&self, rec: &ContainerRecord) -> i32 {
+        if let Some(s) = rec.config.stop_signal {
+            return s;
+        }
         let from_image = self
             .inner
             .images
@@ -457,19 +463,69 @@ impl Runtime {
     }
 }
 
-pub(super) fn parse_signal(s: &str) -> Option<i32> {
-    if let Ok(n) = s.parse::<i32>() {
-        return Some(n);
+/// First real-time signal as user space numbers it (glibc keeps the
+/// kernel's 32 and 33 for itself), as containerd, CRI-O and Go's
+/// moby/sys/signal count `SIGRTMIN+n`.
+const SIGRTMIN: i32 = 34;
+const SIGRTMAX: i32 = 64;
+
+/// A signal by number (`"10"`) or name (`"SIGUSR1"`, `"usr1"`,
+/// `"SIGRTMIN+3"`, `"SIGRTMAX-2"`, the aliases SIGCLD, SIGIOT, SIGPOLL),
+/// as an image's STOPSIGNAL or a CRI Signal name gives it.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.trim().parse::<i32>() {
+        return (1..=SIGRTMAX).contains(&n).then_some(n);
     }
     let name = s.trim().to_ascii_uppercase();
-    let name = if name.starts_with("SIG") {
-        name
-    } else {
-        format!("SIG{name}")
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let rt = |base: i32, rest: &str, sign: i32| -> Option<i32> {
+        let n = if rest.is_empty() {
+            0
+        } else {
+            rest.parse::<i32>().ok()?
+        };
+        let v = base + sign * n;
+        (SIGRTMIN..=SIGRTMAX).contains(&v).then_some(v)
     };
-    name.parse::<nix::sys::signal::Signal>()
+    match name {
+        "RTMIN" => return Some(SIGRTMIN),
+        "RTMAX" => return Some(SIGRTMAX),
+        "CLD" => return Some(libc::SIGCHLD),
+        "IOT" => return Some(libc::SIGABRT),
+        "POLL" => return Some(libc::SIGIO),
+        _ => {}
+    }
+    if let Some(r) = name.strip_prefix("RTMIN+") {
+        return rt(SIGRTMIN, r, 1);
+    }
+    if let Some(r) = name.strip_prefix("RTMAX-") {
+        return rt(SIGRTMAX, r, -1);
+    }
+    format!("SIG{name}")
+        .parse::<nix::sys::signal::Signal>()
         .ok()
         .map(|s| s as i32)
+}
+
+/// The name of signal `n` in CRI's Signal enum spelling (`SIGTERM`,
+/// `SIGRTMINPLUS3`, `SIGRTMAXMINUS2`); None for a number no signal has.
+pub fn cri_signal_name(n: i32) -> Option<String> {
+    match n {
+        SIGRTMIN => Some("SIGRTMIN".into()),
+        SIGRTMAX => Some("SIGRTMAX".into()),
+        n if n > SIGRTMIN && n <= SIGRTMIN + 15 => Some(format!("SIGRTMINPLUS{}", n - SIGRTMIN)),
+        n if n > SIGRTMIN + 15 && n < SIGRTMAX => Some(format!("SIGRTMAXMINUS{}", SIGRTMAX - n)),
+        n => nix::sys::signal::Signal::try_from(n)
+            .ok()
+            .map(|s| s.as_str().to_string()),
+    }
+}
+
+/// [`parse_signal`] of CRI's enum spelling (`SIGRTMINPLUS3`).
+pub fn cri_signal_number(name: &str) -> Option<i32> {
+    let plus = name.replacen("RTMINPLUS", "RTMIN+", 1);
+    let minus = plus.replacen("RTMAXMINUS", "RTMAX-", 1);
+    parse_signal(&minus)
 }
 
 impl Inner {
@@ -671,5 +727,41 @@ impl Inner {
             )));
         }
         Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid))))
+    }
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_number_name_and_real_time_offset() {
+        assert_eq!(parse_signal("SIGTERM"), Some(libc::SIGTERM));
+        assert_eq!(parse_signal("usr1"), Some(libc::SIGUSR1));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("SIGRTMIN+3"), Some(37));
+        assert_eq!(parse_signal("SIGRTMAX-2"), Some(62));
+        assert_eq!(parse_signal("SIGCLD"), Some(libc::SIGCHLD));
+        assert_eq!(parse_signal("SIGRTMIN+40"), None, "past SIGRTMAX");
+        assert_eq!(parse_signal("0"), None);
+        assert_eq!(parse_signal("65"), None);
+        assert_eq!(parse_signal("SIGNOPE"), None);
+    }
+
+    #[test]
+    fn every_cri_spelling_goes_there_and_back() {
+        for n in 1..=SIGRTMAX {
+            // 32 and 33 are glibc's, not signals a CRI name has.
+            let Some(name) = cri_signal_name(n) else {
+                assert!(n == 32 || n == 33, "{n} has no name");
+                continue;
+            };
+            assert_eq!(cri_signal_number(&name), Some(n), "{name}");
+        }
+        assert_eq!(cri_signal_name(libc::SIGTERM).as_deref(), Some("SIGTERM"));
+        assert_eq!(cri_signal_name(35).as_deref(), Some("SIGRTMINPLUS1"));
+        assert_eq!(cri_signal_name(63).as_deref(), Some("SIGRTMAXMINUS1"));
+        assert_eq!(cri_signal_number("SIGRTMINPLUS15"), Some(49));
+        assert_eq!(cri_signal_number("SIGRTMAXMINUS14"), Some(50));
     }
 }

@@ -29,6 +29,7 @@ mod sandbox;
 mod stats;
 mod undo;
 
+pub use container::{cri_signal_name, cri_signal_number, parse_signal};
 pub use events::{Event, EventKind};
 pub use exec::{ExecOutput, StreamAsk};
 pub use stats::{ContainerStats, DiskUsage, InterfaceUsage, PodStats, StatsFilter};
