@@ -536,3 +536,132 @@ async fn stop_signal_of_the_config_beats_the_images_and_status_reports_it() {
     remove_pod(&env, p).await;
     env.finish().await;
 }
+
+/// Image volumes (KEP-4639): kubelet pulls an image and asks for it as a
+/// mount (Mount.image with PullImage's image_ref, no host_path). berth
+/// mounts it read-only and noexec, only image_sub_path of it where asked,
+/// resolved inside the image (its symlinks cannot lead to the node's
+/// files), reports it in ContainerStatus, refuses RemoveImage while it is
+/// mounted, and leaves no mount behind.
+#[tokio::test]
+async fn an_image_volume_is_mounted_read_only_noexec_with_its_sub_path_and_keeps_its_image() {
+    use berth_conformance::images::{Compression, TarBuilder};
+    let env = Env::start().await;
+    let base = TarBuilder::new()
+        .dir("models", 0o755)
+        .dir("models/v1", 0o755)
+        .file("models/v1/weights", 0o644, b"old weights\n")
+        .file("models/v1/run", 0o755, b"#!/bin/sh\necho ran\n")
+        .file("models/readme", 0o644, b"models\n")
+        .layer(Compression::Gzip, Format::Oci);
+    let top = TarBuilder::new()
+        .dir("models", 0o755)
+        .dir("models/v1", 0o755)
+        .file("models/v1/weights", 0o644, b"new weights\n")
+        .symlink("models/up", "../../../../../../../etc")
+        .symlink("models/abs", "/etc")
+        .layer(Compression::Gzip, Format::Oci);
+    let data = ImageBuilder::new(Format::Oci)
+        .layer(base)
+        .layer(top)
+        .build();
+    let data_ref = env.push("more/data:1", &data).await;
+    let data_id = env.cri.pull(&data_ref).await.expect("pull the data image");
+    let busybox = push_busybox(&env, "more/ivol-busybox:1").await;
+    let p = pod_with_image(&env, "ivol", &busybox).await;
+
+    let volume = |path: &str, sub: &str| Mount {
+        container_path: path.into(),
+        image: Some(berth_cri_api::v1::ImageSpec {
+            image: data_id.clone(),
+            ..Default::default()
+        }),
+        image_sub_path: sub.into(),
+        readonly: true,
+        ..Default::default()
+    };
+    let mut c = container(&p, "reader", &["sleep", "1000"]);
+    c.mounts = vec![volume("/data", ""), volume("/v1", "models/v1")];
+    let id = run(&env, &p, c).await;
+    // The whole image, its top layer winning; only the sub path at /v1.
+    assert_eq!(
+        sh(&env, &id, "cat /data/models/v1/weights").await,
+        "new weights\n"
+    );
+    assert_eq!(sh(&env, &id, "cat /v1/weights").await, "new weights\n");
+    assert_eq!(try_sh(&env, &id, "test -e /v1/readme").await.0, 1);
+    // Read-only, and nothing in it runs.
+    let (code, _, err) = try_sh(&env, &id, "echo x > /v1/new").await;
+    assert_ne!(code, 0, "an image volume is read-only");
+    assert!(err.to_lowercase().contains("read-only"), "{err}");
+    let (code, out, _) = try_sh(&env, &id, "/v1/run").await;
+    assert_ne!(code, 0, "noexec: {out}");
+    let opts = sh(&env, &id, "grep ' /v1 ' /proc/self/mounts").await;
+    for o in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(opts.split([' ', ',']).any(|f| f == o), "{o} in {opts}");
+    }
+    // ContainerStatus names the image and the id it was.
+    let st = status(&env, &id).await.unwrap();
+    let m = st
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/v1")
+        .expect("the /v1 mount");
+    let spec = m.image.as_ref().expect("the mount's image");
+    assert_eq!(spec.image, data_id);
+    assert_eq!(spec.image_ref, data_id);
+    assert_eq!(m.image_sub_path, "models/v1");
+    assert!(m.host_path.is_empty());
+
+    // The image is in use: RemoveImage refuses, naming the container.
+    let e = env.cri.remove_image(&data_id).await;
+    let s = expect_code(
+        e,
+        &[Code::FailedPrecondition],
+        "RemoveImage of a mounted image",
+    );
+    assert!(s.message().contains(&id), "{}", s.message());
+
+    // Symlinks in the image resolve inside it: /etc of the node is never
+    // what is mounted (the data image has no etc at all).
+    for sub in ["models/up", "models/abs", "models/up/passwd", "no/such/dir"] {
+        let mut c = container(&p, "escape", &["sleep", "1000"]);
+        c.mounts = vec![volume("/x", sub)];
+        let e = create(&env, &p, c).await;
+        let s = expect_code(e, &[Code::InvalidArgument], sub);
+        assert!(
+            s.message().contains("image_sub_path"),
+            "{sub}: {}",
+            s.message()
+        );
+    }
+    // An image that was never pulled.
+    let mut c = container(&p, "unpulled", &["sleep", "1000"]);
+    c.mounts = vec![Mount {
+        container_path: "/x".into(),
+        image: Some(berth_cri_api::v1::ImageSpec {
+            image: env.reference("more/never:1"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    expect_code(
+        create(&env, &p, c).await,
+        &[Code::NotFound],
+        "an unpulled image volume",
+    );
+
+    // Once the container is gone, the image can go.
+    let mut rt = env.cri.runtime.clone();
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("RemoveContainer");
+    env.cri
+        .remove_image(&data_id)
+        .await
+        .expect("RemoveImage once no container mounts it");
+    remove_pod(&env, p).await;
+    env.finish().await;
+}

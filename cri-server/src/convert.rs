@@ -237,6 +237,8 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<m::ContainerConfig, S
                     propagation: m::MountPropagation::try_from(mt.propagation).map_err(bad)?,
                     recursive_read_only: mt.recursive_read_only,
                     image: mt.image.map(|i| i.image).unwrap_or_default(),
+                    image_sub_path: mt.image_sub_path,
+                    image_ref: String::new(),
                 })
             })
             .collect::<Result<_, Status>>()?,

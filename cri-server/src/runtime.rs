@@ -85,6 +85,14 @@ fn container_status(r: &ContainerRecord, stop_signal: i32) -> cri::ContainerStat
             readonly: m.readonly,
             selinux_relabel: m.selinux_relabel,
             propagation: m.propagation as i32,
+            recursive_read_only: m.recursive_read_only,
+            // An image volume: the image as asked, and the id it was.
+            image: (!m.image.is_empty()).then(|| cri::ImageSpec {
+                image: m.image.clone(),
+                image_ref: m.image_ref.clone(),
+                ..Default::default()
+            }),
+            image_sub_path: m.image_sub_path.clone(),
             ..Default::default()
         })
         .collect();

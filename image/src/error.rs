@@ -63,6 +63,8 @@ pub enum Error {
     LayerLimit { layer: String, limit: LimitExceeded },
     #[error("image {0} is pinned (registry.pinned_images) and cannot be removed")]
     Pinned(String),
+    #[error("image {image} is in use as an image volume by {users}: remove those containers first")]
+    InUse { image: String, users: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -94,7 +96,7 @@ impl Error {
             Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::Stalled { .. } => ErrorKind::DeadlineExceeded,
             Error::DigestMismatch { .. } => ErrorKind::DataLoss,
-            Error::Pinned(_) => ErrorKind::FailedPrecondition,
+            Error::Pinned(_) | Error::InUse { .. } => ErrorKind::FailedPrecondition,
             Error::LayerLimit { .. } => ErrorKind::ResourceExhausted,
             Error::Io { .. } | Error::Database(_) => ErrorKind::Internal,
             Error::Shared(e) => e.kind(),

@@ -333,6 +333,21 @@ impl ImageService {
         if hits_pin {
             return Err(Error::Pinned(reference.to_string()));
         }
+        if removes_whole {
+            let users = self.inner.store.users(&entry.record.id);
+            if !users.is_empty() {
+                // Holders are `<container>/ivol/<n>`: name the containers.
+                let mut containers: Vec<&str> = users
+                    .iter()
+                    .map(|u| u.split('/').next().unwrap_or(u))
+                    .collect();
+                containers.dedup();
+                return Err(Error::InUse {
+                    image: reference.to_string(),
+                    users: format!("container {}", containers.join(", ")),
+                });
+            }
+        }
         let _gc = self.inner.gc_lock.write().await;
         let inner = self.inner.clone();
         let id = entry.record.id.clone();
@@ -352,6 +367,12 @@ impl ImageService {
                 .map(|d| d.as_nanos() as i64)
                 .unwrap_or(0),
         }
+    }
+
+    /// Keep an image mounted as a volume for `holder`; see
+    /// [`Store::hold_volume`].
+    pub fn hold_volume(&self, holder: &str, image: &Digest) -> Result<Vec<PathBuf>> {
+        self.inner.store.hold_volume(holder, image)
     }
 
     /// Keep an image's layers for `holder`; see [`Store::hold`].

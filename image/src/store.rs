@@ -83,6 +83,18 @@ struct Index {
     snapshots: HashMap<Digest, SnapshotRecord>,
     /// holder → chain ids it keeps alive (a container's root filesystem).
     holds: HashMap<String, Vec<Digest>>,
+    /// holder → the image it has mounted (an image volume): the image
+    /// itself is in use, not only its layers.
+    in_use: HashMap<String, Digest>,
+}
+
+/// A hold as the holds table keeps it: the chain ids, and for an image
+/// volume the image (older rows are the bare list).
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum HoldRow {
+    Volume { chains: Vec<Digest>, image: Digest },
+    Layers(Vec<Digest>),
 }
 
 impl Index {
@@ -174,6 +186,7 @@ impl Store {
         let mut images = Vec::new();
         let mut snapshots = HashMap::new();
         let mut holds = HashMap::new();
+        let mut in_use = HashMap::new();
         {
             let tx = self.db.begin_read()?;
             for row in tx.open_table(IMAGES)?.iter()? {
@@ -196,8 +209,15 @@ impl Store {
             }
             for row in tx.open_table(HOLDS)?.iter()? {
                 let (k, v) = row?;
-                if let Ok(chains) = serde_json::from_slice::<Vec<Digest>>(v.value()) {
-                    holds.insert(k.value().to_string(), chains);
+                match serde_json::from_slice::<HoldRow>(v.value()) {
+                    Ok(HoldRow::Layers(chains)) => {
+                        holds.insert(k.value().to_string(), chains);
+                    }
+                    Ok(HoldRow::Volume { chains, image }) => {
+                        holds.insert(k.value().to_string(), chains);
+                        in_use.insert(k.value().to_string(), image);
+                    }
+                    Err(_) => {}
                 }
             }
         }
@@ -206,6 +226,7 @@ impl Store {
         let mut idx = Index {
             snapshots,
             holds,
+            in_use,
             ..Index::default()
         };
         let mut dropped = Vec::new();
@@ -545,31 +566,86 @@ impl Store {
     /// Keep an image's layers alive for `holder` (a container) even if the
     /// image is removed; returns the layer directories, bottom first.
     pub fn hold(&self, holder: &str, image: &Digest) -> Result<Vec<PathBuf>> {
+        self.hold_as(holder, image, false)
+    }
+
+    /// Mount-grade hold for an image volume: the layers as [`Store::hold`],
+    /// and the image is in use: [`Store::users`] names the holder until it
+    /// is released. `holder` is `<container>/<anything>`, released with
+    /// the container's own hold.
+    pub fn hold_volume(&self, holder: &str, image: &Digest) -> Result<Vec<PathBuf>> {
+        self.hold_as(holder, image, true)
+    }
+
+    fn hold_as(&self, holder: &str, image: &Digest, volume: bool) -> Result<Vec<PathBuf>> {
         let mut idx = self.index.write().map_err(|_| poisoned())?;
         let chains = idx
             .images
             .get(image)
             .map(|e| e.record.chain_ids.clone())
             .ok_or_else(|| Error::NotFound(format!("image {image} not found")))?;
+        let row = if volume {
+            HoldRow::Volume {
+                chains: chains.clone(),
+                image: image.clone(),
+            }
+        } else {
+            HoldRow::Layers(chains.clone())
+        };
         let tx = self.db.begin_write()?;
         tx.open_table(HOLDS)?
-            .insert(holder, json(&chains)?.as_slice())?;
+            .insert(holder, json(&row)?.as_slice())?;
         tx.commit()?;
         let paths = chains.iter().map(|c| self.snapshot_path(c)).collect();
         idx.holds.insert(holder.to_string(), chains);
+        if volume {
+            idx.in_use.insert(holder.to_string(), image.clone());
+        }
         Ok(paths)
     }
 
-    /// Drop a holder's claim, and collect layers nobody uses any more.
+    /// The holders that have `image` mounted as an image volume, sorted.
+    pub fn users(&self, image: &Digest) -> Vec<String> {
+        let Ok(idx) = self.index.read() else {
+            return Vec::new();
+        };
+        let mut u: Vec<String> = idx
+            .in_use
+            .iter()
+            .filter(|(_, i)| *i == image)
+            .map(|(h, _)| h.clone())
+            .collect();
+        u.sort();
+        u
+    }
+
+    /// Drop a holder's claim and those of `<holder>/…` (its image volumes),
+    /// and collect layers nobody uses any more.
     pub fn release(&self, holder: &str) -> Result<()> {
         {
             let mut idx = self.index.write().map_err(|_| poisoned())?;
-            if idx.holds.remove(holder).is_none() {
+            let prefix = format!("{holder}/");
+            let gone: Vec<String> = idx
+                .holds
+                .keys()
+                .filter(|h| *h == holder || h.starts_with(&prefix))
+                .cloned()
+                .collect();
+            if gone.is_empty() {
                 return Ok(());
             }
             let tx = self.db.begin_write()?;
-            tx.open_table(HOLDS)?.remove(holder)?;
+            {
+                let mut t = tx.open_table(HOLDS)?;
+                for h in &gone {
+                    t.remove(h.as_str())?;
+                }
+            }
             tx.commit()?;
+            for h in &gone {
+                idx.holds.remove(h);
+                idx.in_use.remove(h);
+            }
         }
         self.gc()
     }
@@ -794,6 +870,33 @@ mod tests {
         assert!(paths.iter().all(|p| p.is_dir()), "holds survive a restart");
         s.release("container-1").unwrap();
         assert!(paths.iter().all(|p| !p.exists()));
+    }
+
+    #[test]
+    fn a_volume_hold_marks_the_image_in_use_across_restarts_until_its_container_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let a = add_image(&s, "example.com/a:1", &["base", "a"]);
+        let b = add_image(&s, "example.com/b:1", &["b"]);
+        s.hold("c1", &a).unwrap();
+        let paths = s.hold_volume("c1/ivol/0", &b).unwrap();
+        assert_eq!(paths.len(), 1);
+        assert_eq!(s.users(&b), vec!["c1/ivol/0".to_string()]);
+        assert!(s.users(&a).is_empty(), "a rootfs hold is not a volume");
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.users(&b),
+            vec!["c1/ivol/0".to_string()],
+            "kept across a restart"
+        );
+        // Another container whose name starts alike is not released.
+        s.hold_volume("c10/ivol/0", &b).unwrap();
+        s.release("c1").unwrap();
+        assert_eq!(s.users(&b), vec!["c10/ivol/0".to_string()]);
+        s.release("c10").unwrap();
+        assert!(s.users(&b).is_empty());
+        assert!(paths.iter().all(|p| p.is_dir()), "the image still has them");
     }
 
     #[test]

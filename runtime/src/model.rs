@@ -345,8 +345,15 @@ pub struct Mount {
     pub propagation: MountPropagation,
     /// Needs `readonly` and `Private` propagation.
     pub recursive_read_only: bool,
-    /// An image volume source (KEP 4639); not supported by berth.
+    /// An image volume source (KEP-4639): the image (kubelet gives the
+    /// id PullImage answered), mounted read-only and noexec; host_path
+    /// stays empty.
     pub image: String,
+    /// The directory or file of that image to mount instead of its root.
+    pub image_sub_path: String,
+    /// The image id `image` resolved to, filled by CreateContainer (for
+    /// ContainerStatus.mounts[].image.image_ref).
+    pub image_ref: String,
 }
 
 /// `Device`.
@@ -573,14 +580,31 @@ pub fn validate_container_config(c: &ContainerConfig) -> Result<(), ValidationEr
     }
     for (i, mnt) in c.mounts.iter().enumerate() {
         let field = format!("mounts[{i}]");
-        if !mnt.image.is_empty() {
-            return Err(unsupported(
-                format!("{field}.image"),
-                "an image volume source",
-            ));
-        }
         container_path(&format!("{field}.container_path"), &mnt.container_path)?;
-        host_path(&format!("{field}.host_path"), &mnt.host_path)?;
+        if mnt.image.is_empty() {
+            host_path(&format!("{field}.host_path"), &mnt.host_path)?;
+            if !mnt.image_sub_path.is_empty() {
+                return Err(invalid(
+                    format!("{field}.image_sub_path"),
+                    "is only for an image volume (image is not set)",
+                ));
+            }
+        } else {
+            no_nul(&format!("{field}.image"), &mnt.image)?;
+            if !mnt.host_path.is_empty() {
+                return Err(invalid(
+                    format!("{field}.host_path"),
+                    "must be empty for an image volume",
+                ));
+            }
+            relative_path(&format!("{field}.image_sub_path"), &mnt.image_sub_path)?;
+            if mnt.propagation != MountPropagation::Private {
+                return Err(invalid(
+                    format!("{field}.propagation"),
+                    "an image volume is read-only: only PROPAGATION_PRIVATE",
+                ));
+            }
+        }
         if mnt.recursive_read_only {
             if !mnt.readonly {
                 return Err(invalid(
@@ -1178,17 +1202,38 @@ mod tests {
     }
 
     #[test]
-    fn image_volume_mount_is_unsupported() {
+    fn image_volume_mounts_take_no_host_path_and_a_relative_sub_path() {
         let mut c = ctr();
         c.mounts.push(Mount {
             container_path: "/models".into(),
             image: "registry.local/models:1".into(),
+            image_sub_path: "weights/v1".into(),
             ..Default::default()
         });
-        assert_eq!(
-            err_of(validate_container_config(&c)),
-            "mounts[0].image: an image volume source is not supported by berth"
+        validate_container_config(&c).unwrap();
+        c.mounts[0].host_path = "/srv".into();
+        assert!(
+            err_of(validate_container_config(&c)).contains("must be empty for an image volume")
         );
+        c.mounts[0].host_path.clear();
+        for bad in ["/etc", "../up", "a/../../b"] {
+            c.mounts[0].image_sub_path = bad.into();
+            assert!(
+                err_of(validate_container_config(&c)).contains("mounts[0].image_sub_path"),
+                "{bad}"
+            );
+        }
+        c.mounts[0].image_sub_path.clear();
+        c.mounts[0].propagation = MountPropagation::Bidirectional;
+        assert!(err_of(validate_container_config(&c)).contains("PROPAGATION_PRIVATE"));
+        let mut plain = ctr();
+        plain.mounts.push(Mount {
+            container_path: "/x".into(),
+            host_path: "/srv".into(),
+            image_sub_path: "a".into(),
+            ..Default::default()
+        });
+        assert!(err_of(validate_container_config(&plain)).contains("only for an image volume"));
     }
 
     #[test]

@@ -74,109 +74,45 @@ impl Rootfs {
             // overlayfs lists the top layer first.
             lowers.iter().rev().map(PathBuf::as_path).collect()
         };
-        let r = match lowerdir_form() {
-            LowerdirForm::Classic => self.mount_classic(&lowers, &upper, &work),
-            LowerdirForm::Plus => match self.mount_plus(&lowers, &upper, &work) {
-                Err(RootfsError::Sys { what, source })
-                    if source.raw_os_error() == Some(libc::EINVAL) =>
-                {
-                    // A kernel before 6.8 (or its legacy option parser)
-                    // does not know lowerdir+.
-                    let r = self.mount_classic(&lowers, &upper, &work);
-                    if r.is_ok() {
-                        tracing::info!(
-                            refused = %what,
-                            "this kernel refuses overlayfs lowerdir+ (Linux 6.8); using the classic lowerdir option from now on"
-                        );
-                        FORM.store(CLASSIC, Ordering::Relaxed);
-                    }
-                    r
-                }
-                r => r,
-            },
-        };
+        let r = overlay(&self.target, &lowers, Some((&upper, &work)));
         if r.is_err() {
             self.remove();
         }
         r
     }
 
-    /// The classic form: mount(2) with `lowerdir=A:B:…,upperdir=U,workdir=W`,
-    /// every directory a `/proc/self/fd/N` of a descriptor held across the
-    /// call (short, and free of the `:` and `,` the syntax reserves).
-    fn mount_classic(
-        &self,
-        lowers: &[&Path],
-        upper: &Path,
-        work: &Path,
-    ) -> Result<(), RootfsError> {
-        use rustix::fs::{Mode, OFlags};
-        let open = |p: &Path| {
-            rustix::fs::open(
-                p,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(sys(format!("opening {}", p.display())))
-        };
-        let lower_fds = lowers
-            .iter()
-            .map(|l| open(l))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (upper_fd, work_fd) = (open(upper)?, open(work)?);
-        let data = classic_options(
-            &lower_fds.iter().map(fd_path).collect::<Vec<_>>(),
-            &fd_path(&upper_fd),
-            &fd_path(&work_fd),
-        )?;
-        nix::mount::mount(
-            Some("overlay"),
-            &self.target,
-            Some("overlay"),
-            nix::mount::MsFlags::empty(),
-            Some(data.as_str()),
-        )
-        .map_err(|e| RootfsError::Sys {
-            what: format!(
-                "mounting the root filesystem at {} (overlay, {} layers, classic lowerdir)",
-                self.target.display(),
-                lowers.len()
-            ),
-            source: e.into(),
-        })
+    /// Where image volume `n` of this container is mounted: beside the
+    /// root filesystem, so that [`Rootfs::remove`] (on removal, on undo, in
+    /// recovery) takes it away too.
+    pub fn volume_dir(&self, n: usize) -> PathBuf {
+        self.volumes_dir().join(n.to_string())
     }
 
-    /// The new mount API with one `lowerdir+` per layer (Linux 6.8).
-    fn mount_plus(&self, lowers: &[&Path], upper: &Path, work: &Path) -> Result<(), RootfsError> {
-        let fs_fd = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
-            .map_err(sys("fsopen(overlay)"))?;
-        for l in lowers {
-            rustix::mount::fsconfig_set_string(&fs_fd, "lowerdir+", *l)
-                .map_err(sys(format!("overlay lowerdir+ {}", l.display())))?;
+    fn volumes_dir(&self) -> PathBuf {
+        self.target
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join("image-volumes")
+    }
+
+    /// Mount image `lowers` (bottom first) read-only at [`Rootfs::volume_dir`]
+    /// `n`: an overlay without an upper directory, which the kernel itself
+    /// keeps read-only. An empty directory at the bottom gives even a
+    /// one-layer image the two lower layers kernels before 6.x want.
+    pub fn mount_volume(&self, n: usize, lowers: &[PathBuf]) -> Result<PathBuf, RootfsError> {
+        let target = self.volume_dir(n);
+        let empty = self.volumes_dir().join("empty");
+        for d in [&target, &empty] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(d)
+                .map_err(sys(format!("creating {}", d.display())))?;
         }
-        rustix::mount::fsconfig_set_string(&fs_fd, "upperdir", upper)
-            .map_err(sys("overlay upperdir"))?;
-        rustix::mount::fsconfig_set_string(&fs_fd, "workdir", work)
-            .map_err(sys("overlay workdir"))?;
-        rustix::mount::fsconfig_create(&fs_fd).map_err(sys("creating the overlay superblock"))?;
-        let mnt = rustix::mount::fsmount(
-            &fs_fd,
-            FsMountFlags::FSMOUNT_CLOEXEC,
-            MountAttrFlags::empty(),
-        )
-        .map_err(sys("fsmount(overlay)"))?;
-        rustix::mount::move_mount(
-            &mnt,
-            "",
-            rustix::fs::CWD,
-            &self.target,
-            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-        .map_err(sys(format!(
-            "mounting the root filesystem at {}",
-            self.target.display()
-        )))?;
-        Ok(())
+        let mut dirs: Vec<&Path> = lowers.iter().rev().map(PathBuf::as_path).collect();
+        dirs.push(&empty);
+        overlay(&target, &dirs, None)?;
+        Ok(target)
     }
 
     pub fn is_mounted(&self) -> bool {
@@ -184,16 +120,18 @@ impl Rootfs {
     }
 
     /// Unmount (lazily: a process that still holds it does not keep the
-    /// call waiting) and remove the mount point and the container's layer.
-    /// Idempotent; errors are logged, since this is cleanup.
+    /// call waiting) and remove the mount point, the image volumes and the
+    /// container's layer. Idempotent; errors are logged, since this is
+    /// cleanup.
     pub fn remove(&self) {
-        while is_mountpoint(&self.target) {
-            if let Err(e) = nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH) {
-                tracing::warn!(path = %self.target.display(), error = %e, "unmounting root filesystem");
-                break;
+        let volumes = self.volumes_dir();
+        if let Ok(rd) = fs::read_dir(&volumes) {
+            for e in rd.flatten() {
+                unmount_all(&e.path());
             }
         }
-        for d in [&self.target, &self.layer_dir] {
+        unmount_all(&self.target);
+        for d in [&self.target, &volumes, &self.layer_dir] {
             match fs::remove_dir_all(d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -203,6 +141,130 @@ impl Rootfs {
             }
         }
     }
+}
+
+/// Unmount everything stacked at `path`.
+fn unmount_all(path: &Path) {
+    while is_mountpoint(path) {
+        if let Err(e) = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(path = %path.display(), error = %e, "unmounting");
+            break;
+        }
+    }
+}
+
+/// An overlay of `lowers` (top first) at `target`, with `rw` = (upper,
+/// work) or read-only without; lowerdir+ where the kernel has it.
+fn overlay(target: &Path, lowers: &[&Path], rw: Option<(&Path, &Path)>) -> Result<(), RootfsError> {
+    match lowerdir_form() {
+        LowerdirForm::Classic => mount_classic(target, lowers, rw),
+        LowerdirForm::Plus => match mount_plus(target, lowers, rw) {
+            Err(RootfsError::Sys { what, source })
+                if source.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                // A kernel before 6.8 (or its legacy option parser)
+                // does not know lowerdir+.
+                let r = mount_classic(target, lowers, rw);
+                if r.is_ok() {
+                    tracing::info!(
+                        refused = %what,
+                        "this kernel refuses overlayfs lowerdir+ (Linux 6.8); using the classic lowerdir option from now on"
+                    );
+                    FORM.store(CLASSIC, Ordering::Relaxed);
+                }
+                r
+            }
+            r => r,
+        },
+    }
+}
+
+/// The classic form: mount(2) with `lowerdir=A:B:…,upperdir=U,workdir=W`,
+/// every directory a `/proc/self/fd/N` of a descriptor held across the
+/// call (short, and free of the `:` and `,` the syntax reserves).
+fn mount_classic(
+    target: &Path,
+    lowers: &[&Path],
+    rw: Option<(&Path, &Path)>,
+) -> Result<(), RootfsError> {
+    use rustix::fs::{Mode, OFlags};
+    let open = |p: &Path| {
+        rustix::fs::open(
+            p,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys(format!("opening {}", p.display())))
+    };
+    let lower_fds = lowers
+        .iter()
+        .map(|l| open(l))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rw_fds = match rw {
+        Some((upper, work)) => Some((open(upper)?, open(work)?)),
+        None => None,
+    };
+    let rw_paths = rw_fds.as_ref().map(|(u, w)| (fd_path(u), fd_path(w)));
+    let data = classic_options(
+        &lower_fds.iter().map(fd_path).collect::<Vec<_>>(),
+        rw_paths.as_ref().map(|(u, w)| (u.as_str(), w.as_str())),
+    )?;
+    let flags = if rw.is_some() {
+        nix::mount::MsFlags::empty()
+    } else {
+        nix::mount::MsFlags::MS_RDONLY
+    };
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        flags,
+        Some(data.as_str()),
+    )
+    .map_err(|e| RootfsError::Sys {
+        what: format!(
+            "mounting an overlay at {} ({} layers, classic lowerdir)",
+            target.display(),
+            lowers.len()
+        ),
+        source: e.into(),
+    })
+}
+
+/// The new mount API with one `lowerdir+` per layer (Linux 6.8).
+fn mount_plus(
+    target: &Path,
+    lowers: &[&Path],
+    rw: Option<(&Path, &Path)>,
+) -> Result<(), RootfsError> {
+    let fs_fd = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(sys("fsopen(overlay)"))?;
+    for l in lowers {
+        rustix::mount::fsconfig_set_string(&fs_fd, "lowerdir+", *l)
+            .map_err(sys(format!("overlay lowerdir+ {}", l.display())))?;
+    }
+    let attrs = match rw {
+        Some((upper, work)) => {
+            rustix::mount::fsconfig_set_string(&fs_fd, "upperdir", upper)
+                .map_err(sys("overlay upperdir"))?;
+            rustix::mount::fsconfig_set_string(&fs_fd, "workdir", work)
+                .map_err(sys("overlay workdir"))?;
+            MountAttrFlags::empty()
+        }
+        None => MountAttrFlags::MOUNT_ATTR_RDONLY,
+    };
+    rustix::mount::fsconfig_create(&fs_fd).map_err(sys("creating the overlay superblock"))?;
+    let mnt = rustix::mount::fsmount(&fs_fd, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
+        .map_err(sys("fsmount(overlay)"))?;
+    rustix::mount::move_mount(
+        &mnt,
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(sys(format!("mounting an overlay at {}", target.display())))?;
+    Ok(())
 }
 
 /// How overlayfs gets the lower layers.
@@ -240,11 +302,11 @@ const MOUNT_OPTIONS_MAX: usize = 4095;
 
 /// The classic overlay options for these (top layer first) directories,
 /// refused with a clear error beyond what mount(2) takes.
-fn classic_options(lowers: &[String], upper: &str, work: &str) -> Result<String, RootfsError> {
-    let data = format!(
-        "lowerdir={},upperdir={upper},workdir={work}",
-        lowers.join(":")
-    );
+fn classic_options(lowers: &[String], rw: Option<(&str, &str)>) -> Result<String, RootfsError> {
+    let mut data = format!("lowerdir={}", lowers.join(":"));
+    if let Some((upper, work)) = rw {
+        data.push_str(&format!(",upperdir={upper},workdir={work}"));
+    }
     if data.len() > MOUNT_OPTIONS_MAX {
         return Err(RootfsError::Sys {
             what: format!(
@@ -343,6 +405,44 @@ mod tests {
     }
 
     #[test]
+    fn an_image_volume_is_a_read_only_overlay_that_remove_takes_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, top) = (dir.path().join("base"), dir.path().join("top"));
+        for (l, which) in [(&base, "base"), (&top, "top")] {
+            fs::create_dir(l).unwrap();
+            fs::write(l.join("which"), which).unwrap();
+        }
+        fs::write(base.join("only-base"), "").unwrap();
+        let rootfs = Rootfs::new(dir.path().join("c/rootfs"), dir.path().join("ctr"));
+        rootfs.mount(std::slice::from_ref(&base)).unwrap();
+        // One layer and two: both mount (the empty bottom layer).
+        let one = rootfs.mount_volume(0, std::slice::from_ref(&base));
+        let two = rootfs.mount_volume(1, &[base.clone(), top.clone()]);
+        let (one, two) = (
+            one.map_err(|e| e.to_string()),
+            two.map_err(|e| e.to_string()),
+        );
+        let read = |p: &Path| fs::read_to_string(p.join("which")).ok();
+        let seen = (
+            one.as_ref().ok().and_then(|p| read(p)),
+            two.as_ref().ok().and_then(|p| read(p)),
+        );
+        let write = two
+            .as_ref()
+            .map(|p| fs::write(p.join("new"), "x").map_err(|e| e.raw_os_error()));
+        let only_base = two.as_ref().map(|p| p.join("only-base").exists());
+        rootfs.remove();
+        let (one, two) = (one.clone().unwrap(), two.clone().unwrap());
+        assert_eq!(seen.0.as_deref(), Some("base"));
+        assert_eq!(seen.1.as_deref(), Some("top"), "the image's top layer wins");
+        assert!(only_base.unwrap());
+        assert_eq!(write.unwrap(), Err(Some(libc::EROFS)), "read-only");
+        assert!(!is_mountpoint(&one) && !is_mountpoint(&two));
+        assert!(!dir.path().join("c/image-volumes").exists());
+        assert!(base.join("which").exists(), "the layers stay");
+    }
+
+    #[test]
     fn the_classic_form_stacks_many_layers_too() {
         let dir = tempfile::tempdir().unwrap();
         // 120 layers with 100-byte names (a Docker image has at most 127):
@@ -364,11 +464,11 @@ mod tests {
             fs::create_dir_all(d).unwrap();
         }
         let top_first: Vec<&Path> = lowers.iter().rev().map(PathBuf::as_path).collect();
-        let r = rootfs.mount_classic(
-            &top_first,
-            &rootfs.layer_dir.join("upper"),
-            &rootfs.layer_dir.join("work"),
+        let (upper, work) = (
+            rootfs.layer_dir.join("upper"),
+            rootfs.layer_dir.join("work"),
         );
+        let r = mount_classic(&rootfs.target, &top_first, Some((&upper, &work)));
         let which = fs::read_to_string(rootfs.target.join("which"));
         let has_first = rootfs.target.join("only-0").exists();
         let _ = fs::write(rootfs.target.join("new-file"), "x");
@@ -386,15 +486,17 @@ mod tests {
         let lowers: Vec<String> = (0..300)
             .map(|i| format!("/proc/self/fd/{}", 1000 + i))
             .collect();
-        let e = classic_options(&lowers, "/proc/self/fd/3", "/proc/self/fd/4")
+        let e = classic_options(&lowers, Some(("/proc/self/fd/3", "/proc/self/fd/4")))
             .unwrap_err()
             .to_string();
         assert!(e.contains("300 layers") && e.contains("6.8"), "{e}");
-        let ok = classic_options(&lowers[..2], "/u", "/w").unwrap();
+        let ok = classic_options(&lowers[..2], Some(("/u", "/w"))).unwrap();
         assert_eq!(
             ok,
             "lowerdir=/proc/self/fd/1000:/proc/self/fd/1001,upperdir=/u,workdir=/w"
         );
+        let ro = classic_options(&lowers[..2], None).unwrap();
+        assert_eq!(ro, "lowerdir=/proc/self/fd/1000:/proc/self/fd/1001");
     }
 
     #[test]

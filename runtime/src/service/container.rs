@@ -463,6 +463,36 @@ impl Runtime {
     }
 }
 
+/// `sub` inside the tree at `root`, every symlink on the way resolved as
+/// if `root` were `/` (openat2 RESOLVE_IN_ROOT: an image's `../../etc` or
+/// `/etc` link cannot lead out), as the path it names on the node.
+fn resolve_in(root: &Path, sub: &str) -> std::io::Result<PathBuf> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let fd = rustix::fs::openat2(
+        &dir,
+        sub,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+    )?;
+    use std::os::fd::AsRawFd;
+    let p = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    // The overlay is read-only and its layers berth's own: what the link
+    // names now, it names when the shim binds it.
+    if !p.starts_with(root) {
+        return Err(std::io::Error::other(format!(
+            "{sub:?} resolved to {} outside the image",
+            p.display()
+        )));
+    }
+    Ok(p)
+}
+
 /// First real-time signal as user space numbers it (glibc keeps the
 /// kernel's 32 and 33 for itself), as containerd, CRI-O and Go's
 /// moby/sys/signal count `SIGRTMIN+n`.
@@ -529,6 +559,55 @@ pub fn cri_signal_number(name: &str) -> Option<i32> {
 }
 
 impl Inner {
+    /// Mount each image volume of `config` (KEP-4639) beside the rootfs,
+    /// read-only, its image held in use (RemoveImage refuses it) under
+    /// `<id>/ivol/<n>`; returns the bind sources, image_sub_path resolved
+    /// inside the image. Undone by the rootfs's removal and the release of
+    /// the container's image hold, both already on the undo list.
+    fn mount_image_volumes(
+        &self,
+        id: &str,
+        rootfs: &crate::rootfs::Rootfs,
+        config: &mut ContainerConfig,
+    ) -> Result<Vec<(usize, PathBuf)>> {
+        let mut out = Vec::new();
+        for (i, m) in config.mounts.iter_mut().enumerate() {
+            if m.image.is_empty() {
+                continue;
+            }
+            let image = self.images.status(&m.image).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "mounts[{i}].image {:?} not found: pull it first (PullImage)",
+                    m.image
+                ))
+            })?;
+            let lowers = self
+                .images
+                .hold_volume(&format!("{id}/ivol/{i}"), &image.record.id)?;
+            let root = rootfs.mount_volume(i, &lowers)?;
+            let src = if m.image_sub_path.is_empty() {
+                root
+            } else {
+                resolve_in(&root, &m.image_sub_path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Error::InvalidArgument(format!(
+                        "mounts[{i}].image_sub_path {:?} does not exist in image {}",
+                        m.image_sub_path, m.image
+                    )),
+                    _ => Error::io(
+                        format!(
+                            "mounts[{i}].image_sub_path {:?} of image {}",
+                            m.image_sub_path, m.image
+                        ),
+                        e,
+                    ),
+                })?
+            };
+            m.image_ref = image.record.id.to_string();
+            out.push((i, src));
+        }
+        Ok(out)
+    }
+
     /// The blocking part of CreateContainer, with its undo list.
     pub(super) fn make_container(
         &self,
@@ -572,6 +651,9 @@ impl Inner {
             undo.push("rootfs", move || r.remove());
         }
 
+        let mut config = config;
+        let image_volumes = self.mount_image_volumes(&id, &rootfs, &mut config)?;
+
         let user = crate::user::resolve(
             &rootfs.target,
             image.config.config.user.as_deref(),
@@ -594,7 +676,6 @@ impl Inner {
             .unwrap_or_else(|| image.record.id.to_string());
         // A container asking for the pod's PID namespace in a pod that has
         // none to share (the pod's own pid mode is CONTAINER) gets its own.
-        let mut config = config;
         if config.security_context().namespace_options.pid == NamespaceMode::Pod
             && sb.pause.is_none()
         {
@@ -617,6 +698,7 @@ impl Inner {
             user: &user,
             cgroups_path: &cgroups_path,
             target_pid_ns: target_pid_ns.as_deref(),
+            image_volumes: &image_volumes,
         };
         let cs = spec::container_spec(&self.node, &input, &spec::RealHost)?;
         if let Some(res) = cs

@@ -130,6 +130,8 @@ pub enum SpecError {
     MissingNamespace(&'static str),
     #[error("pid namespace TARGET: the target container's pid namespace path was not given")]
     MissingTarget,
+    #[error("{field}: the image volume was not mounted")]
+    ImageVolume { field: String },
     #[error("device {path}: {source}")]
     Device {
         path: String,
@@ -270,6 +272,9 @@ pub struct ContainerInputs<'a> {
     pub cgroups_path: &'a str,
     /// For pid TARGET: `/proc/<target init pid>/ns/pid`.
     pub target_pid_ns: Option<&'a Path>,
+    /// The mounted source of each image volume: (index in config.mounts,
+    /// the directory or file to bind, image_sub_path resolved).
+    pub image_volumes: &'a [(usize, PathBuf)],
 }
 
 // ---------------------------------------------------------------------------
@@ -796,6 +801,7 @@ mod tests {
         pub(super) user: ResolvedUser,
         pub(super) host: FakeHost,
         pub(super) target: Option<PathBuf>,
+        pub(super) image_volumes: Vec<(usize, PathBuf)>,
     }
 
     impl Fixture {
@@ -813,6 +819,7 @@ mod tests {
                 },
                 host: FakeHost::default(),
                 target: None,
+                image_volumes: Vec::new(),
             }
         }
 
@@ -832,6 +839,7 @@ mod tests {
                 user: &self.user,
                 cgroups_path: "/kubepods/pod1/ctr1",
                 target_pid_ns: self.target.as_deref(),
+                image_volumes: &self.image_volumes,
             };
             container_spec(&self.node, &input, &self.host)
         }
@@ -1321,6 +1329,7 @@ mod tests {
                 user: &f.user,
                 cgroups_path: "/unused",
                 target_pid_ns: None,
+                image_volumes: &[],
             };
             container_spec(&f.node, &input, &RealHost).unwrap().spec
         };

@@ -30,6 +30,8 @@ struct BindMount {
     readonly: bool,
     recursive_read_only: bool,
     propagation: MountPropagation,
+    /// An image volume: read-only, nosuid, nodev, noexec (KEP-4639).
+    image_volume: bool,
 }
 
 /// All mounts, in order: the defaults a CRI mount does not replace, then
@@ -47,15 +49,39 @@ pub(super) fn plan_mounts(
     let mut binds: Vec<BindMount> = c
         .mounts
         .iter()
-        .map(|m| BindMount {
-            from_cri: true,
-            container_path: m.container_path.clone(),
-            host_path: m.host_path.clone(),
-            readonly: m.readonly,
-            recursive_read_only: m.recursive_read_only,
-            propagation: m.propagation,
+        .enumerate()
+        .map(|(i, m)| {
+            if m.image.is_empty() {
+                return Ok(BindMount {
+                    from_cri: true,
+                    container_path: m.container_path.clone(),
+                    host_path: m.host_path.clone(),
+                    readonly: m.readonly,
+                    recursive_read_only: m.recursive_read_only,
+                    propagation: m.propagation,
+                    image_volume: false,
+                });
+            }
+            let src = input
+                .image_volumes
+                .iter()
+                .find(|(n, _)| *n == i)
+                .map(|(_, p)| p)
+                .ok_or_else(|| SpecError::ImageVolume {
+                    field: format!("mounts[{i}]"),
+                })?;
+            Ok(BindMount {
+                // berth made it: never a missing source to create.
+                from_cri: false,
+                container_path: m.container_path.clone(),
+                host_path: src.display().to_string(),
+                readonly: true,
+                recursive_read_only: m.recursive_read_only,
+                propagation: MountPropagation::Private,
+                image_volume: true,
+            })
         })
-        .collect();
+        .collect::<Result<_, SpecError>>()?;
     let cri_paths: HashSet<String> = binds
         .iter()
         .map(|b| lexically_clean(&b.container_path))
@@ -83,6 +109,7 @@ pub(super) fn plan_mounts(
                 readonly,
                 recursive_read_only: false,
                 propagation: MountPropagation::Private,
+                image_volume: false,
             });
         }
     }
@@ -162,6 +189,9 @@ pub(super) fn plan_mounts(
             }
         } else {
             options.push("rw".into());
+        }
+        if b.image_volume {
+            options.extend(["nosuid", "nodev", "noexec"].map(String::from));
         }
         out.push(
             MountBuilder::default()
