@@ -10,7 +10,9 @@ use std::time::Duration;
 use berth_conformance::Env;
 use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::*;
-use berth_cri_api::v1::{LinuxContainerResources, UpdateContainerResourcesRequest};
+use berth_cri_api::v1::{
+    LinuxContainerResources, UpdateContainerResourcesRequest, UpdatePodSandboxResourcesRequest,
+};
 use common::*;
 use tonic::Code;
 
@@ -19,6 +21,12 @@ const MIB: i64 = 1 << 20;
 /// A cgroup file of a process: `controller` on v1 (its hierarchy), the
 /// unified one on v2 (then `v2_file`).
 fn cgroup_file(pid: i32, controller: &str, v1_file: &str, v2_file: &str) -> String {
+    cgroup_file_of(pid, "", controller, v1_file, v2_file)
+}
+
+/// The same file of the cgroup `up` (`..` for the parent, the pod's) from
+/// the process's.
+fn cgroup_file_of(pid: i32, up: &str, controller: &str, v1_file: &str, v2_file: &str) -> String {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     for line in text.lines() {
         let mut f = line.splitn(3, ':');
@@ -34,10 +42,14 @@ fn cgroup_file(pid: i32, controller: &str, v1_file: &str, v2_file: &str) -> Stri
                         .is_some_and(|n| n.split(',').any(|c| c == controller))
                 })
                 .unwrap();
-            return std::fs::read_to_string(dir.join(path.trim_start_matches('/')).join(v1_file))
-                .unwrap()
-                .trim()
-                .to_string();
+            return std::fs::read_to_string(
+                dir.join(path.trim_start_matches('/'))
+                    .join(up)
+                    .join(v1_file),
+            )
+            .unwrap()
+            .trim()
+            .to_string();
         }
     }
     let path = text
@@ -47,6 +59,7 @@ fn cgroup_file(pid: i32, controller: &str, v1_file: &str, v2_file: &str) -> Stri
     std::fs::read_to_string(
         std::path::Path::new("/sys/fs/cgroup")
             .join(path.trim_start_matches('/'))
+            .join(up)
             .join(v2_file),
     )
     .unwrap()
@@ -207,4 +220,81 @@ async fn a_memory_limit_below_the_usage_is_refused_on_cgroup_v1() {
     );
     remove_pod(&env, p).await;
     env.finish().await;
+}
+
+/// UpdatePodSandboxResources: the pod's new resources are recorded
+/// (PodSandboxStatus shows them, also after a restart); on a pod cgroup
+/// berth made itself (no cgroup_parent) they are applied there, the
+/// containers' sum plus the overhead.
+#[tokio::test]
+async fn pod_resources_reach_a_pod_cgroup_berth_owns_and_are_kept() {
+    let mut env = Env::start().await;
+    let image = push_busybox(&env, "res/busybox-pod:1").await;
+    let p = run_pod(&env, sandbox_config("pod-resize"), &image).await;
+    let id = run(&env, &p, container(&p, "app", &["sleep", "3600"])).await;
+    let pid = container_pid(&env, &id).await;
+    let pod_memory = || cgroup_file_of(pid, "..", "memory", "memory.limit_in_bytes", "memory.max");
+    let mut rt = env.cri.runtime.clone();
+    rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: p.id.clone(),
+        overhead: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 16 * MIB,
+            ..Default::default()
+        }),
+        resources: Some(limits(256 * MIB, 0, 0)),
+    })
+    .await
+    .expect("UpdatePodSandboxResources");
+    assert_eq!(pod_memory(), (272 * MIB).to_string());
+    let recorded = |info: serde_json::Value| {
+        info["config"]["linux"]["resources"]["memory_limit_in_bytes"].as_i64()
+    };
+    let info = pod_info(&env, &p.id).await;
+    assert_eq!(recorded(info), Some(256 * MIB));
+
+    env.berthd.kill();
+    env.berthd.restart().await.expect("restart");
+    env.cri = env.berthd.cri().await.expect("reconnect");
+    assert_eq!(
+        recorded(pod_info(&env, &p.id).await),
+        Some(256 * MIB),
+        "kept"
+    );
+
+    // Bad requests change nothing.
+    let mut rt = env.cri.runtime.clone();
+    let e = rt
+        .update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: p.id.clone(),
+            resources: Some(limits(-1, 0, 0)),
+            ..Default::default()
+        })
+        .await;
+    expect_code(e, &[Code::InvalidArgument], "a negative pod limit");
+    let e = rt
+        .update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: "no-such-pod".into(),
+            resources: Some(limits(MIB, 0, 0)),
+            ..Default::default()
+        })
+        .await;
+    expect_code(e, &[Code::NotFound], "an unknown pod");
+    assert_eq!(pod_memory(), (272 * MIB).to_string());
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
+
+async fn pod_info(env: &Env, id: &str) -> serde_json::Value {
+    let st = env
+        .cri
+        .runtime
+        .clone()
+        .pod_sandbox_status(berth_cri_api::v1::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner();
+    serde_json::from_str(&st.info["info"]).expect("verbose info is JSON")
 }

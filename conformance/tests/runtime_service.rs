@@ -5,7 +5,7 @@
 mod common;
 
 use berth_conformance::Env;
-use berth_cri_api::v1::{CheckpointContainerRequest, UpdatePodSandboxResourcesRequest};
+use berth_cri_api::v1::CheckpointContainerRequest;
 use common::*;
 use tonic::Code;
 
@@ -106,20 +106,12 @@ async fn runtime_config_answers() {
 async fn other_runtime_calls_answer_unimplemented_with_their_names() {
     let env = Env::start().await;
     let mut rt = env.cri.runtime.clone();
-    let checks = vec![
-        (
-            "CheckpointContainer",
-            rt.checkpoint_container(CheckpointContainerRequest::default())
-                .await
-                .map(|_| ()),
-        ),
-        (
-            "UpdatePodSandboxResources",
-            rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest::default())
-                .await
-                .map(|_| ()),
-        ),
-    ];
+    let checks = vec![(
+        "CheckpointContainer",
+        rt.checkpoint_container(CheckpointContainerRequest::default())
+            .await
+            .map(|_| ()),
+    )];
     for (name, r) in checks {
         let s = expect_code(r, &[Code::Unimplemented], name);
         assert!(

@@ -882,6 +882,31 @@ impl RuntimeService for RuntimeApi {
         }))
     }
 
+    /// In-place pod resize and pod-level resources: kubelet has set the
+    /// pod cgroup already; berth records the new values (and applies them
+    /// to a pod cgroup it made itself).
+    async fn update_pod_sandbox_resources(
+        &self,
+        request: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+        let req = request.into_inner();
+        let span =
+            tracing::info_span!("UpdatePodSandboxResources", pod_sandbox_id = %req.pod_sandbox_id);
+        async {
+            self.runtime
+                .update_pod_sandbox_resources(
+                    &req.pod_sandbox_id,
+                    req.overhead.map(convert::resources),
+                    req.resources.map(convert::resources),
+                )
+                .await
+                .map_err(runtime_error)?;
+            Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))
+        }
+        .instrument(span)
+        .await
+    }
+
     /// The metrics kubelet's `/metrics/cadvisor` serves from the runtime
     /// (PodAndContainerStatsFromCRI): asked once, at kubelet's start.
     async fn list_metric_descriptors(
@@ -911,7 +936,6 @@ impl RuntimeService for RuntimeApi {
 
     unimplemented_calls! {
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
-        update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest) -> UpdatePodSandboxResourcesResponse = "UpdatePodSandboxResources";
     }
 
     // cri-api 1.36's streaming list calls (KEP-5825): the unary call's

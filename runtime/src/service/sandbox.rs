@@ -1,8 +1,66 @@
 //! RunPodSandbox, StopPodSandbox, RemovePodSandbox.
 
 use super::*;
+use crate::model::LinuxResources;
 
 impl Runtime {
+    /// UpdatePodSandboxResources (in-place pod resize, pod-level
+    /// resources): kubelet calls it after it has set the pod cgroup it
+    /// owns (cgroup_parent); berth keeps the new resources in the pod's
+    /// record (PodSandboxStatus shows them, and they outlive a restart).
+    /// Where berth made the pod cgroup itself (no cgroup_parent: crictl,
+    /// scripts), nobody else sets it, so berth applies them there (the
+    /// containers' sum plus the pod overhead). A kernel refusal is
+    /// FAILED_PRECONDITION and changes nothing.
+    pub async fn update_pod_sandbox_resources(
+        &self,
+        id: &str,
+        overhead: Option<LinuxResources>,
+        resources: Option<LinuxResources>,
+    ) -> Result<()> {
+        for r in overhead.iter().chain(resources.iter()) {
+            model::validate_resources(r)?;
+        }
+        let full = self.resolve_sandbox(id)?;
+        let lock = self.pod_lock(&full)?;
+        let _g = lock.write().await;
+        let mut rec = self.sandbox(&full)?;
+        if rec.state != SandboxState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {full} is not ready: its resources cannot change"
+            )));
+        }
+        let mut config = rec.config.clone();
+        if overhead.is_some() {
+            config.linux.overhead = overhead;
+        }
+        if resources.is_some() {
+            config.linux.resources = resources;
+        }
+        let own = CgroupPath::new(&config.linux.cgroup_parent)?.is_root();
+        if own && let Some(total) = pod_total(&config.linux) {
+            let cg = self.inner.pod_cgroup(&config, &full)?;
+            let oci = spec::linux_resources(&total)?;
+            let cgroups = self.inner.cgroups.clone();
+            tokio::task::spawn_blocking(move || cgroups.apply(&cg, &oci))
+                .await
+                .map_err(|e| Error::Internal(format!("update task failed: {e}")))?
+                .map_err(|e| {
+                    Error::FailedPrecondition(format!(
+                        "the kernel refused the new resources of pod sandbox {full}: {e}"
+                    ))
+                })?;
+        }
+        rec.config = config;
+        self.inner.store.put_sandbox(&rec)?;
+        self.inner
+            .sandboxes
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(full, rec);
+        Ok(())
+    }
+
     /// RunPodSandbox. A retry of a pod (same name) that is being created
     /// waits for that creation and gets its result; a retry after it finished
     /// gets the same id, as CRI-O's resourcestore does for kubelet's retries
@@ -409,6 +467,13 @@ impl Inner {
             let (cgroups, c) = (self.cgroups.clone(), cg.clone());
             undo.push("pod cgroup", move || remove_cgroup_logged(&cgroups, &c));
         }
+        // Pod-level resources on a pod cgroup berth owns (kubelet sets the
+        // ones it owns itself).
+        if CgroupPath::new(&config.linux.cgroup_parent)?.is_root()
+            && let Some(total) = pod_total(&config.linux)
+        {
+            self.cgroups.apply(&cg, &spec::linux_resources(&total)?)?;
+        }
 
         let mut record = SandboxRecord {
             id: id.to_string(),
@@ -558,5 +623,57 @@ mod tests {
             .to_string();
         assert!(e.contains("whole node"), "{e}");
         assert!(namespaced_sysctls(&s("net/../../x"), false, true).is_err());
+    }
+}
+
+/// What a pod cgroup berth owns is limited to: the containers' sum
+/// (`resources`) plus the pod's `overhead` for CPU shares, quota and
+/// memory, the rest (period, cpusets, hugepages, unified) as `resources`
+/// has it. None without `resources`.
+pub(super) fn pod_total(l: &model::LinuxSandboxConfig) -> Option<LinuxResources> {
+    let r = l.resources.clone()?;
+    let Some(o) = l.overhead.as_ref() else {
+        return Some(r);
+    };
+    let add = |a: i64, b: i64| if a > 0 && b > 0 { a + b } else { a };
+    Some(LinuxResources {
+        cpu_shares: add(r.cpu_shares, o.cpu_shares),
+        cpu_quota: add(r.cpu_quota, o.cpu_quota),
+        memory_limit_in_bytes: add(r.memory_limit_in_bytes, o.memory_limit_in_bytes),
+        ..r
+    })
+}
+
+#[cfg(test)]
+mod pod_resource_tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_total_adds_the_overhead_to_what_is_limited() {
+        let mut l = model::LinuxSandboxConfig::default();
+        assert_eq!(pod_total(&l), None);
+        l.resources = Some(LinuxResources {
+            cpu_shares: 512,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        });
+        assert_eq!(pod_total(&l), l.resources);
+        l.overhead = Some(LinuxResources {
+            cpu_shares: 10,
+            cpu_quota: 5_000,
+            memory_limit_in_bytes: 8 << 20,
+            ..Default::default()
+        });
+        let t = pod_total(&l).unwrap();
+        assert_eq!((t.cpu_shares, t.cpu_quota), (522, 55_000));
+        assert_eq!(t.memory_limit_in_bytes, 72 << 20);
+        assert_eq!(t.cpu_period, 100_000);
+        // Unlimited stays unlimited, whatever the overhead.
+        l.resources.as_mut().unwrap().memory_limit_in_bytes = 0;
+        l.resources.as_mut().unwrap().cpu_quota = -1;
+        let t = pod_total(&l).unwrap();
+        assert_eq!((t.memory_limit_in_bytes, t.cpu_quota), (0, -1));
     }
 }
