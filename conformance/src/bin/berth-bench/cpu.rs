@@ -62,6 +62,13 @@ impl CpuSample {
     }
 }
 
+/// CPU seconds (utime + stime, all threads) of one process so far; None
+/// once it is gone.
+pub fn process_cpu(pid: i32) -> Option<f64> {
+    let st = read_stat(pid)?;
+    Some(ticks_to_secs(st.utime + st.stime))
+}
+
 /// utime/stime of `pid` and its reaped children, plus its live descendants.
 pub fn sample_tree(pid: u32) -> Result<CpuSample> {
     let pid = i32::try_from(pid).map_err(|_| anyhow!("pid {pid} out of range"))?;

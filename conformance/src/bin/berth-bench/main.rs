@@ -9,6 +9,7 @@ mod network;
 mod podbench;
 mod pods;
 mod report;
+mod stats;
 mod streaming;
 mod workload;
 
@@ -228,6 +229,7 @@ enum Mode {
     Pods(pods::PodsArgs),
     Network(network::NetworkArgs),
     Streaming(streaming::StreamingArgs),
+    Stats(stats::StatsArgs),
 }
 
 fn main() {
@@ -245,6 +247,11 @@ fn main() {
     } else if argv.get(1).is_some_and(|a| a == "streaming") {
         Mode::Streaming(streaming::StreamingArgs::parse_from(
             std::iter::once(std::ffi::OsString::from("berth-bench streaming"))
+                .chain(argv[2..].iter().cloned()),
+        ))
+    } else if argv.get(1).is_some_and(|a| a == "stats") {
+        Mode::Stats(stats::StatsArgs::parse_from(
+            std::iter::once(std::ffi::OsString::from("berth-bench stats"))
                 .chain(argv[2..].iter().cloned()),
         ))
     } else {
@@ -271,6 +278,7 @@ fn start(mode: Mode) -> Result<i32> {
         Mode::Pods(a) => a.skip_berth,
         Mode::Network(a) => a.skip_berth,
         Mode::Streaming(a) => a.skip_berth,
+        Mode::Stats(a) => a.skip_berth,
     };
     let berthd = if skip_berth {
         None
@@ -291,6 +299,7 @@ fn start(mode: Mode) -> Result<i32> {
                     Mode::Pods(args) => pods::run(args, berthd).await,
                     Mode::Network(args) => network::run(args, berthd).await,
                     Mode::Streaming(args) => streaming::run(args, berthd).await,
+                    Mode::Stats(args) => stats::run(args, berthd).await,
                 }
             } => r,
             _ = tokio::signal::ctrl_c() => {
