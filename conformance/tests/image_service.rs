@@ -186,6 +186,33 @@ async fn pull_with_a_sandbox_config_like_kubelet() {
         .await
         .expect("pull with sandbox_config");
     assert_eq!(id, img.id());
+    // ImageSpec.runtime_handler names a handler berth has not: refused,
+    // and nothing is pulled.
+    let other = env.push("app/for-handler:1", &img).await;
+    let e = env
+        .cri
+        .image
+        .clone()
+        .pull_image(berth_cri_api::v1::PullImageRequest {
+            image: Some(berth_cri_api::v1::ImageSpec {
+                image: other.clone(),
+                runtime_handler: "kata".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    let s = expect_code(e, &[Code::InvalidArgument], "an unknown runtime handler");
+    assert!(s.message().contains("kata"), "{}", s.message());
+    assert!(
+        env.cri
+            .image_status(&other, false)
+            .await
+            .unwrap()
+            .image
+            .is_none(),
+        "nothing was pulled"
+    );
     env.finish().await;
 }
 

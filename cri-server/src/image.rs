@@ -110,6 +110,17 @@ impl ImageService for ImageApi {
     ) -> Result<Response<cri::PullImageResponse>, Status> {
         let req = request.into_inner();
         let r = required_ref(req.image.as_ref())?.to_string();
+        // ImageSpec.runtime_handler: an unknown one is refused (api.proto).
+        if let Some(h) = req
+            .image
+            .as_ref()
+            .map(|i| i.runtime_handler.as_str())
+            .filter(|h| !h.is_empty())
+        {
+            return Err(Status::invalid_argument(format!(
+                "runtime handler {h:?} is not configured (berth has only the default handler \"\")"
+            )));
+        }
         let span = tracing::info_span!("PullImage", image = %r);
         async {
             let creds = match &req.auth {
