@@ -665,3 +665,69 @@ async fn an_image_volume_is_mounted_read_only_noexec_with_its_sub_path_and_keeps
     remove_pod(&env, p).await;
     env.finish().await;
 }
+
+/// SupplementalGroupsPolicy (KEP-3619): Merge (the default) adds the
+/// image's /etc/group memberships of the user to kubelet's groups, Strict
+/// only kubelet's; the container's process and every exec have the same
+/// groups, and ContainerStatus.user reports them.
+#[tokio::test]
+async fn supplemental_groups_policy_merge_and_strict_reach_the_process_exec_and_status() {
+    use berth_conformance::images::{Compression, TarBuilder};
+    use berth_cri_api::v1::SupplementalGroupsPolicy;
+    use std::collections::BTreeSet;
+    let env = Env::start().await;
+    let groups = TarBuilder::new()
+        .dir("etc", 0o755)
+        .file(
+            "etc/group",
+            0o644,
+            b"root:x:0:\napp:x:1000:\nextra:x:2000:app\nother:x:3000:root\n",
+        )
+        .layer(Compression::Gzip, Format::Oci);
+    let img = ImageBuilder::busybox(Format::Oci).layer(groups).build();
+    let r = env.push("more/groups:1", &img).await;
+    env.cri.pull(&r).await.expect("pull");
+    let p = pod_with_image(&env, "groups", &r).await;
+    let set = |s: &str| -> BTreeSet<i64> {
+        s.split_whitespace()
+            .filter_map(|g| g.parse().ok())
+            .collect()
+    };
+    for (policy, want) in [
+        (SupplementalGroupsPolicy::Merge, set("1000 2000 5000")),
+        (SupplementalGroupsPolicy::Strict, set("1000 5000")),
+    ] {
+        let name = format!("{policy:?}").to_lowercase();
+        let mut c = container(&p, &name, &["sleep", "1000"]);
+        let sc = security(&mut c);
+        sc.run_as_user = Some(berth_cri_api::v1::Int64Value { value: 1000 });
+        sc.supplemental_groups = vec![5000];
+        sc.supplemental_groups_policy = policy as i32;
+        let id = run(&env, &p, c).await;
+        let from_exec = set(&sh(&env, &id, "id -G").await);
+        assert_eq!(from_exec, want, "{name}: the groups of an exec");
+        let init = sh(&env, &id, "grep '^Groups:' /proc/1/status").await;
+        let mut init = set(init.trim_start_matches("Groups:"));
+        init.insert(1000);
+        assert_eq!(init, want, "{name}: the groups of the container's process");
+        let user = status(&env, &id)
+            .await
+            .unwrap()
+            .user
+            .and_then(|u| u.linux)
+            .expect("ContainerStatus.user.linux");
+        assert_eq!((user.uid, user.gid), (1000, 1000), "{name}");
+        let mut reported: BTreeSet<i64> = user.supplemental_groups.into_iter().collect();
+        reported.insert(user.gid);
+        assert_eq!(reported, want, "{name}: ContainerStatus.user");
+    }
+    let st = env.cri.status(false).await.expect("Status");
+    assert!(
+        st.features
+            .expect("RuntimeFeatures")
+            .supplemental_groups_policy,
+        "claimed, since it works"
+    );
+    remove_pod(&env, p).await;
+    env.finish().await;
+}

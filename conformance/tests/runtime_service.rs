@@ -83,6 +83,10 @@ async fn status_lists_the_default_handler_and_claims_no_feature_berth_lacks() {
         "recursive read-only mounts are not implemented yet"
     );
     let rf = st.features.expect("RuntimeFeatures");
+    assert!(
+        rf.supplemental_groups_policy,
+        "Merge and Strict work (containers_more.rs)"
+    );
     assert!(!rf.user_namespaces_host_network);
     env.finish().await;
 }

@@ -251,7 +251,9 @@ impl RuntimeService for RuntimeApi {
                 }),
             }],
             features: Some(cri::RuntimeFeatures {
-                supplemental_groups_policy: false,
+                // Merge and Strict, for the process, its execs and
+                // ContainerStatus.user (kubelet refuses Strict otherwise).
+                supplemental_groups_policy: true,
                 user_namespaces_host_network: false,
             }),
         }))
