@@ -731,3 +731,73 @@ async fn supplemental_groups_policy_merge_and_strict_reach_the_process_exec_and_
     remove_pod(&env, p).await;
     env.finish().await;
 }
+
+/// Mount.recursive_read_only: the bind and every mount below it read-only
+/// (mount_setattr AT_RECURSIVE); a plain read-only mount stays
+/// non-recursive (a submount of it is writable, as critest checks); rro
+/// without readonly, or with a propagation other than PRIVATE, is refused.
+#[tokio::test]
+async fn a_recursive_read_only_mount_makes_its_submounts_read_only_too() {
+    let env = Env::start().await;
+    let image = push_busybox(&env, "more/rro:1").await;
+    let p = pod_with_image(&env, "rro", &image).await;
+    let mut host = SharedDir::with(MsFlags::MS_PRIVATE);
+    host.mount_tmpfs("sub");
+    let bind = |path: &str, rro: bool| Mount {
+        container_path: path.into(),
+        host_path: host.path().display().to_string(),
+        readonly: true,
+        recursive_read_only: rro,
+        ..Default::default()
+    };
+    let mut c = container(&p, "rro", &["sleep", "1000"]);
+    c.mounts = vec![bind("/rro", true), bind("/ro", false)];
+    let id = run(&env, &p, c).await;
+    for (what, cmd, ok) in [
+        ("the rro mount", "touch /rro/x", false),
+        ("a submount of the rro mount", "touch /rro/sub/x", false),
+        ("the plain ro mount", "touch /ro/x", false),
+        ("a submount of the plain ro mount", "touch /ro/sub/y", true),
+    ] {
+        let (code, _, err) = try_sh(&env, &id, cmd).await;
+        assert_eq!(code == 0, ok, "{what}: {cmd}: exit {code}, {err}");
+        if !ok {
+            assert!(err.to_lowercase().contains("read-only"), "{what}: {err}");
+        }
+    }
+    assert!(host.path().join("sub/y").exists());
+    assert!(!host.path().join("sub/x").exists());
+
+    let mut bad = container(&p, "bad", &["true"]);
+    bad.mounts = vec![Mount {
+        readonly: false,
+        ..bind("/x", true)
+    }];
+    expect_code(
+        create(&env, &p, bad).await,
+        &[Code::InvalidArgument],
+        "rro without readonly",
+    );
+    let mut bad = container(&p, "bad2", &["true"]);
+    bad.mounts = vec![Mount {
+        propagation: MountPropagation::PropagationHostToContainer as i32,
+        ..bind("/x", true)
+    }];
+    expect_code(
+        create(&env, &p, bad).await,
+        &[Code::InvalidArgument],
+        "rro with HostToContainer",
+    );
+    let st = env.cri.status(false).await.expect("Status");
+    assert!(
+        st.runtime_handlers[0]
+            .features
+            .as_ref()
+            .unwrap()
+            .recursive_read_only_mounts,
+        "claimed where the kernel has mount_setattr (5.12; this test's kernel has)"
+    );
+    remove_pod(&env, p).await;
+    drop(host);
+    env.finish().await;
+}

@@ -78,9 +78,21 @@ async fn status_lists_the_default_handler_and_claims_no_feature_berth_lacks() {
         !f.user_namespaces,
         "user namespaces are not implemented yet"
     );
-    assert!(
-        !f.recursive_read_only_mounts,
-        "recursive read-only mounts are not implemented yet"
+    // mount_setattr(2) came in Linux 5.12.
+    let release = nix::sys::utsname::uname().unwrap();
+    let mut v = release
+        .release()
+        .to_string_lossy()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok())
+        .take(2)
+        .collect::<Vec<_>>()
+        .into_iter();
+    let (major, minor) = (v.next().unwrap(), v.next().unwrap());
+    assert_eq!(
+        f.recursive_read_only_mounts,
+        (major, minor) >= (5, 12),
+        "recursive read-only mounts are claimed where mount_setattr exists"
     );
     let rf = st.features.expect("RuntimeFeatures");
     assert!(

@@ -243,10 +243,12 @@ impl RuntimeService for RuntimeApi {
                 // The built-in executor, the only handler until RuntimeClass
                 // handlers land. kubelet refuses `hostUsers: false` pods and
                 // `recursiveReadOnly: Enabled` mounts on a handler that does
-                // not claim them, so nothing is claimed berth does not do.
+                // not claim them, so nothing is claimed berth does not do
+                // (user namespaces: not yet).
                 name: String::new(),
                 features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    // mount_setattr(2) AT_RECURSIVE (Linux 5.12).
+                    recursive_read_only_mounts: berth_runtime::kernel::has_mount_setattr(),
                     user_namespaces: false,
                 }),
             }],

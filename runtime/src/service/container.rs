@@ -614,6 +614,13 @@ impl Inner {
         sb: &SandboxRecord,
         config: ContainerConfig,
     ) -> Result<ContainerRecord> {
+        if let Some(i) = config.mounts.iter().position(|m| m.recursive_read_only)
+            && !crate::kernel::has_mount_setattr()
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "mounts[{i}].recursive_read_only needs mount_setattr(2) (Linux 5.12), which this kernel has not"
+            )));
+        }
         let image_ref = config.image.image.clone();
         let image = self.images.status(&image_ref).ok_or_else(|| {
             Error::NotFound(format!(

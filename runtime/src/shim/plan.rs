@@ -185,6 +185,9 @@ pub struct MountStep {
     pub data: String,
     /// Propagation to set once mounted (MS_PRIVATE, MS_SLAVE… maybe MS_REC).
     pub propagation: Vec<MsFlags>,
+    /// `rro` (runc's): a bind and every mount below it read-only
+    /// (mount_setattr AT_RECURSIVE MOUNT_ATTR_RDONLY, Linux 5.12).
+    pub recursive_readonly: bool,
 }
 
 impl MountStep {
@@ -208,6 +211,7 @@ enum MountOpt {
     Propagation(MsFlags),
     Ignore,
     Data,
+    RecursiveReadonly,
 }
 
 fn mount_opt(o: &str) -> MountOpt {
@@ -247,6 +251,7 @@ fn mount_opt(o: &str) -> MountOpt {
         "runbindable" => Propagation(MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
         // Options runc knows that change nothing here.
         "tmpcopyup" | "remount" => Ignore,
+        "rro" => RecursiveReadonly,
         _ => Data,
     }
 }
@@ -272,8 +277,10 @@ fn mount_step(m: &Mount) -> Result<MountStep, PlanError> {
     let mut flags = MsFlags::empty();
     let mut propagation = Vec::new();
     let mut data: Vec<&str> = Vec::new();
+    let mut recursive_readonly = false;
     for o in m.options().as_deref().unwrap_or(&[]) {
         match mount_opt(o) {
+            MountOpt::RecursiveReadonly => recursive_readonly = true,
             MountOpt::Set(f) => flags |= f,
             MountOpt::Clear(f) => flags &= !f,
             MountOpt::Propagation(f) => propagation.push(f),
@@ -314,12 +321,16 @@ fn mount_step(m: &Mount) -> Result<MountStep, PlanError> {
             },
         }
     };
+    if recursive_readonly && !matches!(kind, MountKind::Bind { .. }) {
+        return Err(err("rro is for bind mounts"));
+    }
     Ok(MountStep {
         dest,
         kind,
         flags,
         data: data.join(","),
         propagation,
+        recursive_readonly,
     })
 }
 
@@ -737,6 +748,21 @@ mod tests {
             .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn rro_marks_a_bind_recursive_read_only_and_is_refused_elsewhere() {
+        let plan = mount_plan(&[
+            mount("/data", "bind", "/srv", &["rbind", "rprivate", "ro", "rro"]),
+            mount("/plain", "bind", "/srv", &["rbind", "ro"]),
+        ])
+        .unwrap();
+        assert!(plan[0].recursive_readonly);
+        assert!(plan[0].flags.contains(MsFlags::MS_RDONLY), "ro stays for the top");
+        assert!(plan[0].data.is_empty(), "rro is no filesystem option");
+        assert!(!plan[1].recursive_readonly);
+        let e = mount_plan(&[mount("/t", "tmpfs", "tmpfs", &["rro"])]).unwrap_err();
+        assert!(e.to_string().contains("rro is for bind mounts"), "{e}");
     }
 
     #[test]

@@ -216,6 +216,11 @@ fn mount_one(root: BorrowedFd<'_>, m: &MountStep, s: &RootfsSetup<'_>) -> Result
                 let flags = m.flags | MsFlags::MS_BIND | MsFlags::MS_REMOUNT;
                 mount_at(None, &target, None, flags & !MsFlags::MS_REC, None, dest)?;
             }
+            if m.recursive_readonly {
+                let target = open_in_root(root, dest, Create::No)?;
+                crate::kernel::mount_setattr_recursive_rdonly(target.as_fd())
+                    .map_err(fail("mount_setattr (recursive read-only)", dest))?;
+            }
         }
         MountKind::Fs { fstype, source } => {
             let target = open_in_root(root, dest, Create::Dir)?;
