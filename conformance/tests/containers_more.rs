@@ -801,3 +801,84 @@ async fn a_recursive_read_only_mount_makes_its_submounts_read_only_too() {
     drop(host);
     env.finish().await;
 }
+
+/// AppArmor and SELinux: a node profile (Localhost) or SELinux labels are
+/// refused with FAILED_PRECONDITION naming the LSM, never dropped without
+/// a word (this node runs neither; berth applies neither yet);
+/// RuntimeDefault and Unconfined need nothing and run.
+#[tokio::test]
+async fn lsm_profiles_no_lsm_enforces_are_refused_naming_it() {
+    use berth_cri_api::v1::{SeLinuxOption, SecurityProfile, security_profile::ProfileType};
+    let env = Env::start().await;
+    let image = push_busybox(&env, "more/lsm:1").await;
+    let p = pod_with_image(&env, "lsm", &image).await;
+    let mut c = container(&p, "aa", &["true"]);
+    security(&mut c).apparmor = Some(SecurityProfile {
+        profile_type: ProfileType::Localhost as i32,
+        localhost_ref: "k8s-deny-write".into(),
+    });
+    let s = expect_code(
+        create(&env, &p, c).await,
+        &[Code::FailedPrecondition],
+        "AppArmor Localhost",
+    );
+    assert!(
+        s.message().contains("AppArmor") && s.message().contains("k8s-deny-write"),
+        "{}",
+        s.message()
+    );
+    let mut c = container(&p, "aa-legacy", &["true"]);
+    #[allow(deprecated)]
+    {
+        security(&mut c).apparmor_profile = "localhost/k8s-deny-write".into();
+    }
+    expect_code(
+        create(&env, &p, c).await,
+        &[Code::FailedPrecondition],
+        "apparmor_profile localhost/",
+    );
+    let mut c = container(&p, "se", &["true"]);
+    security(&mut c).selinux_options = Some(SeLinuxOption {
+        level: "s0:c1,c2".into(),
+        ..Default::default()
+    });
+    let s = expect_code(
+        create(&env, &p, c).await,
+        &[Code::FailedPrecondition],
+        "SELinux labels",
+    );
+    assert!(s.message().contains("SELinux"), "{}", s.message());
+    let mut pod = sandbox_config("lsm-pod");
+    pod.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            selinux_options: Some(SeLinuxOption {
+                r#type: "spc_t".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let e = env
+        .cri
+        .runtime
+        .clone()
+        .run_pod_sandbox(berth_cri_api::v1::RunPodSandboxRequest {
+            config: Some(pod),
+            runtime_handler: String::new(),
+        })
+        .await;
+    expect_code(e, &[Code::FailedPrecondition], "a pod's SELinux labels");
+    for t in [ProfileType::RuntimeDefault, ProfileType::Unconfined] {
+        let mut c = container(&p, &format!("ok-{}", t as i32), &["true"]);
+        security(&mut c).apparmor = Some(SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: String::new(),
+        });
+        create(&env, &p, c)
+            .await
+            .expect("RuntimeDefault / Unconfined run");
+    }
+    remove_pod(&env, p).await;
+    env.finish().await;
+}

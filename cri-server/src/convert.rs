@@ -68,6 +68,86 @@ fn profile(p: Option<cri::SecurityProfile>) -> Result<Option<m::SecurityProfile>
     .transpose()
 }
 
+/// `apparmor`, or when that is unset the deprecated `apparmor_profile`:
+/// `runtime/default`, `unconfined`, `localhost/<profile>`; empty is unset.
+fn apparmor(
+    p: Option<cri::SecurityProfile>,
+    legacy: &str,
+) -> Result<Option<m::SecurityProfile>, Status> {
+    if p.is_some() || legacy.is_empty() {
+        return profile(p);
+    }
+    let (profile_type, localhost_ref) = match legacy {
+        "unconfined" => (m::ProfileType::Unconfined, ""),
+        "runtime/default" => (m::ProfileType::RuntimeDefault, ""),
+        _ => match legacy.strip_prefix("localhost/") {
+            Some(name) => (m::ProfileType::Localhost, name),
+            None => {
+                return Err(Status::invalid_argument(format!(
+                    "apparmor_profile {legacy:?}: want runtime/default, unconfined or localhost/<profile>"
+                )));
+            }
+        },
+    };
+    Ok(Some(m::SecurityProfile {
+        profile_type,
+        localhost_ref: localhost_ref.to_string(),
+    }))
+}
+
+/// Refuse what an LSM would have to enforce and berth would otherwise
+/// drop without a word: an AppArmor profile of the node (Localhost) and
+/// SELinux labels. RuntimeDefault and Unconfined need nothing.
+fn lsm_checked(
+    apparmor: Option<m::SecurityProfile>,
+    selinux: Option<&cri::SeLinuxOption>,
+) -> Result<Option<m::SecurityProfile>, Status> {
+    use berth_runtime::kernel::{apparmor_enabled, selinux_enabled};
+    match lsm_refusal(
+        apparmor.as_ref(),
+        selinux,
+        apparmor_enabled(),
+        selinux_enabled(),
+    ) {
+        Some(why) => Err(Status::failed_precondition(why)),
+        None => Ok(apparmor),
+    }
+}
+
+/// Why [`lsm_checked`] refuses, given which LSMs the node runs.
+fn lsm_refusal(
+    apparmor: Option<&m::SecurityProfile>,
+    selinux: Option<&cri::SeLinuxOption>,
+    apparmor_on: bool,
+    selinux_on: bool,
+) -> Option<String> {
+    if let Some(p) = apparmor.filter(|p| p.profile_type == m::ProfileType::Localhost) {
+        return Some(if apparmor_on {
+            format!(
+                "AppArmor profile {:?}: berth does not apply AppArmor profiles yet",
+                p.localhost_ref
+            )
+        } else {
+            format!(
+                "AppArmor profile {:?}: AppArmor is not enabled on this node (no LSM to enforce it)",
+                p.localhost_ref
+            )
+        });
+    }
+    let labels = selinux.filter(|o| {
+        !(o.user.is_empty() && o.role.is_empty() && o.r#type.is_empty() && o.level.is_empty())
+    })?;
+    let label = format!(
+        "{}:{}:{}:{}",
+        labels.user, labels.role, labels.r#type, labels.level
+    );
+    Some(if selinux_on {
+        format!("SELinux label {label}: berth does not apply SELinux labels yet")
+    } else {
+        format!("SELinux label {label}: SELinux is not enabled on this node (no LSM to enforce it)")
+    })
+}
+
 /// `seccomp`, or when that is unset the deprecated `seccomp_profile_path`,
 /// read as containerd reads it: `runtime/default` (or `docker/default`),
 /// `unconfined`, `localhost/<absolute path>`; empty means unset.
@@ -164,7 +244,7 @@ pub fn sandbox_config(c: cri::PodSandboxConfig) -> Result<m::SandboxConfig, Stat
                 privileged: sc.privileged,
                 #[allow(deprecated)]
                 seccomp: seccomp(sc.seccomp, &sc.seccomp_profile_path)?,
-                apparmor: profile(sc.apparmor)?,
+                apparmor: lsm_checked(profile(sc.apparmor)?, sc.selinux_options.as_ref())?,
             },
             sysctls: map(linux.sysctls),
             overhead: linux.overhead.map(resources),
@@ -282,7 +362,11 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<m::ContainerConfig, S
                 readonly_paths: sc.readonly_paths,
                 #[allow(deprecated)]
                 seccomp: seccomp(sc.seccomp, &sc.seccomp_profile_path)?,
-                apparmor: profile(sc.apparmor)?,
+                #[allow(deprecated)]
+                apparmor: lsm_checked(
+                    apparmor(sc.apparmor, &sc.apparmor_profile)?,
+                    sc.selinux_options.as_ref(),
+                )?,
             },
         },
     })
@@ -308,6 +392,47 @@ pub fn ns_options_to_cri(o: &m::NamespaceOptions) -> cri::NamespaceOption {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lsm_profiles_are_refused_where_no_lsm_would_enforce_them() {
+        let local = m::SecurityProfile {
+            profile_type: m::ProfileType::Localhost,
+            localhost_ref: "k8s-deny-write".into(),
+        };
+        let default = m::SecurityProfile::default();
+        let e = lsm_refusal(Some(&local), None, false, false).unwrap();
+        assert!(
+            e.contains("AppArmor is not enabled") && e.contains("k8s-deny-write"),
+            "{e}"
+        );
+        let e = lsm_refusal(Some(&local), None, true, false).unwrap();
+        assert!(e.contains("does not apply AppArmor profiles"), "{e}");
+        assert_eq!(lsm_refusal(Some(&default), None, false, false), None);
+        assert_eq!(
+            lsm_refusal(None, Some(&cri::SeLinuxOption::default()), false, false),
+            None
+        );
+        let label = cri::SeLinuxOption {
+            level: "s0:c1,c2".into(),
+            ..Default::default()
+        };
+        let e = lsm_refusal(None, Some(&label), false, false).unwrap();
+        assert!(
+            e.contains("SELinux is not enabled") && e.contains("s0:c1,c2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_deprecated_apparmor_profile_string_is_read() {
+        let p = apparmor(None, "localhost/custom").unwrap().unwrap();
+        assert_eq!(p.profile_type, m::ProfileType::Localhost);
+        assert_eq!(p.localhost_ref, "custom");
+        let p = apparmor(None, "runtime/default").unwrap().unwrap();
+        assert_eq!(p.profile_type, m::ProfileType::RuntimeDefault);
+        assert_eq!(apparmor(None, "").unwrap(), None);
+        assert!(apparmor(None, "bogus").is_err());
+    }
 
     #[test]
     fn the_deprecated_seccomp_path_counts_only_when_seccomp_is_unset() {

@@ -71,6 +71,17 @@ pub fn has_mount_setattr() -> bool {
     })
 }
 
+/// Whether AppArmor is the node's (enabled) LSM.
+pub fn apparmor_enabled() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|t| t.trim() == "Y")
+}
+
+/// Whether SELinux is enabled on the node (selinuxfs mounted).
+pub fn selinux_enabled() -> bool {
+    std::path::Path::new("/sys/fs/selinux/enforce").exists()
+}
+
 /// The oldest supported release, (major, minor).
 pub const MINIMUM: (u32, u32) = (5, 10);
 

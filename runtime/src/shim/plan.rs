@@ -758,7 +758,10 @@ mod tests {
         ])
         .unwrap();
         assert!(plan[0].recursive_readonly);
-        assert!(plan[0].flags.contains(MsFlags::MS_RDONLY), "ro stays for the top");
+        assert!(
+            plan[0].flags.contains(MsFlags::MS_RDONLY),
+            "ro stays for the top"
+        );
         assert!(plan[0].data.is_empty(), "rro is no filesystem option");
         assert!(!plan[1].recursive_readonly);
         let e = mount_plan(&[mount("/t", "tmpfs", "tmpfs", &["rro"])]).unwrap_err();
