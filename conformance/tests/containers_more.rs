@@ -560,6 +560,9 @@ async fn an_image_volume_is_mounted_read_only_noexec_with_its_sub_path_and_keeps
         .file("models/v1/weights", 0o644, b"new weights\n")
         .symlink("models/up", "../../../../../../../etc")
         .symlink("models/abs", "/etc")
+        .symlink("models/nowhere", "../../../../no-such-dir")
+        .dir("etc", 0o755)
+        .file("etc/marker", 0o644, b"the image's etc\n")
         .layer(Compression::Gzip, Format::Oci);
     let data = ImageBuilder::new(Format::Oci)
         .layer(base)
@@ -622,9 +625,26 @@ async fn an_image_volume_is_mounted_read_only_noexec_with_its_sub_path_and_keeps
     );
     assert!(s.message().contains(&id), "{}", s.message());
 
-    // Symlinks in the image resolve inside it: /etc of the node is never
-    // what is mounted (the data image has no etc at all).
-    for sub in ["models/up", "models/abs", "models/up/passwd", "no/such/dir"] {
+    // Symlinks in the image resolve inside it: `../../etc` and `/etc` are
+    // the image's /etc, never the node's.
+    let mut inside = Vec::new();
+    for (n, sub) in ["models/up", "models/abs"].into_iter().enumerate() {
+        let mut c = container(&p, &format!("inside-{n}"), &["sleep", "1000"]);
+        c.mounts = vec![volume("/x", sub)];
+        let id = run(&env, &p, c).await;
+        inside.push(id.clone());
+        assert_eq!(
+            sh(&env, &id, "cat /x/marker").await,
+            "the image's etc\n",
+            "{sub}"
+        );
+        assert_eq!(
+            try_sh(&env, &id, "test -e /x/passwd").await.0,
+            1,
+            "{sub}: not the node's /etc"
+        );
+    }
+    for sub in ["models/up/passwd", "models/nowhere", "no/such/dir"] {
         let mut c = container(&p, "escape", &["sleep", "1000"]);
         c.mounts = vec![volume("/x", sub)];
         let e = create(&env, &p, c).await;
@@ -651,13 +671,13 @@ async fn an_image_volume_is_mounted_read_only_noexec_with_its_sub_path_and_keeps
         "an unpulled image volume",
     );
 
-    // Once the container is gone, the image can go.
+    // Once the containers are gone, the image can go.
     let mut rt = env.cri.runtime.clone();
-    rt.remove_container(RemoveContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("RemoveContainer");
+    for container_id in inside.into_iter().chain([id.clone()]) {
+        rt.remove_container(RemoveContainerRequest { container_id })
+            .await
+            .expect("RemoveContainer");
+    }
     env.cri
         .remove_image(&data_id)
         .await

@@ -197,3 +197,62 @@ async fn a_reused_pid_of_a_dead_container_is_not_killed() {
     assert!(!dir.exists(), "the unrecorded container's dir is removed");
     env.finish().await;
 }
+
+/// SIGKILL while CreateContainer has mounted an image volume but not
+/// committed the container: at the next start the volume's overlay is
+/// gone with the rest, and its image is no longer held in use
+/// (RemoveImage works).
+#[tokio::test]
+async fn a_container_cut_short_with_an_image_volume_leaves_no_mount_and_no_hold() {
+    use berth_conformance::images::{Compression, Format, ImageBuilder, TarBuilder};
+    let mut env = Env::start_pausing_at("container.before_commit", 5000).await;
+    let image = pods::push_busybox(&env, "crash/busybox-ivol:1").await;
+    let data = ImageBuilder::new(Format::Oci)
+        .layer(
+            TarBuilder::new()
+                .file("weights", 0o644, b"w\n")
+                .layer(Compression::Gzip, Format::Oci),
+        )
+        .build();
+    let data_ref = env.push("crash/data:1", &data).await;
+    let data_id = env.cri.pull(&data_ref).await.expect("pull data");
+    let pod: Pod = pods::run_pod(&env, sandbox_config("crash-ivol"), &image).await;
+    let before = env.snapshot();
+    let mut c = pods::container(&pod, "cut", &["sleep", "1000"]);
+    c.mounts = vec![berth_cri_api::v1::Mount {
+        container_path: "/data".into(),
+        image: Some(berth_cri_api::v1::ImageSpec {
+            image: data_id.clone(),
+            ..Default::default()
+        }),
+        readonly: true,
+        ..Default::default()
+    }];
+    let req = CreateContainerRequest {
+        pod_sandbox_id: pod.id.clone(),
+        config: Some(c),
+        sandbox_config: Some(pod.config.clone()),
+    };
+    let mut rt = env.cri.runtime.clone();
+    let call = tokio::spawn(async move { rt.create_container(req).await });
+    let state = env.berthd.dir().to_path_buf();
+    wait_for("the image volume is mounted", || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(&*state.to_string_lossy()) && l.contains("/image-volumes/0"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.berthd.kill();
+    let _ = call.await;
+    env.berthd.restart().await.expect("restart");
+    env.cri = env.berthd.cri().await.expect("reconnect");
+    env.assert_no_leaks_since(&before).await;
+    env.cri
+        .remove_image(&data_id)
+        .await
+        .expect("RemoveImage: no container holds it any more");
+    pods::remove_pod(&env, pod).await;
+    env.finish().await;
+}

@@ -153,6 +153,11 @@ async fn new_limits_reach_the_cgroup_and_the_status_and_survive_a_restart() {
         .await;
     expect_code(e, &[Code::NotFound], "an unknown container");
     assert_eq!(memory(), (96 * MIB).to_string());
+    assert_eq!(
+        status_limits(&env, &id).await.memory_limit_in_bytes,
+        96 * MIB,
+        "the record is unchanged too"
+    );
     remove_pod(&env, p).await;
     env.finish().await;
 }
@@ -280,6 +285,11 @@ async fn pod_resources_reach_a_pod_cgroup_berth_owns_and_are_kept() {
         .await;
     expect_code(e, &[Code::NotFound], "an unknown pod");
     assert_eq!(pod_memory(), (272 * MIB).to_string());
+    assert_eq!(
+        recorded(pod_info(&env, &p.id).await),
+        Some(256 * MIB),
+        "the record is unchanged too"
+    );
     remove_pod(&env, p).await;
     env.finish().await;
 }

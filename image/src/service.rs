@@ -333,21 +333,6 @@ impl ImageService {
         if hits_pin {
             return Err(Error::Pinned(reference.to_string()));
         }
-        if removes_whole {
-            let users = self.inner.store.users(&entry.record.id);
-            if !users.is_empty() {
-                // Holders are `<container>/ivol/<n>`: name the containers.
-                let mut containers: Vec<&str> = users
-                    .iter()
-                    .map(|u| u.split('/').next().unwrap_or(u))
-                    .collect();
-                containers.dedup();
-                return Err(Error::InUse {
-                    image: reference.to_string(),
-                    users: format!("container {}", containers.join(", ")),
-                });
-            }
-        }
         let _gc = self.inner.gc_lock.write().await;
         let inner = self.inner.clone();
         let id = entry.record.id.clone();

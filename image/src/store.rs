@@ -536,6 +536,24 @@ impl Store {
                 r.repo_digests.retain(|d| d != n);
             }
             let whole = name.is_none() || r.repo_tags.is_empty();
+            // Checked under the index lock that hold_volume takes too, so a
+            // container mounting it meanwhile cannot slip in between.
+            if whole {
+                let mut users: Vec<&str> = idx
+                    .in_use
+                    .iter()
+                    .filter(|(_, i)| *i == id)
+                    .map(|(h, _)| h.split('/').next().unwrap_or(h))
+                    .collect();
+                if !users.is_empty() {
+                    users.sort_unstable();
+                    users.dedup();
+                    return Err(Error::InUse {
+                        image: id.to_string(),
+                        users: format!("container {}", users.join(", ")),
+                    });
+                }
+            }
             let tx = self.db.begin_write()?;
             {
                 let mut t = tx.open_table(IMAGES)?;
@@ -602,6 +620,16 @@ impl Store {
             idx.in_use.insert(holder.to_string(), image.clone());
         }
         Ok(paths)
+    }
+
+    /// Every holder (containers, `<container>/ivol/<n>`), sorted.
+    pub fn holders(&self) -> Vec<String> {
+        let Ok(idx) = self.index.read() else {
+            return Vec::new();
+        };
+        let mut h: Vec<String> = idx.holds.keys().cloned().collect();
+        h.sort();
+        h
     }
 
     /// The holders that have `image` mounted as an image volume, sorted.
@@ -883,6 +911,13 @@ mod tests {
         assert_eq!(paths.len(), 1);
         assert_eq!(s.users(&b), vec!["c1/ivol/0".to_string()]);
         assert!(s.users(&a).is_empty(), "a rootfs hold is not a volume");
+        let e = s.remove(&b, None).unwrap_err().to_string();
+        assert!(e.contains("in use") && e.contains("container c1"), "{e}");
+        assert!(
+            s.remove(&b, Some("example.com/b:1")).is_err(),
+            "nor by its last tag"
+        );
+        assert!(s.resolve("example.com/b:1").is_some(), "nothing changed");
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(

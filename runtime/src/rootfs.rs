@@ -209,10 +209,15 @@ fn mount_classic(
         &lower_fds.iter().map(fd_path).collect::<Vec<_>>(),
         rw_paths.as_ref().map(|(u, w)| (u.as_str(), w.as_str())),
     )?;
+    // An image volume: read-only, and on the node no setuid binary, device
+    // node or executable of the image is live either.
     let flags = if rw.is_some() {
         nix::mount::MsFlags::empty()
     } else {
         nix::mount::MsFlags::MS_RDONLY
+            | nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC
     };
     nix::mount::mount(
         Some("overlay"),
@@ -251,7 +256,12 @@ fn mount_plus(
                 .map_err(sys("overlay workdir"))?;
             MountAttrFlags::empty()
         }
-        None => MountAttrFlags::MOUNT_ATTR_RDONLY,
+        None => {
+            MountAttrFlags::MOUNT_ATTR_RDONLY
+                | MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV
+                | MountAttrFlags::MOUNT_ATTR_NOEXEC
+        }
     };
     rustix::mount::fsconfig_create(&fs_fd).map_err(sys("creating the overlay superblock"))?;
     let mnt = rustix::mount::fsmount(&fs_fd, FsMountFlags::FSMOUNT_CLOEXEC, attrs)
@@ -431,12 +441,27 @@ mod tests {
             .as_ref()
             .map(|p| fs::write(p.join("new"), "x").map_err(|e| e.raw_os_error()));
         let only_base = two.as_ref().map(|p| p.join("only-base").exists());
+        // The mount's options as mountinfo shows them (field 6).
+        let opts = two.as_ref().ok().and_then(|p| {
+            fs::read_to_string("/proc/self/mountinfo")
+                .ok()?
+                .lines()
+                .find(|l| l.split(' ').nth(4) == Some(&*p.to_string_lossy()))
+                .and_then(|l| l.split(' ').nth(5).map(str::to_string))
+        });
         rootfs.remove();
         let (one, two) = (one.clone().unwrap(), two.clone().unwrap());
         assert_eq!(seen.0.as_deref(), Some("base"));
         assert_eq!(seen.1.as_deref(), Some("top"), "the image's top layer wins");
         assert!(only_base.unwrap());
         assert_eq!(write.unwrap(), Err(Some(libc::EROFS)), "read-only");
+        assert!(
+            opts.as_ref()
+                .is_some_and(|o| ["ro", "nosuid", "nodev", "noexec"]
+                    .iter()
+                    .all(|f| o.split(',').any(|x| x == *f))),
+            "{opts:?}"
+        );
         assert!(!is_mountpoint(&one) && !is_mountpoint(&two));
         assert!(!dir.path().join("c/image-volumes").exists());
         assert!(base.join("which").exists(), "the layers stay");

@@ -481,10 +481,13 @@ fn resolve_in(root: &Path, sub: &str) -> std::io::Result<PathBuf> {
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
     )?;
     use std::os::fd::AsRawFd;
-    let p = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    let link = |fd: i32| fs::read_link(format!("/proc/self/fd/{fd}"));
+    // Both as the kernel names them (a state dir reached through a symlink
+    // is named by its real path).
+    let (root, p) = (link(dir.as_raw_fd())?, link(fd.as_raw_fd())?);
     // The overlay is read-only and its layers berth's own: what the link
     // names now, it names when the shim binds it.
-    if !p.starts_with(root) {
+    if !p.starts_with(&root) {
         return Err(std::io::Error::other(format!(
             "{sub:?} resolved to {} outside the image",
             p.display()
@@ -514,7 +517,7 @@ pub fn parse_signal(s: &str) -> Option<i32> {
         } else {
             rest.parse::<i32>().ok()?
         };
-        let v = base + sign * n;
+        let v = base.checked_add(sign.checked_mul(n)?)?;
         (SIGRTMIN..=SIGRTMAX).contains(&v).then_some(v)
     };
     match name {
@@ -832,6 +835,8 @@ mod signal_tests {
         assert_eq!(parse_signal("SIGRTMAX-2"), Some(62));
         assert_eq!(parse_signal("SIGCLD"), Some(libc::SIGCHLD));
         assert_eq!(parse_signal("SIGRTMIN+40"), None, "past SIGRTMAX");
+        assert_eq!(parse_signal("SIGRTMIN+2147483647"), None, "no overflow");
+        assert_eq!(parse_signal("SIGRTMAX--2147483648"), None);
         assert_eq!(parse_signal("0"), None);
         assert_eq!(parse_signal("65"), None);
         assert_eq!(parse_signal("SIGNOPE"), None);

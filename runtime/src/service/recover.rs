@@ -107,6 +107,17 @@ pub(super) fn cleanup_unrecorded(
             remove_dir_logged(&e.path());
         }
     }
+    // Holds of containers that have no record (a crash in CreateContainer,
+    // then a reboot that emptied the state dir): their layers, and the
+    // images they mounted as volumes, which RemoveImage would otherwise
+    // refuse for ever. Nothing is being created while berthd starts.
+    for holder in images.store().holders() {
+        let id = holder.split('/').next().unwrap_or(&holder);
+        if !containers.contains_key(id) {
+            tracing::info!(holder = %holder, "releasing the image hold of a container that has no record");
+            let _ = images.store().release(id);
+        }
+    }
     for e in fs::read_dir(cfg.state.join("sandboxes"))
         .into_iter()
         .flatten()

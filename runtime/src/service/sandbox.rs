@@ -11,7 +11,8 @@ impl Runtime {
     /// Where berth made the pod cgroup itself (no cgroup_parent: crictl,
     /// scripts), nobody else sets it, so berth applies them there (the
     /// containers' sum plus the pod overhead). A kernel refusal is
-    /// FAILED_PRECONDITION and changes nothing.
+    /// FAILED_PRECONDITION and the record keeps the old values (the files
+    /// written before the refused one stay written, as with runc update).
     pub async fn update_pod_sandbox_resources(
         &self,
         id: &str,
@@ -635,7 +636,13 @@ pub(super) fn pod_total(l: &model::LinuxSandboxConfig) -> Option<LinuxResources>
     let Some(o) = l.overhead.as_ref() else {
         return Some(r);
     };
-    let add = |a: i64, b: i64| if a > 0 && b > 0 { a + b } else { a };
+    let add = |a: i64, b: i64| {
+        if a > 0 && b > 0 {
+            a.saturating_add(b)
+        } else {
+            a
+        }
+    };
     Some(LinuxResources {
         cpu_shares: add(r.cpu_shares, o.cpu_shares),
         cpu_quota: add(r.cpu_quota, o.cpu_quota),
