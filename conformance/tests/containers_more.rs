@@ -902,3 +902,72 @@ async fn lsm_profiles_no_lsm_enforces_are_refused_naming_it() {
     remove_pod(&env, p).await;
     env.finish().await;
 }
+
+/// An image whose /etc is a symlink to / (and /var one to ../../..): the
+/// pod's hosts, hostname and resolv.conf, a CRI mount under /etc and the
+/// working dir under /var all land inside the container's root (openat2
+/// RESOLVE_IN_ROOT), never on the node's /. (Devices go only under the
+/// container's own /dev tmpfs, as with runc.)
+#[tokio::test]
+async fn an_image_with_etc_linked_to_root_cannot_make_a_mount_land_on_the_node() {
+    use berth_conformance::images::{Compression, TarBuilder};
+    let env = Env::start().await;
+    let wh = TarBuilder::new()
+        .whiteout("etc")
+        .whiteout("var")
+        .layer(Compression::Gzip, Format::Oci);
+    let links = TarBuilder::new()
+        .symlink("etc", "/")
+        .symlink("var", "../../..")
+        .layer(Compression::Gzip, Format::Oci);
+    let img = ImageBuilder::busybox(Format::Oci)
+        .layer(wh)
+        .layer(links)
+        .build();
+    let r = env.push("more/etc-link:1", &img).await;
+    env.cri.pull(&r).await.expect("pull");
+    let p = pod_with_image(&env, "etclink", &r).await;
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("in-volume"), "v\n").unwrap();
+    let names = ["data", "hosts", "hostname", "resolv.conf", "lib/app"];
+    let existed: Vec<bool> = names
+        .iter()
+        .map(|n| Path::new("/").join(n).exists())
+        .collect();
+    let mounts_before = host_mount_points();
+
+    let mut c = container(&p, "linked", &["sleep", "1000"]);
+    c.working_dir = "/var/lib/app".into();
+    c.mounts = vec![Mount {
+        container_path: "/etc/data".into(),
+        host_path: host.path().display().to_string(),
+        ..Default::default()
+    }];
+    let id = run(&env, &p, c).await;
+    // Inside, everything is where the links lead within the root.
+    assert_eq!(sh(&env, &id, "cat /data/in-volume").await, "v\n");
+    assert_eq!(sh(&env, &id, "cat /etc/data/in-volume").await, "v\n");
+    sh(
+        &env,
+        &id,
+        "test -s /hosts && test -s /hostname && test -s /resolv.conf",
+    )
+    .await;
+    assert_eq!(sh(&env, &id, "pwd").await.trim(), "/lib/app");
+
+    // On the node: no new entry in /, no mount outside berth's own dirs.
+    for (name, existed) in names.iter().zip(existed) {
+        assert!(
+            existed || !Path::new("/").join(name).exists(),
+            "/{name} appeared on the node"
+        );
+    }
+    let state = env.berthd.dir().display().to_string();
+    let new: Vec<String> = host_mount_points()
+        .into_iter()
+        .filter(|m| !mounts_before.contains(m) && !m.starts_with(&state))
+        .collect();
+    assert!(new.is_empty(), "mounts outside berth's dirs: {new:?}");
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
