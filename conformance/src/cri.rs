@@ -37,6 +37,9 @@ pub const CRI_CLIENT_VERSION: &str = "v1";
 pub struct Cri {
     pub runtime: RuntimeServiceClient<Channel>,
     pub image: ImageServiceClient<Channel>,
+    /// The channel both clients use (for raw calls, e.g. the fuzz
+    /// scenario's undecodable bodies).
+    pub channel: Channel,
     socket: PathBuf,
 }
 
@@ -60,7 +63,8 @@ impl Cri {
             .with_context(|| format!("connecting to the CRI socket {}", socket.display()))?;
         Ok(Cri {
             runtime: RuntimeServiceClient::new(channel.clone()),
-            image: ImageServiceClient::new(channel),
+            image: ImageServiceClient::new(channel.clone()),
+            channel,
             socket: socket.to_path_buf(),
         })
     }

@@ -3,12 +3,65 @@
 //! UNIMPLEMENTED. This layer only adds a message that names the method, for
 //! people reading logs. The calls the bindings do know but berth does not
 //! implement yet answer UNIMPLEMENTED themselves (`status::not_yet`).
+//!
+//! It also keeps error messages within what a client takes: a message
+//! quoting a 70 KB hostname back would exceed HTTP/2's header list limit
+//! (16 KiB in grpc-go and hyper), and the client would see a protocol
+//! error instead of the answer. grpc-message is cut to MAX_MESSAGE bytes.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::HeaderValue;
+
+/// The longest error message sent (before percent-encoding).
+const MAX_MESSAGE: usize = 2048;
+
+/// `value` (a percent-encoded grpc-message) cut to MAX_MESSAGE bytes of
+/// text, on a character boundary, saying how long it was; None if it is
+/// short enough.
+fn clip(value: &[u8]) -> Option<HeaderValue> {
+    if value.len() <= MAX_MESSAGE {
+        return None;
+    }
+    let mut raw = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if value[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                value.get(i + 1).and_then(|b| hex(*b)),
+                value.get(i + 2).and_then(|b| hex(*b)),
+            )
+        {
+            raw.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        raw.push(value[i]);
+        i += 1;
+    }
+    let text = String::from_utf8_lossy(&raw);
+    if text.len() <= MAX_MESSAGE {
+        return None;
+    }
+    let mut cut = MAX_MESSAGE;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let msg = format!("{}… ({} bytes, cut)", &text[..cut], text.len());
+    // gRPC's percent-encoding: everything outside printable ASCII, and '%'.
+    let mut enc = String::with_capacity(msg.len());
+    for b in msg.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            enc.push(b as char);
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&enc).ok()
+}
 
 #[derive(Clone)]
 pub struct NameUnimplemented<S> {
@@ -40,6 +93,9 @@ where
         Box::pin(async move {
             let mut resp = fut.await?;
             let h = resp.headers_mut();
+            if let Some(v) = h.get("grpc-message").and_then(|v| clip(v.as_bytes())) {
+                h.insert("grpc-message", v);
+            }
             let unimplemented = h.get("grpc-status").is_some_and(|v| v == "12");
             if unimplemented && !h.contains_key("grpc-message") {
                 // Printable ASCII needs no percent-encoding in grpc-message.
@@ -55,5 +111,51 @@ where
             }
             Ok(resp)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_and_say_so() {
+        assert!(clip(b"short").is_none());
+        let long = format!("hostname {} is too long", "a".repeat(70_000));
+        let v = clip(long.as_bytes()).unwrap();
+        let s = v.to_str().unwrap();
+        assert!(s.len() < MAX_MESSAGE + 64, "{}", s.len());
+        assert!(s.contains(&format!("{} bytes, cut", long.len())), "{s}");
+        assert!(s.starts_with("hostname aaa"));
+        // Percent-encoded multi-byte text: cut between characters.
+        let e: String = "é"
+            .repeat(3000)
+            .bytes()
+            .map(|b| format!("%{b:02X}"))
+            .collect();
+        let v = clip(e.as_bytes()).unwrap();
+        let decoded: Vec<u8> = {
+            let b = v.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'%' {
+                    out.push(
+                        u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16)
+                            .unwrap(),
+                    );
+                    i += 3;
+                } else {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+            out
+        };
+        let text = String::from_utf8(decoded).expect("still UTF-8");
+        assert!(
+            text.starts_with("éé") && text.ends_with("bytes, cut)"),
+            "{text}"
+        );
     }
 }

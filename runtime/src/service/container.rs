@@ -745,10 +745,14 @@ impl Inner {
                 .mode(0o755)
                 .create(parent)
                 .map_err(|e| {
-                    Error::io(
-                        format!("creating the log directory {}", parent.display()),
-                        e,
-                    )
+                    // What the request named cannot be a directory here (a
+                    // part of it is a file, or it is not writable): the
+                    // caller's to fix, not berthd's failure.
+                    Error::FailedPrecondition(format!(
+                        "log_path {:?}: creating its directory {}: {e}",
+                        config.log_path,
+                        parent.display()
+                    ))
                 })?;
         }
         let shim_cfg = ShimConfig {

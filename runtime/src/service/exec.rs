@@ -30,9 +30,13 @@ impl Runtime {
                 rec.id
             )));
         }
-        let timeout_ms = (timeout_secs.max(0) as u64) * 1000;
-        let deadline =
-            (timeout_ms > 0).then(|| std::time::Duration::from_millis(timeout_ms + 10_000));
+        // Any i64 a request holds: a negative one is none, a huge one
+        // saturates (it must not overflow here nor in the shim).
+        let timeout_ms = u64::try_from(timeout_secs)
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        let deadline = (timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(timeout_ms.saturating_add(10_000)));
         let req = Request::Exec {
             args: cmd,
             env: None,

@@ -1025,8 +1025,11 @@ impl Monitor {
                     stderr: s.stderr,
                     out: Vec::new(),
                     err: Vec::new(),
+                    // A deadline past what Instant holds is no deadline
+                    // (Instant + Duration would panic the shim).
                     deadline: (timeout_ms > 0)
-                        .then(|| Instant::now() + Duration::from_millis(timeout_ms)),
+                        .then(|| Instant::now().checked_add(Duration::from_millis(timeout_ms)))
+                        .flatten(),
                     timed_out: false,
                 });
                 self.set_state(id, ConnState::AwaitExec);
