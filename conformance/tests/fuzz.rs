@@ -28,6 +28,7 @@ use berth_conformance::cri::sandbox_config;
 use berth_conformance::pods::*;
 use berth_cri_api::v1 as cri;
 use bytes::{Buf, BufMut};
+use common::*;
 use prost::Message;
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -647,6 +648,40 @@ async fn extreme_exec_timeouts_neither_overflow_nor_kill_the_shim() {
         st.state,
         cri::ContainerState::ContainerRunning as i32,
         "the shim lives on"
+    );
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
+
+/// Also found by the fuzzing: a request that does not fit the image or
+/// the node (a working_dir that is a file of the image, a log_path through
+/// a file, a CFS quota the kernel refuses) was INTERNAL; it is the
+/// caller's to fix: FAILED_PRECONDITION, naming what.
+#[tokio::test]
+async fn requests_that_do_not_fit_the_image_or_kernel_are_failed_precondition() {
+    let env = Env::start().await;
+    let image = push_busybox(&env, "fuzz/busybox-paths:1").await;
+    let p = run_pod(&env, sandbox_config("paths"), &image).await;
+    let mut c = container(&p, "wd", &["true"]);
+    c.working_dir = "/etc/passwd/sub".into();
+    let s = expect_code(
+        create(&env, &p, c).await,
+        &[Code::FailedPrecondition],
+        "working_dir through a file",
+    );
+    assert!(s.message().contains("/etc/passwd"), "{}", s.message());
+    std::fs::write(p.logs.path().join("file"), "").unwrap();
+    let mut c = container(&p, "log", &["true"]);
+    c.log_path = "file/c.log".into();
+    let s = expect_code(
+        create(&env, &p, c).await,
+        &[Code::FailedPrecondition],
+        "log_path through a file",
+    );
+    assert!(s.message().contains("file/c.log"), "{}", s.message());
+    assert!(
+        list_containers(&env, &p.id).await.is_empty(),
+        "nothing was made"
     );
     remove_pod(&env, p).await;
     env.finish().await;

@@ -84,6 +84,23 @@ impl Error {
             Error::Spec(crate::spec::SpecError::Propagation { .. }) => {
                 ErrorKind::FailedPrecondition
             }
+            // A directory the request names (working_dir, a mount point, an
+            // image VOLUME) cannot be made in this image: a file is in its
+            // way, or the path is too long or loops.
+            Error::Spec(crate::spec::SpecError::RootfsDir { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(
+                        libc::ENOTDIR
+                            | libc::EEXIST
+                            | libc::ELOOP
+                            | libc::ENAMETOOLONG
+                            | libc::EXDEV
+                    )
+                ) =>
+            {
+                ErrorKind::FailedPrecondition
+            }
             Error::User(crate::user::UserError::Rootfs { .. }) => ErrorKind::Internal,
             Error::User(_) => ErrorKind::InvalidArgument,
             Error::Network(e) => match e {

@@ -717,7 +717,13 @@ impl Inner {
             .as_ref()
             .and_then(|l| l.resources().as_ref())
         {
-            self.cgroups.apply(&cg, res)?;
+            // Values the kernel refuses (a CFS quota under 1 ms, a cpuset
+            // of CPUs the node has not, …) are the request's to fix.
+            self.cgroups.apply(&cg, res).map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "the kernel refused the container's resources: {e}"
+                ))
+            })?;
         }
         for d in &cs.host_dirs {
             fs::create_dir_all(d)

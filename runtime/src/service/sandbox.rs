@@ -473,7 +473,13 @@ impl Inner {
         if CgroupPath::new(&config.linux.cgroup_parent)?.is_root()
             && let Some(total) = pod_total(&config.linux)
         {
-            self.cgroups.apply(&cg, &spec::linux_resources(&total)?)?;
+            self.cgroups
+                .apply(&cg, &spec::linux_resources(&total)?)
+                .map_err(|e| {
+                    Error::FailedPrecondition(format!(
+                        "the kernel refused the pod's resources: {e}"
+                    ))
+                })?;
         }
 
         let mut record = SandboxRecord {
