@@ -16,8 +16,10 @@
 //! image on another host: berthd would make or contact them, as kubelet
 //! expects) is drawn again rather than sent.
 //!
-//! `BERTH_FUZZ_N` requests of each kind (default 10000), `BERTH_FUZZ_SEED`
-//! to repeat a run (the seed is printed).
+//! `BERTH_FUZZ_N` requests of each kind (default 10000); CI runs one fixed
+//! seed, `BERTH_FUZZ_SEED=random` a new one (printed, to repeat it with
+//! `BERTH_FUZZ_SEED=N`). Six random seeds of 10000 each passed when this
+//! landed, after the defects they found were fixed.
 
 mod common;
 
@@ -32,6 +34,9 @@ use common::*;
 use prost::Message;
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+/// The seed CI runs (any other: `BERTH_FUZZ_SEED=N` or `=random`).
+const DEFAULT_SEED: u64 = 1_796_607_510_125_606_267;
 
 /// splitmix64: small, seedable, good enough to draw mutations.
 struct Rng(u64);
@@ -366,15 +371,16 @@ async fn malformed_and_mutated_requests_get_answers_and_change_nothing_else() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let seed: u64 = std::env::var("BERTH_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    // CI runs one fixed seed, so that main stays green on what it has
+    // passed; `BERTH_FUZZ_SEED=random` explores (and prints the seed).
+    let seed: u64 = match std::env::var("BERTH_FUZZ_SEED").ok().as_deref() {
+        None | Some("") => DEFAULT_SEED,
+        Some("random") => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+        Some(v) => v.parse().expect("BERTH_FUZZ_SEED: a number or \"random\""),
+    };
     println!("fuzz: BERTH_FUZZ_SEED={seed} BERTH_FUZZ_N={n}");
     let mut rng = Rng(seed);
     let env = Env::start().await;
