@@ -7,6 +7,9 @@
 //! `runtime_service_client` / `image_service_client`, with the names the
 //! k8s-cri crate used, so `k8s_cri::v1::X` is `berth_cri_api::v1::X`.
 
+/// The cri-api release `proto/api.proto` is taken from.
+pub const CRI_API_VERSION: &str = "v0.36.3";
+
 /// The `runtime.v1` package of `proto/api.proto`.
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, rustdoc::all)]

@@ -51,8 +51,26 @@ struct Args {
     socket: Option<PathBuf>,
 }
 
+/// `berthd --version`: the release, the commit it is built from, and the
+/// CRI it speaks.
+fn long_version() -> &'static str {
+    let v = format!(
+        "{} (commit {}, CRI runtime.v1, cri-api {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("BERTH_GIT_COMMIT"),
+        berth_cri_api::CRI_API_VERSION
+    );
+    // Once, at start-up.
+    Box::leak(v.into_boxed_str())
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command().version(long_version()).get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     let config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {

@@ -42,3 +42,29 @@ fn relative_paths_are_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("absolute"));
 }
+
+#[test]
+fn version_names_the_release_the_commit_and_the_cri() {
+    let out = Command::new(BERTHD)
+        .arg("--version")
+        .output()
+        .expect("run berthd --version");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("berthd {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains("commit "), "{text}");
+    assert!(text.contains("cri-api v0.36"), "{text}");
+    let commit = text
+        .split("commit ")
+        .nth(1)
+        .and_then(|r| r.split([',', ')']).next())
+        .unwrap();
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{commit:?}"
+    );
+}
