@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_image::limits::{FreeSpace, UnpackLimits};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/berth.toml";
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub root: PathBuf,
@@ -26,7 +26,7 @@ pub struct Config {
 /// `[streaming]`: the HTTP server Exec, Attach and PortForward URLs point
 /// at (kubelet proxies the API server's streams to it; crictl talks to it
 /// directly).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamingSection {
     /// The address it listens on (an IP address).
@@ -34,10 +34,16 @@ pub struct StreamingSection {
     /// Its port; 0: a free port chosen at start.
     pub port: u16,
     /// A session with no traffic for this long is closed.
-    #[serde(deserialize_with = "duration")]
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "berth_network::config::write_duration"
+    )]
     pub idle_timeout: Duration,
     /// How long a client has to open the streams of a session.
-    #[serde(deserialize_with = "duration")]
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "berth_network::config::write_duration"
+    )]
     pub stream_creation_timeout: Duration,
     /// TLS: both or neither (PEM files).
     pub tls_cert: Option<PathBuf>,
@@ -57,7 +63,7 @@ impl Default for StreamingSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSection {
     /// Parent cgroup of pods that come without a cgroup_parent.
@@ -72,14 +78,14 @@ impl Default for RuntimeSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub level: LogLevel,
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Error,
@@ -89,26 +95,29 @@ pub enum LogLevel {
     Trace,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrySection {
     pub max_concurrent_downloads: usize,
-    #[serde(deserialize_with = "duration")]
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "berth_network::config::write_duration"
+    )]
     pub pull_stall_timeout: Duration,
     pub insecure: Vec<String>,
     pub pinned_images: Vec<String>,
     /// Uncompressed bytes one layer may unpack to.
-    #[serde(deserialize_with = "size")]
+    #[serde(deserialize_with = "size", serialize_with = "write_size")]
     pub max_unpacked_layer_size: u64,
     /// Free space a pull must leave on the filesystem of `root`.
-    #[serde(deserialize_with = "free_space")]
+    #[serde(deserialize_with = "free_space", serialize_with = "write_free_space")]
     pub min_free_space: FreeSpace,
     pub mirrors: HashMap<String, Vec<String>>,
 }
@@ -124,6 +133,24 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error
 
 /// A size as a string with a unit: "64GiB", "500MB", "1.5 GiB" (KiB, MiB,
 /// GiB, TiB count in 1024s; KB, MB, GB, TB and K, M, G, T in 1000s).
+/// A size exactly, in the largest binary unit that divides it ("64GiB",
+/// "1536KiB", "1000B"), as `size` reads it back.
+fn write_size<S: serde::Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+    let text = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)]
+        .iter()
+        .find(|(_, u)| *n > 0 && n.is_multiple_of(*u))
+        .map(|(unit, u)| format!("{}{unit}", n / u))
+        .unwrap_or_else(|| format!("{n}B"));
+    s.serialize_str(&text)
+}
+
+fn write_free_space<S: serde::Serializer>(f: &FreeSpace, s: S) -> Result<S::Ok, S::Error> {
+    match f {
+        FreeSpace::Percent(p) => s.serialize_str(&format!("{p}%")),
+        FreeSpace::Bytes(n) => write_size(n, s),
+    }
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     if t.is_empty() || t.starts_with('-') {
@@ -324,6 +351,33 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_effective_config_written_as_toml_reads_back_the_same() {
+        let mut c = Config::default();
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("pull_stall_timeout = \"5m\""), "{text}");
+        assert!(
+            text.contains("max_unpacked_layer_size = \"64GiB\""),
+            "{text}"
+        );
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), c);
+        // Every kind of value, set.
+        c.registry.min_free_space = FreeSpace::Percent(7);
+        c.registry.max_unpacked_layer_size = 12_345_678_901;
+        c.registry
+            .mirrors
+            .insert("docker.io".into(), vec!["http://127.0.0.1:5000".into()]);
+        c.network.subnet = Some("10.1.0.0/16".parse().unwrap());
+        c.network.cni_timeout = Duration::from_millis(1500);
+        c.streaming.tls_cert = Some("/etc/berth/tls.crt".into());
+        c.log.format = LogFormat::Json;
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), c, "{text}");
+        c.registry.min_free_space = FreeSpace::Bytes(1 << 30);
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), c, "{text}");
+    }
 
     #[test]
     fn empty_file_is_the_embedded_defaults() {

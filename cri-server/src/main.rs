@@ -49,6 +49,15 @@ struct Args {
     /// CRI socket path (overrides the config).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Print the effective configuration (built-in defaults, then the
+    /// file, then the flags) as TOML, and exit, as `crio config` does.
+    Config,
 }
 
 /// `berthd --version`: the release, the commit it is built from, and the
@@ -78,6 +87,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Cmd::Config) = args.command {
+        return match toml::to_string(&config) {
+            Ok(t) => {
+                print!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("berthd: writing the config: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_tracing(&config);
     if let Err(e) = berth_runtime::kernel::check() {
         eprintln!("berthd: {e}");

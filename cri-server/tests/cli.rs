@@ -68,3 +68,46 @@ fn version_names_the_release_the_commit_and_the_cri() {
         "{commit:?}"
     );
 }
+
+#[test]
+fn config_prints_the_effective_config_with_the_flags_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("berth.toml");
+    std::fs::write(&file, "[registry]\npull_stall_timeout = \"90s\"\n").unwrap();
+    let out = Command::new(BERTHD)
+        .arg("--config")
+        .arg(&file)
+        .args(["--root", "/srv/berth", "config"])
+        .output()
+        .expect("run berthd config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("root = \"/srv/berth\""), "the flag: {text}");
+    assert!(
+        text.contains("pull_stall_timeout = \"1m 30s\""),
+        "the file: {text}"
+    );
+    assert!(
+        text.contains("[network]") && text.contains("plugin = \"bridge\""),
+        "the defaults: {text}"
+    );
+    // What it prints is a config berthd reads.
+    let again = dir.path().join("effective.toml");
+    std::fs::write(&again, text.as_bytes()).unwrap();
+    let out2 = Command::new(BERTHD)
+        .arg("--config")
+        .arg(&again)
+        .arg("config")
+        .output()
+        .expect("run berthd config on its own output");
+    assert!(
+        out2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out2.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out2.stdout), text);
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PluginKind {
     Bridge,
@@ -17,7 +17,7 @@ pub enum PluginKind {
 /// The pod subnet used when neither the config nor kubelet gives one.
 pub const DEFAULT_SUBNET: &str = "10.89.0.0/16";
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetworkConfig {
     pub plugin: PluginKind,
@@ -39,8 +39,13 @@ pub struct NetworkConfig {
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dirs: Vec<PathBuf>,
     /// A CNI plugin that runs longer than this is killed and the call fails.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "write_duration")]
     pub cni_timeout: Duration,
+}
+
+/// A duration as the config file writes it ("30s", "5m").
+pub fn write_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
