@@ -1,5 +1,6 @@
 //! berthd: berth's CRI v1 server. See ../shared/DESIGN.md.
 
+mod check;
 mod config;
 mod convert;
 mod image;
@@ -58,6 +59,9 @@ enum Cmd {
     /// Print the effective configuration (built-in defaults, then the
     /// file, then the flags) as TOML, and exit, as `crio config` does.
     Config,
+    /// Check the host's prerequisites (kernel, overlayfs, cgroups, nft or
+    /// CNI), each ✔ or ✘ with what to do; exit 1 if a required one fails.
+    Check,
 }
 
 /// `berthd --version`: the release, the commit it is built from, and the
@@ -87,6 +91,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Cmd::Check) = args.command {
+        let ok = check::print(&check::run(&config));
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     if let Some(Cmd::Config) = args.command {
         return match toml::to_string(&config) {
             Ok(t) => {

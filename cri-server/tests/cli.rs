@@ -111,3 +111,42 @@ fn config_prints_the_effective_config_with_the_flags_applied() {
     );
     assert_eq!(String::from_utf8_lossy(&out2.stdout), text);
 }
+
+#[test]
+fn check_passes_on_this_host_and_fails_naming_what_is_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ok = dir.path().join("none.toml");
+    std::fs::write(&ok, "[network]\nplugin = \"none\"\n").unwrap();
+    let out = Command::new(BERTHD)
+        .arg("--config")
+        .arg(&ok)
+        .arg("check")
+        .output()
+        .expect("run berthd check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for what in ["✔ kernel", "✔ root", "✔ overlayfs", "✔ cgroups"] {
+        assert!(text.contains(what), "{what}: {text}");
+    }
+    let cni = dir.path().join("cni.toml");
+    std::fs::write(
+        &cni,
+        format!(
+            "[network]\nplugin = \"cni\"\ncni_conf_dir = \"{}\"\n",
+            dir.path().join("empty-net.d").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BERTHD)
+        .arg("--config")
+        .arg(&cni)
+        .arg("check")
+        .output()
+        .expect("run berthd check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("✘ CNI config") && text.contains("empty-net.d"),
+        "{text}"
+    );
+}
