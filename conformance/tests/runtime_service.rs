@@ -17,6 +17,21 @@ async fn version_reports_berth_and_cri_v1() {
     assert_eq!(v.runtime_api_version, "v1");
     assert!(!v.runtime_version.is_empty(), "runtime_version empty");
     assert!(!v.version.is_empty(), "version empty");
+    // Every call leaves one line at debug (the suite's level): method,
+    // code and duration.
+    let t = std::time::Instant::now();
+    loop {
+        let log = env.berthd.log();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("CRI call answered") && l.contains("RuntimeService/Version"))
+        {
+            assert!(l.contains("elapsed_ms") && l.contains("code"), "{l}");
+            break;
+        }
+        assert!(t.elapsed().as_secs() < 5, "no call line in the log:\n{log}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     env.finish().await;
 }
 

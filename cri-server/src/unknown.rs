@@ -4,7 +4,8 @@
 //! people reading logs. The calls the bindings do know but berth does not
 //! implement yet answer UNIMPLEMENTED themselves (`status::not_yet`).
 //!
-//! It also keeps error messages within what a client takes: a message
+//! It logs one line per call at debug (method, code, duration), and keeps
+//! error messages within what a client takes: a message
 //! quoting a 70 KB hostname back would exceed HTTP/2's header list limit
 //! (16 KiB in grpc-go and hyper), and the client would see a protocol
 //! error instead of the answer. grpc-message is cut to MAX_MESSAGE bytes.
@@ -89,10 +90,20 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let path = req.uri().path().to_string();
+        let started = std::time::Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
             let h = resp.headers_mut();
+            // One line per call at debug, as CRI-O and containerd log them:
+            // the method, its gRPC code (in the headers when it failed; a
+            // success's comes in the trailers) and how long it took.
+            tracing::debug!(
+                method = %path,
+                code = h.get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0"),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "CRI call answered"
+            );
             if let Some(v) = h.get("grpc-message").and_then(|v| clip(v.as_bytes())) {
                 h.insert("grpc-message", v);
             }
