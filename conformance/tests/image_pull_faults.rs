@@ -626,3 +626,69 @@ async fn berthd_sigkilled_mid_pull_restarts_clean_and_pulls_again() {
     // finish() removes the image and wants the root back at its baseline
     env.finish().await;
 }
+
+/// A long pull is not silent: every `pull_progress_interval` berthd logs
+/// (info) the image, the bytes and the layers done. Here a layer stalls
+/// after 64 KiB until released; the log shows the 64 KiB meanwhile.
+#[tokio::test]
+async fn a_long_pull_logs_its_progress() {
+    let reg = Registry::start().await.unwrap();
+    let proxy = FaultProxy::start(&reg.host()).await.unwrap();
+    let env = Env::start_with(
+        reg,
+        BerthdOptions::default()
+            .stall_timeout("60s")
+            .extra_registry("pull_progress_interval = \"200ms\"\n"),
+    )
+    .await;
+    let img = single_layer(Compression::Gzip);
+    env.push("progress/img:1", &img).await;
+    proxy.add(Rule::new(&img.layers[0].blob.digest, Fault::StallAfter(64 * 1024)).times(1));
+    let cri = env.cri.clone();
+    let r = proxy.reference("progress/img:1");
+    let pull = tokio::spawn(async move { cri.pull(&r).await });
+    let t = Instant::now();
+    // The text log colours its fields: compare without the escapes.
+    let plain = |s: &str| {
+        let mut out = String::new();
+        let mut it = s.chars();
+        while let Some(c) = it.next() {
+            if c == '\u{1b}' {
+                for c in it.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let line = loop {
+        let log = plain(&env.berthd.log());
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("pulling") && l.contains("bytes_done=65536"))
+        {
+            break l.to_string();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no progress line:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(line.contains("progress/img:1"), "names the image: {line}");
+    assert!(
+        line.contains("layers_done=0") && line.contains("layers=1"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("bytes_total={}", img.layers[0].blob.size())),
+        "{line}"
+    );
+    proxy.release_stalled();
+    assert_eq!(pull.await.unwrap().expect("the pull, released"), img.id());
+    env.finish().await;
+}

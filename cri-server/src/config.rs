@@ -111,6 +111,12 @@ pub struct RegistrySection {
         serialize_with = "berth_network::config::write_duration"
     )]
     pub pull_stall_timeout: Duration,
+    /// How often a pull in progress logs how far it is.
+    #[serde(
+        deserialize_with = "duration",
+        serialize_with = "berth_network::config::write_duration"
+    )]
+    pub pull_progress_interval: Duration,
     pub insecure: Vec<String>,
     pub pinned_images: Vec<String>,
     /// Uncompressed bytes one layer may unpack to.
@@ -216,6 +222,7 @@ impl Default for RegistrySection {
         Self {
             max_concurrent_downloads: 3,
             pull_stall_timeout: Duration::from_secs(300),
+            pull_progress_interval: Duration::from_secs(10),
             insecure: Vec::new(),
             pinned_images: Vec::new(),
             max_unpacked_layer_size: UnpackLimits::default().max_layer_bytes,
@@ -305,6 +312,11 @@ impl Config {
                 "registry.max_unpacked_layer_size must be more than 0".into(),
             ));
         }
+        if self.registry.pull_progress_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "registry.pull_progress_interval must be more than 0".into(),
+            ));
+        }
         if self.registry.pull_stall_timeout.is_zero() {
             return Err(ConfigError::Invalid(
                 "registry.pull_stall_timeout must be more than 0".into(),
@@ -344,6 +356,7 @@ impl Config {
                 max_layer_bytes: self.registry.max_unpacked_layer_size,
                 min_free: self.registry.min_free_space,
             },
+            progress_every: self.registry.pull_progress_interval,
         }
     }
 }
@@ -411,6 +424,7 @@ format = "json"
 [registry]
 max_concurrent_downloads = 5
 pull_stall_timeout = "90s"
+pull_progress_interval = "3s"
 insecure = ["my-registry.local:5000"]
 pinned_images = ["registry.k8s.io/pause:3.10"]
 max_unpacked_layer_size = "2GiB"
@@ -426,6 +440,7 @@ min_free_space = "5%"
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.registry.max_concurrent_downloads, 5);
         assert_eq!(c.registry.pull_stall_timeout, Duration::from_secs(90));
+        assert_eq!(c.registry.pull_progress_interval, Duration::from_secs(3));
         assert_eq!(c.registry.max_unpacked_layer_size, 2 << 30);
         assert_eq!(c.registry.min_free_space, FreeSpace::Percent(5));
         assert_eq!(

@@ -43,6 +43,8 @@ pub struct ImageServiceConfig {
     pub pinned_images: Vec<String>,
     /// What one layer may unpack to, and the free space it must leave.
     pub unpack_limits: UnpackLimits,
+    /// How often a pull in progress logs how far it is (info).
+    pub progress_every: std::time::Duration,
 }
 
 /// Bytes and inodes the image store uses, and where it lives.
@@ -72,6 +74,7 @@ struct Inner {
     store: Store,
     registry: Arc<RegistryClient>,
     max_concurrent: usize,
+    progress_every: std::time::Duration,
     pinned: HashSet<String>,
     limits: UnpackLimits,
     /// Layers being fetched, by chain id.
@@ -102,6 +105,9 @@ impl ImageService {
                 store,
                 registry: Arc::new(RegistryClient::new(config.registry)?),
                 max_concurrent: config.max_concurrent_downloads.max(1),
+                progress_every: config
+                    .progress_every
+                    .max(std::time::Duration::from_millis(10)),
                 pinned,
                 limits: config.unpack_limits,
                 inflight: Mutex::new(HashMap::new()),
@@ -213,6 +219,8 @@ impl ImageService {
         let chain = manifest::chain_ids(diff_ids);
 
         let sem = Arc::new(Semaphore::new(inner.max_concurrent));
+        let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let layers_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut stats = PullStats::default();
         let jobs =
             manifest
@@ -225,6 +233,7 @@ impl ImageService {
                         stats.layers_fetched += 1;
                         stats.compressed_bytes += layer.size as u64;
                     }
+                    let done = layers_done.clone();
                     Inner::ensure_layer(
                         inner,
                         session.clone(),
@@ -232,9 +241,41 @@ impl ImageService {
                         diff_id.clone(),
                         chain_id.clone(),
                         sem.clone(),
+                        progress.clone(),
                     )
+                    .inspect(move |r| {
+                        if r.is_ok() {
+                            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    })
                 });
-        futures::future::try_join_all(jobs).await?;
+        // A long pull is not silent: every progress_every (10 s), how far
+        // it is (as CRI-O and containerd log it).
+        let all = futures::future::try_join_all(jobs);
+        tokio::pin!(all);
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + inner.progress_every,
+            inner.progress_every,
+        );
+        loop {
+            tokio::select! {
+                r = &mut all => {
+                    r?;
+                    break;
+                }
+                _ = tick.tick() => {
+                    tracing::info!(
+                        image = %r,
+                        bytes_done = progress.load(std::sync::atomic::Ordering::Relaxed),
+                        bytes_total = stats.compressed_bytes,
+                        layers_done = layers_done.load(std::sync::atomic::Ordering::Relaxed),
+                        layers = manifest.layers.len(),
+                        elapsed_s = started.elapsed().as_secs(),
+                        "pulling"
+                    );
+                }
+            }
+        }
 
         blobs.push((image_id.clone(), config_json.clone()));
         let size = manifest.config.size.max(0) as u64
@@ -390,6 +431,7 @@ impl Inner {
         diff_id: Digest,
         chain_id: Digest,
         sem: Arc<Semaphore>,
+        progress: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<()> {
         if self.store.has_snapshot(&chain_id) {
             return Ok(());
@@ -408,7 +450,7 @@ impl Inner {
                         let r = match sem.acquire().await {
                             Ok(_permit) => {
                                 inner
-                                    .fetch_layer(&session, &layer, &diff_id, &chain_id)
+                                    .fetch_layer(&session, &layer, &diff_id, &chain_id, &progress)
                                     .await
                             }
                             Err(_) => Err(Error::Unavailable("download slots closed".into())),
@@ -439,6 +481,7 @@ impl Inner {
         layer: &Descriptor,
         diff_id: &Digest,
         chain_id: &Digest,
+        progress: &std::sync::atomic::AtomicU64,
     ) -> Result<()> {
         if self.store.has_snapshot(chain_id) {
             return Ok(());
@@ -458,6 +501,7 @@ impl Inner {
             let mut tx = Some(tx);
             while let Some(chunk) = stream.next_chunk().await? {
                 hasher.update(&chunk);
+                progress.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 if let Some(t) = &tx
                     && t.send(chunk).await.is_err()
                 {
