@@ -287,3 +287,27 @@ async fn runtime_ready_is_false_once_the_shims_read_only_bind_is_gone() {
     d.stop().await.expect("SIGTERM must exit 0");
     assert_nothing_left(&d);
 }
+
+/// deploy/berthd.service is Type=notify: berthd sends READY=1 to
+/// $NOTIFY_SOCKET once its CRI socket serves.
+#[tokio::test]
+async fn berthd_tells_systemd_it_is_ready_once_the_socket_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut d =
+        Berthd::start(BerthdOptions::default().env("NOTIFY_SOCKET", &path.display().to_string()))
+            .await
+            .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::task::spawn_blocking(move || sock.recv(&mut buf).map(|n| buf[..n].to_vec()))
+        .await
+        .unwrap()
+        .expect("a datagram from berthd");
+    assert_eq!(String::from_utf8_lossy(&n), "READY=1\n");
+    d.cri().await.unwrap().version().await.expect("it serves");
+    d.stop().await.expect("SIGTERM must exit 0");
+    assert_nothing_left(&d);
+}

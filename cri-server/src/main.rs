@@ -141,6 +141,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// systemd's readiness protocol (deploy/berthd.service is Type=notify):
+/// READY=1 to $NOTIFY_SOCKET once the CRI socket serves; nothing without
+/// it. An abstract socket is named with a leading '@'.
+fn notify_ready() {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let msg = b"READY=1\n";
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|sock| {
+        match path.as_bytes().strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(msg, &addr)
+            }
+            None => sock.send_to(msg, &path),
+        }
+    });
+    match sent {
+        Ok(_) => tracing::debug!("told systemd READY=1"),
+        Err(e) => tracing::warn!(socket = ?path, error = %e, "telling systemd READY=1"),
+    }
+}
+
 fn load_config(args: &Args) -> anyhow::Result<Config> {
     let mut c = Config::load(args.config.as_deref())?;
     if let Some(r) = &args.root {
@@ -237,6 +262,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .add_service(image)
             .serve_with_incoming_shutdown(incoming, async move { stopped.notified().await }),
     );
+
+    // The socket accepts (it was bound above) and the server runs.
+    notify_ready();
 
     let result = tokio::select! {
         r = &mut server => Some(r),

@@ -150,3 +150,63 @@ fn check_passes_on_this_host_and_fails_naming_what_is_missing() {
         "{text}"
     );
 }
+
+/// deploy/berthd.service parses as systemd reads it (`systemd-analyze
+/// verify`, with ExecStart pointed at this build's berthd), and keeps what
+/// berth relies on: Type=notify, KillMode=process (containers outlive a
+/// restart of berthd), Delegate=yes.
+#[test]
+fn the_systemd_unit_is_valid_and_keeps_containers_across_restarts() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/berthd.service"
+    ))
+    .expect("deploy/berthd.service");
+    let mut keys = std::collections::HashMap::new();
+    let mut section = String::new();
+    for l in unit.lines().map(str::trim) {
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        if let Some(s) = l.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            section = s.to_string();
+            continue;
+        }
+        let (k, v) = l
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not key=value: {l:?}"));
+        keys.insert(format!("{section}.{k}"), v.to_string());
+    }
+    for (k, v) in [
+        ("Service.Type", "notify"),
+        ("Service.KillMode", "process"),
+        ("Service.Delegate", "yes"),
+        ("Service.LimitMEMLOCK", "infinity"),
+        ("Install.WantedBy", "multi-user.target"),
+    ] {
+        assert_eq!(keys.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    assert!(keys["Service.ExecStart"].starts_with("/usr/local/bin/berthd "));
+    let analyze = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(analyze) = analyze else {
+        eprintln!("no systemd-analyze here: the unit was checked by the parser above only");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("berthd.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/berthd", BERTHD)).unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze verify");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Only what concerns this unit (other units of the host may warn).
+    let ours: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("berthd.service"))
+        .collect();
+    assert!(out.status.success() && ours.is_empty(), "{err}");
+}
