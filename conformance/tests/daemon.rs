@@ -289,9 +289,9 @@ async fn runtime_ready_is_false_once_the_shims_read_only_bind_is_gone() {
 }
 
 /// deploy/berthd.service is Type=notify: berthd sends READY=1 to
-/// $NOTIFY_SOCKET once its CRI socket serves.
+/// $NOTIFY_SOCKET once its CRI socket serves, STOPPING=1 on SIGTERM.
 #[tokio::test]
-async fn berthd_tells_systemd_it_is_ready_once_the_socket_serves() {
+async fn berthd_tells_systemd_it_is_ready_once_the_socket_serves_and_when_it_stops() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
@@ -301,13 +301,20 @@ async fn berthd_tells_systemd_it_is_ready_once_the_socket_serves() {
         Berthd::start(BerthdOptions::default().env("NOTIFY_SOCKET", &path.display().to_string()))
             .await
             .unwrap();
-    let mut buf = [0u8; 64];
-    let n = tokio::task::spawn_blocking(move || sock.recv(&mut buf).map(|n| buf[..n].to_vec()))
+    let sock = std::sync::Arc::new(sock);
+    let recv = |sock: std::sync::Arc<std::os::unix::net::UnixDatagram>| async move {
+        tokio::task::spawn_blocking(move || {
+            let mut buf = [0u8; 64];
+            sock.recv(&mut buf)
+                .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
         .await
         .unwrap()
-        .expect("a datagram from berthd");
-    assert_eq!(String::from_utf8_lossy(&n), "READY=1\n");
+        .expect("a datagram from berthd")
+    };
+    assert_eq!(recv(sock.clone()).await, "READY=1\n");
     d.cri().await.unwrap().version().await.expect("it serves");
     d.stop().await.expect("SIGTERM must exit 0");
+    assert_eq!(recv(sock).await, "STOPPING=1\n", "and says it stops");
     assert_nothing_left(&d);
 }

@@ -141,15 +141,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// systemd's readiness protocol (deploy/berthd.service is Type=notify):
-/// READY=1 to $NOTIFY_SOCKET once the CRI socket serves; nothing without
-/// it. An abstract socket is named with a leading '@'.
-fn notify_ready() {
+/// systemd's notify protocol (deploy/berthd.service is Type=notify):
+/// READY=1 to $NOTIFY_SOCKET once the CRI socket serves, STOPPING=1 when a
+/// signal ends berthd; nothing without it. An abstract socket is named
+/// with a leading '@'.
+fn notify_systemd(state: &str) {
     use std::os::unix::ffi::OsStrExt;
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
-    let msg = b"READY=1\n";
+    let msg = format!("{state}\n");
+    let msg = msg.as_bytes();
     let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|sock| {
         match path.as_bytes().strip_prefix(b"@") {
             Some(name) => {
@@ -161,8 +163,8 @@ fn notify_ready() {
         }
     });
     match sent {
-        Ok(_) => tracing::debug!("told systemd READY=1"),
-        Err(e) => tracing::warn!(socket = ?path, error = %e, "telling systemd READY=1"),
+        Ok(_) => tracing::debug!(state, "told systemd"),
+        Err(e) => tracing::warn!(socket = ?path, state, error = %e, "telling systemd"),
     }
 }
 
@@ -264,7 +266,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
 
     // The socket accepts (it was bound above) and the server runs.
-    notify_ready();
+    notify_systemd("READY=1");
 
     let result = tokio::select! {
         r = &mut server => Some(r),
@@ -274,6 +276,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let result = match result {
         Some(r) => r,
         None => {
+            notify_systemd("STOPPING=1");
             stop.notify_one();
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
                 Ok(r) => r,
