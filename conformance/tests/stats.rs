@@ -347,12 +347,14 @@ async fn metrics_show_the_same(env: &Env, p: &Pod, hog: &str, spinner: &str) {
     assert_eq!(label("container"), "hog");
     assert_eq!(label("pod"), "stats");
     assert!(!label("image").is_empty(), "{labels:?}");
-    // The spinner has burnt more than two seconds by now (whole seconds).
+    // The spinner's CPU in whole seconds, between what the stats said just
+    // before the metrics were read and just after (it has burnt over a
+    // second by now: checked above).
     let (cpu, _) = value(spinner, "container_cpu_usage_seconds_total");
-    let stats_cpu = v(&one(env, spinner).await.cpu.unwrap().usage_core_nano_seconds);
+    let after = v(&one(env, spinner).await.cpu.unwrap().usage_core_nano_seconds);
     assert!(
-        cpu >= 2 && cpu <= stats_cpu / 1_000_000_000 + 1,
-        "{cpu} s against {stats_cpu} ns"
+        cpu >= 1 && cpu <= after / 1_000_000_000,
+        "{cpu} s against {after} ns after"
     );
     let (procs, _) = value(spinner, "container_processes");
     assert!(procs >= 1);

@@ -97,7 +97,25 @@ enum HoldRow {
     Layers(Vec<Digest>),
 }
 
+/// The container a holder belongs to: a container holds under its id,
+/// its image volumes under `<id>/ivol/<n>`.
+pub fn holder_container(holder: &str) -> &str {
+    holder.split('/').next().unwrap_or(holder)
+}
+
 impl Index {
+    /// The holders that have `image` mounted as an image volume, sorted.
+    fn users(&self, image: &Digest) -> Vec<&str> {
+        let mut u: Vec<&str> = self
+            .in_use
+            .iter()
+            .filter(|(_, i)| *i == image)
+            .map(|(h, _)| h.as_str())
+            .collect();
+        u.sort_unstable();
+        u
+    }
+
     fn reindex_names(&mut self) {
         self.names.clear();
         for (id, e) in &self.images {
@@ -539,18 +557,13 @@ impl Store {
             // Checked under the index lock that hold_volume takes too, so a
             // container mounting it meanwhile cannot slip in between.
             if whole {
-                let mut users: Vec<&str> = idx
-                    .in_use
-                    .iter()
-                    .filter(|(_, i)| *i == id)
-                    .map(|(h, _)| h.split('/').next().unwrap_or(h))
-                    .collect();
-                if !users.is_empty() {
-                    users.sort_unstable();
-                    users.dedup();
+                let mut containers: Vec<&str> =
+                    idx.users(id).into_iter().map(holder_container).collect();
+                if !containers.is_empty() {
+                    containers.dedup();
                     return Err(Error::InUse {
                         image: id.to_string(),
-                        users: format!("container {}", users.join(", ")),
+                        users: format!("container {}", containers.join(", ")),
                     });
                 }
             }
@@ -634,17 +647,10 @@ impl Store {
 
     /// The holders that have `image` mounted as an image volume, sorted.
     pub fn users(&self, image: &Digest) -> Vec<String> {
-        let Ok(idx) = self.index.read() else {
-            return Vec::new();
-        };
-        let mut u: Vec<String> = idx
-            .in_use
-            .iter()
-            .filter(|(_, i)| *i == image)
-            .map(|(h, _)| h.clone())
-            .collect();
-        u.sort();
-        u
+        self.index
+            .read()
+            .map(|idx| idx.users(image).into_iter().map(str::to_string).collect())
+            .unwrap_or_default()
     }
 
     /// Drop a holder's claim and those of `<holder>/…` (its image volumes),

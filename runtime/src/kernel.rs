@@ -71,15 +71,20 @@ pub fn has_mount_setattr() -> bool {
     })
 }
 
-/// Whether AppArmor is the node's (enabled) LSM.
+/// Whether AppArmor is the node's (enabled) LSM: read once (the LSMs are
+/// chosen at boot).
 pub fn apparmor_enabled() -> bool {
-    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .is_ok_and(|t| t.trim() == "Y")
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|t| t.trim() == "Y")
+    })
 }
 
-/// Whether SELinux is enabled on the node (selinuxfs mounted).
+/// Whether SELinux is enabled on the node (selinuxfs mounted): read once.
 pub fn selinux_enabled() -> bool {
-    std::path::Path::new("/sys/fs/selinux/enforce").exists()
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::path::Path::new("/sys/fs/selinux/enforce").exists())
 }
 
 /// The oldest supported release, (major, minor).

@@ -112,7 +112,7 @@ pub(super) fn cleanup_unrecorded(
     // images they mounted as volumes, which RemoveImage would otherwise
     // refuse for ever. Nothing is being created while berthd starts.
     for holder in images.store().holders() {
-        let id = holder.split('/').next().unwrap_or(&holder);
+        let id = berth_image::store::holder_container(&holder);
         if !containers.contains_key(id) {
             tracing::info!(holder = %holder, "releasing the image hold of a container that has no record");
             let _ = images.store().release(id);

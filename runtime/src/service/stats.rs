@@ -139,6 +139,17 @@ impl Runtime {
 
     /// Stats of the ready pods `f` selects.
     pub async fn list_pod_stats(&self, f: &StatsFilter) -> Result<Vec<PodStats>> {
+        self.sample_ready_pods(f, true).await
+    }
+
+    /// Every ready pod's sample for ListPodSandboxMetrics: counters only,
+    /// so that a Prometheus scrape does not shorten the window of the CPU
+    /// rate kubelet's stats calls read (usage_nano_cores).
+    pub async fn pod_metrics_samples(&self) -> Result<Vec<PodStats>> {
+        self.sample_ready_pods(&StatsFilter::default(), false).await
+    }
+
+    async fn sample_ready_pods(&self, f: &StatsFilter, rate: bool) -> Result<Vec<PodStats>> {
         let recs = self.list_sandboxes(&SandboxFilter {
             id: f.id.clone(),
             state: Some(SandboxState::Ready),
@@ -146,23 +157,7 @@ impl Runtime {
         })?;
         let rt = self.handle();
         tokio::task::spawn_blocking(move || {
-            recs.into_iter().map(|r| rt.pod_sample(r, true)).collect()
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("stats task failed: {e}")))
-    }
-
-    /// Every ready pod's sample for ListPodSandboxMetrics: counters only,
-    /// so that a Prometheus scrape does not shorten the window of the CPU
-    /// rate kubelet's stats calls read (usage_nano_cores).
-    pub async fn pod_metrics_samples(&self) -> Result<Vec<PodStats>> {
-        let recs = self.list_sandboxes(&SandboxFilter {
-            state: Some(SandboxState::Ready),
-            ..Default::default()
-        })?;
-        let rt = self.handle();
-        tokio::task::spawn_blocking(move || {
-            recs.into_iter().map(|r| rt.pod_sample(r, false)).collect()
+            recs.into_iter().map(|r| rt.pod_sample(r, rate)).collect()
         })
         .await
         .map_err(|e| Error::Internal(format!("stats task failed: {e}")))
