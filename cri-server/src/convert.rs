@@ -319,6 +319,8 @@ pub fn container_config(c: cri::ContainerConfig) -> Result<m::ContainerConfig, S
                     image: mt.image.map(|i| i.image).unwrap_or_default(),
                     image_sub_path: mt.image_sub_path,
                     image_ref: String::new(),
+                    uid_mappings: mt.uid_mappings.into_iter().map(idmap).collect(),
+                    gid_mappings: mt.gid_mappings.into_iter().map(idmap).collect(),
                 })
             })
             .collect::<Result<_, Status>>()?,
@@ -385,7 +387,19 @@ pub fn ns_options_to_cri(o: &m::NamespaceOptions) -> cri::NamespaceOption {
         pid: mode(o.pid),
         ipc: mode(o.ipc),
         target_id: o.target_id.clone(),
-        userns_options: None,
+        userns_options: o.userns_options.as_ref().map(|u| cri::UserNamespace {
+            mode: mode(u.mode),
+            uids: u.uids.iter().map(idmap_to_cri).collect(),
+            gids: u.gids.iter().map(idmap_to_cri).collect(),
+        }),
+    }
+}
+
+pub fn idmap_to_cri(i: &m::IdMapping) -> cri::IdMapping {
+    cri::IdMapping {
+        host_id: i.host_id,
+        container_id: i.container_id,
+        length: i.length,
     }
 }
 

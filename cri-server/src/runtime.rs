@@ -93,7 +93,8 @@ fn container_status(r: &ContainerRecord, stop_signal: i32) -> cri::ContainerStat
                 ..Default::default()
             }),
             image_sub_path: m.image_sub_path.clone(),
-            ..Default::default()
+            uid_mappings: m.uid_mappings.iter().map(convert::idmap_to_cri).collect(),
+            gid_mappings: m.gid_mappings.iter().map(convert::idmap_to_cri).collect(),
         })
         .collect();
     let resources = r
@@ -243,20 +244,23 @@ impl RuntimeService for RuntimeApi {
                 // The built-in executor, the only handler until RuntimeClass
                 // handlers land. kubelet refuses `hostUsers: false` pods and
                 // `recursiveReadOnly: Enabled` mounts on a handler that does
-                // not claim them, so nothing is claimed berth does not do
-                // (user namespaces: not yet).
+                // not claim them, so nothing is claimed berth does not do.
                 name: String::new(),
                 features: Some(cri::RuntimeHandlerFeatures {
                     // mount_setattr(2) AT_RECURSIVE (Linux 5.12).
                     recursive_read_only_mounts: berth_runtime::kernel::has_mount_setattr(),
-                    user_namespaces: false,
+                    // Probed at start: a user namespace, idmapped layers
+                    // and an overlay of them (the log says why not).
+                    user_namespaces: self.runtime.user_namespaces().is_ok(),
                 }),
             }],
             features: Some(cri::RuntimeFeatures {
                 // Merge and Strict, for the process, its execs and
                 // ContainerStatus.user (kubelet refuses Strict otherwise).
                 supplemental_groups_policy: true,
-                user_namespaces_host_network: false,
+                // A user-namespaced pod on the node's network: the netns
+                // stays the node's, only user/ipc/uts are the pod's.
+                user_namespaces_host_network: self.runtime.user_namespaces().is_ok(),
             }),
         }))
     }

@@ -122,8 +122,8 @@ pub struct NamespaceOptions {
     pub ipc: NamespaceMode,
     /// The container whose namespace a `Target` mode joins.
     pub target_id: String,
-    /// None: the node's user namespace (CRI: nil means POD for old kubelets,
-    /// but berth has no user namespaces, so a POD mode is refused).
+    /// None: the node's user namespace (kubelet sends NODE or nothing for
+    /// `hostUsers: true`, POD with the mappings it chose for `false`).
     pub userns_options: Option<UserNamespace>,
 }
 
@@ -354,6 +354,10 @@ pub struct Mount {
     /// The image id `image` resolved to, filled by CreateContainer (for
     /// ContainerStatus.mounts[].image.image_ref).
     pub image_ref: String,
+    /// An idmapped bind (KEP-127): kubelet gives every mount of a pod with
+    /// a user namespace that pod's mappings. Empty: a plain bind.
+    pub uid_mappings: Vec<IdMapping>,
+    pub gid_mappings: Vec<IdMapping>,
 }
 
 /// `Device`.
@@ -581,6 +585,27 @@ pub fn validate_container_config(c: &ContainerConfig) -> Result<(), ValidationEr
     for (i, mnt) in c.mounts.iter().enumerate() {
         let field = format!("mounts[{i}]");
         container_path(&format!("{field}.container_path"), &mnt.container_path)?;
+        if mnt.uid_mappings.is_empty() != mnt.gid_mappings.is_empty() {
+            return Err(invalid(
+                format!("{field}.uid_mappings"),
+                "an idmapped mount needs both uid_mappings and gid_mappings",
+            ));
+        }
+        for (name, maps) in [
+            ("uid_mappings", &mnt.uid_mappings),
+            ("gid_mappings", &mnt.gid_mappings),
+        ] {
+            match maps.as_slice() {
+                [] => {}
+                [m] => id_mapping(&format!("{field}.{name}"), m)?,
+                _ => {
+                    return Err(invalid(
+                        format!("{field}.{name}"),
+                        "takes one mapping: the pod's (as kubelet sends)",
+                    ));
+                }
+            }
+        }
         if mnt.image.is_empty() {
             host_path(&format!("{field}.host_path"), &mnt.host_path)?;
             if !mnt.image_sub_path.is_empty() {
@@ -842,23 +867,104 @@ fn namespace_options(
         }
     }
     if let Some(u) = &ns.userns_options {
-        match u.mode {
-            NamespaceMode::Node => {}
-            NamespaceMode::Pod => {
-                return Err(unsupported(
-                    format!("{field}.userns_options.mode"),
-                    "a user namespace for the pod",
-                ));
-            }
-            other => {
+        user_namespace(&format!("{field}.userns_options"), u)?;
+    }
+    Ok(())
+}
+
+/// KEP-127's rules, as the CRI comments give them: NODE (the node's user
+/// namespace, no mappings) or POD with exactly one uid and one gid mapping
+/// (what kubelet sends) that maps the container's root; CONTAINER and
+/// TARGET are not user namespace modes of the CRI.
+fn user_namespace(field: &str, u: &UserNamespace) -> Result<(), ValidationError> {
+    match u.mode {
+        NamespaceMode::Node => {
+            if !u.uids.is_empty() || !u.gids.is_empty() {
                 return Err(invalid(
-                    format!("{field}.userns_options.mode"),
-                    format!("{other:?} is not a user namespace mode (POD or NODE)"),
+                    field,
+                    "mode NODE uses the node's user namespace and takes no uids or gids mappings",
                 ));
             }
         }
+        NamespaceMode::Pod => {
+            for (name, maps) in [("uids", &u.uids), ("gids", &u.gids)] {
+                let f = format!("{field}.{name}");
+                let [m] = maps.as_slice() else {
+                    return Err(invalid(
+                        f,
+                        format!(
+                            "mode POD takes exactly one mapping (as kubelet sends), not {}",
+                            maps.len()
+                        ),
+                    ));
+                };
+                id_mapping(&f, m)?;
+            }
+        }
+        other => {
+            return Err(invalid(
+                format!("{field}.mode"),
+                format!(
+                    "{} is not a user namespace mode: only POD and NODE are",
+                    format!("{other:?}").to_uppercase()
+                ),
+            ));
+        }
     }
     Ok(())
+}
+
+/// One mapping of a pod's user namespace: the container's root mapped, a
+/// range that fits in 32 bits and leaves out the node's root.
+fn id_mapping(field: &str, m: &IdMapping) -> Result<(), ValidationError> {
+    if m.container_id != 0 {
+        return Err(invalid(
+            field,
+            format!(
+                "must map container id 0 (the container's root); this mapping starts at {}",
+                m.container_id
+            ),
+        ));
+    }
+    if m.length == 0 {
+        return Err(invalid(field, "length must be at least 1"));
+    }
+    if u64::from(m.host_id) + u64::from(m.length) > u64::from(u32::MAX) {
+        return Err(invalid(
+            field,
+            format!(
+                "host ids {}..{} go past the last id (4294967294)",
+                m.host_id,
+                u64::from(m.host_id) + u64::from(m.length)
+            ),
+        ));
+    }
+    if m.host_id == 0 {
+        return Err(invalid(
+            field,
+            "maps the node's root (host id 0) into the pod, which a user namespace is meant to keep out",
+        ));
+    }
+    Ok(())
+}
+
+impl UserNamespace {
+    /// The pod's own user namespace (mode POD), with its one uid and gid
+    /// mapping (validated).
+    pub fn pod_mappings(&self) -> Option<(IdMapping, IdMapping)> {
+        match (self.mode, self.uids.as_slice(), self.gids.as_slice()) {
+            (NamespaceMode::Pod, [u], [g]) => Some((*u, *g)),
+            _ => None,
+        }
+    }
+}
+
+impl IdMapping {
+    /// The host id of container id `id`, if the mapping covers it.
+    pub fn to_host(&self, id: u32) -> Option<u32> {
+        let off = id.checked_sub(self.container_id)?;
+        (off < self.length).then(|| self.host_id + off)
+    }
 }
 
 fn security_profile(
@@ -1402,14 +1508,116 @@ mod tests {
     }
 
     #[test]
-    fn user_namespaces_are_unsupported() {
-        let mut p = pod();
-        p.linux.security_context.namespace_options.userns_options = Some(UserNamespace {
+    fn user_namespaces_follow_the_cri_rules() {
+        let one = |c, h, l| IdMapping {
+            container_id: c,
+            host_id: h,
+            length: l,
+        };
+        let check = |u: UserNamespace| {
+            let mut p = pod();
+            p.linux.security_context.namespace_options.userns_options = Some(u.clone());
+            let mut c = ctr();
+            c.linux.security_context.namespace_options.userns_options = Some(u);
+            let (a, b) = (validate_sandbox_config(&p), validate_container_config(&c));
+            assert_eq!(a.is_ok(), b.is_ok());
+            a.err().map(|e| e.to_string())
+        };
+        let pod_mode = |uids: Vec<IdMapping>, gids: Vec<IdMapping>| UserNamespace {
             mode: NamespaceMode::Pod,
+            uids,
+            gids,
+        };
+        let good = one(0, 65536, 65536);
+        let u = pod_mode(vec![good], vec![good]);
+        assert_eq!(check(u.clone()), None);
+        assert_eq!(u.pod_mappings(), Some((good, good)));
+        assert_eq!(
+            check(UserNamespace {
+                mode: NamespaceMode::Node,
+                ..Default::default()
+            }),
+            None
+        );
+        let cases = [
+            (
+                pod_mode(vec![good, one(0, 200000, 10)], vec![good]),
+                "uids: mode POD takes exactly one mapping (as kubelet sends), not 2",
+            ),
+            (
+                pod_mode(vec![good], vec![]),
+                "gids: mode POD takes exactly one mapping",
+            ),
+            (
+                pod_mode(vec![one(1, 1000, 100000)], vec![good]),
+                "must map container id 0",
+            ),
+            (
+                pod_mode(vec![good], vec![one(0, 1000, 0)]),
+                "length must be at least 1",
+            ),
+            (
+                pod_mode(vec![one(0, u32::MAX - 5, 10)], vec![good]),
+                "go past the last id",
+            ),
+            (pod_mode(vec![one(0, 0, 65536)], vec![good]), "node's root"),
+            (
+                UserNamespace {
+                    mode: NamespaceMode::Container,
+                    ..Default::default()
+                },
+                "CONTAINER is not a user namespace mode",
+            ),
+            (
+                UserNamespace {
+                    mode: NamespaceMode::Target,
+                    ..Default::default()
+                },
+                "TARGET is not a user namespace mode",
+            ),
+            (
+                UserNamespace {
+                    mode: NamespaceMode::Node,
+                    uids: vec![good],
+                    gids: vec![good],
+                },
+                "takes no uids or gids mappings",
+            ),
+        ];
+        for (u, want) in cases {
+            let e = check(u.clone()).unwrap_or_else(|| panic!("{u:?} was accepted"));
+            assert!(e.contains(want), "{u:?}: {e}");
+        }
+        assert_eq!(good.to_host(0), Some(65536));
+        assert_eq!(good.to_host(65535), Some(131071));
+        assert_eq!(good.to_host(65536), None);
+    }
+
+    #[test]
+    fn idmapped_mounts_take_one_mapping_of_each() {
+        let m = IdMapping {
+            container_id: 0,
+            host_id: 65536,
+            length: 65536,
+        };
+        let mut c = ctr();
+        c.mounts.push(Mount {
+            container_path: "/data".into(),
+            host_path: "/tmp/data".into(),
+            uid_mappings: vec![m],
+            gid_mappings: vec![m],
             ..Default::default()
         });
-        let e = err_of(validate_sandbox_config(&p));
-        assert!(e.contains("not supported by berth"), "{e}");
+        validate_container_config(&c).unwrap();
+        c.mounts[0].gid_mappings.clear();
+        let e = err_of(validate_container_config(&c));
+        assert!(
+            e.contains("needs both uid_mappings and gid_mappings"),
+            "{e}"
+        );
+        c.mounts[0].gid_mappings = vec![m, m];
+        let e = err_of(validate_container_config(&c));
+        assert!(e.contains("mounts[0].gid_mappings"), "{e}");
     }
 
     #[test]

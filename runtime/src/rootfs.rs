@@ -55,6 +55,17 @@ impl Rootfs {
     /// Mount `lowers` (bottom layer first, as images list them) with a fresh
     /// upper directory at `target`. On error nothing stays mounted or made.
     pub fn mount(&self, lowers: &[PathBuf]) -> Result<(), RootfsError> {
+        self.mount_mapped(lowers, None)
+    }
+
+    /// [`Rootfs::mount`], the layers seen through `idmap` when the pod has
+    /// a user namespace: each layer idmapped (no chown of the shared
+    /// layers), the upper directory owned by the container's root.
+    pub fn mount_mapped(
+        &self,
+        lowers: &[PathBuf],
+        idmap: Option<&Idmap<'_>>,
+    ) -> Result<(), RootfsError> {
         let upper = self.layer_dir.join("upper");
         let work = self.layer_dir.join("work");
         for d in [&upper, &work, &self.target] {
@@ -74,11 +85,26 @@ impl Rootfs {
             // overlayfs lists the top layer first.
             lowers.iter().rev().map(PathBuf::as_path).collect()
         };
-        let r = overlay(&self.target, &lowers, Some((&upper, &work)));
+        let r = match idmap {
+            None => overlay(&self.target, &lowers, Some((&upper, &work))),
+            Some(m) => (|| {
+                // What the container's root writes lands as its host id;
+                // the root directory of the overlay is the upper's.
+                std::os::unix::fs::chown(&upper, Some(m.root_uid), Some(m.root_gid))
+                    .map_err(sys(format!("chown of {}", upper.display())))?;
+                let mapped = MappedLayers::attach(&self.mapped_dir(), &lowers, m)?;
+                overlay(&self.target, &mapped.paths(), Some((&upper, &work)))
+            })(),
+        };
         if r.is_err() {
             self.remove();
         }
         r
+    }
+
+    /// Where the idmapped layers of a mount in progress are attached.
+    fn mapped_dir(&self) -> PathBuf {
+        self.layer_dir.join("idmapped")
     }
 
     /// Where image volume `n` of this container is mounted: beside the
@@ -99,7 +125,12 @@ impl Rootfs {
     /// `n`: an overlay without an upper directory, which the kernel itself
     /// keeps read-only. An empty directory at the bottom gives even a
     /// one-layer image the two lower layers kernels before 6.x want.
-    pub fn mount_volume(&self, n: usize, lowers: &[PathBuf]) -> Result<PathBuf, RootfsError> {
+    pub fn mount_volume(
+        &self,
+        n: usize,
+        lowers: &[PathBuf],
+        idmap: Option<&Idmap<'_>>,
+    ) -> Result<PathBuf, RootfsError> {
         let target = self.volume_dir(n);
         let empty = self.volumes_dir().join("empty");
         for d in [&target, &empty] {
@@ -111,7 +142,13 @@ impl Rootfs {
         }
         let mut dirs: Vec<&Path> = lowers.iter().rev().map(PathBuf::as_path).collect();
         dirs.push(&empty);
-        overlay(&target, &dirs, None)?;
+        match idmap {
+            None => overlay(&target, &dirs, None)?,
+            Some(m) => {
+                let mapped = MappedLayers::attach(&self.mapped_dir(), &dirs, m)?;
+                overlay(&target, &mapped.paths(), None)?;
+            }
+        }
         Ok(target)
     }
 
@@ -124,6 +161,9 @@ impl Rootfs {
     /// container's layer. Idempotent; errors are logged, since this is
     /// cleanup.
     pub fn remove(&self) {
+        // Idmapped layers a crash left attached: unmounted before anything
+        // is removed, or removing the layer dir would reach into images.
+        MappedLayers::clear(&self.mapped_dir());
         let volumes = self.volumes_dir();
         if let Ok(rd) = fs::read_dir(&volumes) {
             for e in rd.flatten() {
@@ -131,6 +171,11 @@ impl Rootfs {
             }
         }
         unmount_all(&self.target);
+        if self.mapped_dir().exists() {
+            // Still mounted: an image layer must never be removed with it.
+            tracing::warn!(path = %self.mapped_dir().display(), "idmapped layers still mounted; the container's layer is left");
+            return;
+        }
         for d in [&self.target, &volumes, &self.layer_dir] {
             match fs::remove_dir_all(d) {
                 Ok(()) => {}
@@ -140,6 +185,145 @@ impl Rootfs {
                 }
             }
         }
+    }
+}
+
+/// Whether pods can have their own user namespace here (KEP-127): a user
+/// namespace made by `helper` (berth-shim), a layer in `dir` (berth's
+/// root, where image layers live) idmapped through it and an overlay over
+/// that, as [`Rootfs::mount_mapped`] does; the layer's root-owned file
+/// must show as the mapped id. Err says what failed; nothing stays.
+pub fn probe_userns(helper: &Path, dir: &Path) -> Result<(), String> {
+    const ID: u32 = 65534;
+    let one = crate::model::IdMapping {
+        container_id: 0,
+        host_id: ID,
+        length: 1,
+    };
+    let h = crate::namespaces::UsernsHelper::start(
+        helper,
+        &crate::namespaces::UserMappings { uid: one, gid: one },
+    )
+    .map_err(|e| format!("a user namespace: {e}"))?;
+    let userns = fs::File::open(h.ns_path("user"))
+        .map_err(|e| format!("opening the user namespace: {e}"))?;
+    let base = dir.join(format!("userns-probe-{}", std::process::id()));
+    let lower = base.join("lower");
+    let r = (|| {
+        fs::create_dir_all(&lower).map_err(|e| format!("creating {}: {e}", lower.display()))?;
+        fs::write(lower.join("f"), b"").map_err(|e| format!("writing the probe layer: {e}"))?;
+        let rootfs = Rootfs::new(base.join("rootfs"), base.join("layer"));
+        let idmap = Idmap {
+            userns: std::os::fd::AsFd::as_fd(&userns),
+            root_uid: ID,
+            root_gid: ID,
+        };
+        let r = rootfs
+            .mount_mapped(std::slice::from_ref(&lower), Some(&idmap))
+            .map_err(|e| {
+                format!(
+                    "an overlay of idmapped layers (Linux 5.19 and a file system that idmaps): {e}"
+                )
+            })
+            .and_then(|()| {
+                use std::os::unix::fs::MetadataExt as _;
+                let m = fs::metadata(rootfs.target.join("f"))
+                    .map_err(|e| format!("reading the probe file: {e}"))?;
+                if m.uid() == ID && m.gid() == ID {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "an idmapped layer shows its root's file as {}:{}, not {ID}:{ID}",
+                        m.uid(),
+                        m.gid()
+                    ))
+                }
+            });
+        rootfs.remove();
+        r
+    })();
+    if let Err(e) = fs::remove_dir_all(&base) {
+        tracing::warn!(path = %base.display(), error = %e, "removing the user namespace probe");
+    }
+    r
+}
+
+/// How a pod with a user namespace sees its layers (KEP-127).
+pub struct Idmap<'a> {
+    /// The pod's user namespace (its pin, opened).
+    pub userns: std::os::fd::BorrowedFd<'a>,
+    /// The host ids of the container's root.
+    pub root_uid: u32,
+    pub root_gid: u32,
+}
+
+/// Idmapped copies of layers, attached at `<dir>/<n>` while an overlay is
+/// made of them. overlayfs takes private clones of its layers when it is
+/// mounted, so the copies are unmounted right after (on every path, by
+/// Drop): nothing of them stays on the node. Attached rather than passed
+/// as detached mounts because overlayfs takes detached layers only since
+/// Linux 6.15.
+struct MappedLayers {
+    dir: PathBuf,
+    paths: Vec<PathBuf>,
+}
+
+impl MappedLayers {
+    fn attach(dir: &Path, lowers: &[&Path], m: &Idmap<'_>) -> Result<Self, RootfsError> {
+        use std::os::fd::AsFd;
+        Self::clear(dir);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .map_err(sys(format!("creating {}", dir.display())))?;
+        let mut me = MappedLayers {
+            dir: dir.to_path_buf(),
+            paths: Vec::with_capacity(lowers.len()),
+        };
+        for (i, l) in lowers.iter().enumerate() {
+            let at = dir.join(i.to_string());
+            fs::create_dir(&at).map_err(sys(format!("creating {}", at.display())))?;
+            let tree = crate::kernel::idmapped_tree(l, m.userns, false)
+                .map_err(sys(format!("an idmapped mount of layer {}", l.display())))?;
+            let target = rustix::fs::open(
+                &at,
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(sys(format!("opening {}", at.display())))?;
+            crate::kernel::move_mount_onto(tree.as_fd(), target.as_fd()).map_err(sys(format!(
+                "attaching the idmapped layer at {}",
+                at.display()
+            )))?;
+            me.paths.push(at);
+        }
+        Ok(me)
+    }
+
+    fn paths(&self) -> Vec<&Path> {
+        self.paths.iter().map(PathBuf::as_path).collect()
+    }
+
+    /// Unmount and remove whatever is in `dir` (never recursively into a
+    /// mount: a directory that stays mounted is left, and logged).
+    fn clear(dir: &Path) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            unmount_all(&p);
+            if let Err(e) = fs::remove_dir(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "removing an idmapped layer's mount point");
+            }
+        }
+        let _ = fs::remove_dir(dir);
+    }
+}
+
+impl Drop for MappedLayers {
+    fn drop(&mut self) {
+        Self::clear(&self.dir);
     }
 }
 
@@ -426,8 +610,8 @@ mod tests {
         let rootfs = Rootfs::new(dir.path().join("c/rootfs"), dir.path().join("ctr"));
         rootfs.mount(std::slice::from_ref(&base)).unwrap();
         // One layer and two: both mount (the empty bottom layer).
-        let one = rootfs.mount_volume(0, std::slice::from_ref(&base));
-        let two = rootfs.mount_volume(1, &[base.clone(), top.clone()]);
+        let one = rootfs.mount_volume(0, std::slice::from_ref(&base), None);
+        let two = rootfs.mount_volume(1, &[base.clone(), top.clone()], None);
         let (one, two) = (
             one.map_err(|e| e.to_string()),
             two.map_err(|e| e.to_string()),

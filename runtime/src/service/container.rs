@@ -571,6 +571,7 @@ impl Inner {
         &self,
         id: &str,
         rootfs: &crate::rootfs::Rootfs,
+        idmap: Option<&crate::rootfs::Idmap<'_>>,
         config: &mut ContainerConfig,
     ) -> Result<Vec<(usize, PathBuf)>> {
         let mut out = Vec::new();
@@ -587,7 +588,7 @@ impl Inner {
             let lowers = self
                 .images
                 .hold_volume(&format!("{id}/ivol/{i}"), &image.record.id)?;
-            let root = rootfs.mount_volume(i, &lowers)?;
+            let root = rootfs.mount_volume(i, &lowers, idmap)?;
             let src = if m.image_sub_path.is_empty() {
                 root
             } else {
@@ -655,14 +656,45 @@ impl Inner {
             dir.join("rootfs"),
             self.cfg.root.join("containers").join(&id),
         );
-        rootfs.mount(&lowers)?;
+        // A pod with its own user namespace (KEP-127) sees the layers
+        // through idmapped mounts: the image's root is the container's.
+        let pod_userns = sb
+            .config
+            .namespace_options()
+            .userns_options
+            .as_ref()
+            .and_then(|u| u.pod_mappings());
+        let userns_fd = match (&pod_userns, &sb.namespaces.user) {
+            (None, _) => None,
+            (Some(_), Some(pin)) => Some(fs::File::open(pin).map_err(|e| {
+                Error::io(
+                    format!("opening the pod's user namespace {}", pin.display()),
+                    e,
+                )
+            })?),
+            (Some(_), None) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "pod {} asks for a user namespace but has none pinned",
+                    sb.id
+                )));
+            }
+        };
+        let idmap = match (&pod_userns, &userns_fd) {
+            (Some((u, g)), Some(f)) => Some(crate::rootfs::Idmap {
+                userns: std::os::fd::AsFd::as_fd(f),
+                root_uid: u.host_id,
+                root_gid: g.host_id,
+            }),
+            _ => None,
+        };
+        rootfs.mount_mapped(&lowers, idmap.as_ref())?;
         {
             let r = rootfs.clone();
             undo.push("rootfs", move || r.remove());
         }
 
         let mut config = config;
-        let image_volumes = self.mount_image_volumes(&id, &rootfs, &mut config)?;
+        let image_volumes = self.mount_image_volumes(&id, &rootfs, idmap.as_ref(), &mut config)?;
 
         let user = crate::user::resolve(
             &rootfs.target,

@@ -143,6 +143,9 @@ struct Inner {
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
     /// Previous CPU samples and cached writable-layer usage (stats.rs).
     stats: Mutex<stats::StatsCache>,
+    /// Whether pods may have their own user namespace, probed at start
+    /// (`rootfs::probe_userns`): why not, otherwise.
+    userns: std::result::Result<(), String>,
 }
 
 /// A full id from an id or a unique prefix of one (crictl takes prefixes).
@@ -219,6 +222,11 @@ impl Runtime {
             .filter_map(|s: &SandboxRecord| s.network.clone().map(|n| (s.id.clone(), n)))
             .collect();
         network.recover(&live)?;
+        let userns = crate::rootfs::probe_userns(&cfg.shim_exec, &cfg.root);
+        match &userns {
+            Ok(()) => tracing::info!("pods may have user namespaces (idmapped layers work here)"),
+            Err(e) => tracing::warn!(reason = %e, "pods cannot have user namespaces on this node"),
+        }
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -236,6 +244,7 @@ impl Runtime {
                 locks: Mutex::new(HashMap::new()),
                 pod_locks: Mutex::new(HashMap::new()),
                 stats: Mutex::new(stats::StatsCache::default()),
+                userns,
             }),
         })
     }
@@ -267,6 +276,16 @@ impl Runtime {
                 reason: "NetworkPluginNotReady".into(),
                 message: format!("network readiness task failed: {e}"),
             })
+    }
+
+    /// Whether pods may have their own user namespace (KEP-127) on this
+    /// node; why not otherwise.
+    pub fn user_namespaces(&self) -> std::result::Result<(), &str> {
+        self.inner
+            .userns
+            .as_ref()
+            .map(|_| ())
+            .map_err(String::as_str)
     }
 
     /// The network plugin's state, for Status verbose info.
@@ -586,6 +605,7 @@ fn pod_paths(rec: &SandboxRecord) -> PodPaths {
         net_ns: rec.namespaces.net.clone(),
         ipc_ns: rec.namespaces.ipc.clone(),
         uts_ns: rec.namespaces.uts.clone(),
+        user_ns: rec.namespaces.user.clone(),
         pid_ns: rec
             .pause
             .as_ref()

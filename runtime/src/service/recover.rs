@@ -154,6 +154,7 @@ pub(super) fn cleanup_unrecorded(
             net: Some(dir.join("net")),
             ipc: Some(dir.join("ipc")),
             uts: Some(dir.join("uts")),
+            user: Some(dir.join("user")),
         });
         // The pod cgroup, if it is under berth's own parent (kubelet
         // makes and removes the ones under its parents itself).

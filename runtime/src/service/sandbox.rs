@@ -394,7 +394,26 @@ impl Inner {
             uts: !host_network,
         };
         let hostname = (!config.hostname.is_empty()).then_some(config.hostname.as_str());
-        let pinned = namespaces::pin(&dir, want, hostname, &sysctls)?;
+        // A pod with hostUsers: false (KEP-127) gets its own user
+        // namespace, which owns its net, ipc and uts namespaces so that
+        // its namespaced sysctls and hostname are its root's to change.
+        let userns = ns.userns_options.as_ref().and_then(|u| u.pod_mappings());
+        if let (Some(_), Err(why)) = (&userns, &self.userns) {
+            return Err(Error::FailedPrecondition(format!(
+                "userns_options mode POD: this node cannot give pods a user namespace: {why}"
+            )));
+        }
+        let pinned = match userns {
+            Some((uid, gid)) => namespaces::pin_with_userns(
+                &self.cfg.shim_exec,
+                &dir,
+                want,
+                hostname,
+                &sysctls,
+                &namespaces::UserMappings { uid, gid },
+            )?,
+            None => namespaces::pin(&dir, want, hostname, &sysctls)?,
+        };
         let p = pinned.clone();
         undo.push("namespaces", move || namespaces::unpin(&p));
 
@@ -425,7 +444,16 @@ impl Inner {
                 &shm,
                 Some("tmpfs"),
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some(format!("mode=1777,{SHM_SIZE}").as_str()),
+                Some(
+                    match userns {
+                        // Its root's, as a tmpfs the pod made itself is.
+                        Some((u, g)) => {
+                            format!("mode=1777,{SHM_SIZE},uid={},gid={}", u.host_id, g.host_id)
+                        }
+                        None => format!("mode=1777,{SHM_SIZE}"),
+                    }
+                    .as_str(),
+                ),
             )
             .map_err(|e| {
                 Error::io(
@@ -446,6 +474,16 @@ impl Inner {
             config.dns_config.as_ref(),
             host_network,
         )
+        .and_then(|files| match userns {
+            // The pod's root may edit them, as on a pod without a user
+            // namespace: owned by its host ids (they are the pod's own
+            // copies; a chown works on any kernel, an idmapped bind of a
+            // single file on 5.19+ file systems only).
+            Some((u, g)) => [&files.hosts, &files.hostname, &files.resolv_conf]
+                .into_iter()
+                .try_for_each(|f| std::os::unix::fs::chown(f, Some(u.host_id), Some(g.host_id))),
+            None => Ok(()),
+        })
         .map_err(|e| {
             Error::io(
                 format!(

@@ -132,6 +132,9 @@ fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T
 /// The entry point of the `berth-shim` binary; returns the exit code.
 pub fn main() -> i32 {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 2 && args[1] == crate::namespaces::HELPER_ARG {
+        return crate::namespaces::helper_main();
+    }
     let [_, state_dir] = args.as_slice() else {
         eprintln!("usage: berth-shim <state dir>");
         return 2;

@@ -20,8 +20,12 @@ pub enum PlanError {
         "namespace {0}: joining an existing mount namespace is not supported (the shim always creates one)"
     )]
     JoinMountNs(String),
-    #[error("user namespaces are not supported yet")]
+    #[error(
+        "a new user namespace per container is not supported: berth joins the pod's (give its path)"
+    )]
     UserNs,
+    #[error("mount {dest}: idmapped, but {reason}")]
+    Idmap { dest: String, reason: String },
     #[error("namespace {kind} is listed twice")]
     DuplicateNs { kind: String },
     #[error("mount {dest}: {reason}")]
@@ -87,6 +91,10 @@ pub struct NamespacePlan {
     /// CLONE_NEWPID (see `pid`).
     pub create: CloneFlags,
     pub pid: PidNs,
+    /// The pod's user namespace (KEP-127), joined last, just before exec:
+    /// the shim mounts and sets up as the node's root, the program runs as
+    /// the pod's.
+    pub user: Option<PathBuf>,
 }
 
 impl NamespacePlan {
@@ -94,6 +102,7 @@ impl NamespacePlan {
         let mut join = Vec::new();
         let mut create = CloneFlags::CLONE_NEWNS;
         let mut pid = PidNs::Host;
+        let mut user = None;
         let mut seen: Vec<LinuxNamespaceType> = Vec::new();
         let namespaces = spec
             .linux()
@@ -121,7 +130,13 @@ impl NamespacePlan {
                     }
                     continue;
                 }
-                LinuxNamespaceType::User => return Err(PlanError::UserNs),
+                LinuxNamespaceType::User => match ns.path() {
+                    Some(p) => {
+                        user = Some(p.clone());
+                        continue;
+                    }
+                    None => return Err(PlanError::UserNs),
+                },
                 // A time namespace would need clock offsets; none is asked
                 // for by kubelet. Ignore rather than fail.
                 LinuxNamespaceType::Time => continue,
@@ -133,7 +148,12 @@ impl NamespacePlan {
                 (k, None) => create |= k.clone_flag(),
             }
         }
-        Ok(NamespacePlan { join, create, pid })
+        Ok(NamespacePlan {
+            join,
+            create,
+            pid,
+            user,
+        })
     }
 
     pub fn new_uts(&self) -> bool {
@@ -188,6 +208,9 @@ pub struct MountStep {
     /// `rro` (runc's): a bind and every mount below it read-only
     /// (mount_setattr AT_RECURSIVE MOUNT_ATTR_RDONLY, Linux 5.12).
     pub recursive_readonly: bool,
+    /// A bind seen through the pod's user namespace (an idmapped mount,
+    /// MOUNT_ATTR_IDMAP): the mount's uid/gid mappings are the pod's.
+    pub idmap: bool,
 }
 
 impl MountStep {
@@ -324,6 +347,17 @@ fn mount_step(m: &Mount) -> Result<MountStep, PlanError> {
     if recursive_readonly && !matches!(kind, MountKind::Bind { .. }) {
         return Err(err("rro is for bind mounts"));
     }
+    let some = |v: &Option<Vec<_>>| v.as_ref().is_some_and(|v| !v.is_empty());
+    let idmap = match (some(m.uid_mappings()), some(m.gid_mappings())) {
+        (false, false) => false,
+        (true, true) if matches!(kind, MountKind::Bind { .. }) => true,
+        (true, true) => return Err(err("idmapped mounts are for bind mounts")),
+        _ => {
+            return Err(err(
+                "an idmapped mount needs both uidMappings and gidMappings",
+            ));
+        }
+    };
     Ok(MountStep {
         dest,
         kind,
@@ -331,7 +365,49 @@ fn mount_step(m: &Mount) -> Result<MountStep, PlanError> {
         data: data.join(","),
         propagation,
         recursive_readonly,
+        idmap,
     })
+}
+
+/// Idmapped mounts are seen through the one user namespace the shim has:
+/// the pod's, which the spec joins, so their mappings must be its.
+pub fn check_idmaps(spec: &Spec, ns: &NamespacePlan) -> Result<(), PlanError> {
+    let linux = spec.linux().as_ref();
+    let uid = linux.and_then(|l| l.uid_mappings().as_ref());
+    let gid = linux.and_then(|l| l.gid_mappings().as_ref());
+    for m in spec.mounts().as_deref().unwrap_or(&[]) {
+        let (Some(mu), Some(mg)) = (m.uid_mappings(), m.gid_mappings()) else {
+            continue;
+        };
+        if mu.is_empty() && mg.is_empty() {
+            continue;
+        }
+        let err = |reason: &str| PlanError::Idmap {
+            dest: m.destination().display().to_string(),
+            reason: reason.to_string(),
+        };
+        if ns.user.is_none() {
+            return Err(err("the container joins no user namespace"));
+        }
+        if Some(mu) != uid || Some(mg) != gid {
+            return Err(err(
+                "its mappings are not the container's user namespace's (linux.uidMappings/gidMappings)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `id` of the container's user namespace as the node's id, by `map`
+/// (the spec's linux.uidMappings or gidMappings); `id` itself without
+/// mappings, and the overflow id (65534) where none maps it.
+pub fn host_id(map: Option<&[oci_spec::runtime::LinuxIdMapping]>, id: u32) -> u32 {
+    let Some(map) = map.filter(|m| !m.is_empty()) else {
+        return id;
+    };
+    map.iter()
+        .find(|m| id >= m.container_id() && id - m.container_id() < m.size())
+        .map_or(65534, |m| m.host_id() + (id - m.container_id()))
 }
 
 /// Propagation of the whole mount tree before the rootfs is set up:
@@ -711,6 +787,15 @@ mod tests {
     fn unsupported_namespaces_are_refused_clearly() {
         let e = NamespacePlan::from_spec(&spec_with_ns(vec![ns(LinuxNamespaceType::User, None)]));
         assert_eq!(e.unwrap_err(), PlanError::UserNs);
+        // The pod's, by its path: joined (last, by the process itself).
+        let plan = NamespacePlan::from_spec(&spec_with_ns(vec![ns(
+            LinuxNamespaceType::User,
+            Some("/run/berth/pods/p/user"),
+        )]))
+        .unwrap();
+        assert_eq!(plan.user, Some(PathBuf::from("/run/berth/pods/p/user")));
+        assert!(plan.join.is_empty());
+        assert_eq!(plan.create, CloneFlags::CLONE_NEWNS);
         let e = NamespacePlan::from_spec(&spec_with_ns(vec![ns(
             LinuxNamespaceType::Mount,
             Some("/proc/1/ns/mnt"),
@@ -1008,5 +1093,86 @@ mod tests {
             Some(5)
         );
         assert_eq!(parse_oom_kill("oom_kill_disable 0\nunder_oom 0\n"), None);
+    }
+
+    #[test]
+    fn idmapped_binds_must_use_the_containers_user_namespace() {
+        use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder};
+        let map = |h: u32| -> LinuxIdMapping {
+            LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(h)
+                .size(65536u32)
+                .build()
+                .unwrap()
+        };
+        let spec_of = |userns: bool, mount_host: u32, gid: bool| {
+            let mut m = MountBuilder::default()
+                .destination("/data")
+                .typ("bind")
+                .source("/srv/data")
+                .options(vec!["rbind".to_string()])
+                .build()
+                .unwrap();
+            // (oci-spec's builder refuses one without the other; a
+            // bundle's JSON may still have it.)
+            m.set_uid_mappings(Some(vec![map(mount_host)]));
+            if gid {
+                m.set_gid_mappings(Some(vec![map(mount_host)]));
+            }
+            let mut linux = LinuxBuilder::default()
+                .uid_mappings(vec![map(100000)])
+                .gid_mappings(vec![map(100000)])
+                .build()
+                .unwrap();
+            if userns {
+                linux.set_namespaces(Some(vec![ns(
+                    LinuxNamespaceType::User,
+                    Some("/run/berth/pods/p/user"),
+                )]));
+            }
+            SpecBuilder::default()
+                .linux(linux)
+                .mounts(vec![m])
+                .build()
+                .unwrap()
+        };
+        let check = |s: &Spec| {
+            let plan = NamespacePlan::from_spec(s)?;
+            check_idmaps(s, &plan)?;
+            mount_plan(s.mounts().as_deref().unwrap())
+        };
+        let steps = check(&spec_of(true, 100000, true)).unwrap();
+        assert!(steps[0].idmap);
+        assert!(matches!(
+            check(&spec_of(true, 200000, true)),
+            Err(PlanError::Idmap { .. })
+        ));
+        assert!(matches!(
+            check(&spec_of(false, 100000, true)),
+            Err(PlanError::Idmap { .. })
+        ));
+        assert!(matches!(
+            check(&spec_of(true, 100000, false)),
+            Err(PlanError::Mount { .. })
+        ));
+    }
+
+    #[test]
+    fn ids_map_to_the_node_through_the_spec_mappings() {
+        use oci_spec::runtime::LinuxIdMappingBuilder;
+        let m = vec![
+            LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(100000u32)
+                .size(10u32)
+                .build()
+                .unwrap(),
+        ];
+        assert_eq!(host_id(Some(&m), 0), 100000);
+        assert_eq!(host_id(Some(&m), 5), 100005);
+        assert_eq!(host_id(Some(&m), 10), 65534, "unmapped: the overflow id");
+        assert_eq!(host_id(None, 5), 5);
+        assert_eq!(host_id(Some(&[]), 5), 5);
     }
 }

@@ -128,6 +128,8 @@ pub struct RootfsSetup<'a> {
     pub new_cgroup_ns: bool,
     /// The pty slave, bind-mounted on /dev/console.
     pub console: Option<BorrowedFd<'a>>,
+    /// The pod's user namespace, for idmapped binds.
+    pub userns: Option<BorrowedFd<'a>>,
 }
 
 /// Before pivot_root: the tree made private (or as asked), the rootfs bound
@@ -207,8 +209,20 @@ fn mount_one(root: BorrowedFd<'_>, m: &MountStep, s: &RootfsSetup<'_>) -> Result
             if *recursive {
                 flags |= MsFlags::MS_REC;
             }
-            let src = source.to_string_lossy();
-            mount_at(Some(&src), &target, None, flags, None, dest)?;
+            if m.idmap {
+                // A copy of the source's tree seen through the pod's user
+                // namespace, attached where the bind would go.
+                let userns = s.userns.ok_or_else(|| {
+                    fail("idmapped bind (no user namespace)", dest)(Errno::EINVAL)
+                })?;
+                let tree = crate::kernel::idmapped_tree(source, userns, *recursive)
+                    .map_err(|e| fail("idmapped mount of", source)(io_errno(&e)))?;
+                crate::kernel::move_mount_onto(tree.as_fd(), target.as_fd())
+                    .map_err(|e| fail("move_mount", dest)(io_errno(&e)))?;
+            } else {
+                let src = source.to_string_lossy();
+                mount_at(Some(&src), &target, None, flags, None, dest)?;
+            }
             if m.needs_remount() {
                 // The fd above is the covered directory; look again to find
                 // the new mount.

@@ -26,6 +26,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
@@ -202,6 +203,8 @@ impl ContainerPlan {
         restrict_oom: bool,
     ) -> Result<Self> {
         let ns = NamespacePlan::from_spec(spec)?;
+        plan::check_idmaps(spec, &ns)?;
+        let joins_userns = ns.user.is_some();
         let linux = spec.linux().as_ref();
         let cgroup = match linux.and_then(|l| l.cgroups_path().as_ref()) {
             Some(p) if !p.as_os_str().is_empty() => Some(Cgroup::resolve(p)?),
@@ -237,7 +240,22 @@ impl ContainerPlan {
                 .unwrap_or(false),
             propagation: plan::rootfs_propagation(spec),
             mounts: plan::mount_plan(spec.mounts().as_deref().unwrap_or(&[]))?,
-            devices: plan::device_plan(spec),
+            devices: {
+                // A user namespace's devices belong to its ids as the
+                // node sees them.
+                let (u, g) = (
+                    linux.and_then(|l| l.uid_mappings().as_deref()),
+                    linux.and_then(|l| l.gid_mappings().as_deref()),
+                );
+                let mut d = plan::device_plan(spec);
+                if joins_userns {
+                    for n in &mut d {
+                        n.uid = plan::host_id(u, n.uid);
+                        n.gid = plan::host_id(g, n.gid);
+                    }
+                }
+                d
+            },
             masked: linux
                 .and_then(|l| l.masked_paths().clone())
                 .unwrap_or_default(),
@@ -563,6 +581,8 @@ fn intermediate(
         PidNs::Join(p) => Some(open_ns(p)?),
         _ => None,
     };
+    // Opened while the node's paths are in view; joined by init last.
+    let userns = plan.ns.user.as_deref().map(open_ns).transpose()?;
     for (kind, fd, path) in &joins {
         setns(fd, kind.clone_flag()).map_err(sys("join namespace", path.display()))?;
     }
@@ -577,7 +597,13 @@ fn intermediate(
     // SAFETY: single-threaded (see create).
     match unsafe { fork() }.map_err(sys("fork", "container process"))? {
         ForkResult::Child => {
-            let code = init(plan, sync_w, start_r, io);
+            let code = init(
+                plan,
+                sync_w,
+                start_r,
+                io,
+                userns.as_ref().map(|f| f.as_fd()),
+            );
             exit_now(code)
         }
         ForkResult::Parent { child } => {
@@ -589,8 +615,14 @@ fn intermediate(
 
 /// The container process: set up, report ready, wait for Start, exec.
 /// Returns only with an exit code.
-fn init(plan: &ContainerPlan, sync_w: &OwnedFd, start_r: OwnedFd, io: ChildIo) -> i32 {
-    if let Err(e) = setup_init(plan, &io) {
+fn init(
+    plan: &ContainerPlan,
+    sync_w: &OwnedFd,
+    start_r: OwnedFd,
+    io: ChildIo,
+    userns: Option<BorrowedFd<'_>>,
+) -> i32 {
+    if let Err(e) = setup_init(plan, &io, userns) {
         report(sync_w.as_fd(), &format!("error {e}"));
         return 1;
     }
@@ -598,7 +630,7 @@ fn init(plan: &ContainerPlan, sync_w: &OwnedFd, start_r: OwnedFd, io: ChildIo) -
     if plan.pause {
         // Never execs: what exec would drop (every capability of the
         // shim's, as its spec says), and the filter, go now.
-        if let Err(e) = drop_privileges(&plan.process) {
+        if let Err(e) = apply_rlimits(&plan.process).and_then(|()| drop_privileges(&plan.process)) {
             report(sync_w.as_fd(), &format!("error {e}"));
             return 1;
         }
@@ -627,7 +659,12 @@ fn init(plan: &ContainerPlan, sync_w: &OwnedFd, start_r: OwnedFd, io: ChildIo) -
         }
     }
     drop(start_r);
-    exec_process(&plan.process, plan.seccomp.as_ref(), Some(sync_w.as_fd()))
+    exec_process(
+        &plan.process,
+        plan.seccomp.as_ref(),
+        Some(sync_w.as_fd()),
+        userns,
+    )
 }
 
 fn dup_onto(fd: BorrowedFd<'_>, target: i32) -> Result<()> {
@@ -675,7 +712,7 @@ fn setup_stdio(io: &ChildIo) -> Result<()> {
     Ok(())
 }
 
-fn setup_init(plan: &ContainerPlan, io: &ChildIo) -> Result<()> {
+fn setup_init(plan: &ContainerPlan, io: &ChildIo, userns: Option<BorrowedFd<'_>>) -> Result<()> {
     setsid().map_err(sys("setsid", "container process"))?;
     umask(Mode::empty());
     setup_stdio(io)?;
@@ -702,6 +739,7 @@ fn setup_init(plan: &ContainerPlan, io: &ChildIo) -> Result<()> {
         cgroup: plan.cgroup.as_ref(),
         new_cgroup_ns: plan.ns.new_cgroup(),
         console: io.pty_slave.as_ref().map(|f| f.as_fd()),
+        userns,
     };
     let root = rootfs::prepare(&setup)?;
     rootfs::pivot(&root, &plan.rootfs)?;
@@ -785,10 +823,23 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn drop_privileges(cfg: &ProcessConfig) -> Result<()> {
+/// The process's rlimits: while it is still the node's root, whose
+/// CAP_SYS_RESOURCE raising a hard limit needs.
+fn apply_rlimits(cfg: &ProcessConfig) -> Result<()> {
     for &(res, soft, hard) in &cfg.rlimits {
         setrlimit(res, soft, hard).map_err(sys("setrlimit", format!("{res:?}")))?;
     }
+    Ok(())
+}
+
+/// Into the pod's user namespace (KEP-127): the process keeps its
+/// namespaces, and its ids and capabilities are from here on the user
+/// namespace's (what drop_privileges sets is then mapped).
+fn join_userns(userns: BorrowedFd<'_>) -> Result<()> {
+    setns(userns, CloneFlags::CLONE_NEWUSER).map_err(sys("join namespace", "user"))
+}
+
+fn drop_privileges(cfg: &ProcessConfig) -> Result<()> {
     let caps_err = |op: &'static str| {
         move |e: caps::errors::CapsError| SpawnError::Sys {
             op,
@@ -891,8 +942,9 @@ pub fn exec_process(
     cfg: &ProcessConfig,
     filter: Option<&Program>,
     sync: Option<BorrowedFd<'_>>,
+    userns: Option<BorrowedFd<'_>>,
 ) -> i32 {
-    let (code, msg) = match try_exec(cfg, filter) {
+    let (code, msg) = match try_exec(cfg, filter, userns) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -928,6 +980,7 @@ fn home_dir(uid: u32) -> String {
 fn try_exec(
     cfg: &ProcessConfig,
     filter: Option<&Program>,
+    userns: Option<BorrowedFd<'_>>,
 ) -> std::result::Result<std::convert::Infallible, (i32, String)> {
     let program = cfg.args.first().cloned().unwrap_or_default();
     // As runc does: HOME from the user's /etc/passwd entry in the container
@@ -944,6 +997,11 @@ fn try_exec(
     let load = |f: &Program| {
         seccomp::load(f).map_err(|e| (126, format!("loading the seccomp filter: {}", e.desc())))
     };
+    apply_rlimits(cfg).map_err(|e| (126, e.to_string()))?;
+    // Before the filter, which may refuse setns.
+    if let Some(u) = userns {
+        join_userns(u).map_err(|e| (126, e.to_string()))?;
+    }
     if let Some(f) = filter.filter(|_| !cfg.no_new_privs) {
         load(f)?;
     }
@@ -1105,6 +1163,17 @@ fn exec_intermediate(
         NsKind::Pid,
         NsKind::Mount,
     ];
+    // The container's user namespace, where it is not the shim's: joined
+    // by the process last, just before it execs.
+    let own_userns = std::fs::metadata("/proc/self/ns/user")
+        .map(|m| m.ino())
+        .ok();
+    let init_userns = format!("/proc/{init}/ns/user");
+    let userns = match std::fs::metadata(&init_userns).map(|m| m.ino()) {
+        Ok(ino) if Some(ino) != own_userns => Some(open_ns(Path::new(&init_userns))?),
+        Ok(_) => None,
+        Err(e) => return Err(sys("stat", &init_userns)(io_errno(&e))),
+    };
     let mut fds = Vec::with_capacity(kinds.len());
     for k in kinds {
         let path = PathBuf::from(format!("/proc/{init}/ns/{}", k.proc_name()));
@@ -1152,7 +1221,12 @@ fn exec_intermediate(
             if let Some(adj) = cfg.oom_score_adj {
                 set_oom_score_adj(adj, cfg.restrict_oom_score_adj);
             }
-            let code = exec_process(cfg, filter.as_ref(), None);
+            let code = exec_process(
+                cfg,
+                filter.as_ref(),
+                None,
+                userns.as_ref().map(|f| f.as_fd()),
+            );
             exit_now(code)
         }
         ForkResult::Parent { child } => {

@@ -40,9 +40,9 @@ use berth_image::manifest::RunConfig;
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder, VERSION,
+    LinuxHugepageLimitBuilder, LinuxIdMapping, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
+    LinuxResourcesBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder, VERSION,
 };
 use serde::{Deserialize, Serialize};
 
@@ -128,6 +128,8 @@ pub enum SpecError {
     Sysctl { key: String, reason: String },
     #[error("the pod has no pinned {0} namespace to join")]
     MissingNamespace(&'static str),
+    #[error("{field}: {reason}")]
+    UserNamespace { field: String, reason: String },
     #[error("pid namespace TARGET: the target container's pid namespace path was not given")]
     MissingTarget,
     #[error("{field}: the image volume was not mounted")]
@@ -169,6 +171,7 @@ impl SpecError {
         matches!(
             self,
             SpecError::NoCommand
+                | SpecError::UserNamespace { .. }
                 | SpecError::UnknownCapability(_)
                 | SpecError::PrivilegedNotAllowed
                 | SpecError::Sysctl { .. }
@@ -233,6 +236,8 @@ pub struct PodPaths {
     pub net_ns: Option<PathBuf>,
     pub ipc_ns: Option<PathBuf>,
     pub uts_ns: Option<PathBuf>,
+    /// The pod's own user namespace (KEP-127), when it has one.
+    pub user_ns: Option<PathBuf>,
     /// The pause process's `/proc/<pid>/ns/pid`, when the pod shares one.
     pub pid_ns: Option<PathBuf>,
     /// The pod's files, bind-mounted into each container.
@@ -391,6 +396,7 @@ pub fn container_spec(
             or_defaults(&sc.readonly_paths, &DEFAULT_READONLY_PATHS),
         )
     };
+    let userns = pod_userns(input)?;
     let mut linux = LinuxBuilder::default()
         .namespaces(container_namespaces(node, input)?)
         .resources(resources)
@@ -401,6 +407,12 @@ pub fn container_spec(
         .build()?;
     linux.set_rootfs_propagation(propagation);
     linux.set_seccomp(seccomp);
+    if let Some((u, g)) = userns {
+        // Joined, not made: for the shim (device owners, idmapped binds)
+        // and for whoever reads the bundle.
+        linux.set_uid_mappings(Some(vec![oci_idmap(&u)?]));
+        linux.set_gid_mappings(Some(vec![oci_idmap(&g)?]));
+    }
 
     let meta = pod.config.metadata();
     let image_name = if c.image.user_specified_image.is_empty() {
@@ -575,6 +587,13 @@ fn container_namespaces(
     };
     let new = |typ| LinuxNamespaceBuilder::default().typ(typ).build();
     let mut out = vec![new(LinuxNamespaceType::Mount)?];
+    if pod_ns
+        .userns_options
+        .as_ref()
+        .is_some_and(|u| u.pod_mappings().is_some())
+    {
+        out.push(join(LinuxNamespaceType::User, &paths.user_ns, "user")?);
+    }
     if pod_ns.network != NamespaceMode::Node {
         out.push(join(LinuxNamespaceType::Network, &paths.net_ns, "network")?);
         // A pod on the node's network has the node's UTS too (its hostname).
@@ -601,6 +620,48 @@ fn container_namespaces(
         out.push(new(LinuxNamespaceType::Cgroup)?);
     }
     Ok(out)
+}
+
+/// The pod's user namespace mappings, if it has one of its own; a
+/// container's own `userns_options` (kubelet copies the pod's) must be the
+/// pod's: every container of a pod shares its user namespace.
+pub(super) fn pod_userns(
+    input: &ContainerInputs<'_>,
+) -> Result<Option<(model::IdMapping, model::IdMapping)>, SpecError> {
+    let pod = input.pod.config.namespace_options().userns_options.as_ref();
+    let mine = input
+        .config
+        .security_context()
+        .namespace_options
+        .userns_options
+        .as_ref();
+    let mode = |u: Option<&model::UserNamespace>| u.map_or(NamespaceMode::Node, |u| u.mode);
+    let pod_map = pod.and_then(|u| u.pod_mappings());
+    if let Some(c) = mine {
+        let same = mode(Some(c)) == mode(pod) && c.pod_mappings() == pod_map;
+        if !same {
+            return Err(SpecError::UserNamespace {
+                field: "linux.security_context.namespace_options.userns_options".into(),
+                reason: format!(
+                    "must be the pod's ({:?}{}): the containers of a pod share its user namespace",
+                    mode(pod),
+                    pod_map.map_or(String::new(), |(u, g)| format!(
+                        ", uids {}:{}:{}, gids {}:{}:{}",
+                        u.container_id, u.host_id, u.length, g.container_id, g.host_id, g.length
+                    )),
+                ),
+            });
+        }
+    }
+    Ok(pod_map)
+}
+
+fn oci_idmap(m: &model::IdMapping) -> Result<LinuxIdMapping, SpecError> {
+    Ok(LinuxIdMappingBuilder::default()
+        .container_id(m.container_id)
+        .host_id(m.host_id)
+        .size(m.length)
+        .build()?)
 }
 
 /// The OCI resources of a CRI `LinuxContainerResources` (containerd's
@@ -754,6 +815,7 @@ mod tests {
             net_ns: Some("/run/berth/pods/p1/net".into()),
             ipc_ns: Some("/run/berth/pods/p1/ipc".into()),
             uts_ns: Some("/run/berth/pods/p1/uts".into()),
+            user_ns: Some("/run/berth/pods/p1/user".into()),
             pid_ns: Some("/proc/4242/ns/pid".into()),
             hostname_file: Some("/run/berth/pods/p1/hostname".into()),
             hosts_file: Some("/run/berth/pods/p1/hosts".into()),

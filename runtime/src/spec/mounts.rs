@@ -10,7 +10,7 @@ use oci_spec::OciSpecError;
 use oci_spec::runtime::{Mount, MountBuilder};
 
 use super::{ContainerInputs, Host, SpecError};
-use crate::model::{ContainerConfig, MountPropagation, NamespaceMode};
+use crate::model::{self, ContainerConfig, MountPropagation, NamespaceMode};
 
 /// The mounts of a container and what they need.
 pub(super) struct MountPlan {
@@ -32,6 +32,8 @@ struct BindMount {
     propagation: MountPropagation,
     /// An image volume: read-only, nosuid, nodev, noexec (KEP-4639).
     image_volume: bool,
+    /// Idmapped with the pod's user namespace (the CRI mount's mappings).
+    idmap: Option<(model::IdMapping, model::IdMapping)>,
 }
 
 /// All mounts, in order: the defaults a CRI mount does not replace, then
@@ -45,14 +47,17 @@ pub(super) fn plan_mounts(
     let c = input.config;
     let sc = c.security_context();
     let paths = input.pod.paths;
+    let userns = super::pod_userns(input)?;
 
     let mut binds: Vec<BindMount> = c
         .mounts
         .iter()
         .enumerate()
         .map(|(i, m)| {
+            let idmap = mount_idmap(i, m, userns)?;
             if m.image.is_empty() {
                 return Ok(BindMount {
+                    idmap,
                     from_cri: true,
                     container_path: m.container_path.clone(),
                     host_path: m.host_path.clone(),
@@ -71,6 +76,8 @@ pub(super) fn plan_mounts(
                     field: format!("mounts[{i}]"),
                 })?;
             Ok(BindMount {
+                // Its layers are idmapped already, as the rootfs's are.
+                idmap: None,
                 // berth made it: never a missing source to create.
                 from_cri: false,
                 container_path: m.container_path.clone(),
@@ -110,6 +117,7 @@ pub(super) fn plan_mounts(
                 recursive_read_only: false,
                 propagation: MountPropagation::Private,
                 image_volume: false,
+                idmap: None,
             });
         }
     }
@@ -120,7 +128,9 @@ pub(super) fn plan_mounts(
         .map(|b| lexically_clean(&b.container_path))
         .collect();
     let dev_taken = taken.contains("/dev");
-    let mut out: Vec<Mount> = default_mounts(sc.privileged)?
+    // The host ids of the container's root and of its tty group (5).
+    let root = userns.map(|(u, g)| (u.host_id, g.host_id, g.to_host(5).unwrap_or(g.host_id)));
+    let mut out: Vec<Mount> = default_mounts(sc.privileged, root)?
         .into_iter()
         .filter(|m| {
             let dest = m.destination().display().to_string();
@@ -193,14 +203,17 @@ pub(super) fn plan_mounts(
         if b.image_volume {
             options.extend(["nosuid", "nodev", "noexec"].map(String::from));
         }
-        out.push(
-            MountBuilder::default()
-                .destination(&b.container_path)
-                .typ("bind")
-                .source(&b.host_path)
-                .options(options)
-                .build()?,
-        );
+        let mut mount = MountBuilder::default()
+            .destination(&b.container_path)
+            .typ("bind")
+            .source(&b.host_path)
+            .options(options)
+            .build()?;
+        if let Some((u, g)) = &b.idmap {
+            mount.set_uid_mappings(Some(vec![super::oci_idmap(u)?]));
+            mount.set_gid_mappings(Some(vec![super::oci_idmap(g)?]));
+        }
+        out.push(mount);
     }
     host_dirs.sort();
     host_dirs.dedup();
@@ -211,9 +224,48 @@ pub(super) fn plan_mounts(
     })
 }
 
+/// A CRI mount's idmapping: kubelet gives every mount of a pod with a user
+/// namespace that pod's mappings; berth idmaps with the pod's user
+/// namespace, so other mappings (or any without one) are refused.
+fn mount_idmap(
+    i: usize,
+    m: &model::Mount,
+    userns: Option<(model::IdMapping, model::IdMapping)>,
+) -> Result<Option<(model::IdMapping, model::IdMapping)>, SpecError> {
+    let given = match (m.uid_mappings.as_slice(), m.gid_mappings.as_slice()) {
+        ([], []) => return Ok(None),
+        ([u], [g]) => (*u, *g),
+        _ => {
+            return Err(SpecError::UserNamespace {
+                field: format!("mounts[{i}].uid_mappings"),
+                reason: "an idmapped mount takes one uid and one gid mapping".into(),
+            });
+        }
+    };
+    match userns {
+        Some(pod) if pod == given => Ok(Some(given)),
+        Some(_) => Err(SpecError::UserNamespace {
+            field: format!("mounts[{i}].uid_mappings"),
+            reason: "must be the pod's user namespace mappings (berth idmaps mounts with the pod's user namespace)".into(),
+        }),
+        None => Err(SpecError::UserNamespace {
+            field: format!("mounts[{i}].uid_mappings"),
+            reason: "an idmapped mount needs a pod with a user namespace of its own (userns_options mode POD)".into(),
+        }),
+    }
+}
+
 /// containerd's default mounts, without /run, plus the container's cgroup.
-fn default_mounts(privileged: bool) -> Result<Vec<Mount>, OciSpecError> {
+/// In a pod with a user namespace (`root`: the host ids of the container's
+/// root) /dev and its pty group belong to the container: those mounts are
+/// made by the shim on the host's side, where ids are the host's.
+fn default_mounts(
+    privileged: bool,
+    root: Option<(u32, u32, u32)>,
+) -> Result<Vec<Mount>, OciSpecError> {
     let rw = if privileged { "rw" } else { "ro" };
+    let dev_owner = root.map(|(u, g, _)| format!("uid={u},gid={g}"));
+    let tty_gid = format!("gid={}", root.map_or(5, |(_, _, tty)| tty));
     let table: [(&str, &str, &str, &[&str]); 7] = [
         ("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         (
@@ -232,7 +284,7 @@ fn default_mounts(privileged: bool) -> Result<Vec<Mount>, OciSpecError> {
                 "newinstance",
                 "ptmxmode=0666",
                 "mode=0620",
-                "gid=5",
+                "TTY_GID",
             ],
         ),
         (
@@ -258,11 +310,23 @@ fn default_mounts(privileged: bool) -> Result<Vec<Mount>, OciSpecError> {
     table
         .iter()
         .map(|(dest, typ, source, options)| {
+            let mut options: Vec<String> = options
+                .iter()
+                .map(|o| match *o {
+                    "TTY_GID" => tty_gid.clone(),
+                    o => o.to_string(),
+                })
+                .collect();
+            if *typ == "tmpfs"
+                && let Some(o) = &dev_owner
+            {
+                options.push(o.clone());
+            }
             MountBuilder::default()
                 .destination(*dest)
                 .typ(*typ)
                 .source(*source)
-                .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+                .options(options)
                 .build()
         })
         .collect()
@@ -627,5 +691,110 @@ mod tests {
                 "/usr/share/nginx".into(),
             ]
         );
+    }
+
+    fn userns_fixture() -> (Fixture, crate::model::IdMapping) {
+        let m = crate::model::IdMapping {
+            container_id: 0,
+            host_id: 65536 * 3,
+            length: 65536,
+        };
+        let u = crate::model::UserNamespace {
+            mode: NamespaceMode::Pod,
+            uids: vec![m],
+            gids: vec![m],
+        };
+        let mut f = Fixture::new();
+        f.pod
+            .linux
+            .security_context
+            .namespace_options
+            .userns_options = Some(u.clone());
+        f.ctr
+            .linux
+            .security_context
+            .namespace_options
+            .userns_options = Some(u);
+        (f, m)
+    }
+
+    #[test]
+    fn a_pod_user_namespace_is_joined_and_its_mounts_are_the_containers_roots() {
+        let (f, m) = userns_fixture();
+        let s = f.spec();
+        assert!(namespaces(&s).contains(&(
+            LinuxNamespaceType::User,
+            Some("/run/berth/pods/p1/user".into())
+        )));
+        let linux = s.linux().as_ref().unwrap();
+        let maps = linux.uid_mappings().as_ref().unwrap();
+        assert_eq!(
+            (maps[0].container_id(), maps[0].host_id(), maps[0].size()),
+            (0, m.host_id, m.length)
+        );
+        assert!(linux.gid_mappings().is_some());
+        let dev = options(mount(&s, "/dev").unwrap());
+        let owner = format!("uid={},gid={}", m.host_id, m.host_id);
+        assert!(dev.contains(&owner), "{dev:?}");
+        let pts = options(mount(&s, "/dev/pts").unwrap());
+        assert!(pts.contains(&format!("gid={}", m.host_id + 5)), "{pts:?}");
+
+        // Without one: no user namespace, the node's owners.
+        let s = Fixture::new().spec();
+        assert!(
+            !namespaces(&s)
+                .iter()
+                .any(|(t, _)| *t == LinuxNamespaceType::User)
+        );
+        assert!(options(mount(&s, "/dev/pts").unwrap()).contains(&"gid=5".to_string()));
+    }
+
+    #[test]
+    fn idmapped_mounts_take_the_pods_mappings_only() {
+        let (mut f, m) = userns_fixture();
+        let bind = |uid: Vec<crate::model::IdMapping>| CriMount {
+            container_path: "/data".into(),
+            host_path: "/srv/data".into(),
+            gid_mappings: uid.clone(),
+            uid_mappings: uid,
+            ..Default::default()
+        };
+        f.ctr.mounts = vec![bind(vec![m])];
+        let s = f.spec();
+        let data = mount(&s, "/data").unwrap();
+        assert_eq!(data.uid_mappings().as_ref().map(Vec::len), Some(1));
+        assert_eq!(data.gid_mappings().as_ref().map(Vec::len), Some(1));
+
+        let other = crate::model::IdMapping {
+            host_id: m.host_id * 2,
+            ..m
+        };
+        f.ctr.mounts = vec![bind(vec![other])];
+        let e = f.build().unwrap_err();
+        assert!(e.is_invalid_argument(), "{e}");
+        assert!(e.to_string().contains("pod's"), "{e}");
+
+        // No user namespace in the pod: nothing to idmap with.
+        let mut f = Fixture::new();
+        f.ctr.mounts = vec![bind(vec![m])];
+        let e = f.build().unwrap_err();
+        assert!(e.is_invalid_argument(), "{e}");
+
+        // A container whose user namespace is not its pod's.
+        let (mut f, _) = userns_fixture();
+        f.ctr
+            .linux
+            .security_context
+            .namespace_options
+            .userns_options = None;
+        f.ctr
+            .linux
+            .security_context
+            .namespace_options
+            .userns_options = Some(crate::model::UserNamespace {
+            mode: NamespaceMode::Node,
+            ..Default::default()
+        });
+        assert!(f.build().unwrap_err().is_invalid_argument());
     }
 }
