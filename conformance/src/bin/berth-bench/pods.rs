@@ -47,6 +47,12 @@ const TARGET_RUN_POD_MS: f64 = 10.0;
 const TARGET_RUN_POD_RATIO: f64 = 10.0;
 const TARGET_CREATE_START_RATIO: f64 = 4.0;
 const TARGET_SHIM_PSS_KIB: u64 = 300;
+/// Issue 12: what a pod's own user namespace (its helper, idmapped layers)
+/// may add to Create+Start, per container.
+const TARGET_USERNS_EXTRA_MS: f64 = 1.0;
+/// The pods' ids on the node in the user-namespace phase (kubelet's kind
+/// of range: a multiple of 65536 past the node's own users).
+const USERNS_HOST_ID: u32 = 65536 * 9;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -178,6 +184,9 @@ struct RtResult {
     pull_s: f64,
     serial: Steps,
     concurrent: Steps,
+    /// Serial, each pod with a user namespace of its own (berth only:
+    /// containerd 1.6 has none).
+    userns: Option<Steps>,
     memory: Option<Memory>,
     listing: Option<Listing>,
     error: Option<String>,
@@ -316,7 +325,33 @@ struct Lifecycle {
 
 /// One timed pod lifecycle.
 async fn lifecycle(ctx: &Ctx, name: &str) -> Result<Lifecycle> {
-    let config = ctx.pod_config(name)?;
+    lifecycle_with(ctx, name, false).await
+}
+
+/// One timed pod lifecycle; `userns`: the pod with a user namespace of its
+/// own (userns_options POD, as kubelet sends for `hostUsers: false`).
+async fn lifecycle_with(ctx: &Ctx, name: &str, userns: bool) -> Result<Lifecycle> {
+    let mut config = ctx.pod_config(name)?;
+    if userns {
+        use berth_cri_api::v1::{IdMapping, NamespaceMode, UserNamespace};
+        let m = IdMapping {
+            container_id: 0,
+            host_id: USERNS_HOST_ID,
+            length: 65536,
+        };
+        if let Some(ns) = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+        {
+            ns.userns_options = Some(UserNamespace {
+                mode: NamespaceMode::Pod as i32,
+                uids: vec![m],
+                gids: vec![m],
+            });
+        }
+    }
     let t = Instant::now();
     let pod = ctx.run_pod(&config).await?;
     let run_pod = ms(t);
@@ -513,6 +548,44 @@ async fn workload(
         .await
         .context("serial phase")?;
     print_steps(name, "serial", &r.serial);
+    if name == "berth" {
+        let st = ctx
+            .client
+            .runtime()
+            .status(berth_cri_api::v1::StatusRequest { verbose: false })
+            .await
+            .map_err(|s| status_err("Status", s))?
+            .into_inner();
+        let claimed = st
+            .runtime_handlers
+            .iter()
+            .any(|h| h.name.is_empty() && h.features.is_some_and(|f| f.user_namespaces));
+        if claimed {
+            println!(
+                "{name:<11} serial with a user namespace per pod: {} pod lifecycles...",
+                args.pods
+            );
+            lifecycle_with(ctx, "userns-warmup", true)
+                .await
+                .context("user-namespace warm-up")?;
+            let mut steps = Steps::default();
+            let t = Instant::now();
+            for i in 0..args.pods {
+                steps.add(
+                    &lifecycle_with(ctx, &format!("userns-{i}"), true)
+                        .await
+                        .context("user-namespace phase")?,
+                );
+            }
+            steps.wall_s = t.elapsed().as_secs_f64();
+            print_steps(name, "user namespace", &steps);
+            r.userns = Some(steps);
+        } else {
+            println!(
+                "{name:<11} user namespaces: not claimed by this berthd (see its log), not timed"
+            );
+        }
+    }
     println!(
         "{name:<11} concurrent: {} pod lifecycles, {} at a time...",
         args.pods, args.concurrency
@@ -955,6 +1028,9 @@ fn print_report(r: &PodsReport) {
         ),
         None => println!("  berth-shim PSS under {TARGET_SHIM_PSS_KIB} KiB: not measured"),
     }
+    if let Some(b) = b {
+        print_userns(b);
+    }
     if r.leftover_mounts.is_empty() && r.leftover_processes.is_empty() {
         println!(
             "clean-up: no mount or process left under the bench's directories; cgroups removed after the run: {}",
@@ -965,4 +1041,33 @@ fn print_report(r: &PodsReport) {
             }
         );
     }
+}
+
+/// A pod with its own user namespace against one without (issue 12):
+/// p50 of each step and what the user namespace adds.
+fn print_userns(b: &RtResult) {
+    let Some(u) = &b.userns else {
+        println!(
+            "  user namespace adds at most {TARGET_USERNS_EXTRA_MS} ms to Create+Start: not measured"
+        );
+        return;
+    };
+    println!();
+    println!(
+        "{:<34}{:>14}{:>18}{:>12}",
+        "berth serial, p50 ms", "plain", "user namespace", "added"
+    );
+    for ((step, plain), (_, with)) in b.serial.named().iter().zip(u.named().iter()) {
+        let (p, w) = (
+            pct(plain, 50.0).unwrap_or(f64::NAN),
+            pct(with, 50.0).unwrap_or(f64::NAN),
+        );
+        println!("{step:<34}{p:>14.2}{w:>18.2}{:>12.2}", w - p);
+    }
+    let p50 = |v: &Vec<f64>| pct(v, 50.0).unwrap_or(f64::NAN);
+    let added = p50(&u.create_start) - p50(&b.serial.create_start);
+    println!(
+        "  user namespace adds at most {TARGET_USERNS_EXTRA_MS} ms to Create+Start (idmapped layers): {added:.2} ms: {}",
+        met(added <= TARGET_USERNS_EXTRA_MS)
+    );
 }
