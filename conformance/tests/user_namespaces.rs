@@ -231,6 +231,27 @@ async fn a_pod_with_its_own_user_namespace_maps_root_and_sees_its_files_as_roots
     env.finish().await;
 }
 
+/// berthd SIGKILLed under a user-namespaced pod: the container runs on,
+/// and after the restart an exec joins the same user namespace, a new
+/// container of the pod too, and the pod's removal takes every pin away.
+#[tokio::test]
+async fn a_user_namespaced_pod_survives_a_berthd_sigkill() {
+    let mut env = Env::start().await;
+    let image = push_busybox(&env, "userns/crash:1").await;
+    let p = run_pod(&env, userns_pod("crash", Some(pod_userns())), &image).await;
+    let id = run(&env, &p, userns_container(&p, "c", &["sleep", "1000"])).await;
+    let before = sh(&env, &id, "readlink /proc/self/ns/user").await;
+    env.berthd.kill();
+    env.berthd.restart().await.expect("restart berthd");
+    env.cri = env.berthd.cri().await.unwrap();
+    assert_eq!(sh(&env, &id, "readlink /proc/self/ns/user").await, before);
+    assert_eq!(sh(&env, &id, "id -u").await, "0\n");
+    let id2 = run(&env, &p, userns_container(&p, "after", &["sleep", "1000"])).await;
+    assert_eq!(sh(&env, &id2, "readlink /proc/self/ns/user").await, before);
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
+
 /// A pod on the node's network with a user namespace of its own
 /// (RuntimeFeatures.user_namespaces_host_network): the network namespace
 /// is the node's, the user namespace the pod's.

@@ -207,6 +207,18 @@ pub fn probe_userns(helper: &Path, dir: &Path) -> Result<(), String> {
     .map_err(|e| format!("a user namespace: {e}"))?;
     let userns = fs::File::open(h.ns_path("user"))
         .map_err(|e| format!("opening the user namespace: {e}"))?;
+    // What a berthd killed in the middle of its probe left.
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("userns-probe-") {
+                let old = e.path();
+                Rootfs::new(old.join("rootfs"), old.join("layer")).remove();
+                if !is_mountpoint(&old.join("rootfs")) {
+                    let _ = fs::remove_dir_all(&old);
+                }
+            }
+        }
+    }
     let base = dir.join(format!("userns-probe-{}", std::process::id()));
     let lower = base.join("lower");
     let r = (|| {
