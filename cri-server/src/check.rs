@@ -116,6 +116,29 @@ pub fn run(config: &Config) -> Vec<Line> {
         "mount_setattr (Linux 5.12)".into(),
         "no mount_setattr (Linux 5.12): recursiveReadOnly mounts are refused".into(),
     ));
+    // What berthd probes at start before it claims user namespaces: a
+    // user namespace from berth-shim, idmapped layers on berthd's root
+    // (or the nearest directory of it that exists: check makes nothing)
+    // and an overlay of them.
+    let shim = std::env::current_exe()
+        .map(|e| e.with_file_name("berth-shim"))
+        .unwrap_or_default();
+    let dir = config
+        .root
+        .ancestors()
+        .find(|d| d.is_dir())
+        .unwrap_or(std::path::Path::new("/"));
+    let userns = berth_runtime::rootfs::probe_userns(&shim, dir);
+    out.push(line(
+        userns.is_ok(),
+        false,
+        "user namespaces (hostUsers: false)",
+        format!("idmapped overlay layers on {}", dir.display()),
+        format!(
+            "{}: such pods are refused (Linux 5.19 and a file system that idmaps are needed)",
+            userns.err().unwrap_or_default()
+        ),
+    ));
     match config.network.plugin {
         PluginKind::Bridge => {
             let nft = berth_network::nft::find_nft();

@@ -21,6 +21,16 @@ pub struct Config {
     pub runtime: RuntimeSection,
     pub network: berth_network::NetworkConfig,
     pub streaming: StreamingSection,
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`: berthd's Prometheus endpoint (`/metrics`), off unless an
+/// address is set, as in containerd and CRI-O.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Where it listens, e.g. "127.0.0.1:9090" (port 0: a free one, logged).
+    pub address: Option<std::net::SocketAddr>,
 }
 
 /// `[streaming]`: the HTTP server Exec, Attach and PortForward URLs point
@@ -204,6 +214,7 @@ impl Default for Config {
             runtime: RuntimeSection::default(),
             network: berth_network::NetworkConfig::default(),
             streaming: StreamingSection::default(),
+            metrics: MetricsSection::default(),
         }
     }
 }

@@ -134,7 +134,19 @@ impl ImageService for ImageApi {
                 )
                 .map_err(image_error)?,
             };
-            let image_ref = self.images.pull(&r, creds).await.map_err(image_error)?;
+            let started = std::time::Instant::now();
+            let (image_ref, stats) = match self.images.pull_with_stats(&r, creds).await {
+                Ok(x) => x,
+                Err(e) => {
+                    crate::metrics::get().pull_failed();
+                    return Err(image_error(e));
+                }
+            };
+            crate::metrics::get().pulled(
+                stats.compressed_bytes,
+                stats.layers_fetched,
+                started.elapsed(),
+            );
             Ok(Response::new(cri::PullImageResponse { image_ref }))
         }
         .instrument(span)

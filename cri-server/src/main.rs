@@ -5,6 +5,7 @@ mod config;
 mod convert;
 mod image;
 mod listing;
+mod metrics;
 mod pod_metrics;
 mod runtime;
 mod socket;
@@ -230,7 +231,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let images2 = images.clone();
     let (net_cfg, root) = (config.network.clone(), config.root.clone());
     let runtime = tokio::task::spawn_blocking(move || {
-        let network = berth_network::open(&net_cfg, &root)?;
+        let network: Arc<dyn berth_network::Plugin> =
+            Arc::new(metrics::TimedPlugin(berth_network::open(&net_cfg, &root)?));
         berth_runtime::service::Runtime::open(runtime_config, images2, network)
     })
     .await
@@ -238,6 +240,52 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .context("opening the runtime state")?;
     let runtime = Arc::new(runtime);
     runtime.recover().await.context("recovering containers")?;
+    let counts = runtime.state_counts()?;
+    for (state, n) in ["CREATED", "RUNNING", "EXITED", "UNKNOWN"]
+        .into_iter()
+        .zip(counts.containers)
+    {
+        for _ in 0..n {
+            metrics::get().recovered(state);
+        }
+    }
+    // Exits by reason (and OOM kills), from the runtime's own events.
+    let mut events = runtime.subscribe();
+    let rt = runtime.clone();
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match events.recv().await {
+                Ok(e) if e.kind == berth_runtime::service::EventKind::Stopped => {
+                    if let Ok(c) = rt.container(&e.container_id) {
+                        metrics::get().exited(&c.reason);
+                    }
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
+    let _metrics = match config.metrics.address {
+        Some(addr) => {
+            let rt = runtime.clone();
+            let snapshot = Arc::new(move || {
+                let c = rt.state_counts().unwrap_or_default();
+                metrics::Snapshot {
+                    pods: vec![("READY", c.pods_ready), ("NOTREADY", c.pods_not_ready)],
+                    containers: ["CREATED", "RUNNING", "EXITED", "UNKNOWN"]
+                        .into_iter()
+                        .zip(c.containers)
+                        .collect(),
+                    shims: c.shims,
+                }
+            });
+            let (bound, task) = metrics::serve(addr, snapshot).await?;
+            tracing::info!(address = %bound, "serving Prometheus metrics at /metrics");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     let listener = socket::bind(&config.socket)?;
     tracing::info!(
         socket = %config.socket.display(),
@@ -339,5 +387,15 @@ impl PinnedShim {
 impl Drop for PinnedShim {
     fn drop(&mut self) {
         berth_runtime::shim_client::unpin_readonly(&self.state);
+    }
+}
+
+/// Ends a background task when dropped (the metrics endpoint, when
+/// berthd stops serving).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

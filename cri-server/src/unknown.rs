@@ -98,12 +98,18 @@ where
             // One line per call at debug, as CRI-O and containerd log them:
             // the method, its gRPC code (in the headers when it failed; a
             // success's comes in the trailers) and how long it took.
+            let code = h
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("0");
+            let took = started.elapsed();
             tracing::debug!(
                 method = %path,
-                code = h.get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0"),
-                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                code,
+                elapsed_ms = took.as_secs_f64() * 1000.0,
                 "CRI call answered"
             );
+            crate::metrics::get().call(&path, code, took);
             if let Some(v) = h.get("grpc-message").and_then(|v| clip(v.as_bytes())) {
                 h.insert("grpc-message", v);
             }

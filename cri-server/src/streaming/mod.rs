@@ -250,6 +250,7 @@ impl Server {
         let (idle, creation) = (self.cfg.idle_timeout, self.cfg.stream_creation_timeout);
         tokio::spawn(async move {
             let Ok(up) = upgrade.await else { return };
+            let _open = crate::metrics::get().stream_opened(p.kind());
             let session = spdy::session(TokioIo::new(up), idle);
             match p {
                 Pending::Exec {
@@ -310,6 +311,7 @@ impl Server {
         let idle = self.cfg.idle_timeout;
         tokio::spawn(async move {
             let Ok(up) = upgrade.await else { return };
+            let _open = crate::metrics::get().stream_opened(p.kind());
             let sock = ws::websocket(up).await;
             match p {
                 Pending::Exec {

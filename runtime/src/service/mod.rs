@@ -278,6 +278,47 @@ impl Runtime {
             })
     }
 
+    /// How many pods and containers are in each state, and how many
+    /// berth-shims run (one per container not yet exited, one per pod
+    /// pause): for the metrics endpoint, read without copying records.
+    pub fn state_counts(&self) -> Result<StateCounts> {
+        let mut c = StateCounts::default();
+        for s in self
+            .inner
+            .sandboxes
+            .read()
+            .map_err(|_| poisoned())?
+            .values()
+        {
+            match s.state {
+                SandboxState::Ready => c.pods_ready += 1,
+                SandboxState::NotReady => c.pods_not_ready += 1,
+            }
+            if s.pause.is_some() && s.state == SandboxState::Ready {
+                c.shims += 1;
+            }
+        }
+        for r in self
+            .inner
+            .containers
+            .read()
+            .map_err(|_| poisoned())?
+            .values()
+        {
+            let i = match r.state {
+                ContainerState::Created => 0,
+                ContainerState::Running => 1,
+                ContainerState::Exited => 2,
+                ContainerState::Unknown => 3,
+            };
+            c.containers[i] += 1;
+            if matches!(r.state, ContainerState::Created | ContainerState::Running) {
+                c.shims += 1;
+            }
+        }
+        Ok(c)
+    }
+
     /// Whether pods may have their own user namespace (KEP-127) on this
     /// node; why not otherwise.
     pub fn user_namespaces(&self) -> std::result::Result<(), &str> {
@@ -596,6 +637,16 @@ fn write_cgroup_file(dir: &Path, cg: &CgroupPath) -> Result<()> {
 fn read_cgroup_file(dir: &Path) -> Option<CgroupPath> {
     let text = fs::read_to_string(dir.join(CGROUP_FILE)).ok()?;
     CgroupPath::new(text.trim()).ok()
+}
+
+/// [`Runtime::state_counts`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    pub pods_ready: i64,
+    pub pods_not_ready: i64,
+    /// Created, running, exited, unknown.
+    pub containers: [i64; 4],
+    pub shims: i64,
 }
 
 /// What a pod offers its containers' specs.

@@ -178,6 +178,15 @@ struct Listing {
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
+struct Scrapes {
+    /// Milliseconds per scrape, once a second during the concurrent phase.
+    during_ms: Vec<f64>,
+    /// berthd CPU milliseconds per scrape, over back-to-back scrapes.
+    cpu_ms_per_scrape: f64,
+    bytes: usize,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
 struct RtResult {
     name: String,
     how: String,
@@ -187,6 +196,9 @@ struct RtResult {
     /// Serial, each pod with a user namespace of its own (berth only:
     /// containerd 1.6 has none).
     userns: Option<Steps>,
+    /// berthd's /metrics endpoint (issue 16), scraped every second during
+    /// the concurrent phase.
+    metrics: Option<Scrapes>,
     memory: Option<Memory>,
     listing: Option<Listing>,
     error: Option<String>,
@@ -532,6 +544,7 @@ async fn workload(
     args: &PodsArgs,
     r: &mut RtResult,
     name: &str,
+    metrics_port: Option<u16>,
 ) -> Result<()> {
     let t = Instant::now();
     ctx.client
@@ -590,10 +603,37 @@ async fn workload(
         "{name:<11} concurrent: {} pod lifecycles, {} at a time...",
         args.pods, args.concurrency
     );
-    r.concurrent = phase(ctx, "conc", args.pods, args.concurrency)
-        .await
-        .context("concurrent phase")?;
+    // A scrape a second while the concurrent phase runs, as Prometheus
+    // would: its latency under load.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let scraper = metrics_port.map(|port| {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let t = Instant::now();
+                if scrape(port).await.is_ok() {
+                    out.push(ms(t));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.notified() => break,
+                }
+            }
+            out
+        })
+    });
+    let conc = phase(ctx, "conc", args.pods, args.concurrency).await;
+    stop.notify_one();
+    let during = match scraper {
+        Some(task) => task.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    r.concurrent = conc.context("concurrent phase")?;
     print_steps(name, "concurrency", &r.concurrent);
+    if let (Some(port), Some(pid)) = (metrics_port, procs.daemon_pid) {
+        r.metrics = Some(measure_scrapes(port, pid as i32, during).await?);
+    }
     let m = memory(ctx, procs, args.memory_containers)
         .await
         .context("memory")?;
@@ -748,13 +788,20 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
             how: berthd.clone().unwrap_or_default(),
             ..Default::default()
         };
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let out = on_berthd(
-            crate::berthd_options("plugin = \"none\""),
+            crate::berthd_options("plugin = \"none\"").extra_top_level(&format!(
+                "metrics = {{ address = \"127.0.0.1:{metrics_port}\" }}"
+            )),
             run_dir.path(),
             "berth",
             &image,
             &mut track,
-            async |ctx, procs| workload(ctx, procs, &args, &mut r, "berth").await,
+            async |ctx, procs| {
+                workload(ctx, procs, &args, &mut r, "berth", Some(metrics_port)).await
+            },
         )
         .await;
         if let Err(e) = out {
@@ -775,7 +822,7 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
             "containerd",
             &image,
             &mut track,
-            async |ctx, procs| workload(ctx, procs, &args, &mut r, "containerd").await,
+            async |ctx, procs| workload(ctx, procs, &args, &mut r, "containerd", None).await,
         )
         .await;
         if let Err(e) = out {
@@ -1070,4 +1117,49 @@ fn print_userns(b: &RtResult) {
         "  user namespace adds at most {TARGET_USERNS_EXTRA_MS} ms to Create+Start (idmapped layers): {added:.2} ms: {}",
         met(added <= TARGET_USERNS_EXTRA_MS)
     );
+}
+
+/// GET /metrics from berthd's endpoint on loopback; the body's length.
+async fn scrape(port: u16) -> Result<usize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await??;
+    if !out.starts_with(b"HTTP/1.0 200") && !out.starts_with(b"HTTP/1.1 200") {
+        bail!(
+            "the metrics endpoint answered {:?}",
+            String::from_utf8_lossy(&out[..out.len().min(40)])
+        );
+    }
+    Ok(out.len())
+}
+
+/// berthd's CPU per scrape, over 500 scrapes back to back.
+async fn measure_scrapes(port: u16, pid: i32, during: Vec<f64>) -> Result<Scrapes> {
+    // Clock ticks are 10 ms: enough scrapes that their CPU shows.
+    const N: u32 = 500;
+    let before = crate::cpu::process_cpu(pid).ok_or_else(|| anyhow!("berthd is gone"))?;
+    let mut bytes = 0;
+    for _ in 0..N {
+        bytes = scrape(port).await.context("scraping /metrics")?;
+    }
+    let after = crate::cpu::process_cpu(pid).ok_or_else(|| anyhow!("berthd is gone"))?;
+    let s = Scrapes {
+        during_ms: during,
+        cpu_ms_per_scrape: (after - before) * 1000.0 / f64::from(N),
+        bytes,
+    };
+    println!(
+        "berth       /metrics: {} scrapes during the concurrent phase, p50 {:.2} ms, max {:.2} ms; \
+         berthd CPU {:.3} ms per scrape ({} bytes): a scrape a second costs {:.3}% of a core",
+        s.during_ms.len(),
+        pct(&s.during_ms, 50.0).unwrap_or(f64::NAN),
+        pct(&s.during_ms, 100.0).unwrap_or(f64::NAN),
+        s.cpu_ms_per_scrape,
+        s.bytes,
+        s.cpu_ms_per_scrape / 10.0
+    );
+    Ok(s)
 }
