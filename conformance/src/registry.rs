@@ -61,6 +61,15 @@ pub struct Registry {
     child: Option<Child>,
 }
 
+/// What a TLS registry serves with: its certificate and key (PEM files),
+/// and the CA whose client certificates it demands (mutual TLS), if any.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
 impl Registry {
     /// An anonymous registry (pull and push without credentials).
     pub async fn start() -> Result<Registry> {
@@ -72,6 +81,35 @@ impl Registry {
     /// accepts basic auth without TLS.
     pub async fn start_with_auth(username: &str, password: &str) -> Result<Registry> {
         Self::start_inner(Some(Credentials::new(username, password))).await
+    }
+
+    /// A registry over HTTPS only, serving the storage of `storage` (which
+    /// pushes go to over plain HTTP: the push client speaks no TLS).
+    pub async fn start_tls_over(storage: &Registry, tls: &TlsFiles) -> Result<Registry> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-registry-tls-")
+            .tempdir()?;
+        let mut last_err = None;
+        for _ in 0..5 {
+            let port = util::free_port()?;
+            let opts = Spawn {
+                data: storage.storage_dir(),
+                with_auth: false,
+                tls: Some(tls.clone()),
+            };
+            match spawn_registry(dir.path(), port, &opts).await {
+                Ok(child) => {
+                    return Ok(Registry {
+                        dir,
+                        port,
+                        credentials: None,
+                        child: Some(child),
+                    });
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("registry did not start")))
     }
 
     async fn start_inner(credentials: Option<Credentials>) -> Result<Registry> {
@@ -92,7 +130,12 @@ impl Registry {
         // try a few ports.
         for _ in 0..5 {
             let port = util::free_port()?;
-            match spawn_registry(dir.path(), port, credentials.is_some()).await {
+            let opts = Spawn {
+                data: dir.path().join("data"),
+                with_auth: credentials.is_some(),
+                tls: None,
+            };
+            match spawn_registry(dir.path(), port, &opts).await {
                 Ok(child) => {
                     return Ok(Registry {
                         dir,
@@ -167,7 +210,12 @@ impl Registry {
         // straggling connection can still hold it briefly: retry a little.
         let mut last = None;
         for _ in 0..20 {
-            match spawn_registry(self.dir.path(), self.port, self.credentials.is_some()).await {
+            let opts = Spawn {
+                data: self.storage_dir(),
+                with_auth: self.credentials.is_some(),
+                tls: None,
+            };
+            match spawn_registry(self.dir.path(), self.port, &opts).await {
                 Ok(child) => {
                     self.child = Some(child);
                     return Ok(());
@@ -203,10 +251,32 @@ fn log_path(dir: &Path) -> PathBuf {
     dir.join("registry.log")
 }
 
+struct Spawn {
+    /// The storage root.
+    data: PathBuf,
+    with_auth: bool,
+    tls: Option<TlsFiles>,
+}
+
 /// Write the config into `dir`, start `docker-registry serve` on `port` and
-/// wait until `/v2/` answers (200, or 401 with auth).
-async fn spawn_registry(dir: &Path, port: u16, with_auth: bool) -> Result<Child> {
-    let auth = if with_auth {
+/// wait until `/v2/` answers (200, or 401 with auth; with TLS: until it
+/// accepts connections).
+async fn spawn_registry(dir: &Path, port: u16, opts: &Spawn) -> Result<Child> {
+    let tls = match &opts.tls {
+        None => String::new(),
+        Some(t) => {
+            let mut s = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                t.cert.display(),
+                t.key.display()
+            );
+            if let Some(ca) = &t.client_ca {
+                s += &format!("    clientcas:\n      - {}\n", ca.display());
+            }
+            s
+        }
+    };
+    let auth = if opts.with_auth {
         format!(
             "auth:\n  htpasswd:\n    realm: berth-conformance\n    path: {}\n",
             dir.join("htpasswd").display()
@@ -220,8 +290,8 @@ async fn spawn_registry(dir: &Path, port: u16, with_auth: bool) -> Result<Child>
          storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n  \
          maintenance:\n    uploadpurging:\n      enabled: false\n\
          http:\n  addr: 127.0.0.1:{port}\n  secret: berth-conformance-secret\n\
-         {auth}",
-        data = dir.join("data").display(),
+         {tls}{auth}",
+        data = opts.data.display(),
     );
     let config_path = dir.join("config.yml");
     fs::write(&config_path, config)?;
@@ -246,6 +316,7 @@ async fn spawn_registry(dir: &Path, port: u16, with_auth: bool) -> Result<Child>
         .spawn()
         .with_context(|| format!("spawning {REGISTRY_BIN}"))?;
     let url = format!("http://127.0.0.1:{port}/v2/");
+    let tls_only = opts.tls.is_some();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
@@ -259,6 +330,12 @@ async fn spawn_registry(dir: &Path, port: u16, with_auth: bool) -> Result<Child>
             async move {
                 if exited {
                     return Some(Err(anyhow!("docker-registry exited during start-up")));
+                }
+                if tls_only {
+                    return tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .ok()
+                        .map(|_| Ok(()));
                 }
                 match http.get(&url).send().await {
                     Ok(r) if r.status().as_u16() == 200 || r.status().as_u16() == 401 => {

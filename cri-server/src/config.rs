@@ -136,6 +136,28 @@ pub struct RegistrySection {
     #[serde(deserialize_with = "free_space", serialize_with = "write_free_space")]
     pub min_free_space: FreeSpace,
     pub mirrors: HashMap<String, Vec<String>>,
+    /// `certs.d/<host>/` directories (`*.crt` CAs, `*.cert` + `*.key` a
+    /// client certificate), read in order: berth's own, then containerd's,
+    /// CRI-O's and Docker's, so that a node's existing files work.
+    pub certs_dirs: Vec<PathBuf>,
+    /// Per host (`host[:port]`): `[registry.tls."registry.example:5000"]`.
+    pub tls: HashMap<String, HostTlsSection>,
+}
+
+/// One registry host's TLS, over what `certs_dirs` give it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostTlsSection {
+    /// A PEM bundle of CA certificates trusted for this host besides the
+    /// system's.
+    pub ca_file: Option<PathBuf>,
+    /// Mutual TLS: the client certificate and its key (PEM), both or
+    /// neither.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Accept any certificate from this host: an explicit choice, never
+    /// the default.
+    pub skip_verify: bool,
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -239,6 +261,16 @@ impl Default for RegistrySection {
             max_unpacked_layer_size: UnpackLimits::default().max_layer_bytes,
             min_free_space: UnpackLimits::default().min_free,
             mirrors: HashMap::new(),
+            certs_dirs: [
+                "/etc/berth/certs.d",
+                "/etc/containerd/certs.d",
+                "/etc/containers/certs.d",
+                "/etc/docker/certs.d",
+            ]
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+            tls: HashMap::new(),
         }
     }
 }
@@ -333,6 +365,27 @@ impl Config {
                 "registry.pull_stall_timeout must be more than 0".into(),
             ));
         }
+        for (host, t) in &self.registry.tls {
+            if t.cert_file.is_some() != t.key_file.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "registry.tls.{host:?}: cert_file and key_file go together: set both or neither"
+                )));
+            }
+            for (what, f) in [
+                ("ca_file", &t.ca_file),
+                ("cert_file", &t.cert_file),
+                ("key_file", &t.key_file),
+            ] {
+                if let Some(f) = f
+                    && !f.is_absolute()
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "registry.tls.{host:?}.{what} must be an absolute path, got {}",
+                        f.display()
+                    )));
+                }
+            }
+        }
         for p in &self.registry.pinned_images {
             p.parse::<berth_image::Reference>()
                 .map_err(|e| ConfigError::Invalid(format!("registry.pinned_images: {e}")))?;
@@ -360,6 +413,23 @@ impl Config {
                 mirrors: self.registry.mirrors.clone(),
                 insecure: self.registry.insecure.iter().cloned().collect(),
                 stall_timeout: self.registry.pull_stall_timeout,
+                tls: self
+                    .registry
+                    .tls
+                    .iter()
+                    .map(|(host, t)| {
+                        (
+                            host.clone(),
+                            berth_image::registry::HostTls {
+                                ca_files: t.ca_file.iter().cloned().collect(),
+                                client_cert: t.cert_file.clone(),
+                                client_key: t.key_file.clone(),
+                                skip_verify: t.skip_verify,
+                            },
+                        )
+                    })
+                    .collect(),
+                certs_dirs: self.registry.certs_dirs.clone(),
             },
             max_concurrent_downloads: self.registry.max_concurrent_downloads,
             pinned_images: self.registry.pinned_images.clone(),

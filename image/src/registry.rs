@@ -9,6 +9,7 @@
 //! a no-progress timeout rather than a whole-request one.
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +39,13 @@ pub struct RegistryConfig {
     pub insecure: HashSet<String>,
     /// A request or stream that makes no progress for this long fails.
     pub stall_timeout: Duration,
+    /// TLS of particular hosts (`host[:port]` as in image references and
+    /// mirror URLs), from berth.toml; merged over what `certs_dirs` hold.
+    pub tls: HashMap<String, HostTls>,
+    /// Directories in the `certs.d/<host>/` layout that Docker, containerd
+    /// and CRI-O read: `*.crt` CA certificates, `*.cert` with its `*.key`
+    /// a client certificate. A missing directory is none.
+    pub certs_dirs: Vec<PathBuf>,
 }
 
 impl Default for RegistryConfig {
@@ -46,8 +54,138 @@ impl Default for RegistryConfig {
             mirrors: HashMap::new(),
             insecure: HashSet::new(),
             stall_timeout: Duration::from_secs(300),
+            tls: HashMap::new(),
+            certs_dirs: Vec::new(),
         }
     }
+}
+
+/// One registry host's TLS: CA certificates trusted besides the system's,
+/// a client certificate for mutual TLS, or (an explicit choice) no
+/// verification at all. A host with any of it is reached over HTTPS, even
+/// on loopback.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostTls {
+    /// PEM files of CA certificates.
+    pub ca_files: Vec<PathBuf>,
+    /// PEM files of the client certificate (chain) and its private key:
+    /// both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Accept any certificate (and host name): for a registry an operator
+    /// chose not to verify; never the default.
+    pub skip_verify: bool,
+}
+
+impl HostTls {
+    /// `over` on top of `self`: its CAs added, its client pair and
+    /// skip_verify winning where given.
+    fn merged(mut self, over: &HostTls) -> HostTls {
+        self.ca_files.extend(over.ca_files.iter().cloned());
+        if over.client_cert.is_some() || over.client_key.is_some() {
+            self.client_cert = over.client_cert.clone();
+            self.client_key = over.client_key.clone();
+        }
+        self.skip_verify |= over.skip_verify;
+        self
+    }
+}
+
+/// The hosts of `certs.d` directories (`<dir>/<host>/`): `*.crt` are CA
+/// certificates, `<name>.cert` with `<name>.key` a client pair (the
+/// first by name), as Docker reads them.
+pub fn read_certs_dirs(dirs: &[PathBuf]) -> Result<HashMap<String, HostTls>> {
+    let mut out: HashMap<String, HostTls> = HashMap::new();
+    for dir in dirs {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for host in rd.flatten() {
+            let path = host.path();
+            if !path.is_dir() {
+                continue;
+            }
+            let name = host.file_name().to_string_lossy().into_owned();
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
+                .map_err(|e| Error::Registry(format!("reading {}: {e}", path.display())))?
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            files.sort();
+            let ext = |p: &Path, e: &str| p.extension().is_some_and(|x| x == e);
+            let mut tls = HostTls {
+                ca_files: files.iter().filter(|p| ext(p, "crt")).cloned().collect(),
+                ..Default::default()
+            };
+            if let Some(cert) = files.iter().find(|p| ext(p, "cert")) {
+                let key = cert.with_extension("key");
+                if !key.exists() {
+                    return Err(Error::Registry(format!(
+                        "{}: the client certificate has no {} beside it",
+                        cert.display(),
+                        key.display()
+                    )));
+                }
+                tls.client_cert = Some(cert.clone());
+                tls.client_key = Some(key);
+            }
+            let merged = out.remove(&name).unwrap_or_default().merged(&tls);
+            out.insert(name, merged);
+        }
+    }
+    Ok(out)
+}
+
+fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| Error::Registry(format!("reading the {what} {}: {e}", path.display())))
+}
+
+/// An HTTP client for one host's TLS settings.
+fn http_client(config: &RegistryConfig, tls: Option<(&str, &HostTls)>) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30).min(config.stall_timeout))
+        .redirect(reqwest::redirect::Policy::limited(8))
+        .pool_max_idle_per_host(16);
+    if let Some((host, t)) = tls {
+        let bad = |what: &str, p: &Path, e: reqwest::Error| {
+            Error::Registry(format!(
+                "registry {host}: the {what} {} is not usable: {e}",
+                p.display()
+            ))
+        };
+        for f in &t.ca_files {
+            let pem = read_pem(f, "CA certificate")?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| bad("CA certificate", f, e))?
+            {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        match (&t.client_cert, &t.client_key) {
+            (Some(c), Some(k)) => {
+                let mut pem = read_pem(c, "client certificate")?;
+                pem.push(b'\n');
+                pem.extend(read_pem(k, "client key")?);
+                let id = reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| bad("client certificate", c, e))?;
+                b = b.identity(id);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::Registry(format!(
+                    "registry {host}: a client certificate needs both its cert and its key"
+                )));
+            }
+        }
+        if t.skip_verify {
+            tracing::warn!(%host, "TLS certificates of this registry are not verified (skip_verify)");
+            b = b.danger_accept_invalid_certs(true);
+        }
+    }
+    b.build()
+        .map_err(|e| Error::Registry(format!("cannot build the HTTP client: {e}")))
 }
 
 /// Credentials for one pull, from the CRI `AuthConfig`.
@@ -144,6 +282,8 @@ fn is_loopback(host: &str) -> bool {
 
 pub struct RegistryClient {
     http: reqwest::Client,
+    /// Clients of hosts with TLS settings of their own.
+    per_host: HashMap<String, reqwest::Client>,
     config: RegistryConfig,
     /// Bearer tokens by (endpoint base URL, scope, whose credentials): a
     /// token got with one pull's credentials never serves another's.
@@ -151,19 +291,36 @@ pub struct RegistryClient {
 }
 
 impl RegistryClient {
-    pub fn new(config: RegistryConfig) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30).min(config.stall_timeout))
-            .redirect(reqwest::redirect::Policy::limited(8))
-            .pool_max_idle_per_host(16)
-            .build()
-            .map_err(|e| Error::Registry(format!("cannot build the HTTP client: {e}")))?;
+    pub fn new(mut config: RegistryConfig) -> Result<Self> {
+        let http = http_client(&config, None)?;
+        // certs.d first, berth.toml's own settings over it.
+        let mut tls = read_certs_dirs(&config.certs_dirs)?;
+        for (host, t) in &config.tls {
+            let merged = tls.remove(host).unwrap_or_default().merged(t);
+            tls.insert(host.clone(), merged);
+        }
+        let mut per_host = HashMap::new();
+        for (host, t) in &tls {
+            per_host.insert(host.clone(), http_client(&config, Some((host, t)))?);
+        }
+        config.tls = tls;
         Ok(Self {
             http,
+            per_host,
             config,
             tokens: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The client for requests to `url` (its host's TLS settings).
+    fn http_for(&self, url: &str) -> &reqwest::Client {
+        let host = url
+            .split_once("://")
+            .map_or(url, |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        self.per_host.get(host).unwrap_or(&self.http)
     }
 
     pub fn stall_timeout(&self) -> Duration {
@@ -171,7 +328,9 @@ impl RegistryClient {
     }
 
     fn scheme_for(&self, host: &str) -> &'static str {
-        if is_loopback(host) || self.config.insecure.contains(host) {
+        if self.config.tls.contains_key(host) {
+            "https"
+        } else if is_loopback(host) || self.config.insecure.contains(host) {
             "http"
         } else {
             "https"
@@ -404,19 +563,21 @@ impl Session {
             .unwrap_or_else(|| self.scope());
         let creds = self.credentials_for(ep);
         let req = match creds {
-            Credentials::IdentityToken { token, .. } => self.client.http.post(&realm).form(&[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", token.as_str()),
-                ("service", service.as_str()),
-                ("scope", scope.as_str()),
-                ("client_id", "berth"),
-            ]),
+            Credentials::IdentityToken { token, .. } => {
+                self.client.http_for(&realm).post(&realm).form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", token.as_str()),
+                    ("service", service.as_str()),
+                    ("scope", scope.as_str()),
+                    ("client_id", "berth"),
+                ])
+            }
             _ => {
                 let mut q = vec![("scope", scope.as_str())];
                 if !service.is_empty() {
                     q.push(("service", service.as_str()));
                 }
-                let r = self.client.http.get(&realm).query(&q);
+                let r = self.client.http_for(&realm).get(&realm).query(&q);
                 match creds {
                     Credentials::Basic { username, password } => {
                         r.basic_auth(username, Some(password))
@@ -510,7 +671,7 @@ impl Session {
             _ => self.cached_token(ep).map(|t| format!("Bearer {t}")),
         };
         for round in 0..2 {
-            let mut req = self.client.http.get(&url);
+            let mut req = self.client.http_for(&url).get(&url);
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
             }
@@ -880,6 +1041,69 @@ mod tests {
         let b = parse_challenge(r#"Basic realm="Registry Realm""#);
         assert_eq!(b.scheme, "basic");
         assert_eq!(b.params["realm"], "Registry Realm");
+    }
+
+    #[test]
+    fn certs_d_gives_cas_and_a_client_pair_and_berth_toml_wins() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("registry.example:5000");
+        std::fs::create_dir_all(&host).unwrap();
+        for f in ["ca.crt", "extra.crt", "client.cert", "client.key", "README"] {
+            std::fs::write(host.join(f), "").unwrap();
+        }
+        let got = read_certs_dirs(&[d.path().to_path_buf(), d.path().join("missing")]).unwrap();
+        let t = &got["registry.example:5000"];
+        assert_eq!(
+            t.ca_files,
+            vec![host.join("ca.crt"), host.join("extra.crt")]
+        );
+        assert_eq!(t.client_cert, Some(host.join("client.cert")));
+        assert_eq!(t.client_key, Some(host.join("client.key")));
+        assert!(!t.skip_verify);
+        let over = HostTls {
+            client_cert: Some("/etc/berth/c.pem".into()),
+            client_key: Some("/etc/berth/k.pem".into()),
+            skip_verify: true,
+            ..Default::default()
+        };
+        let m = t.clone().merged(&over);
+        assert_eq!(m.ca_files.len(), 2, "the CAs stay");
+        assert_eq!(m.client_cert, over.client_cert);
+        assert!(m.skip_verify);
+
+        // A client certificate without its key is refused, naming it.
+        std::fs::remove_file(host.join("client.key")).unwrap();
+        let e = read_certs_dirs(&[d.path().to_path_buf()]).unwrap_err();
+        assert!(e.to_string().contains("client.cert"), "{e}");
+    }
+
+    #[test]
+    fn a_host_with_tls_settings_is_https_even_on_loopback() {
+        let mut cfg = RegistryConfig::default();
+        cfg.tls.insert(
+            "127.0.0.1:5443".into(),
+            HostTls {
+                skip_verify: true,
+                ..Default::default()
+            },
+        );
+        let c = RegistryClient::new(cfg).unwrap();
+        assert_eq!(
+            c.endpoints("127.0.0.1:5443")[0].base,
+            "https://127.0.0.1:5443"
+        );
+        assert_eq!(
+            c.endpoints("127.0.0.1:5000")[0].base,
+            "http://127.0.0.1:5000"
+        );
+        assert!(std::ptr::eq(
+            c.http_for("https://127.0.0.1:5443/v2/x"),
+            &c.per_host["127.0.0.1:5443"]
+        ));
+        assert!(std::ptr::eq(
+            c.http_for("https://other.example/token"),
+            &c.http
+        ));
     }
 
     #[test]
