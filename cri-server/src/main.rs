@@ -1,5 +1,6 @@
 //! berthd: berth's CRI v1 server. See ../shared/DESIGN.md.
 
+mod admin;
 mod check;
 mod config;
 mod convert;
@@ -63,6 +64,21 @@ enum Cmd {
     /// Check the host's prerequisites (kernel, overlayfs, cgroups, nft or
     /// CNI), each ✔ or ✘ with what to do; exit 1 if a required one fails.
     Check,
+    /// Commit a container's file-system changes (its writable layer) as a
+    /// new image NAME on top of its image, in the running berthd's store
+    /// (found by its state dir, as berthd resolves it); prints the image id.
+    Commit {
+        /// The container (id or unique prefix).
+        container: String,
+        /// The new image's name, e.g. registry.example/app:v2.
+        name: String,
+        /// The history comment of the new layer.
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// The admin socket (default: <state>/admin.sock).
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+    },
 }
 
 /// `berthd --version`: the release, the commit it is built from, and the
@@ -98,6 +114,37 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
+        };
+    }
+    if let Some(Cmd::Commit {
+        container,
+        name,
+        comment,
+        admin_socket,
+    }) = &args.command
+    {
+        let socket = admin_socket
+            .clone()
+            .unwrap_or_else(|| admin::socket_path(&config.state));
+        let req = admin::Request::Commit {
+            container: container.clone(),
+            name: name.clone(),
+            comment: comment.clone(),
+        };
+        return match admin::request(&socket, &req) {
+            Ok(admin::Answer::Committed { image_id, name }) => {
+                eprintln!("committed {container} as {name}");
+                println!("{image_id}");
+                ExitCode::SUCCESS
+            }
+            Ok(admin::Answer::Error { message }) => {
+                eprintln!("berthd commit: {message}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("berthd commit: {e:#}");
+                ExitCode::FAILURE
+            }
         };
     }
     if let Some(Cmd::Config) = args.command {
@@ -295,6 +342,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "berthd serving CRI v1"
     );
 
+    let admin_path = admin::socket_path(&config.state);
+    let _admin = AbortOnDrop(admin::serve(&admin_path, runtime.clone(), images.clone())?);
     let streaming = streaming::Server::start(config.streaming.clone(), runtime.clone()).await?;
     let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(runtime, streaming))
         .max_decoding_message_size(MAX_MESSAGE)
@@ -339,6 +388,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let _ = std::fs::remove_file(&config.socket);
+    let _ = std::fs::remove_file(&admin_path);
     drop(pinned_shim);
     result.context("server task")?.context("gRPC server")?;
     tracing::info!("berthd stopped");

@@ -10,6 +10,7 @@
 //!   id, and the image records in an embedded database.
 //! * [`service`]: [`ImageService`], what the CRI server calls.
 
+pub mod commit;
 pub mod digest;
 pub mod error;
 pub mod limits;

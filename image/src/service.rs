@@ -315,6 +315,24 @@ impl ImageService {
         Ok((image_id.to_string(), stats))
     }
 
+    /// Commit a container's writable layer `upper` over its image
+    /// `parent` as the image `name` (see [`crate::commit`]).
+    pub async fn commit(
+        &self,
+        parent: Digest,
+        upper: PathBuf,
+        name: String,
+        comment: String,
+        shift: Option<crate::commit::IdShift>,
+    ) -> Result<crate::commit::Committed> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::commit::commit(&inner.store, &parent, &upper, &name, &comment, shift)
+        })
+        .await
+        .map_err(|e| Error::Database(format!("commit task failed: {e}")))?
+    }
+
     /// An image by id, tag or digest reference; None if absent or malformed.
     pub fn status(&self, reference: &str) -> Option<Arc<ImageEntry>> {
         self.inner.store.resolve(reference)

@@ -278,6 +278,37 @@ impl Runtime {
             })
     }
 
+    /// What a commit of container `id` reads: its image id, its overlay
+    /// upper directory, and (in a pod with a user namespace) the host ids
+    /// its root had (uid base, gid base, length).
+    pub fn commit_source(&self, id: &str) -> Result<CommitSource> {
+        let c = self.container(id)?;
+        let shift = {
+            let sbs = self.inner.sandboxes.read().map_err(|_| poisoned())?;
+            sbs.get(&c.sandbox_id)
+                .and_then(|sb| {
+                    sb.config
+                        .namespace_options()
+                        .userns_options
+                        .as_ref()?
+                        .pod_mappings()
+                })
+                .map(|(u, g)| (u.host_id, g.host_id, u.length.min(g.length)))
+        };
+        let upper = c.rootfs.layer_dir.join("upper");
+        if !upper.is_dir() {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} has no writable layer at {}",
+                upper.display()
+            )));
+        }
+        Ok(CommitSource {
+            image_id: c.image_id.clone(),
+            upper,
+            shift,
+        })
+    }
+
     /// How many pods and containers are in each state, and how many
     /// berth-shims run (one per container not yet exited, one per pod
     /// pause): for the metrics endpoint, read without copying records.
@@ -637,6 +668,16 @@ fn write_cgroup_file(dir: &Path, cg: &CgroupPath) -> Result<()> {
 fn read_cgroup_file(dir: &Path) -> Option<CgroupPath> {
     let text = fs::read_to_string(dir.join(CGROUP_FILE)).ok()?;
     CgroupPath::new(text.trim()).ok()
+}
+
+/// [`Runtime::commit_source`].
+#[derive(Clone, Debug)]
+pub struct CommitSource {
+    pub image_id: String,
+    /// The container's overlay upper directory.
+    pub upper: PathBuf,
+    /// Host uid base, gid base and length of its pod's user namespace.
+    pub shift: Option<(u32, u32, u32)>,
 }
 
 /// [`Runtime::state_counts`].

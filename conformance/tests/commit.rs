@@ -1,0 +1,128 @@
+//! `berthd commit` (issue 16): a container's file-system changes become a
+//! new image on top of its image, through berthd's admin socket (not the
+//! CRI one), visible to ListImages/ImageStatus and usable by
+//! CreateContainer at once. A new container of the committed image sees
+//! exactly the changes: a new file, a modified one, a deleted image file
+//! (a whiteout), a directory replaced by a new one (opaque). A commit of a
+//! running container works; bad requests change nothing.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Command;
+
+use berth_conformance::Env;
+use berth_conformance::cri::sandbox_config;
+use berth_conformance::images::{Compression, Format, ImageBuilder, TarBuilder};
+use berth_conformance::pods::*;
+
+fn berthd_bin() -> std::path::PathBuf {
+    // The binary the harness runs (target/<profile>/berthd).
+    let me = std::env::current_exe().unwrap();
+    me.ancestors()
+        .find_map(|d| {
+            let b = d.join("berthd");
+            b.is_file().then_some(b)
+        })
+        .expect("berthd next to the test binaries")
+}
+
+/// `berthd --config FILE commit CONTAINER NAME`, finding the running
+/// berthd from its config as berthd does: (exit ok, stdout, stderr).
+fn commit(config: &Path, container: &str, name: &str) -> (bool, String, String) {
+    let out = Command::new(berthd_bin())
+        .arg("--config")
+        .arg(config)
+        .args(["commit", container, name])
+        .output()
+        .expect("running berthd commit");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_committed_container_is_an_image_with_exactly_its_changes() {
+    let env = Env::start().await;
+    let extra = TarBuilder::new()
+        .dir("data", 0o755)
+        .file("data/keep", 0o644, b"kept\n")
+        .file("data/gone", 0o644, b"deleted by the container\n")
+        .file("data/edit", 0o644, b"before\n")
+        .dir("data/swap", 0o755)
+        .file("data/swap/old", 0o644, b"old dir\n")
+        .layer(Compression::Gzip, Format::Oci);
+    let img = ImageBuilder::busybox(Format::Oci).layer(extra).build();
+    let image = env.push("commit/base:1", &img).await;
+    env.cri.pull(&image).await.expect("pull the base");
+    let p = run_pod(&env, sandbox_config("commit"), &image).await;
+    let id = run(&env, &p, container(&p, "writer", &["sleep", "1000"])).await;
+    sh(
+        &env,
+        &id,
+        "echo new > /data/new && echo after > /data/edit && rm /data/gone && \
+         rm -rf /data/swap && mkdir /data/swap && echo fresh > /data/swap/only && \
+         mkdir -p /srv/app && echo app > /srv/app/run",
+    )
+    .await;
+
+    // Bad requests: an unknown container, a name that is not a reference.
+    let state = env.berthd.state();
+    let config = env.berthd.dir().join("berthd.toml");
+    assert!(config.is_file());
+    assert!(
+        state.join("admin.sock").exists(),
+        "the admin socket is there"
+    );
+    let mode = std::fs::metadata(state.join("admin.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the admin socket is root's only");
+    let before = env.cri.list_images(None).await.unwrap().len();
+    let (ok, _, err) = commit(&config, &"f".repeat(64), "commit/new:1");
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = commit(&config, &id, "Not A Reference!");
+    assert!(!ok, "{err}");
+    assert_eq!(env.cri.list_images(None).await.unwrap().len(), before);
+
+    // The commit of the running container.
+    let name = format!("{}/commit/new:1", env.registry.host());
+    let (ok, image_id, err) = commit(&config, &id, &name);
+    assert!(ok, "berthd commit failed: {err}");
+    assert!(image_id.starts_with("sha256:"), "{image_id}");
+    let listed = env.cri.list_images(None).await.unwrap();
+    let new = listed
+        .iter()
+        .find(|i| i.id == image_id)
+        .unwrap_or_else(|| panic!("{image_id} not in ListImages: {listed:?}"));
+    assert_eq!(new.repo_tags, vec![name.clone()]);
+    assert_eq!(
+        sh(&env, &id, "cat /data/new").await,
+        "new\n",
+        "the container runs on"
+    );
+
+    // A container of the new image: exactly the changes.
+    let p2 = run_pod(&env, sandbox_config("committed"), &name).await;
+    let c2 = run(&env, &p2, container(&p2, "reader", &["sleep", "1000"])).await;
+    assert_eq!(
+        sh(&env, &c2, "cat /data/new /data/edit /data/keep").await,
+        "new\nafter\nkept\n"
+    );
+    assert_eq!(sh(&env, &c2, "cat /srv/app/run").await, "app\n");
+    assert_eq!(
+        sh(&env, &c2, "ls /data/swap").await,
+        "only\n",
+        "the replaced directory is opaque: none of the old one shows"
+    );
+    let (code, _, _) = try_sh(&env, &c2, "test -e /data/gone").await;
+    assert_ne!(code, 0, "the deleted file is whited out");
+    assert_eq!(sh(&env, &c2, "echo ok").await, "ok\n");
+    remove_pod(&env, p2).await;
+    remove_pod(&env, p).await;
+    env.finish().await;
+}

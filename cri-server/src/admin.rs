@@ -1,0 +1,142 @@
+//! berthd's admin API: operations that are not CRI (a container's commit
+//! into an image), on a Unix socket of its own beside the state
+//! (`<state>/admin.sock`, mode 0600: root's only), never on the CRI socket.
+//! One JSON request line, one JSON answer line per connection.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// The admin socket of a berthd whose state dir is `state`.
+pub fn socket_path(state: &Path) -> PathBuf {
+    state.join("admin.sock")
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// Commit a container's writable layer as image `name`.
+    Commit {
+        container: String,
+        name: String,
+        #[serde(default)]
+        comment: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    Committed { image_id: String, name: String },
+    Error { message: String },
+}
+
+/// Serve the admin socket until the task is dropped.
+pub fn serve(
+    path: &Path,
+    runtime: Arc<berth_runtime::service::Runtime>,
+    images: Arc<berth_image::ImageService>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding the admin socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let (rt, im) = (runtime.clone(), images.clone());
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut line = String::new();
+                // A request is one line of at most 64 KiB.
+                let mut r = BufReader::new(tokio::io::AsyncReadExt::take(r, 64 << 10));
+                let answer = match r.read_line(&mut line).await {
+                    Ok(_) => match serde_json::from_str::<Request>(&line) {
+                        Ok(req) => handle(req, &rt, &im).await,
+                        Err(e) => Answer::Error {
+                            message: format!("a malformed request: {e}"),
+                        },
+                    },
+                    Err(e) => Answer::Error {
+                        message: format!("reading the request: {e}"),
+                    },
+                };
+                if let Ok(mut out) = serde_json::to_vec(&answer) {
+                    out.push(b'\n');
+                    let _ = w.write_all(&out).await;
+                }
+            });
+        }
+    }))
+}
+
+async fn handle(
+    req: Request,
+    runtime: &berth_runtime::service::Runtime,
+    images: &berth_image::ImageService,
+) -> Answer {
+    let err = |message: String| Answer::Error { message };
+    match req {
+        Request::Commit {
+            container,
+            name,
+            comment,
+        } => {
+            let berth_runtime::service::CommitSource {
+                image_id: image,
+                upper,
+                shift,
+            } = match runtime.commit_source(&container) {
+                Ok(x) => x,
+                Err(e) => return err(e.to_string()),
+            };
+            let parent = match image.parse() {
+                Ok(d) => d,
+                Err(e) => return err(format!("the container's image id {image:?}: {e}")),
+            };
+            let shift =
+                shift.map(|(uid, gid, length)| berth_image::commit::IdShift { uid, gid, length });
+            let comment = if comment.is_empty() {
+                format!("commit of container {container}")
+            } else {
+                comment
+            };
+            match images.commit(parent, upper, name, comment, shift).await {
+                Ok(c) => {
+                    tracing::info!(container = %container, image = %c.name, id = %c.image_id, layer = %c.layer_digest, "committed");
+                    Answer::Committed {
+                        image_id: c.image_id.to_string(),
+                        name: c.name,
+                    }
+                }
+                Err(e) => err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// `berthd commit`: ask the berthd behind `socket` to commit; the answer.
+pub fn request(socket: &Path, req: &Request) -> anyhow::Result<Answer> {
+    use std::io::{BufRead as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to berthd's admin socket {} (is berthd running with this state dir?)",
+            socket.display()
+        )
+    })?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut answer = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut answer)
+        .context("reading berthd's answer")?;
+    serde_json::from_str(&answer).with_context(|| format!("berthd answered {answer:?}"))
+}
