@@ -41,6 +41,13 @@ pub fn serve(
     images: Arc<berth_image::ImageService>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::PermissionsExt as _;
+    // A live one is another berthd's on the same state dir: leave it.
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!(
+            "{} is served by another berthd: one berthd per state dir",
+            path.display()
+        );
+    }
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("binding the admin socket {}", path.display()))?;

@@ -333,6 +333,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Before the CRI socket: whoever sees that one serving finds this too.
+    let admin_path = admin::socket_path(&config.state);
+    let _admin = AbortOnDrop(admin::serve(&admin_path, runtime.clone(), images.clone())?);
     let listener = socket::bind(&config.socket)?;
     tracing::info!(
         socket = %config.socket.display(),
@@ -342,8 +345,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "berthd serving CRI v1"
     );
 
-    let admin_path = admin::socket_path(&config.state);
-    let _admin = AbortOnDrop(admin::serve(&admin_path, runtime.clone(), images.clone())?);
     let streaming = streaming::Server::start(config.streaming.clone(), runtime.clone()).await?;
     let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(runtime, streaming))
         .max_decoding_message_size(MAX_MESSAGE)
