@@ -320,6 +320,36 @@ async fn mode_node_runs_in_the_nodes_user_namespace() {
                 .to_string(),
             "{name}"
         );
+        // A container whose PID 1 moved into a user namespace of its own
+        // (`unshare -U`): its execs stay in the pod's, here the node's.
+        if name == "node" {
+            let moved = run(
+                &env,
+                &p,
+                userns_container(&p, "moved", &["unshare", "-U", "sleep", "1000"]),
+            )
+            .await;
+            let mut own = String::new();
+            for _ in 0..50 {
+                // Until `unshare` has run (an unmapped namespace shows an
+                // empty map).
+                own = sh(&env, &moved, "cat /proc/1/uid_map").await;
+                if words(&own) != host_map {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert_ne!(
+                words(&own),
+                host_map,
+                "PID 1 is in a user namespace of its own"
+            );
+            assert_eq!(
+                words(&sh(&env, &moved, "cat /proc/self/uid_map").await),
+                host_map,
+                "an exec joins the pod's user namespace, not PID 1's"
+            );
+        }
         remove_pod(&env, p).await;
     }
     env.finish().await;

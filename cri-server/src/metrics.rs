@@ -397,6 +397,9 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
     let bound = listener.local_addr()?;
+    // One scrape at a time: a busy endpoint answers 503 rather than queue
+    // work on the blocking threads CRI calls use.
+    let busy = Arc::new(tokio::sync::Semaphore::new(1));
     let task = tokio::spawn(async move {
         loop {
             let Ok((sock, _)) = listener.accept().await else {
@@ -404,9 +407,11 @@ pub async fn serve(
                 continue;
             };
             let snapshot = snapshot.clone();
+            let busy = busy.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let snapshot = snapshot.clone();
+                    let busy = busy.clone();
                     async move {
                         let mut resp = Response::new(Full::new(Bytes::new()));
                         if req.uri().path() != "/metrics" {
@@ -415,12 +420,14 @@ pub async fn serve(
                                 Full::new(Bytes::from_static(b"only /metrics here\n"));
                         } else if req.method() != hyper::Method::GET {
                             *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-                        } else {
+                        } else if let Ok(permit) = busy.try_acquire_owned() {
                             let started = Instant::now();
-                            let text =
-                                tokio::task::spawn_blocking(move || get().render(&snapshot()))
-                                    .await
-                                    .unwrap_or_default();
+                            let text = tokio::task::spawn_blocking(move || {
+                                let _one = permit;
+                                get().render(&snapshot())
+                            })
+                            .await
+                            .unwrap_or_default();
                             tracing::trace!(
                                 elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                                 "metrics scraped"
@@ -432,11 +439,18 @@ pub async fn serve(
                                 ),
                             );
                             *resp.body_mut() = Full::new(Bytes::from(text));
+                        } else {
+                            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                            *resp.body_mut() =
+                                Full::new(Bytes::from_static(b"a scrape is in progress\n"));
                         }
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
+                // A client that sends no request in 10 s is dropped.
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(TokioIo::new(sock), svc)
                     .await;
             });

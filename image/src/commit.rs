@@ -13,7 +13,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -63,9 +63,24 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// The layer of `upper`: (gzip blob, its digest, the tar's diff id).
+///
+/// The container may still be running and changing its layer: every
+/// directory is opened from `upper` with openat2 RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV and every entry relative to it
+/// with O_NOFOLLOW, its type and size taken from the opened fd, so that a
+/// symlink swapped in cannot make the walk read the node's files; a file
+/// that changes size meanwhile is cut or zero-padded to the size its
+/// header says.
 pub fn layer_of(upper: &Path, shift: Option<IdShift>) -> Result<(Vec<u8>, Digest, Digest)> {
+    use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
     let ctx =
         |what: &str, p: &Path| format!("committing {}: {what} {}", upper.display(), p.display());
+    let root = rustix::fs::open(
+        upper,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(ctx("opening", upper), e.into()))?;
     let blob = Hashing {
         inner: Vec::new(),
         hasher: Hasher::sha256(),
@@ -78,76 +93,131 @@ pub fn layer_of(upper: &Path, shift: Option<IdShift>) -> Result<(Vec<u8>, Digest
         written: 0,
     };
     let mut b = tar::Builder::new(diff);
-    b.follow_symlinks(false);
     let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let dir = upper.join(&rel);
-        let mut names: Vec<_> = fs::read_dir(&dir)
-            .map_err(|e| Error::io(ctx("reading", &dir), e))?
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let dir_path = upper.join(&rel);
+        let dir = rustix::fs::openat2(
+            &root,
+            if rel.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                rel.as_path()
+            },
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV,
+        )
+        .map_err(|e| Error::io(ctx("opening", &dir_path), e.into()))?;
+        let mut names: Vec<std::ffi::OsString> = Vec::new();
+        for e in rustix::fs::Dir::read_from(&dir)
+            .map_err(|e| Error::io(ctx("reading", &dir_path), e.into()))?
+        {
+            let e = e.map_err(|e| Error::io(ctx("reading", &dir_path), e.into()))?;
+            let n = std::ffi::OsStr::from_bytes(e.file_name().to_bytes());
+            if n != "." && n != ".." {
+                names.push(n.to_os_string());
+            }
+        }
         names.sort();
         let mut subdirs = Vec::new();
         for name in names {
-            let path = dir.join(&name);
+            let path = dir_path.join(&name);
             let rel_path = rel.join(&name);
-            let m = fs::symlink_metadata(&path).map_err(|e| Error::io(ctx("reading", &path), e))?;
-            let ft = m.file_type();
+            let io_err = |e: io::Error| Error::io(ctx("archiving", &path), e);
+            let st = match rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                // Removed by the running container since the listing.
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(io_err(e.into())),
+            };
+            let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
             let mut h = tar::Header::new_gnu();
-            h.set_mtime(m.mtime().max(0) as u64);
-            h.set_mode(m.mode() & 0o7777);
+            h.set_mtime(st.st_mtime.max(0) as u64);
+            h.set_mode(st.st_mode & 0o7777);
             let (uid, gid) = match shift {
                 Some(s) => (
-                    IdShift::back(s.uid, s.length, m.uid()),
-                    IdShift::back(s.gid, s.length, m.gid()),
+                    IdShift::back(s.uid, s.length, st.st_uid),
+                    IdShift::back(s.gid, s.length, st.st_gid),
                 ),
-                None => (u64::from(m.uid()), u64::from(m.gid())),
+                None => (u64::from(st.st_uid), u64::from(st.st_gid)),
             };
             h.set_uid(uid);
             h.set_gid(gid);
-            let io_err = |e: io::Error| Error::io(ctx("archiving", &path), e);
-            if ft.is_char_device() && m.rdev() == 0 {
-                // An overlayfs whiteout: the OCI one.
-                let mut wh = tar::Header::new_gnu();
-                wh.set_entry_type(tar::EntryType::Regular);
-                wh.set_size(0);
-                wh.set_mode(0o600);
-                wh.set_mtime(m.mtime().max(0) as u64);
-                let name = format!(".wh.{}", name.to_string_lossy());
-                b.append_data(&mut wh, rel.join(name), io::empty())
-                    .map_err(io_err)?;
-            } else if ft.is_dir() {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_size(0);
-                b.append_data(&mut h, &rel_path, io::empty())
-                    .map_err(io_err)?;
-                if is_opaque(&path) {
-                    let mut o = tar::Header::new_gnu();
-                    o.set_entry_type(tar::EntryType::Regular);
-                    o.set_size(0);
-                    o.set_mode(0o600);
-                    o.set_mtime(m.mtime().max(0) as u64);
-                    b.append_data(&mut o, rel_path.join(".wh..wh..opq"), io::empty())
+            let empty = |mtime: i64| {
+                let mut e = tar::Header::new_gnu();
+                e.set_entry_type(tar::EntryType::Regular);
+                e.set_size(0);
+                e.set_mode(0o600);
+                e.set_mtime(mtime.max(0) as u64);
+                e
+            };
+            match kind {
+                rustix::fs::FileType::CharacterDevice if st.st_rdev == 0 => {
+                    // An overlayfs whiteout: the OCI one.
+                    let name = format!(".wh.{}", name.to_string_lossy());
+                    b.append_data(&mut empty(st.st_mtime), rel.join(name), io::empty())
                         .map_err(io_err)?;
                 }
-                subdirs.push(rel_path);
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&path).map_err(io_err)?;
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_size(0);
-                b.append_link(&mut h, &rel_path, &target).map_err(io_err)?;
-            } else if ft.is_file() {
-                // Hardlinks between files of the upper directory become
-                // copies.
-                let f = fs::File::open(&path).map_err(io_err)?;
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(m.len());
-                b.append_data(&mut h, &rel_path, f).map_err(io_err)?;
-            } else {
-                // Device nodes, fifos and sockets a container made are not
-                // an image's to carry (a pull would refuse most of them).
-                tracing::warn!(path = %rel_path.display(), "commit: a special file is left out of the layer");
+                rustix::fs::FileType::Directory => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    b.append_data(&mut h, &rel_path, io::empty())
+                        .map_err(io_err)?;
+                    let sub = rustix::fs::openat(
+                        &dir,
+                        name.as_os_str(),
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| io_err(e.into()))?;
+                    if is_opaque(&sub) {
+                        b.append_data(
+                            &mut empty(st.st_mtime),
+                            rel_path.join(".wh..wh..opq"),
+                            io::empty(),
+                        )
+                        .map_err(io_err)?;
+                    }
+                    subdirs.push(rel_path);
+                }
+                rustix::fs::FileType::Symlink => {
+                    let target = rustix::fs::readlinkat(&dir, name.as_os_str(), Vec::new())
+                        .map_err(|e| io_err(e.into()))?;
+                    let target = std::ffi::OsStr::from_bytes(target.as_bytes());
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, &rel_path, target).map_err(io_err)?;
+                }
+                rustix::fs::FileType::RegularFile => {
+                    // Hardlinks between files of the upper directory
+                    // become copies.
+                    let fd = rustix::fs::openat(
+                        &dir,
+                        name.as_os_str(),
+                        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| io_err(e.into()))?;
+                    let fst = rustix::fs::fstat(&fd).map_err(|e| io_err(e.into()))?;
+                    if rustix::fs::FileType::from_raw_mode(fst.st_mode)
+                        != rustix::fs::FileType::RegularFile
+                    {
+                        continue;
+                    }
+                    let len = fst.st_size.max(0) as u64;
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(len);
+                    let data = io::Read::take(
+                        io::Read::chain(io::Read::take(fs::File::from(fd), len), io::repeat(0)),
+                        len,
+                    );
+                    b.append_data(&mut h, &rel_path, data).map_err(io_err)?;
+                }
+                _ => {
+                    // Device nodes, fifos and sockets a container made are
+                    // not an image's to carry (a pull refuses most of them).
+                    tracing::warn!(path = %rel_path.display(), "commit: a special file is left out of the layer");
+                }
             }
         }
         // Each directory's entries, then its subdirectories' (in name
@@ -165,10 +235,10 @@ pub fn layer_of(upper: &Path, shift: Option<IdShift>) -> Result<(Vec<u8>, Digest
     Ok((blob.inner, blob.hasher.finish(), diff_id))
 }
 
-fn is_opaque(dir: &Path) -> bool {
+fn is_opaque(dir: &impl std::os::fd::AsFd) -> bool {
     let mut buf = [0u8; 4];
     matches!(
-        rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut buf),
+        rustix::fs::fgetxattr(dir, "trusted.overlay.opaque", &mut buf),
         Ok(1) if buf[0] == b'y'
     )
 }

@@ -106,11 +106,13 @@ pub fn read_certs_dirs(dirs: &[PathBuf]) -> Result<HashMap<String, HostTls>> {
                 continue;
             }
             let name = host.file_name().to_string_lossy().into_owned();
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
-                .map_err(|e| Error::Registry(format!("reading {}: {e}", path.display())))?
-                .flatten()
-                .map(|e| e.path())
-                .collect();
+            let mut files: Vec<PathBuf> = match std::fs::read_dir(&path) {
+                Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
+                Err(e) => {
+                    tracing::warn!(dir = %path.display(), error = %e, "a certs.d directory that cannot be read is left out");
+                    continue;
+                }
+            };
             files.sort();
             let ext = |p: &Path, e: &str| p.extension().is_some_and(|x| x == e);
             let mut tls = HostTls {
@@ -119,17 +121,31 @@ pub fn read_certs_dirs(dirs: &[PathBuf]) -> Result<HashMap<String, HostTls>> {
             };
             if let Some(cert) = files.iter().find(|p| ext(p, "cert")) {
                 let key = cert.with_extension("key");
-                if !key.exists() {
-                    return Err(Error::Registry(format!(
-                        "{}: the client certificate has no {} beside it",
-                        cert.display(),
-                        key.display()
-                    )));
+                // certs.d may be another runtime's: a broken pair there is
+                // logged and left out, never a reason not to start.
+                if key.exists() {
+                    tls.client_cert = Some(cert.clone());
+                    tls.client_key = Some(key);
+                } else {
+                    tracing::warn!(cert = %cert.display(), key = %key.display(), "a client certificate without its key in certs.d is left out");
                 }
-                tls.client_cert = Some(cert.clone());
-                tls.client_key = Some(key);
             }
-            let merged = out.remove(&name).unwrap_or_default().merged(&tls);
+            // A directory with neither (containerd's hosts.toml alone)
+            // says nothing about TLS: the host keeps its scheme.
+            if tls == HostTls::default() {
+                continue;
+            }
+            // The first directory's client pair wins (berth's own comes
+            // first); CAs add up.
+            let merged = match out.remove(&name) {
+                Some(earlier) if earlier.client_cert.is_some() => HostTls {
+                    client_cert: earlier.client_cert.clone(),
+                    client_key: earlier.client_key.clone(),
+                    ..earlier.merged(&tls)
+                },
+                Some(earlier) => earlier.merged(&tls),
+                None => tls,
+            };
             out.insert(name, merged);
         }
     }
@@ -1071,10 +1087,18 @@ mod tests {
         assert_eq!(m.client_cert, over.client_cert);
         assert!(m.skip_verify);
 
-        // A client certificate without its key is refused, naming it.
+        // A client certificate without its key is left out (certs.d may be
+        // another runtime's); the CAs stay. A directory with neither, as
+        // containerd's hosts.toml alone, is no TLS setting at all.
         std::fs::remove_file(host.join("client.key")).unwrap();
-        let e = read_certs_dirs(&[d.path().to_path_buf()]).unwrap_err();
-        assert!(e.to_string().contains("client.cert"), "{e}");
+        let only_toml = d.path().join("localhost:5001");
+        std::fs::create_dir_all(&only_toml).unwrap();
+        std::fs::write(only_toml.join("hosts.toml"), "").unwrap();
+        let got = read_certs_dirs(&[d.path().to_path_buf()]).unwrap();
+        let t = &got["registry.example:5000"];
+        assert_eq!(t.client_cert, None);
+        assert_eq!(t.ca_files.len(), 2);
+        assert!(!got.contains_key("localhost:5001"));
     }
 
     #[test]

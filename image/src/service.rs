@@ -325,6 +325,8 @@ impl ImageService {
         comment: String,
         shift: Option<crate::commit::IdShift>,
     ) -> Result<crate::commit::Committed> {
+        // As a pull: no GC between the new snapshot and its image record.
+        let _gc = self.inner.gc_lock.read().await;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             crate::commit::commit(&inner.store, &parent, &upper, &name, &comment, shift)

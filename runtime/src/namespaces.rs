@@ -291,6 +291,16 @@ pub fn helper_main() -> i32 {
             return 1;
         }
     };
+    // The maps are written (berthd sends the request after): become the
+    // namespace's root, so that what is checked against its owner (ipc
+    // sysctls on newer kernels) sees the pod's root, not an unmapped id.
+    let root = (nix::unistd::Gid::from_raw(0), nix::unistd::Uid::from_raw(0));
+    if let Err(e) = nix::unistd::setresgid(root.0, root.0, root.0)
+        .and_then(|()| nix::unistd::setresuid(root.1, root.1, root.1))
+    {
+        say(&format!("error becoming the user namespace's root: {e}"));
+        return 1;
+    }
     let want = Wanted {
         net: req.net,
         ipc: req.ipc,

@@ -252,7 +252,24 @@ pub fn probe_userns(helper: &Path, dir: &Path) -> Result<(), String> {
                 }
             });
         rootfs.remove();
-        r
+        r?;
+        // kubelet gives every volume of such a pod the pod's mappings, its
+        // service-account token (a tmpfs) too: idmapped tmpfs (Linux 6.3).
+        let tmp = base.join("tmpfs");
+        fs::create_dir(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            &tmp,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some("size=16k"),
+        )
+        .map_err(|e| format!("a tmpfs for the probe: {e}"))?;
+        let t = crate::kernel::idmapped_tree(&tmp, std::os::fd::AsFd::as_fd(&userns), false)
+            .map(drop)
+            .map_err(|e| format!("an idmapped tmpfs (Linux 6.3), which volumes such as the service-account token need: {e}"));
+        unmount_all(&tmp);
+        t
     })();
     if let Err(e) = fs::remove_dir_all(&base) {
         tracing::warn!(path = %base.display(), error = %e, "removing the user namespace probe");

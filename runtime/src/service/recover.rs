@@ -104,7 +104,16 @@ pub(super) fn cleanup_unrecorded(
     {
         let id = e.file_name().to_string_lossy().into_owned();
         if !containers.contains_key(&id) {
-            remove_dir_logged(&e.path());
+            let layer = e.path();
+            // Idmapped layers a crash left attached are unmounted first
+            // (Rootfs::remove); a dir still holding one is left, never
+            // removed through it into an image's snapshot.
+            crate::rootfs::Rootfs::new(layer.join("rootfs"), layer.clone()).remove();
+            if layer.join("idmapped").exists() {
+                tracing::warn!(path = %layer.display(), "idmapped layers still mounted; left");
+                continue;
+            }
+            remove_dir_logged(&layer);
         }
     }
     // Holds of containers that have no record (a crash in CreateContainer,

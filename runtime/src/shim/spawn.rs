@@ -26,7 +26,6 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
@@ -107,6 +106,9 @@ pub struct ProcessConfig {
     /// ([`SECCOMP_FILE`](super::protocol::SECCOMP_FILE) in the state dir,
     /// when shim.json says so); a file that is missing then is an error.
     pub seccomp: Option<PathBuf>,
+    /// The pod's user namespace (its pin), which execs join last: the
+    /// spec's, never whatever the container's processes moved into.
+    pub userns: Option<PathBuf>,
 }
 
 fn to_caps(set: &Option<oci_spec::runtime::Capabilities>) -> CapsHashSet {
@@ -169,6 +171,14 @@ impl ProcessConfig {
             oom_score_adj: p.oom_score_adj(),
             restrict_oom_score_adj,
             seccomp: None,
+            userns: spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.namespaces().as_ref())
+                .into_iter()
+                .flatten()
+                .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+                .and_then(|n| n.path().clone()),
         }
     }
 }
@@ -1163,17 +1173,10 @@ fn exec_intermediate(
         NsKind::Pid,
         NsKind::Mount,
     ];
-    // The container's user namespace, where it is not the shim's: joined
-    // by the process last, just before it execs.
-    let own_userns = std::fs::metadata("/proc/self/ns/user")
-        .map(|m| m.ino())
-        .ok();
-    let init_userns = format!("/proc/{init}/ns/user");
-    let userns = match std::fs::metadata(&init_userns).map(|m| m.ino()) {
-        Ok(ino) if Some(ino) != own_userns => Some(open_ns(Path::new(&init_userns))?),
-        Ok(_) => None,
-        Err(e) => return Err(sys("stat", &init_userns)(io_errno(&e))),
-    };
+    // The pod's user namespace (its pin, from the spec), joined by the
+    // process last, just before it execs. Not /proc/<init>/ns/user: a
+    // container process may have moved into a user namespace of its own.
+    let userns = cfg.userns.as_deref().map(open_ns).transpose()?;
     let mut fds = Vec::with_capacity(kinds.len());
     for k in kinds {
         let path = PathBuf::from(format!("/proc/{init}/ns/{}", k.proc_name()));
