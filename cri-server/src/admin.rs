@@ -48,11 +48,34 @@ pub fn serve(
             path.display()
         );
     }
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("binding the admin socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    // Bound in a directory of its own (0700), made 0600 there, then moved
+    // into place: never reachable with the umask's mode for a moment.
+    use std::os::unix::fs::DirBuilderExt as _;
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let private = parent.join(format!(".admin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("creating {}", private.display()))?;
+    let staged = private.join("sock");
+    let bound = (|| -> anyhow::Result<tokio::net::UnixListener> {
+        let l = tokio::net::UnixListener::bind(&staged)
+            .with_context(|| format!("binding the admin socket {}", staged.display()))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", staged.display()))?;
+        // Only a socket is replaced (a stale one of a killed berthd).
+        if std::fs::symlink_metadata(path)
+            .is_ok_and(|m| !std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        {
+            anyhow::bail!("{} exists and is not a socket", path.display());
+        }
+        std::fs::rename(&staged, path)
+            .with_context(|| format!("moving the admin socket to {}", path.display()))?;
+        Ok(l)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    let listener = bound?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok((sock, _)) = listener.accept().await else {
