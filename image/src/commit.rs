@@ -62,7 +62,8 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// The layer of `upper`: (gzip blob, its digest, the tar's diff id).
+/// The layer of `upper`, gzipped into `out`: (its size, its digest, the
+/// tar's diff id).
 ///
 /// The container may still be running and changing its layer: every
 /// directory is opened from `upper` with openat2 RESOLVE_BENEATH |
@@ -71,7 +72,11 @@ impl<W: Write> Write for Hashing<W> {
 /// symlink swapped in cannot make the walk read the node's files; a file
 /// that changes size meanwhile is cut or zero-padded to the size its
 /// header says.
-pub fn layer_of(upper: &Path, shift: Option<IdShift>) -> Result<(Vec<u8>, Digest, Digest)> {
+pub fn layer_of<W: Write>(
+    upper: &Path,
+    shift: Option<IdShift>,
+    out: W,
+) -> Result<(u64, Digest, Digest)> {
     use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
     let ctx =
         |what: &str, p: &Path| format!("committing {}: {what} {}", upper.display(), p.display());
@@ -82,7 +87,7 @@ pub fn layer_of(upper: &Path, shift: Option<IdShift>) -> Result<(Vec<u8>, Digest
     )
     .map_err(|e| Error::io(ctx("opening", upper), e.into()))?;
     let blob = Hashing {
-        inner: Vec::new(),
+        inner: out,
         hasher: Hasher::sha256(),
         written: 0,
     };
@@ -228,11 +233,13 @@ pub fn layer_of(upper: &Path, shift: Option<IdShift>) -> Result<(Vec<u8>, Digest
         .into_inner()
         .map_err(|e| Error::io("finishing the layer tar", e))?;
     let diff_id = diff.hasher.finish();
-    let blob = diff
+    let mut blob = diff
         .inner
         .finish()
         .map_err(|e| Error::io("finishing the layer's gzip", e))?;
-    Ok((blob.inner, blob.hasher.finish(), diff_id))
+    blob.flush()
+        .map_err(|e| Error::io("writing the layer", e))?;
+    Ok((blob.written, blob.hasher.finish(), diff_id))
 }
 
 fn is_opaque(dir: &impl std::os::fd::AsFd) -> bool {
@@ -277,7 +284,51 @@ pub fn commit(
     let mut config: serde_json::Value = serde_json::from_slice(&base.config_json)
         .map_err(|e| Error::Registry(format!("the image's config: {e}")))?;
 
-    let (blob, layer_digest, diff_id) = layer_of(upper, shift)?;
+    // The layer goes to a file under the store's tmp/, not memory: a
+    // writable layer can be gigabytes.
+    let work = store.tmp_dir("commit-layer")?;
+    let r = commit_in(
+        store,
+        &base,
+        &mut manifest,
+        &mut config,
+        upper,
+        &tagged,
+        comment,
+        shift,
+        &work,
+    );
+    let _ = fs::remove_dir_all(&work);
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn commit_in(
+    store: &Store,
+    base: &crate::store::ImageEntry,
+    manifest: &mut serde_json::Value,
+    config: &mut serde_json::Value,
+    upper: &Path,
+    tagged: &str,
+    comment: &str,
+    shift: Option<IdShift>,
+    work: &Path,
+) -> Result<Committed> {
+    let blob_path = work.join("layer.tar.gz");
+    let file = fs::File::create(&blob_path).map_err(|e| Error::io("creating the layer file", e))?;
+    let mut w = io::BufWriter::new(file);
+    let (blob_len, layer_digest, diff_id) = layer_of(upper, shift, &mut w)?;
+    let file = w
+        .into_inner()
+        .map_err(|e| Error::io("writing the layer file", e.into_error()))?;
+    file.sync_all()
+        .map_err(|e| Error::io("syncing the layer file", e))?;
+    drop(file);
+    let open_blob = || {
+        fs::File::open(&blob_path)
+            .map(io::BufReader::new)
+            .map_err(|e| Error::io("reading the layer file", e))
+    };
 
     // The new layer's snapshot, unpacked as a pull would.
     let mut diff_ids = base.config.rootfs.diff_ids.clone();
@@ -286,7 +337,7 @@ pub fn commit(
     let chain_id = chain.last().cloned().unwrap_or_else(|| diff_id.clone());
     if !store.has_snapshot(&chain_id) {
         let tmp = store.tmp_dir("commit")?;
-        let stats = crate::unpack::unpack_layer(flate2::read::GzDecoder::new(&blob[..]), &tmp)
+        let stats = crate::unpack::unpack_layer(flate2::read::GzDecoder::new(open_blob()?), &tmp)
             .map_err(|e| Error::Registry(format!("unpacking the committed layer: {e}")));
         match stats {
             Ok(s) => store.commit_snapshot(
@@ -304,7 +355,7 @@ pub fn commit(
             }
         }
     }
-    store.write_blob(&layer_digest, &blob)?;
+    store.adopt_blob(&layer_digest, &blob_path)?;
 
     let oci = manifest
         .get("mediaType")
@@ -346,7 +397,7 @@ pub fn commit(
     layers.push(serde_json::json!({
         "mediaType": layer_type,
         "digest": layer_digest.to_string(),
-        "size": blob.len(),
+        "size": blob_len,
     }));
     let size = config_json.len() as u64
         + layers
@@ -362,7 +413,7 @@ pub fn commit(
     store.record_image(
         ImageRecord {
             id: image_id.clone(),
-            repo_tags: vec![tagged.clone()],
+            repo_tags: vec![tagged.to_string()],
             repo_digests: Vec::new(),
             manifest_digest,
             chain_ids: chain,
@@ -374,7 +425,7 @@ pub fn commit(
     )?;
     Ok(Committed {
         image_id,
-        name: tagged,
+        name: tagged.to_string(),
         layer_digest,
         diff_id,
     })
@@ -438,7 +489,9 @@ mod tests {
             rustix::fs::XattrFlags::empty(),
         )
         .unwrap();
-        let (blob, digest, diff_id) = layer_of(up, None).unwrap();
+        let mut blob = Vec::new();
+        let (len, digest, diff_id) = layer_of(up, None, &mut blob).unwrap();
+        assert_eq!(len, blob.len() as u64);
         assert_eq!(digest, Digest::sha256_of(&blob));
         let mut tar_bytes = Vec::new();
         io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&blob[..]), &mut tar_bytes)

@@ -336,6 +336,13 @@ impl RegistryClient {
             .split('/')
             .next()
             .unwrap_or_default();
+        // Docker Hub's settings are given as docker.io; its API host is
+        // another name.
+        let host = if host == "registry-1.docker.io" && !self.per_host.contains_key(host) {
+            DOCKER_HUB
+        } else {
+            host
+        };
         self.per_host.get(host).unwrap_or(&self.http)
     }
 
@@ -1127,6 +1134,13 @@ mod tests {
         assert!(std::ptr::eq(
             c.http_for("https://other.example/token"),
             &c.http
+        ));
+        let mut cfg = RegistryConfig::default();
+        cfg.tls.insert(DOCKER_HUB.into(), HostTls::default());
+        let c = RegistryClient::new(cfg).unwrap();
+        assert!(std::ptr::eq(
+            c.http_for("https://registry-1.docker.io/v2/library/busybox/manifests/1"),
+            &c.per_host[DOCKER_HUB]
         ));
     }
 

@@ -396,6 +396,27 @@ impl Store {
         Ok(())
     }
 
+    /// Move `file` (a finished, fsynced file under this store's `tmp/`)
+    /// into place as blob `digest`; a blob already there is kept.
+    pub fn adopt_blob(&self, digest: &Digest, file: &Path) -> Result<()> {
+        let path = self.blob_path(digest);
+        if path.exists() {
+            let _ = fs::remove_file(file);
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            mkdir_private(dir)?;
+        }
+        let len = fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        io(
+            || format!("moving blob {digest} into place"),
+            fs::rename(file, &path),
+        )?;
+        self.blob_count.fetch_add(1, Ordering::Relaxed);
+        self.blob_bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         io(
             || format!("reading blob {digest}"),
