@@ -298,15 +298,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     // Exits by reason (and OOM kills), from the runtime's own events.
     let mut events = runtime.subscribe();
-    let rt = runtime.clone();
     tokio::spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match events.recv().await {
                 Ok(e) if e.kind == berth_runtime::service::EventKind::Stopped => {
-                    if let Ok(c) = rt.container(&e.container_id) {
-                        metrics::get().exited(&c.reason);
-                    }
+                    // The reason travels with the event: the container may
+                    // be removed by the time it is read.
+                    metrics::get().exited(&e.reason);
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => break,

@@ -3,7 +3,7 @@
 use super::*;
 
 /// What GetContainerEvents streams.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     Created,
     Started,
@@ -17,6 +17,8 @@ pub struct Event {
     pub sandbox_id: String,
     pub kind: EventKind,
     pub at_ns: i64,
+    /// Why it exited (ContainerStatus.reason), with Stopped.
+    pub reason: String,
 }
 
 impl Runtime {
@@ -31,6 +33,11 @@ impl Runtime {
             sandbox_id: c.sandbox_id.clone(),
             kind,
             at_ns: now_ns(),
+            reason: if kind == EventKind::Stopped {
+                c.reason.clone()
+            } else {
+                String::new()
+            },
         });
     }
 }
