@@ -18,27 +18,23 @@
 //! descriptor of /proc/self/fd), BPF programs charged to the memory cgroup
 //! rather than RLIMIT_MEMLOCK (5.11; else berthd raises its limit).
 
-/// Make the mount at `target` (an fd of its root) and every mount below it
-/// read-only: mount_setattr(2) with AT_RECURSIVE and MOUNT_ATTR_RDONLY
-/// (Linux 5.12), what runc's `rro` option does.
-pub fn mount_setattr_recursive_rdonly(target: std::os::fd::BorrowedFd<'_>) -> nix::Result<()> {
+/// mount_setattr(2) on the mount `fd` itself (AT_EMPTY_PATH) with `attr`.
+fn mount_setattr(
+    fd: std::os::fd::BorrowedFd<'_>,
+    flags: libc::c_int,
+    attr: &libc::mount_attr,
+) -> nix::Result<()> {
     use std::os::fd::AsRawFd;
-    let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: `target` is an open fd for the whole call, the path is an
-    // empty NUL-terminated string (AT_EMPTY_PATH: the fd itself), and
-    // `attr` outlives the call, its size passed with it.
+    // SAFETY: `fd` is open for the whole call, the path is an empty
+    // NUL-terminated string (AT_EMPTY_PATH: the fd itself), and `attr`
+    // outlives the call, its size passed with it.
     let r = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            target.as_raw_fd(),
+            fd.as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
-            &attr as *const libc::mount_attr,
+            libc::AT_EMPTY_PATH | flags,
+            attr as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
     };
@@ -47,6 +43,19 @@ pub fn mount_setattr_recursive_rdonly(target: std::os::fd::BorrowedFd<'_>) -> ni
     } else {
         Ok(())
     }
+}
+
+/// Make the mount at `target` (an fd of its root) and every mount below it
+/// read-only: mount_setattr(2) with AT_RECURSIVE and MOUNT_ATTR_RDONLY
+/// (Linux 5.12), what runc's `rro` option does.
+pub fn mount_setattr_recursive_rdonly(target: std::os::fd::BorrowedFd<'_>) -> nix::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    mount_setattr(target, libc::AT_RECURSIVE, &attr)
 }
 
 /// Give the detached mount `tree` (from open_tree with OPEN_TREE_CLONE)
@@ -66,28 +75,7 @@ pub fn mount_setattr_idmap(
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,
     };
-    let mut flags = libc::AT_EMPTY_PATH;
-    if recursive {
-        flags |= libc::AT_RECURSIVE;
-    }
-    // SAFETY: both fds are open for the whole call, the path is an empty
-    // NUL-terminated string (AT_EMPTY_PATH: the fd itself), and `attr`
-    // outlives the call, its size passed with it.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            flags,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    if r < 0 {
-        Err(nix::errno::Errno::last())
-    } else {
-        Ok(())
-    }
+    mount_setattr(tree, if recursive { libc::AT_RECURSIVE } else { 0 }, &attr)
 }
 
 /// A detached copy of the mount tree at `path` (recursive: with its
