@@ -19,8 +19,14 @@ use sha2::Digest;
 /// berth-shim's code, as a container sees them.
 const FIND_SHIM_CODE: &str = "for d in /proc/[0-9]*; do [ \"$(cat $d/comm 2>/dev/null)\" = berth-shim ] && echo ${d#/proc/}; done; true";
 
+/// ETXTBSY is the inode's, not the bind's: while the other scenario runs
+/// berth-shim (its shims, berthd's start-up user-namespace probe), an open
+/// for writing fails with it before EROFS is looked at. One at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn a_container_cannot_reach_the_shim_binary_of_a_created_container() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let env = Env::start().await;
     let image = push_busybox(&env, "cve/busybox:1").await;
     // The CRI default pid mode (POD): the pod's containers see each other.
@@ -125,6 +131,7 @@ async fn a_container_cannot_reach_the_shim_binary_of_a_created_container() {
 
 #[tokio::test]
 async fn the_shim_bind_refuses_writers_and_goes_with_berthd() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let env = Env::start().await;
     let bind = env.berthd.state().join("berth-shim");
     let e = std::fs::OpenOptions::new()
