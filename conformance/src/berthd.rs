@@ -58,6 +58,8 @@ pub struct BerthdOptions {
     pub log_format: Option<String>,
     /// Raw TOML put among the top-level keys (before any table).
     pub extra_top_level: String,
+    /// Lines for berthd's `[runtime]` table and its sub-tables (handlers).
+    pub extra_runtime: String,
     /// Raw TOML appended inside `[registry]`.
     pub extra_registry: String,
     pub paths_from: PathsFrom,
@@ -98,6 +100,7 @@ impl Default for BerthdOptions {
             log_level: "debug".into(),
             log_format: None,
             extra_top_level: String::new(),
+            extra_runtime: String::new(),
             extra_registry: String::new(),
             paths_from: PathsFrom::default(),
             env: Vec::new(),
@@ -146,6 +149,15 @@ impl BerthdOptions {
     pub fn extra_top_level(mut self, toml: &str) -> Self {
         self.extra_top_level.push_str(toml);
         self.extra_top_level.push('\n');
+        self
+    }
+    /// A RuntimeClass handler `name` running the OCI runtime at `path`.
+    pub fn handler(mut self, name: &str, path: &str) -> Self {
+        self.extra_runtime += &format!(
+            "\n[runtime.handlers.{}]\nruntime_path = {}\n",
+            q(name),
+            q(path)
+        );
         self
     }
     pub fn extra_registry(mut self, toml: &str) -> Self {
@@ -514,6 +526,7 @@ impl Berthd {
             }
         }
         s += &format!("\n[runtime]\ncgroup_parent = {}\n", q(&self.cgroup_parent));
+        s += &o.extra_runtime;
         if !o.network.is_empty() {
             s += &format!("\n[network]\n{}\n", o.network);
         } else if o.node.is_none() {

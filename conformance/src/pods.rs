@@ -32,14 +32,24 @@ pub async fn push_busybox(env: &Env, repo_tag: &str) -> String {
 
 /// RunPodSandbox with `config`, whose log directory becomes a fresh
 /// temporary one.
-pub async fn run_pod(env: &Env, mut config: PodSandboxConfig, image: &str) -> Pod {
+pub async fn run_pod(env: &Env, config: PodSandboxConfig, image: &str) -> Pod {
+    run_pod_on(env, config, image, "").await
+}
+
+/// [`run_pod`] on the RuntimeClass handler `handler`.
+pub async fn run_pod_on(
+    env: &Env,
+    mut config: PodSandboxConfig,
+    image: &str,
+    handler: &str,
+) -> Pod {
     let logs = tempfile::tempdir().expect("log dir");
     config.log_directory = logs.path().display().to_string();
     let mut rt = env.cri.runtime.clone();
     let id = rt
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: String::new(),
+            runtime_handler: handler.to_string(),
         })
         .await
         .expect("RunPodSandbox")

@@ -135,10 +135,45 @@ pub fn run(config: &Config) -> Vec<Line> {
         "user namespaces (hostUsers: false)",
         format!("idmapped overlay layers on {}", dir.display()),
         format!(
-            "{}: such pods are refused (Linux 5.19 and a file system that idmaps are needed)",
+            "{}: such pods are refused (Linux 6.3 and a file system that idmaps are needed)",
             userns.err().unwrap_or_default()
         ),
     ));
+    // Each RuntimeClass handler's runtime: there, and answering --version.
+    for (name, h) in &config.runtime.handlers {
+        let problem = berth_runtime::handlers::runtime_problem(&h.runtime_path);
+        let version = problem
+            .is_none()
+            .then(|| {
+                std::process::Command::new(&h.runtime_path)
+                    .arg("--version")
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .and_then(|o| {
+                        String::from_utf8_lossy(&o.stdout)
+                            .lines()
+                            .next()
+                            .map(str::to_string)
+                    })
+            })
+            .flatten();
+        out.push(line(
+            version.is_some(),
+            true,
+            &format!("runtime handler {name:?}"),
+            format!(
+                "{} ({})",
+                h.runtime_path.display(),
+                version.clone().unwrap_or_default()
+            ),
+            format!(
+                "{}: {}; pods of RuntimeClasses with this handler fail: install it or fix runtime_path",
+                h.runtime_path.display(),
+                problem.unwrap_or_else(|| "it does not answer --version".into())
+            ),
+        ));
+    }
     match config.network.plugin {
         PluginKind::Bridge => {
             let nft = berth_network::nft::find_nft();

@@ -1,7 +1,7 @@
 //! berthd's configuration: embedded defaults, then the TOML file, then the
 //! command-line flags. `deploy/berth.toml` documents every key.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -78,14 +78,71 @@ impl Default for StreamingSection {
 pub struct RuntimeSection {
     /// Parent cgroup of pods that come without a cgroup_parent.
     pub cgroup_parent: String,
+    /// RuntimeClass handlers besides the built-in executor (the default
+    /// handler ""): another OCI runtime under berth-shim, by name.
+    pub handlers: BTreeMap<String, HandlerSection>,
 }
 
 impl Default for RuntimeSection {
     fn default() -> Self {
         Self {
             cgroup_parent: "berth".into(),
+            handlers: BTreeMap::new(),
         }
     }
+}
+
+/// `[runtime.handlers.NAME]`: an OCI runtime with runc's command line
+/// (runc, crun, runsc, kata-runtime).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerSection {
+    /// The runtime binary, absolute.
+    pub runtime_path: PathBuf,
+    /// Its `--root` (state of its containers); unset:
+    /// `<state>/runtimes/<NAME>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_root: Option<PathBuf>,
+    /// Global flags given before every subcommand (e.g. `["--debug"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtime_args: Vec<String>,
+}
+
+impl RuntimeSection {
+    /// The handlers as the shim is told them, roots resolved under `state`.
+    pub fn oci_handlers(
+        &self,
+        state: &Path,
+    ) -> BTreeMap<String, berth_runtime::shim::protocol::OciRuntimeConfig> {
+        self.handlers
+            .iter()
+            .map(|(name, h)| {
+                (
+                    name.clone(),
+                    berth_runtime::shim::protocol::OciRuntimeConfig {
+                        name: name.clone(),
+                        path: h.runtime_path.clone(),
+                        root: h
+                            .runtime_root
+                            .clone()
+                            .unwrap_or_else(|| state.join("runtimes").join(name)),
+                        args: h.runtime_args.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// A RuntimeClass handler name: a DNS-1123 label, as Kubernetes
+/// validates RuntimeClass.handler.
+fn valid_handler_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !n.starts_with('-')
+        && !n.ends_with('-')
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -331,6 +388,25 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "runtime.cgroup_parent {cg:?} must name a cgroup below the root, without . or .."
             )));
+        }
+        for (name, h) in &self.runtime.handlers {
+            if !valid_handler_name(name) {
+                return Err(ConfigError::Invalid(format!(
+                    "runtime.handlers.{name:?}: a handler name is a DNS label (a-z, 0-9, -; at most 63), as RuntimeClass.handler"
+                )));
+            }
+            if !h.runtime_path.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "runtime.handlers.{name}.runtime_path must be an absolute path, got {}",
+                    h.runtime_path.display()
+                )));
+            }
+            if let Some(r) = h.runtime_root.as_ref().filter(|r| !r.is_absolute()) {
+                return Err(ConfigError::Invalid(format!(
+                    "runtime.handlers.{name}.runtime_root must be an absolute path, got {}",
+                    r.display()
+                )));
+            }
         }
         self.network.validate().map_err(ConfigError::Invalid)?;
         let st = &self.streaming;
@@ -597,6 +673,67 @@ min_free_space = "5%"
                 min_free: FreeSpace::Bytes(512 << 20),
             }
         );
+    }
+
+    #[test]
+    fn handlers_are_read_with_their_roots_resolved_and_bad_ones_named() {
+        let c = Config::parse(
+            r#"
+state = "/run/b"
+[runtime.handlers.runc]
+runtime_path = "/usr/sbin/runc"
+[runtime.handlers.crun-2]
+runtime_path = "/usr/bin/crun"
+runtime_root = "/run/crun"
+runtime_args = ["--debug"]
+"#,
+            Path::new("x"),
+        )
+        .unwrap();
+        let h = c.runtime.oci_handlers(&c.state);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["crun-2", "runc"]);
+        assert_eq!(h["runc"].root, PathBuf::from("/run/b/runtimes/runc"));
+        assert_eq!(h["runc"].path, PathBuf::from("/usr/sbin/runc"));
+        assert!(h["runc"].args.is_empty());
+        assert_eq!(h["crun-2"].root, PathBuf::from("/run/crun"));
+        assert_eq!(h["crun-2"].args, ["--debug"]);
+        assert_eq!(h["crun-2"].name, "crun-2");
+        // Written back by `berthd config` and read again: the same.
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), c, "{text}");
+
+        for (text, needle) in [
+            (
+                "[runtime.handlers.Runc]\nruntime_path = \"/x\"\n",
+                "DNS label",
+            ),
+            (
+                "[runtime.handlers.\"\"]\nruntime_path = \"/x\"\n",
+                "DNS label",
+            ),
+            (
+                "[runtime.handlers.-x]\nruntime_path = \"/x\"\n",
+                "DNS label",
+            ),
+            (
+                "[runtime.handlers.runc]\nruntime_path = \"runc\"\n",
+                "runtime_path",
+            ),
+            (
+                "[runtime.handlers.runc]\nruntime_path = \"/x\"\nruntime_root = \"r\"\n",
+                "runtime_root",
+            ),
+            (
+                "[runtime.handlers.runc]\nruntime_path = \"/x\"\nbinary = 1\n",
+                "binary",
+            ),
+            ("[runtime.handlers.runc]\n", "runtime_path"),
+        ] {
+            let e = Config::parse(text, Path::new("f.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

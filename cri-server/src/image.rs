@@ -13,11 +13,14 @@ use crate::status::image_error;
 
 pub struct ImageApi {
     images: Arc<berth_image::ImageService>,
+    /// The configured RuntimeClass handlers besides "" (PullImage checks
+    /// ImageSpec.runtime_handler against them).
+    handlers: Vec<String>,
 }
 
 impl ImageApi {
-    pub fn new(images: Arc<berth_image::ImageService>) -> Self {
-        Self { images }
+    pub fn new(images: Arc<berth_image::ImageService>, handlers: Vec<String>) -> Self {
+        Self { images, handlers }
     }
 
     fn to_cri(&self, e: &berth_image::Image) -> cri::Image {
@@ -111,14 +114,19 @@ impl ImageService for ImageApi {
         let req = request.into_inner();
         let r = required_ref(req.image.as_ref())?.to_string();
         // ImageSpec.runtime_handler: an unknown one is refused (api.proto).
+        // Images are shared by every handler (all run the same bundle).
         if let Some(h) = req
             .image
             .as_ref()
             .map(|i| i.runtime_handler.as_str())
-            .filter(|h| !h.is_empty())
+            .filter(|h| !h.is_empty() && !self.handlers.iter().any(|k| k == h))
         {
             return Err(Status::invalid_argument(format!(
-                "runtime handler {h:?} is not configured (berth has only the default handler \"\")"
+                "runtime handler {h:?} is not configured (berth has \"\"{})",
+                self.handlers
+                    .iter()
+                    .map(|k| format!(", {k:?}"))
+                    .collect::<String>()
             )));
         }
         let span = tracing::info_span!("PullImage", image = %r);

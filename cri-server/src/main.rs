@@ -274,6 +274,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         shim_exec: pinned_shim.path().to_path_buf(),
         shim,
         cgroup_parent: config.runtime.cgroup_parent.clone(),
+        handlers: config.runtime.oci_handlers(&config.state),
     };
     let images2 = images.clone();
     let (net_cfg, root) = (config.network.clone(), config.root.clone());
@@ -344,11 +345,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "berthd serving CRI v1"
     );
 
+    let handlers: Vec<String> = runtime.handlers().keys().cloned().collect();
+    for (name, h) in runtime.handlers() {
+        match berth_runtime::handlers::runtime_problem(&h.path) {
+            // Not fatal: the other handlers' pods run; this one's are
+            // refused with the reason.
+            Some(why) => tracing::warn!(
+                handler = %name,
+                runtime = %h.path.display(),
+                "runtime handler's binary cannot run ({why}): its pods are refused"
+            ),
+            None => {
+                tracing::info!(handler = %name, runtime = %h.path.display(), root = %h.root.display(), "runtime handler")
+            }
+        }
+    }
     let streaming = streaming::Server::start(config.streaming.clone(), runtime.clone()).await?;
     let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(runtime, streaming))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let image = ImageServiceServer::new(image::ImageApi::new(images.clone()))
+    let image = ImageServiceServer::new(image::ImageApi::new(images.clone(), handlers))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let stop = Arc::new(tokio::sync::Notify::new());

@@ -240,11 +240,11 @@ impl RuntimeService for RuntimeApi {
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
             info,
-            runtime_handlers: vec![cri::RuntimeHandler {
-                // The built-in executor, the only handler until RuntimeClass
-                // handlers land. kubelet refuses `hostUsers: false` pods and
-                // `recursiveReadOnly: Enabled` mounts on a handler that does
-                // not claim them, so nothing is claimed berth does not do.
+            runtime_handlers: std::iter::once(cri::RuntimeHandler {
+                // The built-in executor. kubelet refuses `hostUsers: false`
+                // pods and `recursiveReadOnly: Enabled` mounts on a handler
+                // that does not claim them, so nothing is claimed berth
+                // does not do.
                 name: String::new(),
                 features: Some(cri::RuntimeHandlerFeatures {
                     // mount_setattr(2) AT_RECURSIVE (Linux 5.12).
@@ -253,7 +253,23 @@ impl RuntimeService for RuntimeApi {
                     // and an overlay of them (the log says why not).
                     user_namespaces: self.runtime.user_namespaces().is_ok(),
                 }),
-            }],
+            })
+            // Each configured OCI runtime: berth refuses both features on
+            // them (it does not pass idmapped layers or rro mounts to
+            // another runtime).
+            .chain(
+                self.runtime
+                    .handlers()
+                    .keys()
+                    .map(|name| cri::RuntimeHandler {
+                        name: name.clone(),
+                        features: Some(cri::RuntimeHandlerFeatures {
+                            recursive_read_only_mounts: false,
+                            user_namespaces: false,
+                        }),
+                    }),
+            )
+            .collect(),
             features: Some(cri::RuntimeFeatures {
                 // Merge and Strict, for the process, its execs and
                 // ContainerStatus.user (kubelet refuses Strict otherwise).

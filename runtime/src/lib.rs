@@ -17,6 +17,7 @@
 pub mod cgroups;
 pub mod error;
 pub mod failpoint;
+pub mod handlers;
 pub mod kernel;
 pub mod model;
 pub mod namespaces;

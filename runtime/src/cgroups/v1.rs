@@ -356,6 +356,16 @@ impl CgroupManager for V1 {
                 first_err.get_or_insert(e);
             }
         }
+        // A hybrid node's cgroup2 tree (`unified`, no controllers): berth
+        // makes nothing there, but runc (a RuntimeClass handler) and
+        // systemd mirror their cgroups into it, and runc's delete removes
+        // only the container's own directory, not the pod's above it.
+        let unified = self.root.join("unified");
+        if !self.hierarchies.iter().any(|h| h.dir == unified)
+            && let Err(e) = remove_tree(&path.under(&unified))
+        {
+            first_err.get_or_insert(e);
+        }
         first_err.map_or(Ok(()), Err)
     }
 

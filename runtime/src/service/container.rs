@@ -71,6 +71,13 @@ impl Runtime {
         Ok(hits.into_iter().map(map).collect())
     }
 
+    /// The OCI runtime of the container's pod's handler; None: the
+    /// built-in executor (or a handler the config no longer has).
+    pub(super) fn handler_of(&self, rec: &ContainerRecord) -> Option<proto::OciRuntimeConfig> {
+        let sb = self.sandbox(&rec.sandbox_id).ok()?;
+        self.inner.cfg.handlers.get(&sb.runtime_handler).cloned()
+    }
+
     pub(super) fn update_container(&self, rec: ContainerRecord) -> Result<()> {
         self.inner.store.put_container(&rec)?;
         self.inner
@@ -199,14 +206,24 @@ impl Runtime {
             rec.cgroup.as_deref().and_then(|c| CgroupPath::new(c).ok()),
         ) {
             let cgroups = self.inner.cgroups.clone();
-            tokio::task::spawn_blocking(move || cgroups.apply(&cg, &oci))
-                .await
-                .map_err(|e| Error::Internal(format!("update task failed: {e}")))?
-                .map_err(|e| {
-                    Error::FailedPrecondition(format!(
-                        "the kernel refused the new resources of container {full}: {e}"
-                    ))
-                })?;
+            // A handler's runtime made the cgroup and keeps the container's
+            // resources in its own state: it applies them (`update`).
+            let handler = self.handler_of(&rec);
+            let id = full.clone();
+            tokio::task::spawn_blocking(move || match handler {
+                Some(h) => {
+                    let json = serde_json::to_vec(&oci).map_err(|e| e.to_string())?;
+                    crate::handlers::update(&h, &id, &json)
+                }
+                None => cgroups.apply(&cg, &oci).map_err(|e| e.to_string()),
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("update task failed: {e}")))?
+            .map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "the kernel refused the new resources of container {full}: {e}"
+                ))
+            })?;
         }
         rec.config.linux.resources = Some(resources);
         self.update_container(rec)?;
@@ -426,9 +443,17 @@ impl Runtime {
         };
         let inner = self.inner.clone();
         let rec2 = rec.clone();
+        let handler = self.handler_of(&rec);
         tokio::task::spawn_blocking(move || {
             let cg = rec2.cgroup.as_deref().and_then(|c| CgroupPath::new(c).ok());
             kill_shim(&rec2.dir, rec2.pid, cg.as_ref());
+            // The shim deletes the runtime's record when the container
+            // exits; a shim killed first left it.
+            if let Some(h) = handler
+                && let Err(e) = crate::handlers::delete(&h, &rec2.id)
+            {
+                tracing::warn!(container = %rec2.id, "{e}");
+            }
             rec2.rootfs.remove();
             if let Some(cg) = cg {
                 // Nothing of the container outlives it, whatever the shim
@@ -460,6 +485,36 @@ impl Runtime {
         self.forget_stats(&full);
         self.emit(&rec, EventKind::Deleted);
         Ok(())
+    }
+}
+
+/// containerd's `restrict_oom_score_adj` for a handler's runtime, which
+/// fails the container where the kernel refuses its oom_score_adj: without
+/// CAP_SYS_RESOURCE no process may go below berthd's own value, so the
+/// spec's is raised to it. (The built-in executor tries the value first
+/// and clamps only if refused.)
+fn restrict_oom_score_adj(spec: &mut oci_spec::runtime::Spec) {
+    let privileged = caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_RESOURCE,
+    )
+    .unwrap_or(false);
+    if privileged {
+        return;
+    }
+    let current = fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let (Some(current), Some(p)) = (current, spec.process_mut().as_mut())
+        && let Some(adj) = p.oom_score_adj().filter(|a| *a < current)
+    {
+        tracing::debug!(
+            adj,
+            current,
+            "oom_score_adj raised to berthd's (no CAP_SYS_RESOURCE)"
+        );
+        p.set_oom_score_adj(Some(current));
     }
 }
 
@@ -625,6 +680,27 @@ impl Inner {
                 "mounts[{i}].recursive_read_only needs mount_setattr(2) (Linux 5.12), which this kernel has not"
             )));
         }
+        // The pod's RuntimeClass handler, if it is not the built-in
+        // executor (checked at RunPodSandbox; gone from the config since:
+        // refused, the pod's containers need it).
+        let handler = match sb.runtime_handler.as_str() {
+            "" => None,
+            name => Some(self.cfg.handlers.get(name).cloned().ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "pod {} runs on runtime handler {name:?}, which berthd's config no longer has",
+                    sb.id
+                ))
+            })?),
+        };
+        if let (Some(h), Some(i)) = (
+            &handler,
+            config.mounts.iter().position(|m| m.recursive_read_only),
+        ) {
+            return Err(Error::FailedPrecondition(format!(
+                "mounts[{i}].recursive_read_only: runtime handler {:?} does not claim recursive read-only mounts (Status says so)",
+                h.name
+            )));
+        }
         let image_ref = config.image.image.clone();
         let image = self.images.status(&image_ref).ok_or_else(|| {
             Error::NotFound(format!(
@@ -742,7 +818,10 @@ impl Inner {
             target_pid_ns: target_pid_ns.as_deref(),
             image_volumes: &image_volumes,
         };
-        let cs = spec::container_spec(&self.node, &input, &spec::RealHost)?;
+        let mut cs = spec::container_spec(&self.node, &input, &spec::RealHost)?;
+        if handler.is_some() {
+            restrict_oom_score_adj(&mut cs.spec);
+        }
         if let Some(res) = cs
             .spec
             .linux()
@@ -802,6 +881,7 @@ impl Inner {
             tty: config.tty,
             restrict_oom_score_adj: true,
             seccomp: false,
+            runtime: handler,
         };
         let pid = self.start_shim(&dir, cs.spec, &shim_cfg)?;
         {

@@ -76,6 +76,8 @@ pub struct RuntimeConfig {
     /// Parent cgroup of pods that come without a `cgroup_parent` (crictl,
     /// tests): their cgroup is `<this>/<pod id>`.
     pub cgroup_parent: String,
+    /// RuntimeClass handlers besides the built-in executor (""), by name.
+    pub handlers: BTreeMap<String, proto::OciRuntimeConfig>,
 }
 
 pub fn now_ns() -> i64 {
@@ -360,6 +362,12 @@ impl Runtime {
             .map_err(String::as_str)
     }
 
+    /// The RuntimeClass handlers the config names (besides the built-in
+    /// ""), by name.
+    pub fn handlers(&self) -> &BTreeMap<String, proto::OciRuntimeConfig> {
+        &self.inner.cfg.handlers
+    }
+
     /// The network plugin's state, for Status verbose info.
     pub fn network_info(&self) -> serde_json::Value {
         self.inner.network.info()
@@ -475,11 +483,15 @@ impl Inner {
                     .map_err(|e| Error::io(format!("writing the bundle in {}", dir.display()), e))
             };
             let mut shim_cfg = shim_cfg.clone();
-            if let Some(profile) = spec
-                .linux_mut()
-                .as_mut()
-                .and_then(|l| l.seccomp_mut().take())
-            {
+            // A handler's runtime reads the profile from the spec itself.
+            let profile = match shim_cfg.runtime {
+                Some(_) => None,
+                None => spec
+                    .linux_mut()
+                    .as_mut()
+                    .and_then(|l| l.seccomp_mut().take()),
+            };
+            if let Some(profile) = profile {
                 let native = crate::seccomp::Native::host().ok_or_else(|| {
                     Error::InvalidArgument(
                         "seccomp filters are not supported on this node's architecture".into(),

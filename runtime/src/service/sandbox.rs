@@ -73,18 +73,15 @@ impl Runtime {
         runtime_handler: &str,
     ) -> Result<String> {
         model::validate_sandbox_config(&config)?;
-        if !runtime_handler.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "runtime handler {runtime_handler:?} is not configured (berth has only the default handler \"\")"
-            )));
-        }
+        self.inner.check_handler(runtime_handler, &config)?;
         let name = sandbox_name(&config.metadata());
         let rt = self.handle();
         let n = name.clone();
+        let handler = runtime_handler.to_string();
         self.inner
             .pod_names
             .run_once(&name, move |reservation| async move {
-                rt.create_sandbox(config, &n, reservation).await
+                rt.create_sandbox(config, handler, &n, reservation).await
             })
             .await
     }
@@ -94,6 +91,7 @@ impl Runtime {
     pub(super) async fn create_sandbox(
         &self,
         config: SandboxConfig,
+        handler: String,
         name: &str,
         reservation: super::reserve::Reservation,
     ) -> Result<String> {
@@ -101,9 +99,10 @@ impl Runtime {
             let id = new_id()?;
             let inner = self.inner.clone();
             let id2 = id.clone();
-            let record = tokio::task::spawn_blocking(move || inner.make_sandbox(&id2, config))
-                .await
-                .map_err(|e| Error::Internal(format!("sandbox task failed: {e}")))??;
+            let record =
+                tokio::task::spawn_blocking(move || inner.make_sandbox(&id2, config, handler))
+                    .await
+                    .map_err(|e| Error::Internal(format!("sandbox task failed: {e}")))??;
             Ok::<_, Error>((id, record))
         }
         .await;
@@ -353,7 +352,41 @@ impl Inner {
     }
 
     /// The blocking part of RunPodSandbox, with its undo list.
-    pub(super) fn make_sandbox(&self, id: &str, config: SandboxConfig) -> Result<SandboxRecord> {
+    /// RunPodSandbox's handler: "" (the built-in executor) or one the
+    /// config names, whose binary is there, for a pod it can run.
+    fn check_handler(&self, handler: &str, config: &SandboxConfig) -> Result<()> {
+        if handler.is_empty() {
+            return Ok(());
+        }
+        let Some(h) = self.cfg.handlers.get(handler) else {
+            let mut known: Vec<String> = vec!["\"\"".into()];
+            known.extend(self.cfg.handlers.keys().map(|k| format!("{k:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "runtime handler {handler:?} is not configured (berth has {})",
+                known.join(", ")
+            )));
+        };
+        if let Some(why) = crate::handlers::runtime_problem(&h.path) {
+            return Err(Error::FailedPrecondition(format!(
+                "runtime handler {handler:?}: its runtime {} cannot run: {why}",
+                h.path.display()
+            )));
+        }
+        let userns = config.namespace_options().userns_options.as_ref();
+        if userns.and_then(|u| u.pod_mappings()).is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "runtime handler {handler:?} does not support user namespaces in berth (Status says so): use the default handler for pods with hostUsers: false"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn make_sandbox(
+        &self,
+        id: &str,
+        config: SandboxConfig,
+        handler: String,
+    ) -> Result<SandboxRecord> {
         let ns = config.namespace_options().clone();
         let host_network = ns.network == NamespaceMode::Node;
         let own_ipc = ns.ipc != NamespaceMode::Node;
@@ -523,7 +556,7 @@ impl Inner {
         let mut record = SandboxRecord {
             id: id.to_string(),
             config,
-            runtime_handler: String::new(),
+            runtime_handler: handler,
             state: SandboxState::Ready,
             created_at_ns: now_ns(),
             dir,

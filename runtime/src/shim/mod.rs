@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 pub mod crilog;
+pub mod oci;
 mod pause;
 pub mod plan;
 pub mod protocol;
@@ -402,7 +403,16 @@ fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<server::Monitor, Sh
         guard.log_created = Some(PathBuf::from(&cfg.log_path));
     }
     let log = crilog::LogFile::open(if pause { "" } else { &cfg.log_path })?;
-    let created = spawn::create(&plan)?;
+    // A RuntimeClass handler's runtime makes the container (never the
+    // pause process, which is berth's own); the shim stays its monitor.
+    let oci = match (&cfg.runtime, pause) {
+        (Some(rt), false) => Some(oci::OciRuntime::new(rt.clone(), &cfg.id, dir)),
+        _ => None,
+    };
+    let created = match &oci {
+        Some(rt) => rt.create(cfg.tty, cfg.stdin)?,
+        None => spawn::create(&plan)?,
+    };
     guard.child = Some(created.pid);
     write_atomic(dir, INIT_PID_FILE, created.pid.to_string().as_bytes())?;
     let sock = dir.join(SOCKET_FILE);
@@ -442,6 +452,7 @@ fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<server::Monitor, Sh
         sigfd,
         state_dir: dir.to_path_buf(),
         stdin_once: cfg.stdin_once,
+        oci,
     }))
 }
 

@@ -64,6 +64,25 @@ pub struct ShimConfig {
     /// error if it is missing).
     #[serde(default)]
     pub seccomp: bool,
+    /// Run the container through this OCI runtime's command line (a
+    /// RuntimeClass handler) instead of the built-in executor. None: the
+    /// built-in one (the default handler "").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<OciRuntimeConfig>,
+}
+
+/// An OCI runtime binary as a handler's config names it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OciRuntimeConfig {
+    /// The handler's name (for messages).
+    pub name: String,
+    /// The runtime binary (runc, crun, …), absolute.
+    pub path: std::path::PathBuf,
+    /// Its `--root`: where it keeps its state of each container.
+    pub root: std::path::PathBuf,
+    /// Global flags put before every subcommand.
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -256,6 +275,26 @@ mod b64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shim_config_without_a_runtime_is_the_built_in_executor() {
+        // As an older berthd wrote it (a shim started before an upgrade).
+        let old = r#"{"id":"c","kind":"container","log_path":"","stdin":false,"stdin_once":false,"tty":false,"restrict_oom_score_adj":true}"#;
+        let c: ShimConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(c.runtime, None);
+        assert!(!serde_json::to_string(&c).unwrap().contains("runtime\""));
+        let with = ShimConfig {
+            runtime: Some(OciRuntimeConfig {
+                name: "runc".into(),
+                path: "/usr/sbin/runc".into(),
+                root: "/run/berth/runtimes/runc".into(),
+                args: vec![],
+            }),
+            ..c
+        };
+        let line = serde_json::to_string(&with).unwrap();
+        assert_eq!(serde_json::from_str::<ShimConfig>(&line).unwrap(), with);
+    }
 
     #[test]
     fn requests_and_responses_are_one_json_line_each() {

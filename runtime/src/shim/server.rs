@@ -155,6 +155,9 @@ pub struct Monitor {
     pub state_dir: PathBuf,
     /// A client was served since memory was last given back.
     served: bool,
+    /// The handler's OCI runtime, which made the container and makes its
+    /// execs; None: the built-in executor.
+    oci: Option<super::oci::OciRuntime>,
 }
 
 #[derive(Clone, Copy)]
@@ -179,6 +182,7 @@ pub struct MonitorParts {
     pub sigfd: SignalFd,
     pub state_dir: PathBuf,
     pub stdin_once: bool,
+    pub oci: Option<super::oci::OciRuntime>,
 }
 
 fn nonblocking(fd: &OwnedFd) {
@@ -191,7 +195,9 @@ fn nonblocking(fd: &OwnedFd) {
 impl Monitor {
     pub fn new(p: MonitorParts) -> Monitor {
         let c = p.created;
-        nonblocking(&c.sync);
+        if let Some(fd) = &c.sync {
+            nonblocking(fd);
+        }
         let mut outputs = [None, None];
         if let Some(fd) = c.stdout {
             outputs[0] = Some(Output {
@@ -235,7 +241,7 @@ impl Monitor {
             cgroup: p.cgroup,
             exec_cfg: p.exec_cfg,
             start: c.start,
-            sync: if pause { None } else { Some(c.sync) },
+            sync: if pause { None } else { c.sync },
             sync_buf: Vec::new(),
             start_waiter: None,
             outputs,
@@ -252,6 +258,7 @@ impl Monitor {
             oom_base,
             state_dir: p.state_dir,
             served: false,
+            oci: p.oci,
         }
     }
 
@@ -905,6 +912,18 @@ impl Monitor {
             err("the container process has exited")
         } else if self.start_waiter.is_some() {
             err("a start is in progress")
+        } else if let Some(rt) = self.oci.as_ref().filter(|_| self.status == Status::Created) {
+            // The runtime's start returns once the process execs (or
+            // failed to): its answer is the Start's.
+            let at = now_ns();
+            match rt.start() {
+                Ok(()) => {
+                    self.started_at_ns = at;
+                    self.status = Status::Running;
+                    Response::Ok
+                }
+                Err(e) => err(&format!("start: {e}")),
+            }
         } else if let Some(fd) = self.start.take() {
             self.started_at_ns = now_ns();
             match nix::unistd::write(&fd, b"s") {
@@ -1011,12 +1030,7 @@ impl Monitor {
         if let Some(cwd) = cwd {
             cfg.cwd = PathBuf::from(cwd);
         }
-        match spawn::spawn_exec(
-            self.pid,
-            self.cgroup.as_ref(),
-            &cfg,
-            &spawn::ExecStdio::CAPTURE,
-        ) {
+        match self.spawn_exec(&cfg, &spawn::ExecStdio::CAPTURE) {
             Ok(s) => {
                 self.execs.push(ExecRun {
                     conn: id,
@@ -1040,6 +1054,19 @@ impl Monitor {
                     message: format!("exec: {e}"),
                 },
             ),
+        }
+    }
+
+    /// An exec process: the handler's runtime makes it, or the built-in
+    /// executor.
+    fn spawn_exec(
+        &self,
+        cfg: &ProcessConfig,
+        stdio: &spawn::ExecStdio,
+    ) -> Result<spawn::ExecSpawned, spawn::SpawnError> {
+        match &self.oci {
+            Some(rt) => rt.exec(cfg, stdio),
+            None => spawn::spawn_exec(self.pid, self.cgroup.as_ref(), cfg, stdio),
         }
     }
 
@@ -1074,7 +1101,7 @@ impl Monitor {
         if let Some(cwd) = cwd {
             cfg.cwd = PathBuf::from(cwd);
         }
-        let s = match spawn::spawn_exec(self.pid, self.cgroup.as_ref(), &cfg, &stdio) {
+        let s = match self.spawn_exec(&cfg, &stdio) {
             Ok(s) => s,
             Err(e) => {
                 return self.respond(
@@ -1208,6 +1235,14 @@ impl Monitor {
     /// recorded, everyone who asked answered.
     fn finish(&mut self, exit: ExitStatus) {
         self.drain_outputs();
+        // The runtime's record of the container (and the cgroup it made
+        // its own) go before the exit is told: what berthd then sees is
+        // all there is.
+        if let Some(rt) = &self.oci
+            && let Err(e) = rt.delete()
+        {
+            super::diag(&self.state_dir, &format!("runtime delete: {e}"));
+        }
         if self.log.dropped > 0 {
             super::diag(
                 &self.state_dir,

@@ -288,8 +288,9 @@ pub struct Created {
     pub pid: Pid,
     /// Writing a byte lets the process exec.
     pub start: Option<OwnedFd>,
-    /// EOF after Start: execve succeeded; a line: it failed.
-    pub sync: OwnedFd,
+    /// EOF after Start: execve succeeded; a line: it failed. None: Start
+    /// is another runtime's call ([`super::oci`]), answered by its exit.
+    pub sync: Option<OwnedFd>,
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
@@ -305,24 +306,24 @@ struct ChildIo {
     pty_slave: Option<OwnedFd>,
 }
 
-fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {
+pub(super) fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {
     pipe2(OFlag::O_CLOEXEC).map_err(sys("create", "pipe"))
 }
 
-fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
+pub(super) fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
     let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(sys("fcntl", "F_GETFL"))?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
     fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(sys("fcntl", "F_SETFL"))?;
     Ok(())
 }
 
-fn set_cloexec(fd: &OwnedFd) -> Result<()> {
+pub(super) fn set_cloexec(fd: &OwnedFd) -> Result<()> {
     fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(sys("fcntl", "F_SETFD"))?;
     Ok(())
 }
 
 /// A pipe whose read end the shim keeps, non-blocking.
-fn output_pipe() -> Result<(OwnedFd, OwnedFd)> {
+pub(super) fn output_pipe() -> Result<(OwnedFd, OwnedFd)> {
     let (r, w) = cloexec_pipe()?;
     set_nonblocking(&r)?;
     Ok((r, w))
@@ -383,7 +384,7 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
     let mut parent = Created {
         pid: Pid::from_raw(0),
         start: None,
-        sync: sync_r,
+        sync: None,
         stdin: None,
         stdout: None,
         stderr: None,
@@ -432,7 +433,7 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
             let mut buf = Vec::new();
             let mut pid = None;
             let mut ready = false;
-            let r = read_report(&parent.sync, &mut buf, |line| {
+            let r = read_report(&sync_r, &mut buf, |line| {
                 match parse_pid(line) {
                     Some(Ok(p)) => pid = Some(p),
                     Some(Err(e)) => return Some(Err(e)),
@@ -453,6 +454,7 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
                 return Err(SpawnError::Child("no pid reported".into()));
             };
             parent.pid = pid;
+            parent.sync = Some(sync_r);
             if !plan.pause {
                 parent.start = Some(start_w);
             }

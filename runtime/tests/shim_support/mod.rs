@@ -324,6 +324,7 @@ impl Bundle {
             tty: false,
             restrict_oom_score_adj: true,
             seccomp: false,
+            runtime: None,
         };
         edit(&mut cfg);
         std::fs::write(
