@@ -185,12 +185,17 @@ impl Ctx {
     }
 
     pub async fn run_pod(&self, config: &PodSandboxConfig) -> Result<String> {
+        self.run_pod_on(config, "").await
+    }
+
+    /// RunPodSandbox on the RuntimeClass handler `handler`.
+    pub async fn run_pod_on(&self, config: &PodSandboxConfig, handler: &str) -> Result<String> {
         Ok(self
             .client
             .runtime()
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: String::new(),
+                runtime_handler: handler.to_string(),
             })
             .await
             .map_err(|s| status_err("RunPodSandbox", s))?

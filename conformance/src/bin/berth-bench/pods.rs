@@ -49,6 +49,9 @@ const TARGET_CREATE_START_RATIO: f64 = 4.0;
 const TARGET_SHIM_PSS_KIB: u64 = 300;
 /// Issue 12: what a pod's own user namespace (its helper, idmapped layers)
 /// may add to Create+Start, per container.
+/// Debian's runc, the RuntimeClass handler the bench times (issue 16).
+const RUNC: &str = "/usr/sbin/runc";
+const RUNC_HANDLER: &str = "runc";
 const TARGET_USERNS_EXTRA_MS: f64 = 1.0;
 /// The pods' ids on the node in the user-namespace phase (kubelet's kind
 /// of range: a multiple of 65536 past the node's own users).
@@ -196,6 +199,9 @@ struct RtResult {
     /// Serial, each pod with a user namespace of its own (berth only:
     /// containerd 1.6 has none).
     userns: Option<Steps>,
+    /// Serial, each pod on RuntimeClass handler "runc" (berth only: the
+    /// same runc containerd runs).
+    handler_runc: Option<Steps>,
     /// berthd's /metrics endpoint (issue 16), scraped every second during
     /// the concurrent phase.
     metrics: Option<Scrapes>,
@@ -337,12 +343,13 @@ struct Lifecycle {
 
 /// One timed pod lifecycle.
 async fn lifecycle(ctx: &Ctx, name: &str) -> Result<Lifecycle> {
-    lifecycle_with(ctx, name, false).await
+    lifecycle_with(ctx, name, false, "").await
 }
 
 /// One timed pod lifecycle; `userns`: the pod with a user namespace of its
-/// own (userns_options POD, as kubelet sends for `hostUsers: false`).
-async fn lifecycle_with(ctx: &Ctx, name: &str, userns: bool) -> Result<Lifecycle> {
+/// own (userns_options POD, as kubelet sends for `hostUsers: false`);
+/// `handler`: the pod on that RuntimeClass handler ("": the built-in).
+async fn lifecycle_with(ctx: &Ctx, name: &str, userns: bool, handler: &str) -> Result<Lifecycle> {
     let mut config = ctx.pod_config(name)?;
     if userns {
         use berth_cri_api::v1::{IdMapping, NamespaceMode, UserNamespace};
@@ -365,7 +372,7 @@ async fn lifecycle_with(ctx: &Ctx, name: &str, userns: bool) -> Result<Lifecycle
         }
     }
     let t = Instant::now();
-    let pod = ctx.run_pod(&config).await?;
+    let pod = ctx.run_pod_on(&config, handler).await?;
     let run_pod = ms(t);
     let t = Instant::now();
     let c = ctx.create(&pod, &config, "sleep").await?;
@@ -578,14 +585,14 @@ async fn workload(
                 "{name:<11} serial with a user namespace per pod: {} pod lifecycles...",
                 args.pods
             );
-            lifecycle_with(ctx, "userns-warmup", true)
+            lifecycle_with(ctx, "userns-warmup", true, "")
                 .await
                 .context("user-namespace warm-up")?;
             let mut steps = Steps::default();
             let t = Instant::now();
             for i in 0..args.pods {
                 steps.add(
-                    &lifecycle_with(ctx, &format!("userns-{i}"), true)
+                    &lifecycle_with(ctx, &format!("userns-{i}"), true, "")
                         .await
                         .context("user-namespace phase")?,
                 );
@@ -597,6 +604,31 @@ async fn workload(
             println!(
                 "{name:<11} user namespaces: not claimed by this berthd (see its log), not timed"
             );
+        }
+        // The same lifecycles on RuntimeClass handler "runc" (Debian's
+        // runc under berth-shim), where berthd has it.
+        if st.runtime_handlers.iter().any(|h| h.name == RUNC_HANDLER) {
+            println!(
+                "{name:<11} serial on handler {RUNC_HANDLER:?}: {} pod lifecycles...",
+                args.pods
+            );
+            lifecycle_with(ctx, "runc-warmup", false, RUNC_HANDLER)
+                .await
+                .context("runc handler warm-up")?;
+            let mut steps = Steps::default();
+            let t = Instant::now();
+            for i in 0..args.pods {
+                steps.add(
+                    &lifecycle_with(ctx, &format!("runc-{i}"), false, RUNC_HANDLER)
+                        .await
+                        .context("runc handler phase")?,
+                );
+            }
+            steps.wall_s = t.elapsed().as_secs_f64();
+            print_steps(name, "handler runc", &steps);
+            r.handler_runc = Some(steps);
+        } else {
+            println!("{name:<11} handler {RUNC_HANDLER:?}: {RUNC} not found, not timed");
         }
     }
     println!(
@@ -791,10 +823,14 @@ pub async fn run(args: PodsArgs, berthd: Option<String>) -> Result<i32> {
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        let mut options = crate::berthd_options("plugin = \"none\"").extra_top_level(&format!(
+            "metrics = {{ address = \"127.0.0.1:{metrics_port}\" }}"
+        ));
+        if Path::new(RUNC).is_file() {
+            options = options.handler(RUNC_HANDLER, RUNC);
+        }
         let out = on_berthd(
-            crate::berthd_options("plugin = \"none\"").extra_top_level(&format!(
-                "metrics = {{ address = \"127.0.0.1:{metrics_port}\" }}"
-            )),
+            options,
             run_dir.path(),
             "berth",
             &image,
@@ -1077,6 +1113,7 @@ fn print_report(r: &PodsReport) {
     }
     if let Some(b) = b {
         print_userns(b);
+        print_handler(b, c.copied());
     }
     if r.leftover_mounts.is_empty() && r.leftover_processes.is_empty() {
         println!(
@@ -1117,6 +1154,44 @@ fn print_userns(b: &RtResult) {
         "  user namespace adds at most {TARGET_USERNS_EXTRA_MS} ms to Create+Start (idmapped layers): {added:.2} ms: {}",
         met(added <= TARGET_USERNS_EXTRA_MS)
     );
+}
+
+/// Create+Start and the other steps on handler runc against the built-in
+/// executor and containerd (which runs the same runc): p50s.
+fn print_handler(b: &RtResult, c: Option<&RtResult>) {
+    let Some(h) = &b.handler_runc else {
+        println!("  handler runc: not measured");
+        return;
+    };
+    println!();
+    println!(
+        "{:<34}{:>14}{:>16}{:>14}",
+        "serial, p50 ms", "berth built-in", "berth + runc", "containerd"
+    );
+    let cd: Vec<(&str, &Vec<f64>)> = c.map(|c| c.serial.named().to_vec()).unwrap_or_default();
+    for (i, ((step, plain), (_, with))) in b.serial.named().iter().zip(h.named().iter()).enumerate()
+    {
+        let p50 = |v: &Vec<f64>| pct(v, 50.0).unwrap_or(f64::NAN);
+        let cv = cd.get(i).map(|(_, v)| p50(v)).unwrap_or(f64::NAN);
+        println!(
+            "{step:<34}{:>14.2}{:>16.2}{cv:>14.2}",
+            p50(plain),
+            p50(with)
+        );
+    }
+    let p50 = |v: &Vec<f64>| pct(v, 50.0).unwrap_or(f64::NAN);
+    let (vb, vh) = (p50(&b.serial.create_start), p50(&h.create_start));
+    match c.map(|c| p50(&c.serial.create_start)) {
+        Some(vc) => println!(
+            "  Create+Start on handler runc: {vh:.2} ms, {:.1}x the built-in's {vb:.2} ms; containerd+runc {vc:.2} ms ({:.1}x berth+runc)",
+            vh / vb,
+            vc / vh
+        ),
+        None => println!(
+            "  Create+Start on handler runc: {vh:.2} ms, {:.1}x the built-in's {vb:.2} ms",
+            vh / vb
+        ),
+    }
 }
 
 /// GET /metrics from berthd's endpoint on loopback; the body's length.
