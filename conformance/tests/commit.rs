@@ -126,3 +126,147 @@ async fn a_committed_container_is_an_image_with_exactly_its_changes() {
     remove_pod(&env, p).await;
     env.finish().await;
 }
+
+/// The freezer file of a process's cgroup: v1 `freezer.state`
+/// (FROZEN/THAWED), or v2 `cgroup.freeze` (1/0), and whether it is v2.
+fn freezer_file(pid: i32) -> (std::path::PathBuf, bool) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        if ctrls.split(',').any(|c| c == "freezer") {
+            let file = Path::new("/sys/fs/cgroup/freezer")
+                .join(path.trim_start_matches('/'))
+                .join("freezer.state");
+            return (file, false);
+        }
+    }
+    let path = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    let file = Path::new("/sys/fs/cgroup")
+        .join(path.trim_start_matches('/'))
+        .join("cgroup.freeze");
+    (file, true)
+}
+
+/// FROZEN, FREEZING or THAWED, as v1 says it.
+fn freezer_state(pid: i32) -> String {
+    let (file, v2) = freezer_file(pid);
+    let v = std::fs::read_to_string(file).unwrap().trim().to_string();
+    match (v2, v.as_str()) {
+        (true, "1") => "FROZEN".into(),
+        (true, _) => "THAWED".into(),
+        (false, _) => v,
+    }
+}
+
+/// `berthd commit --pause`: the container is frozen while its layer is
+/// read (a writer cannot leave half a file in it), thawed after; a
+/// container that is not running cannot be paused, and nothing is made.
+#[tokio::test]
+async fn a_paused_commit_freezes_the_container_and_thaws_it_after() {
+    let mut env = Env::start().await;
+    let image = push_busybox(&env, "commit/pause:1").await;
+    let p = run_pod(&env, sandbox_config("commit-pause"), &image).await;
+    // A writer that appends numbered lines as fast as it can.
+    let id = run(
+        &env,
+        &p,
+        container(
+            &p,
+            "writer",
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do i=$((i+1)); echo line-$i >> /count; done",
+            ],
+        ),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let pid = container_pid(&env, &id).await;
+    let config = env.berthd.dir().join("berthd.toml");
+    let name = format!("{}/commit/paused:1", env.registry.host());
+    let out = Command::new(berthd_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["commit", "--pause", &id, &name])
+        .output()
+        .expect("berthd commit --pause");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(freezer_state(pid), "THAWED", "thawed after the commit");
+    // It writes on.
+    let n = |s: String| s.trim().parse::<u64>().unwrap();
+    let before = n(sh(&env, &id, "wc -l < /count").await);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        n(sh(&env, &id, "wc -l < /count").await) > before,
+        "the writer runs on"
+    );
+    assert!(
+        env.berthd
+            .log()
+            .contains("froze the container for its commit"),
+        "berthd froze it (its log)"
+    );
+    // The committed file is the writer's, whole lines up to the freeze.
+    let p2 = run_pod(&env, sandbox_config("commit-paused-reader"), &name).await;
+    let c2 = run(&env, &p2, container(&p2, "reader", &["sleep", "1000"])).await;
+    let tail = sh(&env, &c2, "tail -n 1 /count").await;
+    assert!(
+        tail.starts_with("line-") && tail.ends_with('\n'),
+        "{tail:?}"
+    );
+    remove_pod(&env, p2).await;
+
+    // An exited container cannot be paused; no image is made.
+    let done = run(&env, &p, container(&p, "done", &["true"])).await;
+    wait_exited(&env, &done, std::time::Duration::from_secs(10)).await;
+    let before = env.cri.list_images(None).await.unwrap().len();
+    let (ok, _, err) = {
+        let out = Command::new(berthd_bin())
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "commit",
+                "--pause",
+                &done,
+                &format!("{}/commit/no:1", env.registry.host()),
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(!ok && err.contains("not running"), "{err}");
+    assert_eq!(env.cri.list_images(None).await.unwrap().len(), before);
+
+    // A berthd killed during a paused commit leaves the container frozen
+    // (made so here by hand): the next berthd thaws it.
+    let (file, v2) = freezer_file(pid);
+    std::fs::write(&file, if v2 { "1" } else { "FROZEN" }).unwrap();
+    for _ in 0..100 {
+        if freezer_state(pid) == "FROZEN" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(freezer_state(pid), "FROZEN");
+    env.berthd.kill();
+    env.berthd.restart().await.expect("restart berthd");
+    env.cri = env.berthd.cri().await.expect("reconnect");
+    assert_eq!(freezer_state(pid), "THAWED", "thawed at recovery");
+    assert!(
+        env.berthd
+            .log()
+            .contains("thawed a container a paused commit left frozen")
+    );
+    remove_pod(&env, p).await;
+    env.finish().await;
+}

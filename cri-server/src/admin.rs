@@ -24,6 +24,11 @@ pub enum Request {
         name: String,
         #[serde(default)]
         comment: String,
+        /// Freeze the container's processes while its layer is read, so
+        /// that no file is caught half written; thawed after, whatever
+        /// the commit's outcome.
+        #[serde(default)]
+        pause: bool,
     },
 }
 
@@ -118,6 +123,7 @@ async fn handle(
             container,
             name,
             comment,
+            pause,
         } => {
             let berth_runtime::service::CommitSource {
                 image_id: image,
@@ -138,7 +144,35 @@ async fn handle(
             } else {
                 comment
             };
-            match images.commit(parent, upper, name, comment, shift).await {
+            let frozen = if pause {
+                let cg = match runtime.container_cgroup(&container) {
+                    Ok(cg) => cg,
+                    Err(e) => return err(e.to_string()),
+                };
+                let cg2 = cg.clone();
+                match tokio::task::spawn_blocking(move || cg2.freeze(true)).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(container = %container, "froze the container for its commit");
+                        Some(cg)
+                    }
+                    Ok(Err(e)) => {
+                        let cg2 = cg.clone();
+                        let _ = tokio::task::spawn_blocking(move || cg2.freeze(false)).await;
+                        return err(format!("pausing container {container}: {e}"));
+                    }
+                    Err(e) => return err(format!("pausing container {container}: {e}")),
+                }
+            } else {
+                None
+            };
+            let r = images.commit(parent, upper, name, comment, shift).await;
+            if let Some(cg) = frozen {
+                let thawed = tokio::task::spawn_blocking(move || cg.freeze(false)).await;
+                if !matches!(thawed, Ok(Ok(()))) {
+                    tracing::error!(container = %container, "the container stays frozen after its commit: {thawed:?}");
+                }
+            }
+            match r {
                 Ok(c) => {
                     tracing::info!(container = %container, image = %c.name, id = %c.image_id, layer = %c.layer_digest, "committed");
                     Answer::Committed {

@@ -75,6 +75,10 @@ enum Cmd {
         /// The history comment of the new layer.
         #[arg(long, default_value = "")]
         comment: String,
+        /// Freeze the container's processes during the commit (its cgroup
+        /// freezer), so that no file is committed half written.
+        #[arg(long)]
+        pause: bool,
         /// The admin socket (default: <state>/admin.sock).
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<PathBuf>,
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
         container,
         name,
         comment,
+        pause,
         admin_socket,
     }) = &args.command
     {
@@ -130,6 +135,7 @@ fn main() -> ExitCode {
             container: container.clone(),
             name: name.clone(),
             comment: comment.clone(),
+            pause: *pause,
         };
         return match admin::request(&socket, &req) {
             Ok(admin::Answer::Committed { image_id, name }) => {

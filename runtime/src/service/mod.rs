@@ -311,6 +311,23 @@ impl Runtime {
         })
     }
 
+    /// The container's cgroup as the shim sees it (for a commit's pause).
+    pub fn container_cgroup(&self, id: &str) -> Result<crate::shim::cgroup::Cgroup> {
+        let c = self.container(&self.resolve_container(id)?)?;
+        if c.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is not running: there is nothing to pause"
+            )));
+        }
+        let cg = c
+            .cgroup
+            .as_deref()
+            .ok_or_else(|| Error::FailedPrecondition(format!("container {id} has no cgroup")))?;
+        let path = self.inner.cgroups.spec_path(&CgroupPath::new(cg)?);
+        crate::shim::cgroup::Cgroup::resolve(Path::new(&path))
+            .map_err(|e| Error::FailedPrecondition(format!("container {id}'s cgroup: {e}")))
+    }
+
     /// How many pods and containers are in each state, and how many
     /// berth-shims run (one per container not yet exited, one per pod
     /// pause): for the metrics endpoint, read without copying records.

@@ -221,6 +221,15 @@ impl Runtime {
                         r.started_at_ns = st.started_at_ns;
                         self.update_container(r)?;
                     }
+                    // berth freezes a container only for the length of a
+                    // `commit --pause`; a berthd killed during one left it
+                    // frozen: thawed now.
+                    if let Ok(cg) = self.container_cgroup(&id)
+                        && cg.is_frozen()
+                    {
+                        let r = tokio::task::spawn_blocking(move || cg.freeze(false)).await;
+                        tracing::warn!(container = %id, "thawed a container a paused commit left frozen: {r:?}");
+                    }
                     self.watch_exit(id);
                     Ok(())
                 }

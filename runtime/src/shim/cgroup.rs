@@ -155,7 +155,7 @@ impl Cgroup {
         }
         let freezer = self.freezer();
         if let Some(f) = &freezer {
-            f.set(true);
+            let _ = f.set(true);
         }
         // Frozen processes cannot fork: one round kills them all; thawed
         // (or without a freezer) a fork bomb may need a few.
@@ -172,13 +172,43 @@ impl Cgroup {
         }
         if let Some(f) = &freezer {
             // SIGKILL takes a frozen task once it is thawed.
-            f.set(false);
+            let _ = f.set(false);
         }
         self.procs_deep()
             .into_iter()
             .filter(|&p| kill(Pid::from_raw(p), None).is_ok())
             .filter(|&p| !is_zombie(p))
             .collect()
+    }
+
+    /// Freeze (or thaw) every process of the cgroup and wait until the
+    /// kernel says it is so: for a commit that must not see files half
+    /// written (`berthd commit --pause`).
+    pub fn freeze(&self, frozen: bool) -> Result<(), String> {
+        let f = self
+            .freezer()
+            .ok_or_else(|| "the container's cgroup has no freezer".to_string())?;
+        if f.set(frozen) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the container's cgroup did not {} within a second",
+                if frozen { "freeze" } else { "thaw" }
+            ))
+        }
+    }
+
+    /// Whether the cgroup is frozen (or freezing) now.
+    pub fn is_frozen(&self) -> bool {
+        match self.freezer() {
+            Some(Freezer::V1(d)) => {
+                std::fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() != "THAWED")
+            }
+            Some(Freezer::V2(d)) => {
+                std::fs::read_to_string(d.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
+            }
+            None => false,
+        }
     }
 
     /// The freezer of this cgroup: v2's `cgroup.freeze` (5.2), or the v1
@@ -240,8 +270,9 @@ enum Freezer {
 }
 
 impl Freezer {
-    /// Freeze or thaw, waiting (a second at most) until the kernel says so.
-    fn set(&self, frozen: bool) {
+    /// Freeze or thaw, waiting (a second at most) until the kernel says
+    /// so; whether it did.
+    fn set(&self, frozen: bool) -> bool {
         let (file, value, state_file, want): (&str, &[u8], &str, &str) = match (self, frozen) {
             (Freezer::V1(_), true) => ("freezer.state", b"FROZEN", "freezer.state", "FROZEN"),
             (Freezer::V1(_), false) => ("freezer.state", b"THAWED", "freezer.state", "THAWED"),
@@ -252,12 +283,12 @@ impl Freezer {
             Freezer::V1(d) | Freezer::V2(d) => d,
         };
         if std::fs::write(dir.join(file), value).is_err() {
-            return;
+            return false;
         }
         for _ in 0..1000 {
             let now = std::fs::read_to_string(dir.join(state_file)).unwrap_or_default();
             if now.lines().any(|l| l.trim() == want) {
-                return;
+                return true;
             }
             // v1 needs the write repeated while it is FREEZING.
             if frozen && matches!(self, Freezer::V1(_)) {
@@ -265,6 +296,7 @@ impl Freezer {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        false
     }
 }
 
