@@ -510,3 +510,79 @@ async fn malformed_user_namespaces_are_refused_and_make_nothing() {
     remove_pod(&env, p).await;
     env.finish().await;
 }
+
+/// `berthd commit` of a container in a pod with its own user namespace:
+/// the layer records the ids as the container saw them (its root is 0,
+/// not the node's HOST_ID), so the image runs the same anywhere.
+#[tokio::test]
+async fn a_commit_of_a_user_namespaced_container_records_the_ids_it_saw() {
+    let env = Env::start().await;
+    let image = push_busybox(&env, "userns/commit:1").await;
+    let p = run_pod(
+        &env,
+        userns_pod("userns-commit", Some(pod_userns())),
+        &image,
+    )
+    .await;
+    let id = run(&env, &p, userns_container(&p, "writer", &["sleep", "1000"])).await;
+    sh(
+        &env,
+        &id,
+        "mkdir -p /srv/out && echo r > /srv/out/root && echo u > /srv/out/user && \
+         chown 1000:1001 /srv/out/user",
+    )
+    .await;
+    // On the node the container's files are the mapped ids.
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let upper = env
+            .berthd
+            .root()
+            .join("containers")
+            .join(&id)
+            .join("upper/srv/out");
+        let (r, u) = (
+            std::fs::metadata(upper.join("root")).expect("the writable layer's file"),
+            std::fs::metadata(upper.join("user")).expect("the writable layer's file"),
+        );
+        assert_eq!((r.uid(), r.gid()), (HOST_ID, HOST_ID));
+        assert_eq!((u.uid(), u.gid()), (HOST_ID + 1000, HOST_ID + 1001));
+    }
+    let berthd = std::env::current_exe()
+        .unwrap()
+        .ancestors()
+        .find_map(|d| Some(d.join("berthd")).filter(|b| b.is_file()))
+        .expect("berthd next to the test binaries");
+    let name = format!("{}/userns/committed:1", env.registry.host());
+    let out = std::process::Command::new(berthd)
+        .arg("--config")
+        .arg(env.berthd.dir().join("berthd.toml"))
+        .args(["commit", &id, &name])
+        .output()
+        .expect("berthd commit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A pod without a user namespace: the ids are the container's.
+    let plain = run_pod(&env, userns_pod("userns-commit-plain", None), &name).await;
+    let c = run(
+        &env,
+        &plain,
+        container(&plain, "reader", &["sleep", "1000"]),
+    )
+    .await;
+    assert_eq!(
+        sh(
+            &env,
+            &c,
+            "stat -c '%u:%g %n' /srv/out /srv/out/root /srv/out/user"
+        )
+        .await,
+        "0:0 /srv/out\n0:0 /srv/out/root\n1000:1001 /srv/out/user\n"
+    );
+    remove_pod(&env, plain).await;
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
