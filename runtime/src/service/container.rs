@@ -881,8 +881,18 @@ impl Inner {
             tty: config.tty,
             restrict_oom_score_adj: true,
             seccomp: false,
-            runtime: handler,
+            runtime: handler.clone(),
         };
+        // A shim that fails after the runtime's create leaves the runtime's
+        // record of the container (its process is the shim's to kill).
+        if let Some(h) = handler {
+            let id = id.clone();
+            undo.push("runtime record", move || {
+                if let Err(e) = crate::handlers::delete(&h, &id) {
+                    tracing::warn!(container = %id, "{e}");
+                }
+            });
+        }
         let pid = self.start_shim(&dir, cs.spec, &shim_cfg)?;
         {
             let (d, c) = (dir.clone(), cg.clone());

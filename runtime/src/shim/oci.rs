@@ -90,29 +90,8 @@ impl OciRuntime {
 
     /// Runs `cmd` to its end (bounded by `limit`); Err with what the
     /// runtime said if it failed.
-    fn run(&self, what: &str, mut cmd: Command, limit: Duration) -> Result<()> {
-        let _ = std::fs::remove_file(self.bundle.join(LOG_FILE));
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| fail(format!("{what}: running {}: {e}", self.cfg.path.display())))?;
-        let status = wait_bounded(&mut child, limit).map_err(|e| {
-            fail(format!(
-                "{what}: waiting for {}: {e}",
-                self.cfg.path.display()
-            ))
-        })?;
-        match status {
-            Some(s) if s.success() => Ok(()),
-            Some(s) => Err(fail(format!(
-                "{} {what} failed ({s}): {}",
-                self.cfg.name,
-                self.last_error()
-            ))),
-            None => Err(fail(format!(
-                "{} {what} took longer than {:?}: killed",
-                self.cfg.name, limit
-            ))),
-        }
+    fn run(&self, what: &str, cmd: Command, limit: Duration) -> Result<()> {
+        self.run_with_console(what, cmd, None, limit).map(drop)
     }
 
     /// The runtime's last error line in its log, or a note that it left
@@ -158,35 +137,65 @@ impl OciRuntime {
             stderr: None,
             pty: None,
         };
-        let console = if tty {
+        let stdio = ExecStdio {
+            tty,
+            stdin,
+            stdout: true,
+            stderr: true,
+            size: None,
+        };
+        let (console, ends) = self.wire_stdio(&mut cmd, &stdio)?;
+        [created.stdin, created.stdout, created.stderr] = ends;
+        cmd.arg(&self.id);
+        let r = self.run_with_console("create", cmd, console, CREATE_LIMIT);
+        let _ = std::fs::remove_file(self.bundle.join(CONSOLE_SOCKET));
+        created.pty = r?;
+        match self.read_pid(PID_FILE) {
+            Ok(pid) => created.pid = pid,
+            Err(e) => {
+                // The runtime made a container we cannot supervise: it
+                // goes, process and record.
+                let _ = self.delete();
+                return Err(e);
+            }
+        }
+        Ok(created)
+    }
+
+    /// The process's stdio as the runtime's own (it passes them through):
+    /// with a tty a console socket (its listener returned) and /dev/null,
+    /// else a pipe per stream asked for and /dev/null for the rest. The
+    /// shim's ends: stdin's write end, stdout's and stderr's read ends.
+    fn wire_stdio(
+        &self,
+        cmd: &mut Command,
+        stdio: &ExecStdio,
+    ) -> Result<(Option<UnixListener>, [Option<OwnedFd>; 3])> {
+        let mut ends = [None, None, None];
+        if stdio.tty {
             let l = self.console_listener()?;
             cmd.arg("--console-socket").arg(CONSOLE_SOCKET);
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            Some(l)
-        } else {
-            if stdin {
-                let (r, w) = spawn::cloexec_pipe()?;
-                created.stdin = Some(w);
-                cmd.stdin(Stdio::from(r));
-            } else {
-                cmd.stdin(Stdio::null());
+            return Ok((Some(l), ends));
+        }
+        let mut child_ends: [Stdio; 3] = [Stdio::null(), Stdio::null(), Stdio::null()];
+        if stdio.stdin {
+            let (r, w) = spawn::cloexec_pipe()?;
+            ends[0] = Some(w);
+            child_ends[0] = Stdio::from(r);
+        }
+        for (i, wanted) in [(1, stdio.stdout), (2, stdio.stderr)] {
+            if wanted {
+                let (r, w) = spawn::output_pipe()?;
+                ends[i] = Some(r);
+                child_ends[i] = Stdio::from(w);
             }
-            let (r, w) = spawn::output_pipe()?;
-            created.stdout = Some(r);
-            cmd.stdout(Stdio::from(w));
-            let (r, w) = spawn::output_pipe()?;
-            created.stderr = Some(r);
-            cmd.stderr(Stdio::from(w));
-            None
-        };
-        cmd.arg(&self.id);
-        let r = self.run_with_console("create", cmd, console, CREATE_LIMIT);
-        let _ = std::fs::remove_file(self.bundle.join(CONSOLE_SOCKET));
-        created.pty = r?;
-        created.pid = self.read_pid(PID_FILE)?;
-        Ok(created)
+        }
+        let [i, o, e] = child_ends;
+        cmd.stdin(i).stdout(o).stderr(e);
+        Ok((None, ends))
     }
 
     fn console_listener(&self) -> Result<UnixListener> {
@@ -209,8 +218,8 @@ impl OciRuntime {
         Ok(l)
     }
 
-    /// Runs `cmd`; with a console socket, takes the pty master the runtime
-    /// sends on it while it runs.
+    /// Runs `cmd` to its end (bounded by `limit`); with a console socket,
+    /// takes the pty master the runtime sends on it while it runs.
     fn run_with_console(
         &self,
         what: &str,
@@ -218,16 +227,14 @@ impl OciRuntime {
         console: Option<UnixListener>,
         limit: Duration,
     ) -> Result<Option<OwnedFd>> {
-        let Some(listener) = console else {
-            self.run(what, cmd, limit)?;
-            return Ok(None);
-        };
         let _ = std::fs::remove_file(self.bundle.join(LOG_FILE));
         let mut child = cmd
             .spawn()
             .map_err(|e| fail(format!("{what}: running {}: {e}", self.cfg.path.display())))?;
         let deadline = Instant::now() + limit;
-        let pty = receive_pty(&listener, &mut child, deadline);
+        let pty = console
+            .as_ref()
+            .and_then(|l| receive_pty(l, &mut child, deadline));
         let left = deadline.saturating_duration_since(Instant::now());
         let status = wait_bounded(&mut child, left.max(Duration::from_millis(1))).map_err(|e| {
             fail(format!(
@@ -250,6 +257,9 @@ impl OciRuntime {
                     self.cfg.name, limit
                 )));
             }
+        }
+        if console.is_none() {
+            return Ok(None);
         }
         let pty = pty.ok_or_else(|| {
             fail(format!(
@@ -294,37 +304,11 @@ impl OciRuntime {
             stderr: None,
             pty: None,
         };
-        let console = if stdio.tty {
-            let l = self.console_listener()?;
-            cmd.arg("--tty").arg("--console-socket").arg(CONSOLE_SOCKET);
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            Some(l)
-        } else {
-            if stdio.stdin {
-                let (r, w) = spawn::cloexec_pipe()?;
-                out.stdin = Some(w);
-                cmd.stdin(Stdio::from(r));
-            } else {
-                cmd.stdin(Stdio::null());
-            }
-            if stdio.stdout {
-                let (r, w) = spawn::output_pipe()?;
-                out.stdout = Some(r);
-                cmd.stdout(Stdio::from(w));
-            } else {
-                cmd.stdout(Stdio::null());
-            }
-            if stdio.stderr {
-                let (r, w) = spawn::output_pipe()?;
-                out.stderr = Some(r);
-                cmd.stderr(Stdio::from(w));
-            } else {
-                cmd.stderr(Stdio::null());
-            }
-            None
-        };
+        if stdio.tty {
+            cmd.arg("--tty");
+        }
+        let (console, ends) = self.wire_stdio(&mut cmd, stdio)?;
+        [out.stdin, out.stdout, out.stderr] = ends;
         cmd.arg(&self.id);
         let r = self.run_with_console("exec", cmd, console, self.call_limit);
         let _ = std::fs::remove_file(self.bundle.join(CONSOLE_SOCKET));
