@@ -18,14 +18,8 @@ use berth_conformance::images::{Compression, Format, ImageBuilder, TarBuilder};
 use berth_conformance::pods::*;
 
 fn berthd_bin() -> std::path::PathBuf {
-    // The binary the harness runs (target/<profile>/berthd).
-    let me = std::env::current_exe().unwrap();
-    me.ancestors()
-        .find_map(|d| {
-            let b = d.join("berthd");
-            b.is_file().then_some(b)
-        })
-        .expect("berthd next to the test binaries")
+    // The binary the harness runs.
+    berth_conformance::berthd::berthd_binary().expect("the harness's berthd")
 }
 
 /// `berthd --config FILE commit CONTAINER NAME`, finding the running

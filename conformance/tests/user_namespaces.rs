@@ -548,11 +548,7 @@ async fn a_commit_of_a_user_namespaced_container_records_the_ids_it_saw() {
         assert_eq!((r.uid(), r.gid()), (HOST_ID, HOST_ID));
         assert_eq!((u.uid(), u.gid()), (HOST_ID + 1000, HOST_ID + 1001));
     }
-    let berthd = std::env::current_exe()
-        .unwrap()
-        .ancestors()
-        .find_map(|d| Some(d.join("berthd")).filter(|b| b.is_file()))
-        .expect("berthd next to the test binaries");
+    let berthd = berth_conformance::berthd::berthd_binary().expect("the harness's berthd");
     let name = format!("{}/userns/committed:1", env.registry.host());
     let out = std::process::Command::new(berthd)
         .arg("--config")
