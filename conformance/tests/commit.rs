@@ -4,7 +4,10 @@
 //! CreateContainer at once. A new container of the committed image sees
 //! exactly the changes: a new file, a modified one, a deleted image file
 //! (a whiteout), a directory replaced by a new one (opaque). A commit of a
-//! running container works; bad requests change nothing.
+//! running container works; bad requests change nothing. A commit pushed
+//! (`--push`) to the same registry and to another is pulled back by digest
+//! with exactly its changes; one that asks for credentials takes it only
+//! with them; a failed push keeps the commit.
 
 mod common;
 
@@ -262,5 +265,210 @@ async fn a_paused_commit_freezes_the_container_and_thaws_it_after() {
             .contains("thawed a container a paused commit left frozen")
     );
     remove_pod(&env, p).await;
+    env.finish().await;
+}
+
+/// `berthd --config FILE commit ARGS...`: (exit ok, stdout, stderr).
+fn commit_args(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(berthd_bin())
+        .arg("--config")
+        .arg(config)
+        .arg("commit")
+        .args(args)
+        .output()
+        .expect("running berthd commit");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `pushed` log line's count `key=N` of berthd's last push to `name`.
+fn pushed_count(log: &str, name: &str, key: &str) -> u64 {
+    // The text log's colours (ESC [ ... m) out.
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let line = plain
+        .lines()
+        .rev()
+        .find(|l| l.contains("pushed") && l.contains(name))
+        .unwrap_or_else(|| panic!("no push of {name} in berthd's log"));
+    let at = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    line[at + key.len() + 1..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+/// Every blob of the manifest `digest` in `repo` of `registry`, fetched
+/// and checked against its digest.
+async fn all_blobs_are_there(
+    registry: &berth_conformance::registry::Registry,
+    repo: &str,
+    digest: &str,
+) -> usize {
+    use sha2::Digest as _;
+    let client = registry.client();
+    let (_, _, body) = client
+        .get_manifest(repo, digest)
+        .await
+        .expect("the pushed manifest by digest");
+    assert_eq!(
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body))),
+        digest,
+        "the registry serves the manifest's own bytes"
+    );
+    let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let mut blobs: Vec<String> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    blobs.push(m["config"]["digest"].as_str().unwrap().to_string());
+    for b in &blobs {
+        let data = client
+            .get_blob(repo, b)
+            .await
+            .unwrap_or_else(|e| panic!("blob {b} of {repo}: {e}"));
+        assert_eq!(
+            &format!("sha256:{}", hex::encode(sha2::Sha256::digest(&data))),
+            b
+        );
+    }
+    blobs.len()
+}
+
+#[tokio::test]
+async fn a_pushed_commit_is_pulled_back_by_digest_from_each_registry() {
+    use berth_conformance::registry::Registry;
+    let env = Env::start().await;
+    let image = push_busybox(&env, "pushbase/app:1").await;
+    let p = run_pod(&env, sandbox_config("commit-push"), &image).await;
+    let id = run(&env, &p, container(&p, "writer", &["sleep", "1000"])).await;
+    sh(&env, &id, "echo pushed > /pushed && rm /bin/vi").await;
+    let config = env.berthd.dir().join("berthd.toml");
+
+    // The same registry, another repository: the base layers are mounted
+    // from the repository they were pulled from, the new one uploaded.
+    let same = format!("{}/pushed/app:v1", env.registry.host());
+    let (ok, image_id, err) = commit_args(&config, &["--push", &id, &same]);
+    assert!(ok, "commit --push failed: {err}");
+    let repo_digest = err
+        .lines()
+        .find_map(|l| l.strip_prefix("pushed "))
+        .unwrap_or_else(|| panic!("no 'pushed' line: {err}"))
+        .to_string();
+    assert!(
+        repo_digest.starts_with(&format!("{}/pushed/app@sha256:", env.registry.host())),
+        "{repo_digest}"
+    );
+    let st = env.cri.image(&image_id).await.unwrap().expect("the commit");
+    assert_eq!(st.repo_tags, vec![same.clone()]);
+    assert!(
+        st.repo_digests.contains(&repo_digest),
+        "the image is known by its pushed digest: {:?}",
+        st.repo_digests
+    );
+    let log = env.berthd.log();
+    assert!(pushed_count(&log, &same, "mounted") >= 1, "{log}");
+    assert_eq!(pushed_count(&log, &same, "refetched"), 0);
+    let digest = repo_digest.rsplit_once('@').unwrap().1.to_string();
+    let n = all_blobs_are_there(&env.registry, "pushed/app", &digest).await;
+    assert!(n >= 3, "base layer(s), the commit's layer and the config");
+
+    // Another registry: the base layers are fetched again from the first
+    // and uploaded; kept for the next push.
+    let other = Registry::start().await.expect("a second registry");
+    let far = format!("{}/copied/app:v1", other.host());
+    let (ok, image_id2, err) = commit_args(&config, &["--push", &id, &far]);
+    assert!(ok, "commit --push to another registry failed: {err}");
+    let log = env.berthd.log();
+    assert!(pushed_count(&log, &far, "refetched") >= 1, "{log}");
+    assert_eq!(pushed_count(&log, &far, "mounted"), 0);
+    let far_digest = env
+        .cri
+        .image(&image_id2)
+        .await
+        .unwrap()
+        .unwrap()
+        .repo_digests
+        .into_iter()
+        .find(|d| d.starts_with(&other.host()))
+        .expect("the second push's digest");
+    let digest2 = far_digest.rsplit_once('@').unwrap().1.to_string();
+    all_blobs_are_there(&other, "copied/app", &digest2).await;
+
+    // A registry that demands credentials: refused without, pushed with.
+    let locked = Registry::start_with_auth("pusher", "s3cret").await.unwrap();
+    let guarded = format!("{}/guarded/app:v1", locked.host());
+    let (ok, _, err) = commit_args(&config, &["--push", &id, &guarded]);
+    assert!(!ok, "a push without credentials is refused");
+    assert!(
+        err.contains("the push failed") && err.contains("committed"),
+        "the commit is kept and the push's error said: {err}"
+    );
+    let (ok, _, err) = commit_args(
+        &config,
+        &["--push", "--creds", "pusher:wrong", &id, &guarded],
+    );
+    assert!(!ok && err.contains("the push failed"), "{err}");
+    let (ok, _, err) = commit_args(
+        &config,
+        &["--push", "--creds", "pusher:s3cret", &id, &guarded],
+    );
+    assert!(ok, "commit --push --creds failed: {err}");
+    let (ok, _, err) = commit_args(&config, &["--creds", "pusher:s3cret", &id, &guarded]);
+    assert!(!ok && err.contains("--push"), "--creds needs --push: {err}");
+    drop(locked);
+    // A registry that is not there: the commit stays, the push fails.
+    let (ok, _, err) = commit_args(&config, &["--push", &id, "127.0.0.1:1/gone/app:v1"]);
+    assert!(!ok && err.contains("the push failed"), "{err}");
+    assert!(
+        env.cri
+            .image("127.0.0.1:1/gone/app:v1")
+            .await
+            .unwrap()
+            .is_some(),
+        "the commit is kept under its name"
+    );
+
+    // Everything local goes; each registry gives the commit back by
+    // digest, with exactly its changes.
+    remove_pod(&env, p).await;
+    for i in env.cri.list_images(None).await.unwrap() {
+        env.cri.remove_image(&i.id).await.unwrap();
+    }
+    assert!(env.cri.list_images(None).await.unwrap().is_empty());
+    for r in [&far_digest, &repo_digest] {
+        let got = env
+            .cri
+            .pull(r)
+            .await
+            .unwrap_or_else(|e| panic!("pull {r}: {e}"));
+        let p = run_pod(&env, sandbox_config("pushed-reader"), r).await;
+        let c = run(&env, &p, container(&p, "reader", &["sleep", "1000"])).await;
+        assert_eq!(sh(&env, &c, "cat /pushed").await, "pushed\n", "{r}");
+        let (code, _, _) = try_sh(&env, &c, "test -e /bin/vi").await;
+        assert_ne!(code, 0, "the deletion is whited out in {r}");
+        remove_pod(&env, p).await;
+        env.cri.remove_image(&got).await.unwrap();
+    }
     env.finish().await;
 }

@@ -29,14 +29,29 @@ pub enum Request {
         /// the commit's outcome.
         #[serde(default)]
         pause: bool,
+        /// Push the new image to the registry its name names, after the
+        /// commit (and the thaw).
+        #[serde(default)]
+        push: bool,
+        /// `user:password` for the push's registry; none: anonymous.
+        #[serde(default)]
+        creds: Option<String>,
     },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
-    Committed { image_id: String, name: String },
-    Error { message: String },
+    Committed {
+        image_id: String,
+        name: String,
+        /// `registry/repository@digest` of the pushed manifest.
+        #[serde(default)]
+        pushed: Option<String>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// Serve the admin socket until the task is dropped.
@@ -124,7 +139,18 @@ async fn handle(
             name,
             comment,
             pause,
+            push,
+            creds,
         } => {
+            // Credentials are checked before anything is made.
+            let creds = match creds.as_deref().map(|c| c.split_once(':')) {
+                None => berth_image::registry::Credentials::Anonymous,
+                Some(Some((u, p))) if !u.is_empty() => berth_image::registry::Credentials::Basic {
+                    username: u.to_string(),
+                    password: p.to_string(),
+                },
+                Some(_) => return err("creds: give them as USER:PASSWORD".into()),
+            };
             let berth_runtime::service::CommitSource {
                 image_id: image,
                 upper,
@@ -175,9 +201,23 @@ async fn handle(
             match r {
                 Ok(c) => {
                     tracing::info!(container = %container, image = %c.name, id = %c.image_id, layer = %c.layer_digest, "committed");
+                    let pushed = if push {
+                        match images.push(&c.name, creds).await {
+                            Ok(p) => Some(p.repo_digest),
+                            Err(e) => {
+                                return err(format!(
+                                    "committed {container} as {} ({}), but the push failed: {e}",
+                                    c.name, c.image_id
+                                ));
+                            }
+                        }
+                    } else {
+                        None
+                    };
                     Answer::Committed {
                         image_id: c.image_id.to_string(),
                         name: c.name,
+                        pushed,
                     }
                 }
                 Err(e) => err(e.to_string()),

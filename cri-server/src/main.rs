@@ -79,6 +79,14 @@ enum Cmd {
         /// freezer), so that no file is committed half written.
         #[arg(long)]
         pause: bool,
+        /// Push the new image to the registry NAME names (its layers,
+        /// config and manifest; the base image's layers are mounted from
+        /// or fetched again from the repository they were pulled from).
+        #[arg(long)]
+        push: bool,
+        /// USER:PASSWORD for the push's registry (default: anonymous).
+        #[arg(long, value_name = "USER:PASSWORD", requires = "push")]
+        creds: Option<String>,
         /// The admin socket (default: <state>/admin.sock).
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<PathBuf>,
@@ -125,6 +133,8 @@ fn main() -> ExitCode {
         name,
         comment,
         pause,
+        push,
+        creds,
         admin_socket,
     }) = &args.command
     {
@@ -136,10 +146,19 @@ fn main() -> ExitCode {
             name: name.clone(),
             comment: comment.clone(),
             pause: *pause,
+            push: *push,
+            creds: creds.clone(),
         };
         return match admin::request(&socket, &req) {
-            Ok(admin::Answer::Committed { image_id, name }) => {
+            Ok(admin::Answer::Committed {
+                image_id,
+                name,
+                pushed,
+            }) => {
                 eprintln!("committed {container} as {name}");
+                if let Some(p) = pushed {
+                    eprintln!("pushed {p}");
+                }
                 println!("{image_id}");
                 ExitCode::SUCCESS
             }

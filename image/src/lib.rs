@@ -15,6 +15,7 @@ pub mod digest;
 pub mod error;
 pub mod limits;
 pub mod manifest;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod service;

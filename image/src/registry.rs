@@ -406,6 +406,9 @@ pub struct Session {
     credentials: Credentials,
     /// Index of the endpoint that last answered; tried first next time.
     preferred: AtomicUsize,
+    /// A push session: the registry itself (no mirrors), pull and push
+    /// scope.
+    push: bool,
 }
 
 /// One attempt's failure, classified.
@@ -539,7 +542,23 @@ impl Session {
             endpoints,
             credentials,
             preferred: AtomicUsize::new(0),
+            push: false,
         }
+    }
+
+    /// A session that pushes to `reference`'s repository: only the
+    /// registry itself is written to (mirrors serve pulls, as containerd's
+    /// hosts have pull and resolve but not push), with the credentials
+    /// given, for a `pull,push` token.
+    pub fn for_push(
+        client: Arc<RegistryClient>,
+        reference: &Reference,
+        credentials: Credentials,
+    ) -> Self {
+        let mut s = Self::new(client, reference, credentials);
+        s.endpoints.retain(|e| !e.mirror);
+        s.push = true;
+        s
     }
 
     /// `registry/repository`, for messages.
@@ -548,7 +567,11 @@ impl Session {
     }
 
     fn scope(&self) -> String {
-        format!("repository:{}:pull", self.repository)
+        if self.push {
+            format!("repository:{}:pull,push", self.repository)
+        } else {
+            format!("repository:{}:pull", self.repository)
+        }
     }
 
     /// Endpoint indexes in the order to try them: the one that answered last
@@ -676,8 +699,7 @@ impl Session {
         m.get(&self.token_key(ep)).cloned()
     }
 
-    /// One GET with the auth dance: send, and on a 401 answer the challenge
-    /// once (bearer token or basic credentials) and send again.
+    /// One GET with the auth dance (see [`Session::send`]).
     async fn get(
         &self,
         ep: &Endpoint,
@@ -687,20 +709,40 @@ impl Session {
         what: &str,
     ) -> Result<reqwest::Response, Failure> {
         let url = format!("{}/v2/{}/{path}", ep.base, self.repository);
-        let stall = self.client.config.stall_timeout;
-        let creds = self.credentials_for(ep);
-        let mut auth: Option<String> = match creds {
-            Credentials::RegistryToken(t) => Some(format!("Bearer {t}")),
-            _ => self.cached_token(ep).map(|t| format!("Bearer {t}")),
-        };
-        for round in 0..2 {
-            let mut req = self.client.http_for(&url).get(&url);
+        self.send(ep, what, |http| {
+            let mut req = http.get(&url);
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
             }
             if offset > 0 {
                 req = req.header(RANGE, format!("bytes={offset}-"));
             }
+            Ok(req)
+        })
+        .await
+    }
+
+    /// One request with the auth dance: send what `build` makes, and on a
+    /// 401 answer the challenge once (bearer token or basic credentials)
+    /// and send a freshly built one again. Any 2xx answer is the caller's.
+    async fn send<B>(
+        &self,
+        ep: &Endpoint,
+        what: &str,
+        build: B,
+    ) -> Result<reqwest::Response, Failure>
+    where
+        B: Fn(&reqwest::Client) -> Result<reqwest::RequestBuilder, Failure>,
+    {
+        let stall = self.client.config.stall_timeout;
+        let http = self.client.http_for(&ep.base);
+        let creds = self.credentials_for(ep);
+        let mut auth: Option<String> = match creds {
+            Credentials::RegistryToken(t) => Some(format!("Bearer {t}")),
+            _ => self.cached_token(ep).map(|t| format!("Bearer {t}")),
+        };
+        for round in 0..2 {
+            let mut req = build(http)?;
             if let Some(a) = &auth {
                 req = req.header(AUTHORIZATION, a);
             }
@@ -735,8 +777,10 @@ impl Session {
                         _ => {
                             return Err(Failure::Final(Error::Unauthenticated {
                                 registry: ep.host.clone(),
-                                message: "the registry asks for a user name and password and the pull carried none"
-                                    .into(),
+                                message: format!(
+                                    "the registry asks for a user name and password and the {} carried none",
+                                    if self.push { "push" } else { "pull" }
+                                ),
                             }));
                         }
                     },
@@ -1047,6 +1091,8 @@ impl BlobStream<'_> {
         }
     }
 }
+
+mod push;
 
 #[cfg(test)]
 mod tests {

@@ -335,6 +335,17 @@ impl ImageService {
         .map_err(|e| Error::Database(format!("commit task failed: {e}")))?
     }
 
+    /// Push the image `name` to its registry (see [`crate::push`]).
+    pub async fn push(&self, name: &str, credentials: Credentials) -> Result<crate::push::Pushed> {
+        // As a pull: no GC while its blobs are read and fetched again.
+        let _gc = self.inner.gc_lock.read().await;
+        let started = std::time::Instant::now();
+        let p =
+            crate::push::push(&self.inner.store, &self.inner.registry, name, credentials).await?;
+        tracing::info!(image = %name, digest = %p.repo_digest, uploaded = p.uploaded, mounted = p.mounted, present = p.present, refetched = p.refetched, elapsed_ms = started.elapsed().as_millis() as u64, "pushed");
+        Ok(p)
+    }
+
     /// An image by id, tag or digest reference; None if absent or malformed.
     pub fn status(&self, reference: &str) -> Option<Arc<ImageEntry>> {
         self.inner.store.resolve(reference)

@@ -717,6 +717,13 @@ impl Store {
             live.extend(e.record.chain_ids.iter().cloned());
             live_blobs.insert(e.record.id.hex().to_string());
             live_blobs.insert(e.record.manifest_digest.hex().to_string());
+            // Layer blobs the store keeps (a commit's, a push's): the
+            // image's own, as long as it is.
+            if let Ok(m) = fs::read(self.blob_path(&e.record.manifest_digest))
+                && let Ok(m) = serde_json::from_slice::<crate::manifest::Manifest>(&m)
+            {
+                live_blobs.extend(m.layers.iter().map(|l| l.digest.hex().to_string()));
+            }
             for d in &e.record.repo_digests {
                 if let Some((_, dg)) = d.rsplit_once('@')
                     && let Ok(dg) = dg.parse::<Digest>()
@@ -909,6 +916,48 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn a_kept_layer_blob_lives_as_long_as_an_image_whose_manifest_lists_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let layer = b"a committed layer".to_vec();
+        let ld = Digest::sha256_of(&layer);
+        let (cj, cfg) = config(&[Digest::sha256_of(b"diff")]);
+        let id = Digest::sha256_of(&cj);
+        s.write_blob(&id, &cj).unwrap();
+        let m = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": id.to_string(), "size": cj.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld.to_string(), "size": layer.len()}],
+        }))
+        .unwrap();
+        let md = Digest::sha256_of(&m);
+        s.write_blob(&md, &m).unwrap();
+        let tmp = s.tmp_dir("t").unwrap();
+        fs::write(tmp.join("l"), &layer).unwrap();
+        s.adopt_blob(&ld, &tmp.join("l")).unwrap();
+        s.record_image(
+            ImageRecord {
+                id: id.clone(),
+                repo_tags: vec!["example.com/c:1".into()],
+                repo_digests: vec![],
+                manifest_digest: md,
+                chain_ids: vec![],
+                size: 1,
+                pulled_at: now_secs(),
+            },
+            cj,
+            cfg,
+        )
+        .unwrap();
+        let other = add_image(&s, "example.com/other:1", &["x"]);
+        s.remove(&other, None).unwrap();
+        assert!(s.blob_path(&ld).is_file(), "a GC keeps the listed layer");
+        s.remove(&id, None).unwrap();
+        assert!(!s.blob_path(&ld).exists(), "and takes it with its image");
     }
 
     #[test]
