@@ -168,9 +168,65 @@ async fn the_metrics_endpoint_counts_what_berthd_did() {
         ),
         1.0
     );
+    // berthd's own per-step timings (issue 13): each step of the calls
+    // above, counted once per call, inside the call's own time.
+    let step = |name: &str, what: &str| {
+        must(
+            &text,
+            &format!("berth_step_duration_seconds_{what}{{step=\"{name}\"}}"),
+        )
+    };
+    for s in [
+        "pod.dir",
+        "pod.netns_pin",
+        "pod.network",
+        "pod.cgroup",
+        "pod.state_write",
+    ] {
+        assert_eq!(step(s, "count"), 1.0, "{s}");
+    }
+    for s in [
+        "container.dir_and_hold",
+        "container.rootfs_mount",
+        "container.spec",
+        "container.state_write",
+        "start.shim_start",
+        "start.state_write",
+        "init.mounts",
+        "init.pivot_root",
+    ] {
+        assert_eq!(step(s, "count"), 3.0, "{s}");
+    }
+    // The shim's own steps come for the pause too, if the pod has one.
+    assert!(step("shim.spawn", "count") >= 3.0);
+    assert!(step("shim.create", "count") >= 3.0);
+    assert!(step("container.rootfs_mount", "sum") > 0.0);
+    let create = must(
+        &text,
+        "berth_cri_request_duration_seconds_sum{method=\"CreateContainer\"}",
+    );
+    let parts = step("container.rootfs_mount", "sum") + step("container.spec", "sum");
+    assert!(
+        parts < create,
+        "steps are parts of CreateContainer: {parts} s of {create} s"
+    );
+    assert!(step("init.mounts", "sum") < step("shim.create", "sum"));
 
     remove_pod(&env, p).await;
     let (_, text) = get(port, "/metrics").await;
+    for s in [
+        "stop_pod.network",
+        "stop_pod.release",
+        "remove_pod.state_delete",
+    ] {
+        assert!(
+            must(
+                &text,
+                &format!("berth_step_duration_seconds_count{{step=\"{s}\"}}")
+            ) >= 1.0,
+            "{s}"
+        );
+    }
     assert_eq!(must(&text, "berth_pods{state=\"READY\"}"), 0.0, "{text}");
     assert_eq!(must(&text, "berth_shims_running"), 0.0);
     assert!(

@@ -267,12 +267,20 @@ fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn"))
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::prelude::*;
+    // The log as configured, and beside it (whatever the log level) the
+    // step spans turned into berth_step_duration_seconds.
+    // (Targets, not a closure: callsites of other targets are never
+    // asked again, and the level hint stays debug.)
+    let steps = metrics::StepLayer.with_filter(
+        tracing_subscriber::filter::Targets::new()
+            .with_target(berth_runtime::steps::TARGET, tracing::Level::DEBUG),
+    );
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(steps);
     match config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(fmt.with_filter(filter)).init(),
+        LogFormat::Json => registry.with(fmt.json().with_filter(filter)).init(),
     }
 }
 

@@ -52,6 +52,11 @@ struct OpLabel {
     operation: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabel {
+    step: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Latency buckets from 0.5 ms to about 33 s (berth's calls take 1–10 ms,
@@ -76,6 +81,7 @@ pub struct Metrics {
     streams: Family<KindLabel, Gauge>,
     network_seconds: HistogramFamily<OpLabel>,
     recovered: Family<StateLabel, Counter>,
+    step_seconds: HistogramFamily<StepLabel>,
     /// One scrape at a time: the state gauges are set, then encoded.
     scrape: Mutex<()>,
 }
@@ -213,6 +219,10 @@ impl Metrics {
             streams: Family::default(),
             network_seconds: Family::new_with_constructor(latency),
             recovered: Family::default(),
+            // 50 µs to about 6.5 s: steps take tens of µs to a few ms.
+            step_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.00005, 2.0, 18))
+            }),
             scrape: Mutex::new(()),
         };
         let r = &mut m.registry;
@@ -276,6 +286,12 @@ impl Metrics {
             "How long network plugin calls took, by operation (setup, teardown)",
             Unit::Seconds,
             m.network_seconds.clone(),
+        );
+        r.register_with_unit(
+            "step_duration",
+            "How long each step of the pod and container calls took (berth_step spans: pod.*, container.*, shim.*, init.*, start.*, stop_pod.*, remove_pod.*)",
+            Unit::Seconds,
+            m.step_seconds.clone(),
         );
         r.register(
             "recovered_containers",
@@ -341,6 +357,13 @@ impl Metrics {
             .get_or_create(&OpLabel {
                 operation: operation.into(),
             })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A step of a pod or container call took `took`.
+    pub fn step(&self, step: &str, took: Duration) {
+        self.step_seconds
+            .get_or_create(&StepLabel { step: step.into() })
             .observe(took.as_secs_f64());
     }
 
@@ -500,6 +523,75 @@ impl berth_network::Plugin for TimedPlugin {
     }
     fn info(&self) -> serde_json::Value {
         self.0.info()
+    }
+}
+
+/// The tracing layer that turns berth's step spans (target
+/// [`berth_runtime::steps::TARGET`]) into `berth_step_duration_seconds`:
+/// a span's wall time from its creation to its close, and the samples the
+/// shim reports (events with `step` and `micros`). Installed with a filter
+/// of that target only, so it sees nothing else.
+pub struct StepLayer;
+
+struct StepStart(Instant);
+
+#[derive(Default)]
+struct Sample {
+    step: Option<String>,
+    micros: Option<u64>,
+}
+
+impl tracing::field::Visit for Sample {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "step" {
+            self.step = Some(value.to_string());
+        }
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        if field.name() == "micros" {
+            self.micros = Some(value);
+        }
+    }
+    fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+}
+
+/// A step name from the shim's start line is kept only if it is one of the
+/// shim's kinds, so that series stay few.
+fn shim_step_name(step: &str) -> bool {
+    step.len() <= 32 && (step.starts_with("shim.") || step.starts_with("init."))
+}
+
+impl<S> tracing_subscriber::Layer<S> for StepLayer
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        _: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(StepStart(Instant::now()));
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if let Some(span) = ctx.span(&id)
+            && let Some(StepStart(t)) = span.extensions().get::<StepStart>()
+        {
+            get().step(span.name(), t.elapsed());
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut s = Sample::default();
+        event.record(&mut s);
+        if let (Some(step), Some(micros)) = (s.step, s.micros)
+            && shim_step_name(&step)
+        {
+            get().step(&step, Duration::from_micros(micros));
+        }
     }
 }
 

@@ -29,4 +29,5 @@ pub mod shim;
 pub mod shim_client;
 pub mod spec;
 pub mod state;
+pub mod steps;
 pub mod user;

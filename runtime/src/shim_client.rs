@@ -198,8 +198,13 @@ pub async fn spawn(shim: &Path, dir: &Path) -> Result<i32, ShimError> {
             secs: START_TIMEOUT.as_secs(),
         })??;
     let line = line.trim();
-    if let Some(pid) = line.strip_prefix("ok ") {
-        return pid.trim().parse().map_err(|_| ShimError::Protocol {
+    if let Some(rest) = line.strip_prefix("ok ") {
+        // `ok <pid>`, then the shim's step timings (`name=micros`).
+        let (pid, steps) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+        for (step, micros) in crate::steps::parse_shim_steps(steps) {
+            crate::steps::sample(&step, micros);
+        }
+        return pid.parse().map_err(|_| ShimError::Protocol {
             dir: dir_s,
             detail: format!("start line {line:?}"),
         });

@@ -2,6 +2,7 @@
 //! container views.
 
 use super::*;
+use tracing::Instrument as _;
 
 pub(super) fn exit_reason(e: &proto::ExitStatus) -> (&'static str, String) {
     if e.oom_killed {
@@ -261,7 +262,9 @@ impl Runtime {
                 rec.state
             )));
         }
-        match shim_client::call(&rec.dir, &Request::Start, Some(shim_client::START_TIMEOUT)).await?
+        match shim_client::call(&rec.dir, &Request::Start, Some(shim_client::START_TIMEOUT))
+            .instrument(crate::step_span!("start.shim_start"))
+            .await?
         {
             Response::Ok => {}
             Response::Error { message } => {
@@ -277,7 +280,10 @@ impl Runtime {
         }
         rec.state = ContainerState::Running;
         rec.started_at_ns = now_ns();
-        self.update_container(rec.clone())?;
+        {
+            let _step = crate::step!("start.state_write");
+            self.update_container(rec.clone())?;
+        }
         self.emit(&rec, EventKind::Started);
         self.watch_exit(full);
         Ok(())
@@ -710,6 +716,7 @@ impl Inner {
         let id = new_id()?;
         let mut undo = Undo::default();
 
+        let step = crate::step!("container.dir_and_hold");
         let dir = self.cfg.state.join("containers").join(&id);
         fs::DirBuilder::new()
             .mode(0o700)
@@ -728,6 +735,8 @@ impl Inner {
                 let _ = images.store().release(&holder);
             });
         }
+        drop(step);
+        let step = crate::step!("container.rootfs_mount");
         let rootfs = crate::rootfs::Rootfs::new(
             dir.join("rootfs"),
             self.cfg.root.join("containers").join(&id),
@@ -771,7 +780,9 @@ impl Inner {
 
         let mut config = config;
         let image_volumes = self.mount_image_volumes(&id, &rootfs, idmap.as_ref(), &mut config)?;
+        drop(step);
 
+        let step = crate::step!("container.user_and_cgroup");
         let user = crate::user::resolve(
             &rootfs.target,
             image.config.config.user.as_deref(),
@@ -783,6 +794,8 @@ impl Inner {
                 remove_cgroup_logged(&cgroups, &c)
             });
         }
+        drop(step);
+        let step = crate::step!("container.spec");
         let paths = pod_paths(sb);
         let hostname = pod_hostname(&sb.config);
         let image_name = image
@@ -822,6 +835,8 @@ impl Inner {
         if handler.is_some() {
             restrict_oom_score_adj(&mut cs.spec);
         }
+        drop(step);
+        let step = crate::step!("container.resources_and_dirs");
         if let Some(res) = cs
             .spec
             .linux()
@@ -872,6 +887,7 @@ impl Inner {
                     ))
                 })?;
         }
+        drop(step);
         let shim_cfg = ShimConfig {
             id: id.clone(),
             kind: ShimKind::Container,
@@ -920,7 +936,9 @@ impl Inner {
             user: Some(user),
         };
         crate::failpoint::hit("container.before_commit");
+        let step = crate::step!("container.state_write");
         self.store.put_container(&rec)?;
+        drop(step);
         undo.disarm();
         Ok(rec)
     }

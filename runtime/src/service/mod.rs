@@ -494,6 +494,7 @@ impl Inner {
             .recursive(true)
             .create(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let step = crate::step!("shim.bundle");
         let r = (|| {
             let write = |name: &str, bytes: &[u8]| {
                 fs::write(dir.join(name), bytes)
@@ -531,8 +532,10 @@ impl Inner {
                 .map_err(|e| Error::Internal(format!("encoding shim.json: {e}")))?;
             fs::write(dir.join(proto::SHIM_CONFIG_FILE), shim_json)
                 .map_err(|e| Error::io(format!("writing the bundle in {}", dir.display()), e))?;
+            drop(step);
             let handle = tokio::runtime::Handle::try_current()
                 .map_err(|_| Error::Internal("no async runtime to start the shim from".into()))?;
+            let _step = crate::step!("shim.spawn");
             handle
                 .block_on(shim_client::spawn(&self.cfg.shim_exec, dir))
                 .map_err(Error::from)

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::model::LinuxResources;
+use tracing::Instrument as _;
 
 impl Runtime {
     /// UpdatePodSandboxResources (in-place pod resize, pod-level
@@ -148,9 +149,14 @@ impl Runtime {
     /// StopPodSandbox's work, under the pod's lock held alone.
     async fn stop_pod_locked(&self, full: &str) -> Result<()> {
         // Its containers first, killed at once (as containerd does).
-        for c in self.containers_of(full)? {
-            self.stop_container_now(&c, 0).await?;
+        async {
+            for c in self.containers_of(full)? {
+                self.stop_container_now(&c, 0).await?;
+            }
+            Ok::<_, Error>(())
         }
+        .instrument(crate::step_span!("stop_pod.containers"))
+        .await?;
         let full = full.to_string();
         let Some(mut rec) = self
             .inner
@@ -168,7 +174,8 @@ impl Runtime {
         if let Some(att) = rec.network.clone() {
             let net = self.inner.network.clone();
             let req = pod_request(&rec);
-            tokio::task::spawn_blocking(move || net.teardown(&req, &att))
+            let span = crate::step_span!("stop_pod.network");
+            tokio::task::spawn_blocking(move || span.in_scope(|| net.teardown(&req, &att)))
                 .await
                 .map_err(|e| Error::Internal(format!("network teardown task failed: {e}")))??;
         }
@@ -178,7 +185,9 @@ impl Runtime {
         if rec.state != SandboxState::NotReady || rec.network.is_some() {
             let att = rec.network.take();
             rec.state = SandboxState::NotReady;
+            let step = crate::step!("stop_pod.state_write");
             self.inner.store.put_sandbox(&rec)?;
+            drop(step);
             self.inner
                 .sandboxes
                 .write()
@@ -189,9 +198,12 @@ impl Runtime {
             }
         }
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.release_sandbox_resources(&rec))
-            .await
-            .map_err(|e| Error::Internal(format!("stop task failed: {e}")))?;
+        let span = crate::step_span!("stop_pod.release");
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| inner.release_sandbox_resources(&rec))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("stop task failed: {e}")))?;
         Ok(())
     }
 
@@ -239,7 +251,9 @@ impl Runtime {
                 .and_then(|p| p.join("pause").map_err(Error::from))
                 .ok()
         });
+        let span = crate::step_span!("remove_pod.cgroups_and_dir");
         tokio::task::spawn_blocking(move || {
+            let _step = span.entered();
             if let Some(cg) = pause_cg {
                 remove_cgroup_logged(&cgroups, &cg);
             }
@@ -255,7 +269,9 @@ impl Runtime {
         })
         .await
         .map_err(|e| Error::Internal(format!("remove task failed: {e}")))?;
+        let step = crate::step!("remove_pod.state_delete");
         self.inner.store.delete_sandbox(&full)?;
+        drop(step);
         self.inner
             .sandboxes
             .write()
@@ -392,6 +408,7 @@ impl Inner {
         let own_ipc = ns.ipc != NamespaceMode::Node;
         let mut undo = Undo::default();
 
+        let step = crate::step!("pod.dir");
         let dir = self.cfg.state.join("sandboxes").join(id);
         // 0700: nothing in it is for other users (containers get its
         // files and /dev/shm by bind mounts), and its shm tmpfs is 1777.
@@ -419,6 +436,7 @@ impl Inner {
                     )
                 })?;
         }
+        drop(step);
         crate::failpoint::hit("sandbox.before_netns");
         let sysctls = namespaced_sysctls(&config.linux.sysctls, host_network, own_ipc)?;
         let want = Wanted {
@@ -436,6 +454,7 @@ impl Inner {
                 "userns_options mode POD: this node cannot give pods a user namespace: {why}"
             )));
         }
+        let step = crate::step!("pod.netns_pin");
         let pinned = match userns {
             Some((uid, gid)) => namespaces::pin_with_userns(
                 &self.cfg.shim_exec,
@@ -449,8 +468,10 @@ impl Inner {
         };
         let p = pinned.clone();
         undo.push("namespaces", move || namespaces::unpin(&p));
+        drop(step);
 
         // The pod network, in the pinned netns.
+        let step = crate::step!("pod.network");
         let network = match &pinned.net {
             Some(netns) => {
                 let req = network_request(id, &config, netns, network_ports(&config)?);
@@ -466,7 +487,9 @@ impl Inner {
             }
             None => None,
         };
+        drop(step);
 
+        let step = crate::step!("pod.shm_and_files");
         let shm = if own_ipc {
             let shm = dir.join("shm");
             fs::create_dir(&shm)
@@ -527,8 +550,10 @@ impl Inner {
             )
         })?;
 
+        drop(step);
         // The pod cgroup: kubelet's cgroup_parent (which kubelet made and
         // removes itself), or berth/<id> made here.
+        let step = crate::step!("pod.cgroup");
         // The last pod's removal may take away berth's default parent
         // between our mkdirs: one retry makes it again.
         let made = match self.cgroups.create(&cg) {
@@ -553,6 +578,7 @@ impl Inner {
                 })?;
         }
 
+        drop(step);
         let mut record = SandboxRecord {
             id: id.to_string(),
             config,
@@ -569,6 +595,7 @@ impl Inner {
 
         // A shared PID namespace is held by berth-shim's own pause process.
         if ns.pid == NamespaceMode::Pod {
+            let _step = crate::step!("pod.pause");
             let pause_dir = record.dir.join("pause");
             let paths = pod_paths(&record);
             let hostname = pod_hostname(&record.config);
@@ -620,7 +647,9 @@ impl Inner {
             });
         }
         crate::failpoint::hit("sandbox.before_commit");
+        let step = crate::step!("pod.state_write");
         self.store.put_sandbox(&record)?;
+        drop(step);
         undo.disarm();
         Ok(record)
     }

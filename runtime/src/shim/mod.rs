@@ -203,7 +203,7 @@ fn run_detached(dir: &Path) -> i32 {
         log_created: None,
         armed: true,
     };
-    let mut monitor = match start(dir, &mut guard) {
+    let (mut monitor, steps) = match start(dir, &mut guard) {
         Ok(m) => m,
         Err(e) => {
             // Clean first: when berthd reads the line, nothing is left.
@@ -213,7 +213,9 @@ fn run_detached(dir: &Path) -> i32 {
         }
     };
     guard.armed = false;
-    report(&format!("ok {}", monitor.pid));
+    // The pid, then the start's step timings for berthd's breakdown
+    // (`name=micros`; berthd reads what it knows).
+    report(&format!("ok {} {steps}", monitor.pid));
     // Detached for good: berthd's pipe and our stdio go.
     if let Ok(null) = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, Mode::empty()) {
         for fd in 0..3 {
@@ -369,7 +371,10 @@ fn releasable(line: &str, exe: &str, sp: usize) -> Option<(usize, usize, Releasa
 // Never inlined: its deep frame (the spec, the plan) must lie below the
 // loop's, where release_memory can give it back.
 #[inline(never)]
-fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<server::Monitor, ShimError> {
+/// The monitor of the new container, and the start's step timings
+/// (`name=micros ...`).
+fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<(server::Monitor, String), ShimError> {
+    let t = std::time::Instant::now();
     // SIGCHLD only through the signalfd; blocked before any child exists.
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
@@ -409,10 +414,16 @@ fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<server::Monitor, Sh
         (Some(rt), false) => Some(oci::OciRuntime::new(rt.clone(), &cfg.id, dir)),
         _ => None,
     };
+    let config_us = t.elapsed().as_micros();
     let created = match &oci {
         Some(rt) => rt.create(cfg.tty, cfg.stdin)?,
         None => spawn::create(&plan)?,
     };
+    let create_us = t.elapsed().as_micros() - config_us;
+    let steps = format!(
+        "shim.config={config_us} shim.create={create_us} {}",
+        created.steps
+    );
     guard.child = Some(created.pid);
     write_atomic(dir, INIT_PID_FILE, created.pid.to_string().as_bytes())?;
     let sock = dir.join(SOCKET_FILE);
@@ -441,7 +452,7 @@ fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<server::Monitor, Sh
     let spawn::ContainerPlan {
         cgroup, process, ..
     } = plan;
-    Ok(server::Monitor::new(server::MonitorParts {
+    let monitor = server::Monitor::new(server::MonitorParts {
         kind: cfg.kind,
         created,
         own_pid_ns,
@@ -453,7 +464,8 @@ fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<server::Monitor, Sh
         state_dir: dir.to_path_buf(),
         stdin_once: cfg.stdin_once,
         oci,
-    }))
+    });
+    Ok((monitor, steps))
 }
 
 #[cfg(test)]

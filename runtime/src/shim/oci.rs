@@ -136,6 +136,7 @@ impl OciRuntime {
             stdout: None,
             stderr: None,
             pty: None,
+            steps: String::new(),
         };
         let stdio = ExecStdio {
             tty,

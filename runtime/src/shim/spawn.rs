@@ -295,6 +295,9 @@ pub struct Created {
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
     pub pty: Option<OwnedFd>,
+    /// The init's own step timings (`name=micros ...`) from its "ready"
+    /// line, for berthd's per-step breakdown; empty if it sent none.
+    pub steps: String,
 }
 
 /// The child's ends of its stdio.
@@ -389,6 +392,7 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
         stdout: None,
         stderr: None,
         pty: None,
+        steps: String::new(),
     };
     let mut child = ChildIo::default();
     if plan.tty {
@@ -433,11 +437,19 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
             let mut buf = Vec::new();
             let mut pid = None;
             let mut ready = false;
+            let mut steps = String::new();
             let r = read_report(&sync_r, &mut buf, |line| {
                 match parse_pid(line) {
                     Some(Ok(p)) => pid = Some(p),
                     Some(Err(e)) => return Some(Err(e)),
-                    None => ready |= line == "ready",
+                    None => {
+                        if line == "ready" {
+                            ready = true;
+                        } else if let Some(rest) = line.strip_prefix("ready ") {
+                            ready = true;
+                            steps = rest.to_string();
+                        }
+                    }
                 }
                 (pid.is_some() && ready).then_some(Ok(()))
             });
@@ -454,6 +466,7 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
                 return Err(SpawnError::Child("no pid reported".into()));
             };
             parent.pid = pid;
+            parent.steps = steps;
             parent.sync = Some(sync_r);
             if !plan.pause {
                 parent.start = Some(start_w);
@@ -634,10 +647,13 @@ fn init(
     io: ChildIo,
     userns: Option<BorrowedFd<'_>>,
 ) -> i32 {
-    if let Err(e) = setup_init(plan, &io, userns) {
-        report(sync_w.as_fd(), &format!("error {e}"));
-        return 1;
-    }
+    let steps = match setup_init(plan, &io, userns) {
+        Ok(s) => s,
+        Err(e) => {
+            report(sync_w.as_fd(), &format!("error {e}"));
+            return 1;
+        }
+    };
     drop(io);
     if plan.pause {
         // Never execs: what exec would drop (every capability of the
@@ -660,7 +676,7 @@ fn init(
         close_inherited();
         super::pause::run();
     }
-    report(sync_w.as_fd(), "ready");
+    report(sync_w.as_fd(), &format!("ready {steps}"));
     let mut b = [0u8; 1];
     loop {
         match nix::unistd::read(&start_r, &mut b) {
@@ -724,7 +740,13 @@ fn setup_stdio(io: &ChildIo) -> Result<()> {
     Ok(())
 }
 
-fn setup_init(plan: &ContainerPlan, io: &ChildIo, userns: Option<BorrowedFd<'_>>) -> Result<()> {
+/// The init's setup; its steps' timings as `name=micros ...` (empty for
+/// the pause).
+fn setup_init(
+    plan: &ContainerPlan,
+    io: &ChildIo,
+    userns: Option<BorrowedFd<'_>>,
+) -> Result<String> {
     setsid().map_err(sys("setsid", "container process"))?;
     umask(Mode::empty());
     setup_stdio(io)?;
@@ -738,7 +760,7 @@ fn setup_init(plan: &ContainerPlan, io: &ChildIo, userns: Option<BorrowedFd<'_>>
         set_oom_score_adj(adj, plan.process.restrict_oom_score_adj);
     }
     if plan.pause {
-        return pause_root();
+        return pause_root().map(|()| String::new());
     }
     if let (Some(h), true) = (&plan.hostname, plan.ns.new_uts()) {
         nix::unistd::sethostname(h).map_err(sys("sethostname", h))?;
@@ -753,16 +775,22 @@ fn setup_init(plan: &ContainerPlan, io: &ChildIo, userns: Option<BorrowedFd<'_>>
         console: io.pty_slave.as_ref().map(|f| f.as_fd()),
         userns,
     };
+    let t = std::time::Instant::now();
     let root = rootfs::prepare(&setup)?;
+    let mounts = t.elapsed().as_micros();
     rootfs::pivot(&root, &plan.rootfs)?;
     drop(root);
+    let pivot = t.elapsed().as_micros() - mounts;
     rootfs::finish(
         &plan.masked,
         &plan.readonly,
         plan.root_readonly,
         &plan.process.cwd,
     )?;
-    Ok(())
+    let finish = t.elapsed().as_micros() - mounts - pivot;
+    Ok(format!(
+        "init.mounts={mounts} init.pivot_root={pivot} init.masks={finish}"
+    ))
 }
 
 /// The pause's root filesystem: an empty read-only tmpfs holding only its

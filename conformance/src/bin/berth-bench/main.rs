@@ -1,6 +1,7 @@
 //! berth-bench: cold image pulls through CRI, berth against containerd (or
 //! any CRI endpoint), and where berth's time goes. See `--help`.
 
+mod breakdown;
 mod client;
 mod components;
 mod containerd;

@@ -42,6 +42,12 @@ use crate::podbench::{
     on_berthd, on_containerd, pct, procs_naming, status_err, stuck_cgroups,
 };
 
+/// Targets of issue 13 (the last milliseconds).
+const TARGET13_CREATE_START_MS: f64 = 4.0;
+const TARGET13_CREATE_START_RATIO: f64 = 12.0;
+const TARGET13_STOP_REMOVE_POD_MS: f64 = 3.0;
+const TARGET13_CONCURRENT_RATIO: f64 = 5.0;
+const TARGET13_SHIM_PSS_KIB: u64 = 250;
 /// Targets of issue 4.
 const TARGET_RUN_POD_MS: f64 = 10.0;
 const TARGET_RUN_POD_RATIO: f64 = 10.0;
@@ -205,6 +211,10 @@ struct RtResult {
     /// berthd's /metrics endpoint (issue 16), scraped every second during
     /// the concurrent phase.
     metrics: Option<Scrapes>,
+    /// berthd's own step timings over the serial and the concurrent
+    /// phase (issue 13), from its /metrics.
+    breakdown_serial: Option<Vec<crate::breakdown::CallRow>>,
+    breakdown_concurrent: Option<Vec<crate::breakdown::CallRow>>,
     memory: Option<Memory>,
     listing: Option<Listing>,
     error: Option<String>,
@@ -564,10 +574,24 @@ async fn workload(
         .await
         .context("warm-up lifecycle")?;
     println!("{name:<11} serial: {} pod lifecycles...", args.pods);
+    let before = match metrics_port {
+        Some(p) => Some(crate::breakdown::scrape_text(p).await?),
+        None => None,
+    };
     r.serial = phase(ctx, "serial", args.pods, 1)
         .await
         .context("serial phase")?;
     print_steps(name, "serial", &r.serial);
+    if let (Some(p), Some(before)) = (metrics_port, before) {
+        let after = crate::breakdown::scrape_text(p).await?;
+        let rows = crate::breakdown::between(
+            &crate::breakdown::parse(&before),
+            &crate::breakdown::parse(&after),
+            args.pods,
+        );
+        crate::breakdown::print(name, "serial", &rows);
+        r.breakdown_serial = Some(rows);
+    }
     if name == "berth" {
         let st = ctx
             .client
@@ -655,14 +679,29 @@ async fn workload(
             out
         })
     });
+    let before = match metrics_port {
+        Some(p) => Some(crate::breakdown::scrape_text(p).await?),
+        None => None,
+    };
     let conc = phase(ctx, "conc", args.pods, args.concurrency).await;
     stop.notify_one();
+    if let (Some(p), Some(before)) = (metrics_port, before) {
+        let after = crate::breakdown::scrape_text(p).await?;
+        r.breakdown_concurrent = Some(crate::breakdown::between(
+            &crate::breakdown::parse(&before),
+            &crate::breakdown::parse(&after),
+            args.pods,
+        ));
+    }
     let during = match scraper {
         Some(task) => task.await.unwrap_or_default(),
         None => Vec::new(),
     };
     r.concurrent = conc.context("concurrent phase")?;
     print_steps(name, "concurrency", &r.concurrent);
+    if let Some(rows) = &r.breakdown_concurrent {
+        crate::breakdown::print(name, "concurrent", rows);
+    }
     if let (Some(port), Some(pid)) = (metrics_port, procs.daemon_pid) {
         r.metrics = Some(measure_scrapes(port, pid as i32, during).await?);
     }
@@ -1114,6 +1153,7 @@ fn print_report(r: &PodsReport) {
     if let Some(b) = b {
         print_userns(b);
         print_handler(b, c.copied());
+        print_issue13(b, c.copied());
     }
     if r.leftover_mounts.is_empty() && r.leftover_processes.is_empty() {
         println!(
@@ -1124,6 +1164,62 @@ fn print_report(r: &PodsReport) {
                 r.leftover_cgroups.join(", ")
             }
         );
+    }
+}
+
+/// Issue 13's targets of this workload (serial p50s; the concurrent
+/// phase against the serial one).
+fn print_issue13(b: &RtResult, c: Option<&RtResult>) {
+    println!("targets (issue 13):");
+    let p50 = |v: &Vec<f64>| pct(v, 50.0).unwrap_or(f64::NAN);
+    let cs = p50(&b.serial.create_start);
+    println!(
+        "  Create+Start p50 at most {TARGET13_CREATE_START_MS} ms: {cs:.2} ms: {}",
+        met(cs <= TARGET13_CREATE_START_MS)
+    );
+    if let Some(c) = c {
+        let (vb, vc) = (p50(&b.serial.create_start), p50(&c.serial.create_start));
+        println!(
+            "  Create+Start at least {TARGET13_CREATE_START_RATIO}x faster than containerd: {vb:.2} vs {vc:.2} ms ({:.1}x): {}",
+            vc / vb,
+            met(vb * TARGET13_CREATE_START_RATIO <= vc)
+        );
+        let (vb, vc) = (p50(&b.serial.create), p50(&c.serial.create));
+        println!(
+            "  CreateContainer at most half of containerd's: {vb:.2} vs {vc:.2} ms: {}",
+            met(vb * 2.0 <= vc)
+        );
+    }
+    let srp = p50(&b.serial.stop_remove_pod);
+    println!(
+        "  StopPodSandbox+RemovePodSandbox p50 at most {TARGET13_STOP_REMOVE_POD_MS} ms: {srp:.2} ms: {}",
+        met(srp <= TARGET13_STOP_REMOVE_POD_MS)
+    );
+    for (step, serial) in b.serial.named() {
+        let conc = b
+            .concurrent
+            .named()
+            .into_iter()
+            .find(|(s, _)| *s == step)
+            .map(|(_, v)| p50(v))
+            .unwrap_or(f64::NAN);
+        let ratio = conc / p50(serial);
+        println!(
+            "  {step} at concurrency: p50 at most {TARGET13_CONCURRENT_RATIO}x the serial one: {conc:.2} vs {:.2} ms ({ratio:.1}x): {}",
+            p50(serial),
+            met(ratio <= TARGET13_CONCURRENT_RATIO)
+        );
+    }
+    match b
+        .memory
+        .as_ref()
+        .and_then(|m| m.shims.iter().map(|s| s.pss_kib).max())
+    {
+        Some(v) => println!(
+            "  berth-shim PSS at most {TARGET13_SHIM_PSS_KIB} KiB idle: largest {v} KiB: {}",
+            met(v <= TARGET13_SHIM_PSS_KIB)
+        ),
+        None => println!("  berth-shim PSS at most {TARGET13_SHIM_PSS_KIB} KiB: not measured"),
     }
 }
 
