@@ -176,13 +176,13 @@ pub fn run(config: &Config) -> Vec<Line> {
     }
     match config.network.plugin {
         PluginKind::Bridge => {
-            let nft = berth_network::nft::find_nft();
+            let nft = berth_network::nft::Nft::find(false);
             out.push(line(
                 nft.is_some(),
                 true,
-                "nft",
-                nft.map(|p| p.display().to_string()).unwrap_or_default(),
-                "the bridge plugin writes its NAT and hostPort rules with nft: install nftables"
+                "nftables",
+                nft.map(|n| n.describe()).unwrap_or_default(),
+                "the bridge plugin writes its NAT and hostPort rules with libnftables (or the nft binary): install nftables"
                     .into(),
             ));
         }

@@ -90,7 +90,7 @@ struct State {
 
 pub struct BridgePlugin {
     cfg: NetworkConfig,
-    nft: Option<PathBuf>,
+    nft: Option<nft::Nft>,
     /// `<root>/network`, where kubelet's pod CIDR is kept.
     dir: PathBuf,
     state: Mutex<State>,
@@ -141,7 +141,7 @@ impl BridgePlugin {
         }
         let plugin = Self {
             cfg: cfg.clone(),
-            nft: nft::find_nft(),
+            nft: nft::Nft::find(false),
             dir,
             state: Mutex::new(State {
                 not_ready: Some("not recovered yet".into()),
@@ -250,12 +250,12 @@ impl BridgePlugin {
     }
 
     fn nft_apply(&self, script: &str) -> Result<()> {
-        let nft = self.nft.as_deref().ok_or_else(|| {
+        let nft = self.nft.as_ref().ok_or_else(|| {
             Error::NotReady(
-                "nft not found in PATH, /usr/sbin or /sbin: install the nftables package".into(),
+                "neither libnftables.so.1 nor nft (PATH, /usr/sbin, /sbin) is there: install the nftables package".into(),
             )
         })?;
-        nft::apply(nft, script)
+        nft.apply(script)
     }
 
     /// Free what `setup` took, in memory.

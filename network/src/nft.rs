@@ -9,17 +9,28 @@
 //! crash forgot are gone), and a pod's elements when its network comes and
 //! goes. Pods without hostPorts never run nft.
 //!
-//! Why `nft` and not netlink from Rust: the rules use maps with
+//! Why nft's language and not netlink from Rust: the rules use maps with
 //! concatenated keys and NAT to concatenated address . port data, which the
 //! Rust nftables crates (rustables, nftnl) do not express without
-//! hand-assembling expression registers; `nft` is in every distribution's
-//! nftables package, its batch is as atomic as a netlink batch, and the
-//! table it makes reads back with `nft list table inet berth`.
+//! hand-assembling expression registers; nft's batch is as atomic as a
+//! netlink batch, and the table it makes reads back with `nft list table
+//! inet berth`.
+//!
+//! How the batch reaches the kernel: in process, through libnftables (the
+//! library `nft` itself is a front end of, in every distribution's nftables
+//! package: `nft_run_cmd_from_buffer` takes the same text), loaded with
+//! dlopen when berthd first needs it, so that a pod's hostPorts cost no
+//! process spawn (about 5 ms of fork, exec and nft's start on a small node
+//! against 0.2 ms). Where the library cannot be loaded, the `nft` binary
+//! runs the batch as before. The library is loaded at run time, not
+//! linked: berth builds without its headers and runs on nodes without it.
 
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
@@ -166,7 +177,177 @@ pub fn find_nft() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Run one batch. nft applies a file as one transaction.
+/// libnftables' soname (its ABI has been 1 since nftables 0.8).
+const LIBNFTABLES: &str = "libnftables.so.1";
+
+type CtxNew = unsafe extern "C" fn(u32) -> *mut c_void;
+type CtxFree = unsafe extern "C" fn(*mut c_void);
+type CtxBuffer = unsafe extern "C" fn(*mut c_void) -> c_int;
+type CtxGetBuffer = unsafe extern "C" fn(*mut c_void) -> *const c_char;
+type RunCmd = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
+
+/// An nft context of libnftables, loaded in process.
+struct Library {
+    ctx: *mut c_void,
+    free: CtxFree,
+    get_error: CtxGetBuffer,
+    get_output: CtxGetBuffer,
+    run: RunCmd,
+    /// Keeps the library mapped while the pointers above are used.
+    _lib: libloading::Library,
+}
+
+// SAFETY: the context is used only through `Nft`'s mutex, one call at a
+// time, as libnftables asks of a context (it has no thread of its own).
+unsafe impl Send for Library {}
+
+impl Library {
+    fn load() -> std::result::Result<Self, String> {
+        // SAFETY: loading libnftables runs only its ELF constructors, which
+        // set up its own tables; it is the library nft itself runs.
+        let lib = unsafe { libloading::Library::new(LIBNFTABLES) }
+            .map_err(|e| format!("loading {LIBNFTABLES}: {e}"))?;
+        // SAFETY: each symbol is libnftables' public API, declared in
+        // nftables/libnftables.h with exactly these C signatures.
+        let (new, free, buffer_error, buffer_output, get_error, get_output, run) = unsafe {
+            let sym = |name: &[u8]| format!("{LIBNFTABLES}: {}", String::from_utf8_lossy(name));
+            (
+                *lib.get::<CtxNew>(b"nft_ctx_new\0")
+                    .map_err(|e| format!("{}: {e}", sym(b"nft_ctx_new")))?,
+                *lib.get::<CtxFree>(b"nft_ctx_free\0")
+                    .map_err(|e| format!("{}: {e}", sym(b"nft_ctx_free")))?,
+                *lib.get::<CtxBuffer>(b"nft_ctx_buffer_error\0")
+                    .map_err(|e| format!("{}: {e}", sym(b"nft_ctx_buffer_error")))?,
+                *lib.get::<CtxBuffer>(b"nft_ctx_buffer_output\0")
+                    .map_err(|e| format!("{}: {e}", sym(b"nft_ctx_buffer_output")))?,
+                *lib.get::<CtxGetBuffer>(b"nft_ctx_get_error_buffer\0")
+                    .map_err(|e| format!("{}: {e}", sym(b"nft_ctx_get_error_buffer")))?,
+                *lib.get::<CtxGetBuffer>(b"nft_ctx_get_output_buffer\0")
+                    .map_err(|e| format!("{}: {e}", sym(b"nft_ctx_get_output_buffer")))?,
+                *lib.get::<RunCmd>(b"nft_run_cmd_from_buffer\0")
+                    .map_err(|e| format!("{}: {e}", sym(b"nft_run_cmd_from_buffer")))?,
+            )
+        };
+        // SAFETY: NFT_CTX_DEFAULT (0) is the only flag; a null result is
+        // checked.
+        let ctx = unsafe { new(0) };
+        if ctx.is_null() {
+            return Err("nft_ctx_new failed".into());
+        }
+        // Errors (and any output) into buffers of the context, not stderr.
+        // SAFETY: ctx is the live context made above.
+        let buffered = unsafe { buffer_error(ctx) == 0 && buffer_output(ctx) == 0 };
+        let l = Library {
+            ctx,
+            free,
+            get_error,
+            get_output,
+            run,
+            _lib: lib,
+        };
+        if !buffered {
+            return Err("nft_ctx_buffer_error failed".into());
+        }
+        Ok(l)
+    }
+
+    fn run(&mut self, script: &CStr) -> std::result::Result<(), String> {
+        // SAFETY: ctx is live (freed only in Drop) and used by one caller
+        // at a time (the mutex); script is a NUL-terminated string that
+        // outlives the call.
+        let rc = unsafe { (self.run)(self.ctx, script.as_ptr()) };
+        // SAFETY: the buffers belong to ctx; each get returns its content
+        // and rewinds it, valid until the next call on ctx, and is copied
+        // out here at once. Output is read only to keep it from growing.
+        let (err, _) = unsafe {
+            let text = |p: *const c_char| {
+                if p.is_null() {
+                    String::new()
+                } else {
+                    CStr::from_ptr(p).to_string_lossy().into_owned()
+                }
+            };
+            (
+                text((self.get_error)(self.ctx)),
+                text((self.get_output)(self.ctx)),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(err.trim().to_string())
+        }
+    }
+}
+
+impl Drop for Library {
+    fn drop(&mut self) {
+        // SAFETY: ctx was made by nft_ctx_new and is freed once, here.
+        unsafe { (self.free)(self.ctx) }
+    }
+}
+
+enum Backend {
+    Library(Mutex<Library>),
+    Binary(PathBuf),
+}
+
+/// Where berth's batches go: libnftables in process, else the nft binary.
+pub struct Nft {
+    backend: Backend,
+}
+
+impl Nft {
+    /// libnftables if it loads (unless `binary_only`), else the `nft`
+    /// binary; None if neither is there.
+    pub fn find(binary_only: bool) -> Option<Nft> {
+        if !binary_only {
+            match Library::load() {
+                Ok(l) => {
+                    tracing::debug!("nftables: {LIBNFTABLES} in process");
+                    return Some(Nft {
+                        backend: Backend::Library(Mutex::new(l)),
+                    });
+                }
+                Err(e) => tracing::info!("nftables: {e}; running the nft binary instead"),
+            }
+        }
+        find_nft().map(|p| Nft {
+            backend: Backend::Binary(p),
+        })
+    }
+
+    /// What runs the batches, for Status and `berthd check`.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Library(_) => format!("{LIBNFTABLES} (in process)"),
+            Backend::Binary(p) => p.display().to_string(),
+        }
+    }
+
+    /// Run one batch as one transaction.
+    pub fn apply(&self, script: &str) -> Result<()> {
+        if script.is_empty() {
+            return Ok(());
+        }
+        let _step = tracing::debug_span!(target: "berth_step", "network.nft").entered();
+        match &self.backend {
+            Backend::Binary(p) => apply(p, script),
+            Backend::Library(l) => {
+                let script = CString::new(script)
+                    .map_err(|_| Error::Failed("an nft batch with a NUL byte".into()))?;
+                let mut l = l
+                    .lock()
+                    .map_err(|_| Error::Failed("the nftables context lock is poisoned".into()))?;
+                l.run(&script)
+                    .map_err(|e| Error::Failed(format!("nftables refused berth's rules: {e}")))
+            }
+        }
+    }
+}
+
+/// Run one batch with the nft binary. nft applies a file as one
+/// transaction.
 pub fn apply(nft: &std::path::Path, script: &str) -> Result<()> {
     if script.is_empty() {
         return Ok(());
@@ -201,6 +382,58 @@ pub fn apply(nft: &std::path::Path, script: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::Protocol;
+
+    /// Both ways of applying a batch, in a network namespace of this test
+    /// thread's own (gone when the thread ends): the table appears, a
+    /// batch the kernel or parser refuses is an error that says why and
+    /// changes nothing.
+    #[test]
+    fn batches_apply_through_the_library_and_the_binary_alike() {
+        if !nix::unistd::geteuid().is_root() || find_nft().is_none() {
+            eprintln!("skipped: needs root and nft");
+            return;
+        }
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let list = || {
+                let out = Command::new(find_nft().unwrap())
+                    .args(["list", "ruleset"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            for binary_only in [false, true] {
+                let nft = Nft::find(binary_only).expect("libnftables or nft");
+                assert_eq!(
+                    matches!(nft.backend, Backend::Binary(_)),
+                    binary_only,
+                    "{}",
+                    nft.describe()
+                );
+                let t = table();
+                let published = vec![published(Protocol::Tcp, None, "10.89.0.7")];
+                nft.apply(&t.full_script(&published)).unwrap();
+                let rules = list();
+                assert!(rules.contains("table inet berth"), "{rules}");
+                assert!(rules.contains("10.89.0.7 . 80"), "{rules}");
+                nft.apply(&t.delete_script(&published)).unwrap();
+                assert!(!list().contains("10.89.0.7"), "withdrawn");
+                let e = nft
+                    .apply("add element inet berth nosuchmap { 1 }\n")
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains("nosuchmap") || e.contains("No such file"), "{e}");
+                assert!(
+                    list().contains("table inet berth"),
+                    "a refused batch changes nothing"
+                );
+                nft.apply(&t.delete_table_script()).unwrap();
+                assert!(!list().contains("table inet berth"));
+            }
+        })
+        .join()
+        .unwrap();
+    }
 
     fn table() -> Table {
         Table {
