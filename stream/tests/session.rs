@@ -718,3 +718,53 @@ async fn dropping_the_last_handle_closes_the_session() {
         CloseReason::GoAway(GoAwayStatus::Ok)
     );
 }
+
+/// The server's close lingers: after its status, GOAWAY and FIN, what the
+/// client still sends (the FINs of the streams it finished reading) is read
+/// and dropped, not answered with a TCP RST, which would let the client's
+/// kernel throw away the status before the client read it (remotecommand's
+/// exit code lost). `closed()` does not wait for the linger.
+#[tokio::test]
+async fn a_closing_session_reads_the_peers_late_frames_instead_of_resetting() {
+    let (mut raw, s) = tcp_pair().await;
+    let server = Session::server(s, Config::default());
+    let mut enc = Encoder::new();
+    raw.write_all(&encode(&mut enc, &syn(1, typed("error"))))
+        .await
+        .unwrap();
+    let mut err = timeout(T, server.accept())
+        .await
+        .unwrap()
+        .unwrap()
+        .reply(Headers::new())
+        .unwrap();
+    err.write_all(br#"{"status":"Failure"}"#).await.unwrap();
+    err.shutdown().await.unwrap();
+    drop(err);
+    assert_eq!(
+        timeout(T, server.close()).await.unwrap(),
+        CloseReason::Closed
+    );
+    // Everything up to the server's FIN, then a moment for its socket to go.
+    let frames = read_frames(&mut raw).await;
+    assert!(
+        matches!(frames.last(), Some(Frame::GoAway(_))),
+        "{frames:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The client's late FIN on the error stream, as client-go sends it.
+    let fin = Frame::Data(frame::Data {
+        stream_id: 1,
+        fin: true,
+        data: Bytes::new(),
+    });
+    raw.write_all(&encode(&mut enc, &fin)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reset = raw.take_error().unwrap();
+    assert!(
+        reset.is_none(),
+        "the server answered with RST instead of reading: {reset:?}"
+    );
+    let ping = Frame::Ping(frame::Ping { id: 1 });
+    raw.write_all(&encode(&mut enc, &ping)).await.unwrap();
+}

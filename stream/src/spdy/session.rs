@@ -65,7 +65,10 @@
 //!   at most [`Config::close_timeout`] while windows allow), streams still
 //!   open are reset (CANCEL), GOAWAY(OK) is the last frame, then the
 //!   connection is shut down. GOAWAY comes last on purpose: spdystream stops
-//!   reading the moment it receives GOAWAY.
+//!   reading the moment it receives GOAWAY. What the peer still sends after
+//!   that is read and dropped until it hangs up (at most `close_timeout`):
+//!   a socket dropped with unread data answers with RST, which can destroy
+//!   our last frames before the peer reads them.
 //! * Idle timeout ([`Config::idle_timeout`]): no frame read or written for
 //!   that long ends the session as `close` does (spdystream counts frames in
 //!   both directions the same way). The peer's PINGs keep it alive.
@@ -1192,6 +1195,37 @@ enum Step {
 }
 
 async fn reader_task<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut rd: R) {
+    if read_frames(&shared, &mut rd).await {
+        linger(&shared, &mut rd).await;
+    }
+}
+
+/// After this end's GOAWAY (a close, or a protocol error): what the peer
+/// still sends (its FINs, its GOAWAY) is read and dropped until it hangs up
+/// too, for at most [`Config::close_timeout`]. Dropping a TCP connection
+/// with unread data, or receiving data after dropping it, makes the kernel
+/// answer with RST, and an RST lets the peer's kernel throw away what this
+/// end wrote last and the peer has not read yet (an exec's status on the
+/// error stream): the close has to linger, as HTTP servers' does. The
+/// session is over already ([`Session::closed`] does not wait for this).
+async fn linger<R: AsyncRead + Unpin>(shared: &Shared, rd: &mut R) {
+    if matches!(shared.closed_reason(), Some(CloseReason::Io(_))) {
+        return;
+    }
+    let mut scratch = vec![0u8; 16 * 1024];
+    let drain = async {
+        while let Ok(n) = rd.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(shared.config.close_timeout, drain).await;
+}
+
+/// Reads and dispatches frames until the session ends; true if it ended by
+/// this end's GOAWAY (the peer has not hung up: [`linger`]).
+async fn read_frames<R: AsyncRead + Unpin>(shared: &Shared, rd: &mut R) -> bool {
     let mut dec = Decoder::new(shared.config.limits);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut closed_rx = shared.closed_tx.subscribe();
@@ -1199,7 +1233,7 @@ async fn reader_task<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut rd: R) {
         // Dispatch every complete frame in the buffer.
         loop {
             if shared.reader_should_stop() {
-                return;
+                return true;
             }
             let bp = match dec.decode(&mut buf) {
                 Ok(Some(frame)) => {
@@ -1222,7 +1256,7 @@ async fn reader_task<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut rd: R) {
                         .lock()
                         .abort(GoAwayStatus::ProtocolError, CloseReason::ProtocolError(msg));
                     shared.writer_wake.notify_one();
-                    return;
+                    return true;
                 }
             };
             if !matches!(bp, Backpressure::None) {
@@ -1231,7 +1265,7 @@ async fn reader_task<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut rd: R) {
             while !shared.relieved(&bp) {
                 tokio::select! {
                     _ = shared.reader_wake.notified() => {}
-                    _ = idle(&shared) => shared.begin_close(CloseReason::IdleTimeout),
+                    _ = idle(shared) => shared.begin_close(CloseReason::IdleTimeout),
                     _ = closed_rx.changed() => {}
                 }
             }
@@ -1243,15 +1277,15 @@ async fn reader_task<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut rd: R) {
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) => {
                     shared.terminate(shared.eof_reason());
-                    return;
+                    return false;
                 }
                 Ok(_) => {}
                 Err(e) => {
                     shared.terminate(CloseReason::Io(e.to_string()));
-                    return;
+                    return false;
                 }
             },
-            _ = idle(&shared) => shared.begin_close(CloseReason::IdleTimeout),
+            _ = idle(shared) => shared.begin_close(CloseReason::IdleTimeout),
             _ = closed_rx.changed() => {}
         }
     }
