@@ -570,6 +570,8 @@ impl Plugin for BridgePlugin {
                 let st = self.state.lock().map_err(|_| poisoned())?;
                 let script = self.table(&st).add_script(&published);
                 drop(st);
+                let _step =
+                    tracing::debug_span!(target: "berth_step", "pod.network.hostports").entered();
                 if let Err(e) = self.nft_apply(&script) {
                     // Nothing of this pod's may stay in the kernel.
                     if let Ok(mut s) = Netlink::open()
@@ -608,6 +610,9 @@ impl Plugin for BridgePlugin {
             let t = self.table(&st);
             (t.delete_script(&gone), t)
         };
+        let _step = (!script.is_empty()).then(|| {
+            tracing::debug_span!(target: "berth_step", "stop_pod.network.hostports").entered()
+        });
         if let Err(e) = self.nft_apply(&script) {
             // Put the table back in line with what berthd knows.
             tracing::warn!(pod = %pod.id, error = %e, "withdrawing hostPorts; rewriting berth's table");

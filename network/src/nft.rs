@@ -330,7 +330,6 @@ impl Nft {
         if script.is_empty() {
             return Ok(());
         }
-        let _step = tracing::debug_span!(target: "berth_step", "network.nft").entered();
         match &self.backend {
             Backend::Binary(p) => apply(p, script),
             Backend::Library(l) => {

@@ -108,8 +108,12 @@ fn call_of(step: &str) -> &'static str {
 
 /// Steps that run inside another step (not added up again).
 fn nested(step: &str) -> bool {
-    // shim.config/create are inside shim.spawn; init.* inside shim.create.
-    step.starts_with("init.") || step == "shim.config" || step == "shim.create"
+    // shim.config/create are inside shim.spawn; init.* inside shim.create;
+    // a.b.c inside a.b (pod.network.hostports in pod.network).
+    step.starts_with("init.")
+        || step == "shim.config"
+        || step == "shim.create"
+        || step.matches('.').count() > 1
 }
 
 /// The phase between `before` and `after`, `lifecycles` of them.

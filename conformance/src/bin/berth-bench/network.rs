@@ -9,7 +9,8 @@
 //!   per pod one after the other; then the same with C calls at a time.
 //!   p50 and p99 per step; every failed call is counted (the run fails if
 //!   one fails).
-//! * Where the time goes, from outside (berthd has no per-step timings):
+//! * Where the time goes, from outside, and berthd's own per-step timings
+//!   (its `berth_step_duration_seconds`) after each phase:
 //!   the same serial steps with M pods on the host network (NODE), with one
 //!   hostPort each, and (berth) with `[network] plugin = "none"`, which
 //!   pins the pod's netns but gives it no interface.
@@ -761,6 +762,8 @@ impl Drop for HostNet {
 struct Phase {
     /// "serial", "concurrent", "hostport", "host-network", "plugin-none".
     key: String,
+    /// berthd's own step timings over the phase (issue 13).
+    breakdown: Option<Vec<crate::breakdown::CallRow>>,
     /// How the pods were made, for people.
     what: String,
     pods: u32,
@@ -975,7 +978,13 @@ async fn warm_up(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-async fn run_phases(ctx: &Ctx, name: &str, specs: &[PhaseSpec<'_>], r: &mut NetRt) -> Result<()> {
+async fn run_phases(
+    ctx: &Ctx,
+    name: &str,
+    specs: &[PhaseSpec<'_>],
+    r: &mut NetRt,
+    metrics_port: Option<u16>,
+) -> Result<()> {
     warm_up(ctx).await?;
     for s in specs {
         println!(
@@ -984,10 +993,24 @@ async fn run_phases(ctx: &Ctx, name: &str, specs: &[PhaseSpec<'_>], r: &mut NetR
             s.pods,
             s.concurrency.max(1)
         );
-        let ph = phase(ctx, s)
+        let before = match metrics_port {
+            Some(p) => Some(crate::breakdown::scrape_text(p).await?),
+            None => None,
+        };
+        let mut ph = phase(ctx, s)
             .await
             .with_context(|| format!("phase {}", s.key))?;
         print_phase(name, &ph);
+        if let (Some(p), Some(before)) = (metrics_port, before) {
+            let after = crate::breakdown::scrape_text(p).await?;
+            let rows = crate::breakdown::between(
+                &crate::breakdown::parse(&before),
+                &crate::breakdown::parse(&after),
+                s.pods,
+            );
+            crate::breakdown::print(name, &s.what, &rows);
+            ph.breakdown = Some(rows);
+        }
         r.phases.push(ph);
     }
     Ok(())
@@ -1128,13 +1151,18 @@ pub async fn run(args: NetworkArgs, berthd: Option<String>) -> Result<i32> {
             args.berth_subnet,
             &args.berth_bridge,
         );
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let out = on_berthd(
-            crate::berthd_options(&toml),
+            crate::berthd_options(&toml).extra_top_level(&format!(
+                "metrics = {{ address = \"127.0.0.1:{metrics_port}\" }}"
+            )),
             run_dir.path(),
             "berth",
             "",
             &mut track,
-            async |ctx, _| run_phases(ctx, "berth", &specs, &mut r).await,
+            async |ctx, _| run_phases(ctx, "berth", &specs, &mut r, Some(metrics_port)).await,
         )
         .await;
         if let Err(e) = out {
@@ -1158,7 +1186,7 @@ pub async fn run(args: NetworkArgs, berthd: Option<String>) -> Result<i32> {
                 "berth-none",
                 "",
                 &mut track,
-                async |ctx, _| run_phases(ctx, "berth", &specs, &mut r).await,
+                async |ctx, _| run_phases(ctx, "berth", &specs, &mut r, None).await,
             )
             .await;
             if let Err(e) = out {
@@ -1219,7 +1247,7 @@ pub async fn run(args: NetworkArgs, berthd: Option<String>) -> Result<i32> {
                         .pull(&pause)
                         .await
                         .map_err(|s| crate::podbench::status_err("PullImage (pause)", s))?;
-                    run_phases(ctx, "containerd", &specs, &mut r).await
+                    run_phases(ctx, "containerd", &specs, &mut r, None).await
                 },
             )
             .await
@@ -1536,8 +1564,8 @@ fn print_report(r: &NetworkReport) {
         }
         if b.is_some() {
             println!(
-                "(berthd has no per-step timings in its log; berth's veth goes with the pod's netns, deleted \
-                 by the kernel after RemovePodSandbox, not timed)"
+                "(berthd's own step timings are printed after each phase above; berth's veth goes with the \
+                 pod's netns, deleted by the kernel after RemovePodSandbox, not timed)"
             );
         }
     }
