@@ -256,3 +256,50 @@ async fn a_container_cut_short_with_an_image_volume_leaves_no_mount_and_no_hold(
     pods::remove_pod(&env, pod).await;
     env.finish().await;
 }
+
+/// StartContainer and a container's exit are recorded without a sync of
+/// their own (the shim keeps both): a berthd SIGKILLed right after them
+/// finds the same answers again from the shims, times and exit code
+/// included.
+#[tokio::test]
+async fn starts_and_exits_survive_a_sigkill_right_after_them() {
+    let mut env = Env::start().await;
+    let image = pods::push_busybox(&env, "crash/rederive:1").await;
+    let p = pods::run_pod(&env, sandbox_config("rederive"), &image).await;
+    let running = pods::run(&env, &p, pods::container(&p, "sleeper", &["sleep", "1000"])).await;
+    let done = pods::run(
+        &env,
+        &p,
+        pods::container(&p, "done", &["sh", "-c", "exit 7"]),
+    )
+    .await;
+    let exited = pods::wait_exited(&env, &done, Duration::from_secs(10)).await;
+    let before = pods::status(&env, &running).await.unwrap();
+    env.berthd.kill();
+    env.berthd.restart().await.expect("restart berthd");
+    env.cri = env.berthd.cri().await.expect("reconnect");
+    let after = pods::status(&env, &running).await.unwrap();
+    assert_eq!(
+        after.state,
+        berth_cri_api::v1::ContainerState::ContainerRunning as i32,
+        "{after:?}"
+    );
+    assert_eq!(after.started_at, before.started_at);
+    let again = pods::status(&env, &done).await.unwrap();
+    assert_eq!(
+        again.state,
+        berth_cri_api::v1::ContainerState::ContainerExited as i32
+    );
+    assert_eq!(again.exit_code, 7);
+    assert_eq!(
+        (again.started_at, again.finished_at, again.reason.as_str()),
+        (
+            exited.started_at,
+            exited.finished_at,
+            exited.reason.as_str()
+        )
+    );
+    assert_eq!(pods::sh(&env, &running, "echo ok").await, "ok\n");
+    pods::remove_pod(&env, p).await;
+    env.finish().await;
+}

@@ -140,9 +140,14 @@ impl StateStore {
         table: TableDefinition<&str, &[u8]>,
         id: &str,
         v: &impl Serialize,
+        durable: bool,
     ) -> Result<(), StateError> {
         let bytes = serde_json::to_vec(v)?;
-        let tx = self.db.begin_write()?;
+        let mut tx = self.db.begin_write()?;
+        if !durable {
+            tx.set_durability(redb::Durability::None)
+                .map_err(|e| StateError(e.to_string()))?;
+        }
         tx.open_table(table)?.insert(id, bytes.as_slice())?;
         tx.commit()?;
         Ok(())
@@ -172,7 +177,7 @@ impl StateStore {
     }
 
     pub fn put_sandbox(&self, r: &SandboxRecord) -> Result<(), StateError> {
-        self.put(SANDBOXES, &r.id, r)
+        self.put(SANDBOXES, &r.id, r, true)
     }
 
     pub fn delete_sandbox(&self, id: &str) -> Result<(), StateError> {
@@ -184,7 +189,16 @@ impl StateStore {
     }
 
     pub fn put_container(&self, r: &ContainerRecord) -> Result<(), StateError> {
-        self.put(CONTAINERS, &r.id, r)
+        self.put(CONTAINERS, &r.id, r, true)
+    }
+
+    /// A container's record changed in what its shim also keeps (running
+    /// since, exited how: its state and exit.json), written without a sync
+    /// of its own: a crash may lose it, and recovery asks the shim again
+    /// (see `Runtime::recover`). The next durable write makes it durable
+    /// too.
+    pub fn put_container_rederivable(&self, r: &ContainerRecord) -> Result<(), StateError> {
+        self.put(CONTAINERS, &r.id, r, false)
     }
 
     pub fn delete_container(&self, id: &str) -> Result<(), StateError> {

@@ -89,6 +89,18 @@ impl Runtime {
         Ok(())
     }
 
+    /// [`Self::update_container`] for a change the shim keeps too (a start,
+    /// an exit): no sync of its own (see `put_container_rederivable`).
+    pub(super) fn update_container_rederivable(&self, rec: ContainerRecord) -> Result<()> {
+        self.inner.store.put_container_rederivable(&rec)?;
+        self.inner
+            .containers
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(rec.id.clone(), rec);
+        Ok(())
+    }
+
     /// CreateContainer. A retry of the same container name gets the first
     /// call's container.
     pub async fn create_container(
@@ -282,7 +294,7 @@ impl Runtime {
         rec.started_at_ns = now_ns();
         {
             let _step = crate::step!("start.state_write");
-            self.update_container(rec.clone())?;
+            self.update_container_rederivable(rec.clone())?;
         }
         self.emit(&rec, EventKind::Started);
         self.watch_exit(full);
@@ -339,7 +351,7 @@ impl Runtime {
             }
         }
         rec.state = ContainerState::Exited;
-        self.update_container(rec.clone())?;
+        self.update_container_rederivable(rec.clone())?;
         self.emit(&rec, EventKind::Stopped);
         Ok(())
     }

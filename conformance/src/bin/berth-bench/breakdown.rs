@@ -34,8 +34,22 @@ pub struct Sample {
     calls: BTreeMap<String, (f64, f64)>,
 }
 
-/// GET /metrics from berthd's endpoint on loopback: the body.
+/// GET /metrics from berthd's endpoint on loopback: the answer. The
+/// endpoint serves one scrape at a time (503 to another meanwhile): tried
+/// again for up to a second.
 pub async fn scrape_text(port: u16) -> Result<String> {
+    let mut last = None;
+    for _ in 0..20 {
+        match scrape_once(port).await {
+            Ok(t) => return Ok(t),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no scrape")))
+}
+
+async fn scrape_once(port: u16) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")

@@ -659,6 +659,10 @@ async fn workload(
         "{name:<11} concurrent: {} pod lifecycles, {} at a time...",
         args.pods, args.concurrency
     );
+    let before_conc = match metrics_port {
+        Some(p) => Some(crate::breakdown::scrape_text(p).await?),
+        None => None,
+    };
     // A scrape a second while the concurrent phase runs, as Prometheus
     // would: its latency under load.
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -679,13 +683,13 @@ async fn workload(
             out
         })
     });
-    let before = match metrics_port {
-        Some(p) => Some(crate::breakdown::scrape_text(p).await?),
-        None => None,
-    };
     let conc = phase(ctx, "conc", args.pods, args.concurrency).await;
     stop.notify_one();
-    if let (Some(p), Some(before)) = (metrics_port, before) {
+    let during = match scraper {
+        Some(task) => task.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    if let (Some(p), Some(before)) = (metrics_port, before_conc) {
         let after = crate::breakdown::scrape_text(p).await?;
         r.breakdown_concurrent = Some(crate::breakdown::between(
             &crate::breakdown::parse(&before),
@@ -693,10 +697,6 @@ async fn workload(
             args.pods,
         ));
     }
-    let during = match scraper {
-        Some(task) => task.await.unwrap_or_default(),
-        None => Vec::new(),
-    };
     r.concurrent = conc.context("concurrent phase")?;
     print_steps(name, "concurrency", &r.concurrent);
     if let Some(rows) = &r.breakdown_concurrent {
