@@ -132,6 +132,7 @@ fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T
 
 /// The entry point of the `berth-shim` binary; returns the exit code.
 pub fn main() -> i32 {
+    let t0 = std::time::Instant::now();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.len() == 2 && args[1] == crate::namespaces::HELPER_ARG {
         return crate::namespaces::helper_main();
@@ -158,7 +159,7 @@ pub fn main() -> i32 {
             return 1;
         }
     }
-    run_detached(&state_dir)
+    run_detached(&state_dir, t0)
 }
 
 /// One line to berthd on the start-up pipe (our stdout).
@@ -196,7 +197,9 @@ impl Drop for StartupGuard<'_> {
     }
 }
 
-fn run_detached(dir: &Path) -> i32 {
+/// `t0`: when main began (for the start's step timings).
+fn run_detached(dir: &Path, t0: std::time::Instant) -> i32 {
+    let detach_us = t0.elapsed().as_micros();
     let mut guard = StartupGuard {
         dir,
         child: None,
@@ -215,7 +218,11 @@ fn run_detached(dir: &Path) -> i32 {
     guard.armed = false;
     // The pid, then the start's step timings for berthd's breakdown
     // (`name=micros`; berthd reads what it knows).
-    report(&format!("ok {} {steps}", monitor.pid));
+    report(&format!(
+        "ok {} shim.detach={detach_us} shim.ready={} {steps}",
+        monitor.pid,
+        t0.elapsed().as_micros()
+    ));
     // Detached for good: berthd's pipe and our stdio go.
     if let Ok(null) = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, Mode::empty()) {
         for fd in 0..3 {

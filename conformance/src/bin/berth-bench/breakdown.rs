@@ -122,11 +122,12 @@ fn call_of(step: &str) -> &'static str {
 
 /// Steps that run inside another step (not added up again).
 fn nested(step: &str) -> bool {
-    // shim.config/create are inside shim.spawn; init.* inside shim.create;
+    // The shim's own (shim.ready: its main to its `ok` line, with
+    // shim.detach, shim.config, shim.create) are inside shim.spawn; init.*
+    // inside shim.create;
     // a.b.c inside a.b (pod.network.hostports in pod.network).
     step.starts_with("init.")
-        || step == "shim.config"
-        || step == "shim.create"
+        || (step.starts_with("shim.") && step != "shim.spawn" && step != "shim.bundle")
         || step.matches('.').count() > 1
 }
 
