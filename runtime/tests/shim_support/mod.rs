@@ -372,8 +372,16 @@ impl Bundle {
         }
         let line = line.trim_end();
         match line.strip_prefix("ok ") {
-            Some(pid) => {
+            Some(rest) => {
+                // `ok <pid>`, then the start's step timings.
+                let (pid, steps) = rest.split_once(' ').unwrap_or((rest, ""));
                 let pid: i32 = pid.parse().map_err(|_| line.to_string())?;
+                let steps = berth_runtime::steps::parse_shim_steps(steps);
+                assert!(
+                    steps.iter().any(|(s, _)| s == "shim.create")
+                        && steps.iter().any(|(s, _)| s == "shim.ready"),
+                    "the start line carries the shim's timings: {line}"
+                );
                 self.init_pid = Some(pid);
                 Ok(pid)
             }
