@@ -28,7 +28,16 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 /// Process names the harness watches.
-pub const WATCHED_PROCESSES: &[&str] = &["berthd", "berth-shim", "docker-registry"];
+pub const WATCHED_PROCESSES: &[&str] =
+    &["berthd", "berth-shim", "berth-shim-warm", "docker-registry"];
+
+/// berthd's one shim exec'd ahead, waiting for its next container
+/// (`berth-shim --warm`, named berth-shim-warm while it waits): berthd's
+/// own while it runs (a new one after each container), not a leak then;
+/// gone when berthd stops.
+pub fn is_warm_shim(p: &Proc) -> bool {
+    p.name == "berth-shim-warm"
+}
 
 /// What kind of file an entry is (for listings).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -149,6 +158,7 @@ impl Snapshot {
                 .processes
                 .iter()
                 .filter(|p| !before.processes.iter().any(|b| b.pid == p.pid))
+                .filter(|p| !is_warm_shim(p))
                 .cloned()
                 .collect(),
             files: self

@@ -138,8 +138,96 @@ async fn the_shim_bind_refuses_writers_and_goes_with_berthd() {
         .append(true)
         .open(&bind)
         .expect_err("the shim's bind must not open for writing");
-    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    // berthd's warm shim runs from the bind (ETXTBSY may come first);
+    // the bind itself is a read-only mount either way.
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::ETXTBSY)),
+        "{e}"
+    );
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(bind.to_str().unwrap()))
+        .expect("the shim's bind mount");
+    assert!(
+        line.split(' ')
+            .nth(5)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "ro"),
+        "{line}"
+    );
     // env.finish stops berthd (SIGTERM) and checks no mount is left
     // under its directory: the bind included.
+    env.finish().await;
+}
+
+/// berthd keeps one shim exec'd ahead (`berth-shim --warm`, named
+/// berth-shim-warm while it waits): CreateContainer hands it the
+/// container's state dir instead of starting a shim then, and the next
+/// one is started after. Stopping berthd ends the waiting one.
+#[tokio::test]
+async fn berthd_keeps_one_shim_execd_ahead_and_ends_it_when_it_stops() {
+    let env = Env::start().await;
+    let dirs = [env.berthd.dir().to_path_buf()];
+    let warm = || {
+        berth_conformance::leak::processes_for(&dirs)
+            .into_iter()
+            .filter(|p| p.name == "berth-shim-warm")
+            .collect::<Vec<_>>()
+    };
+    let wait_for_one = async |not: Option<i32>| {
+        for _ in 0..200 {
+            let w = warm();
+            if w.len() == 1 && Some(w[0].pid) != not {
+                return w[0].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no single new warm shim: {:?}", warm());
+    };
+    let first = wait_for_one(None).await;
+    assert!(first.cmdline.contains("--warm"), "{first:?}");
+    let ppid = std::fs::read_to_string(format!("/proc/{}/status", first.pid))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("PPid:")
+                .map(|v| v.trim().parse::<u32>().unwrap())
+        })
+        .unwrap();
+    assert_eq!(Some(ppid), env.berthd.pid(), "berthd's own child");
+
+    let image = push_busybox(&env, "shim/warm:1").await;
+    let p = run_pod(&env, sandbox_config("warm"), &image).await;
+    let id = run(&env, &p, container(&p, "c", &["sleep", "1000"])).await;
+    assert_eq!(sh(&env, &id, "echo ok").await, "ok\n");
+    // Its monitor's command line names its state dir, as a cold one's.
+    let dir = env.berthd.state().join("containers").join(&id);
+    let monitor = std::fs::read_to_string(dir.join("shim.pid")).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", monitor.trim())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert_eq!(
+        cmdline.trim(),
+        format!(
+            "{} {}",
+            env.berthd.state().join("berth-shim").display(),
+            dir.display()
+        ),
+        "the shim's command line names its container"
+    );
+    let second = wait_for_one(Some(first.pid)).await;
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", first.pid)).exists()
+            || std::fs::read_to_string(format!("/proc/{}/comm", first.pid))
+                .is_ok_and(|c| c.trim() != "berth-shim-warm"),
+        "the first warm shim became the container's"
+    );
+    let c2 = run(&env, &p, container(&p, "c2", &["sleep", "1000"])).await;
+    assert_eq!(sh(&env, &c2, "echo ok").await, "ok\n");
+    wait_for_one(Some(second.pid)).await;
+    remove_pod(&env, p).await;
+    // finish stops berthd and fails on any process of its left, a warm
+    // shim included.
     env.finish().await;
 }

@@ -321,6 +321,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .context("opening the runtime state")?;
     let runtime = Arc::new(runtime);
     runtime.recover().await.context("recovering containers")?;
+    // The first container's shim, exec'd ahead (see shim_client).
+    berth_runtime::shim_client::prepare_warm(pinned_shim.path());
     let counts = runtime.state_counts()?;
     for (state, n) in ["CREATED", "RUNNING", "EXITED", "UNKNOWN"]
         .into_iter()
@@ -438,6 +440,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let _ = std::fs::remove_file(&config.socket);
     let _ = std::fs::remove_file(&admin_path);
+    berth_runtime::shim_client::discard_warm().await;
     drop(pinned_shim);
     result.context("server task")?.context("gRPC server")?;
     tracing::info!("berthd stopped");

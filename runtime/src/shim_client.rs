@@ -135,9 +135,22 @@ pub fn unpin_readonly(state: &Path) {
     let _ = std::fs::remove_file(&target);
 }
 
-/// Run `shim <dir>` and wait for its `ok <pid>` line. The shim detaches; the
-/// process we started exits right after the line and is reaped here.
-pub async fn spawn(shim: &Path, dir: &Path) -> Result<i32, ShimError> {
+/// The shim that is already exec'd and waits for a state dir on its
+/// stdin (`berth-shim --warm`): the next [`spawn`] hands it its dir, so
+/// that the exec and the dynamic loading of the shim (about 1.4 ms here)
+/// are not on the CreateContainer path. One at a time: a second spawn
+/// meanwhile starts its shim cold. A warm shim whose berthd is gone reads
+/// EOF and exits.
+struct Warm {
+    shim: PathBuf,
+    child: tokio::process::Child,
+}
+
+static WARM: std::sync::Mutex<Option<Warm>> = std::sync::Mutex::new(None);
+
+/// `shim` with berthd's settings for every shim: its memlock limit, piped
+/// stdout and stderr, never killed when dropped.
+fn shim_command(shim: &Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(shim);
     if let Some((soft, hard)) = crate::kernel::memlock_for_children() {
         // SAFETY: setrlimit is async-signal-safe and touches only the
@@ -155,17 +168,93 @@ pub async fn spawn(shim: &Path, dir: &Path) -> Result<i32, ShimError> {
             });
         }
     }
-    let mut child = cmd
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+    cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(false)
-        .spawn()
-        .map_err(|source| ShimError::Spawn {
-            path: shim.to_path_buf(),
-            source,
-        })?;
+        .kill_on_drop(false);
+    cmd
+}
+
+/// Start the next warm shim of `shim`, unless one waits already. Needs
+/// the tokio runtime (its child reaping).
+pub fn prepare_warm(shim: &Path) {
+    let Ok(mut slot) = WARM.lock() else {
+        return;
+    };
+    if slot.is_some() {
+        return;
+    }
+    let mut cmd = shim_command(shim);
+    cmd.arg(crate::shim::WARM_ARG)
+        .arg(" ".repeat(crate::shim::WARM_PAD))
+        .stdin(Stdio::piped());
+    match cmd.spawn() {
+        Ok(child) => {
+            *slot = Some(Warm {
+                shim: shim.to_path_buf(),
+                child,
+            })
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot start a warm shim; the next one starts cold"),
+    }
+}
+
+/// End the waiting warm shim, if any, and reap it (berthd stops).
+pub async fn discard_warm() {
+    let warm = WARM.lock().ok().and_then(|mut w| w.take());
+    if let Some(mut w) = warm {
+        // Its stdin closed: it reads EOF and exits; killed if it does not.
+        drop(w.child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(1), w.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = w.child.kill().await;
+        }
+    }
+}
+
+/// Hand `dir` to the warm shim of `shim`, if one waits: the shim, now
+/// starting the container of `dir`.
+async fn take_warm(shim: &Path, dir: &Path) -> Option<tokio::process::Child> {
+    let warm = WARM.lock().ok()?.take();
+    let mut w = warm.filter(|w| w.shim == shim)?;
+    let mut stdin = w.child.stdin.take()?;
+    let mut line = dir.as_os_str().as_encoded_bytes().to_vec();
+    line.push(b'\n');
+    match stdin.write_all(&line).await {
+        Ok(()) => Some(w.child),
+        Err(e) => {
+            // It died meanwhile: reaped by tokio, and a cold start instead.
+            tracing::debug!(error = %e, "the warm shim is gone; starting one cold");
+            let _ = w.child.start_kill();
+            None
+        }
+    }
+}
+
+/// Run `shim <dir>` (or hand `dir` to the warm shim) and wait for its
+/// `ok <pid>` line. The shim detaches; the process we started exits right
+/// after the line and is reaped here. The next warm shim is started after.
+pub async fn spawn(shim: &Path, dir: &Path) -> Result<i32, ShimError> {
+    let r = spawn_inner(shim, dir).await;
+    // The next one, off this call's path.
+    let shim = shim.to_path_buf();
+    tokio::spawn(async move { prepare_warm(&shim) });
+    r
+}
+
+async fn spawn_inner(shim: &Path, dir: &Path) -> Result<i32, ShimError> {
+    let mut child = match take_warm(shim, dir).await {
+        Some(c) => c,
+        None => shim_command(shim)
+            .arg(dir)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|source| ShimError::Spawn {
+                path: shim.to_path_buf(),
+                source,
+            })?,
+    };
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let dir_s = dir.display().to_string();

@@ -130,12 +130,75 @@ fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T
     })
 }
 
+/// `berth-shim --warm PAD`: started ahead by berthd, it waits for its
+/// state dir as one line on stdin, then runs as `berth-shim <dir>` would;
+/// EOF (berthd gone, or stopping) ends it. PAD (spaces) is room in its
+/// command line for the dir, written there once it has one, so that `ps`
+/// shows which container a shim serves as for one started cold.
+pub const WARM_ARG: &str = "--warm";
+
+/// The room a warm shim's command line keeps for its state dir.
+pub const WARM_PAD: usize = 400;
+
+/// Write `args` over this process's command line (its argv area, as
+/// /proc/PID/cmdline and ps read it), NUL-padded; nothing if they do not
+/// fit. Through /proc/self/mem: no unsafe, and only our own memory.
+fn retitle(args: &[&std::ffi::OsStr]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let bad = || std::io::Error::other("unreadable /proc/self/stat");
+    // Fields after the command's closing parenthesis start at field 3;
+    // arg_start and arg_end are fields 48 and 49 (proc(5)).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .ok_or_else(bad)?
+        .1
+        .split_whitespace()
+        .collect();
+    let num = |i: usize| -> std::io::Result<u64> {
+        fields.get(i).and_then(|f| f.parse().ok()).ok_or_else(bad)
+    };
+    let (start, end) = (num(45)?, num(46)?);
+    let room = end.saturating_sub(start) as usize;
+    let mut buf = Vec::with_capacity(room);
+    for a in args {
+        buf.extend_from_slice(a.as_encoded_bytes());
+        buf.push(0);
+    }
+    if buf.len() > room {
+        return Ok(());
+    }
+    buf.resize(room, 0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")?
+        .write_all_at(&buf, start)
+}
+
 /// The entry point of the `berth-shim` binary; returns the exit code.
 pub fn main() -> i32 {
-    let t0 = std::time::Instant::now();
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut t0 = std::time::Instant::now();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.len() == 2 && args[1] == crate::namespaces::HELPER_ARG {
         return crate::namespaces::helper_main();
+    }
+    if args.len() == 3 && args[1] == WARM_ARG {
+        // Told apart from the shims of containers while it waits.
+        let _ = nix::sys::prctl::set_name(c"berth-shim-warm");
+        let mut line = String::new();
+        match std::io::stdin().read_line(&mut line) {
+            Ok(n) if n > 1 && line.ends_with('\n') => {
+                let _ = nix::sys::prctl::set_name(c"berth-shim");
+                line.pop();
+                args.truncate(2);
+                args[1] = line.into();
+                let _ = retitle(&[args[0].as_os_str(), args[1].as_os_str()]);
+                // Its timings start when it has work.
+                t0 = std::time::Instant::now();
+            }
+            // No dir: berthd went away or stopped; nothing was made.
+            _ => return 0,
+        }
     }
     let [_, state_dir] = args.as_slice() else {
         eprintln!("usage: berth-shim <state dir>");

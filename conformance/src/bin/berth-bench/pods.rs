@@ -453,6 +453,8 @@ async fn memory(ctx: &Ctx, procs: &Procs, k: u32) -> Result<Memory> {
         daemon: procs.daemon_pid.and_then(|p| mem_of(p as i32, "daemon")),
         ..Default::default()
     };
+    // (berthd's shim exec'd ahead for the next container is named
+    // berth-shim-warm: not one of these.)
     for (pid, comm, _) in procs_naming(&procs.dir, &[procs.shim_comm]) {
         if let Some(pm) = mem_of(pid, &comm) {
             m.shims.push(pm);
