@@ -237,9 +237,10 @@ async fn take_warm(shim: &Path, dir: &Path) -> Option<tokio::process::Child> {
 /// after the line and is reaped here. The next warm shim is started after.
 pub async fn spawn(shim: &Path, dir: &Path) -> Result<i32, ShimError> {
     let r = spawn_inner(shim, dir).await;
-    // The next one, off this call's path.
+    // The next one, off this call's path (and off the async workers: a
+    // spawn is a fork and an exec).
     let shim = shim.to_path_buf();
-    tokio::spawn(async move { prepare_warm(&shim) });
+    tokio::task::spawn_blocking(move || prepare_warm(&shim));
     r
 }
 
