@@ -143,10 +143,20 @@ pub async fn push(
         }
         if !store.blob_path(d).is_file() {
             let sources = sources_of(store, d, &target.registry);
-            if let Some(s) = sources.iter().find(|s| s.registry == target.registry)
-                && session.mount_blob(d, &s.repository).await?
-            {
-                tracing::debug!(layer = %d, from = %s.name(), "mounted");
+            // A registry that will not mount (no pull right on the other
+            // repository, no mount support) gets the blob sent instead.
+            let mounted = match sources.iter().find(|s| s.registry == target.registry) {
+                Some(s) => match session.mount_blob(d, &s.repository).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(layer = %d, from = %s.name(), error = %e, "no cross-repository mount");
+                        false
+                    }
+                },
+                None => false,
+            };
+            if mounted {
+                tracing::debug!(layer = %d, "mounted from the repository it came from");
                 done.mounted += 1;
                 continue;
             }
@@ -196,8 +206,15 @@ pub async fn push(
         .put_manifest(&tag, &manifest_json, &media_type)
         .await?;
     done.repo_digest = target.digested_name(&digest);
+    if store.resolve(&entry.record.id.to_string()).is_none() {
+        // Removed while it was pushed: nothing to name.
+        return Ok(done);
+    }
     store.record_image(
+        // Only the digest is added: the tags stay where they are now (a
+        // pull or commit during the push may have moved one).
         ImageRecord {
+            repo_tags: Vec::new(),
             repo_digests: vec![done.repo_digest.clone()],
             ..entry.record.clone()
         },

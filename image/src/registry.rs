@@ -734,7 +734,22 @@ impl Session {
     where
         B: Fn(&reqwest::Client) -> Result<reqwest::RequestBuilder, Failure>,
     {
-        let stall = self.client.config.stall_timeout;
+        self.send_within(ep, what, self.client.config.stall_timeout, build)
+            .await
+    }
+
+    /// [`Session::send`] with its own bound on the wait for an answer (an
+    /// upload's answer comes after its whole body).
+    async fn send_within<B>(
+        &self,
+        ep: &Endpoint,
+        what: &str,
+        stall: Duration,
+        build: B,
+    ) -> Result<reqwest::Response, Failure>
+    where
+        B: Fn(&reqwest::Client) -> Result<reqwest::RequestBuilder, Failure>,
+    {
         let http = self.client.http_for(&ep.base);
         let creds = self.credentials_for(ep);
         let mut auth: Option<String> = match creds {

@@ -337,8 +337,9 @@ impl ImageService {
 
     /// Push the image `name` to its registry (see [`crate::push`]).
     pub async fn push(&self, name: &str, credentials: Credentials) -> Result<crate::push::Pushed> {
-        // As a pull: no GC while its blobs are read and fetched again.
-        let _gc = self.inner.gc_lock.read().await;
+        // No GC lock for the length of a push (it would hold up pulls and
+        // removals): an image removed meanwhile fails the push, whose
+        // blobs are read from the store as it goes.
         let started = std::time::Instant::now();
         let p =
             crate::push::push(&self.inner.store, &self.inner.registry, name, credentials).await?;

@@ -228,12 +228,28 @@ impl Library {
                     .map_err(|e| format!("{}: {e}", sym(b"nft_run_cmd_from_buffer")))?,
             )
         };
+        // libnftables exits the process when it cannot open its netlink
+        // socket (no nf_tables, or a sandbox that forbids the family): ask
+        // the kernel first, and run the binary instead if it says no.
+        use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+        drop(
+            socket(
+                AddressFamily::Netlink,
+                SockType::Raw,
+                SockFlag::SOCK_CLOEXEC,
+                SockProtocol::NetlinkNetFilter,
+            )
+            .map_err(|e| format!("no netfilter netlink socket for {LIBNFTABLES}: {e}"))?,
+        );
         // SAFETY: NFT_CTX_DEFAULT (0) is the only flag; a null result is
         // checked.
         let ctx = unsafe { new(0) };
         if ctx.is_null() {
             return Err("nft_ctx_new failed".into());
         }
+        // nft_ctx_new opens its netlink socket without O_CLOEXEC (1.0.6),
+        // and keeps it for the context's life.
+        sockets_cloexec();
         // Errors (and any output) into buffers of the context, not stderr.
         // SAFETY: ctx is the live context made above.
         let buffered = unsafe { buffer_error(ctx) == 0 && buffer_output(ctx) == 0 };
@@ -278,6 +294,31 @@ impl Library {
             Err(err.trim().to_string())
         }
     }
+}
+
+/// Close on exec every socket of this process: berthd's own are so
+/// already (std opens everything O_CLOEXEC), libnftables' is not, and no
+/// process berthd starts is to inherit it.
+fn sockets_cloexec() {
+    for fd in open_fds() {
+        let is_socket = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+        if is_socket {
+            // SAFETY: fcntl(F_SETFD) changes only the close-on-exec flag of
+            // an open descriptor.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+}
+
+/// The descriptors this process has open.
+fn open_fds() -> std::collections::BTreeSet<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 impl Drop for Library {
@@ -412,6 +453,19 @@ mod tests {
                 let t = table();
                 let published = vec![published(Protocol::Tcp, None, "10.89.0.7")];
                 nft.apply(&t.full_script(&published)).unwrap();
+                // Every socket of this process is closed on exec (std opens
+                // its own so; libnftables' netlink socket is made so).
+                for fd in open_fds() {
+                    let is_socket = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+                    // SAFETY: F_GETFD only reads a descriptor's flags.
+                    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+                    assert!(
+                        !is_socket || flags < 0 || flags & libc::FD_CLOEXEC != 0,
+                        "socket fd {fd} would be inherited by berthd's children ({})",
+                        nft.describe()
+                    );
+                }
                 let rules = list();
                 assert!(rules.contains("table inet berth"), "{rules}");
                 assert!(rules.contains("10.89.0.7 . 80"), "{rules}");

@@ -97,8 +97,12 @@ impl Session {
                 let mut put = upload_location(ep, &resp).map_err(Failure::Final)?;
                 put.query_pairs_mut()
                     .append_pair("digest", &digest.to_string());
+                // The answer comes after the whole body: the stall bound
+                // plus the blob at 256 KiB/s.
+                let within = self.client.config.stall_timeout
+                    + std::time::Duration::from_secs(size / (256 << 10));
                 let resp = self
-                    .send(ep, what, |http| {
+                    .send_within(ep, what, within, |http| {
                         let f = std::fs::File::open(path).map_err(|e| {
                             Failure::Final(Error::io(format!("opening {}", path.display()), e))
                         })?;
@@ -160,7 +164,9 @@ impl Session {
 }
 
 /// The upload URL a registry answered with (`Location`, absolute or
-/// relative to the endpoint).
+/// relative to the endpoint). It must stay on the endpoint (scheme, host
+/// and port): the session's credentials and client certificate go with
+/// the upload, and a registry does not get to send them elsewhere.
 fn upload_location(ep: &Endpoint, resp: &reqwest::Response) -> Result<reqwest::Url> {
     let loc = resp
         .headers()
@@ -174,12 +180,22 @@ fn upload_location(ep: &Endpoint, resp: &reqwest::Response) -> Result<reqwest::U
         })?;
     let base = reqwest::Url::parse(&format!("{}/", ep.base))
         .map_err(|e| Error::Registry(format!("endpoint {}: {e}", ep.base)))?;
-    base.join(loc).map_err(|e| {
+    let url = base.join(loc).map_err(|e| {
         Error::Registry(format!(
             "{} sent an unusable Location {loc:?}: {e}",
             ep.base
         ))
-    })
+    })?;
+    if url.scheme() != base.scheme()
+        || url.host_str() != base.host_str()
+        || url.port_or_known_default() != base.port_or_known_default()
+    {
+        return Err(Error::Registry(format!(
+            "{} sent an upload Location on another host or scheme ({loc:?}): refused, the push's credentials are the registry's",
+            ep.base
+        )));
+    }
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -208,11 +224,22 @@ mod tests {
             "http://127.0.0.1:5000/v2/a/blobs/uploads/u1?_state=x"
         );
         assert_eq!(
-            upload_location(&ep, &resp("https://other.example/up/u2"))
+            upload_location(&ep, &resp("http://127.0.0.1:5000/v2/a/blobs/uploads/u2"))
                 .unwrap()
                 .as_str(),
-            "https://other.example/up/u2"
+            "http://127.0.0.1:5000/v2/a/blobs/uploads/u2"
         );
+        for elsewhere in [
+            "https://other.example/up/u2",
+            "http://169.254.169.254/latest",
+            "http://127.0.0.1:5001/v2/a/blobs/uploads/u3",
+            "https://127.0.0.1:5000/v2/a/blobs/uploads/u4",
+        ] {
+            let e = upload_location(&ep, &resp(elsewhere))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("another host"), "{elsewhere}: {e}");
+        }
         let none = reqwest::Response::from(
             http::Response::builder()
                 .status(202)
