@@ -434,6 +434,31 @@ async fn a_pushed_commit_is_pulled_back_by_digest_from_each_registry() {
         &["--push", "--creds", "pusher:s3cret", &id, &guarded],
     );
     assert!(ok, "commit --push --creds failed: {err}");
+    // The same, the credentials from stdin (off the command line).
+    let out = {
+        use std::io::Write as _;
+        let mut child = Command::new(berthd_bin())
+            .arg("--config")
+            .arg(&config)
+            .args(["commit", "--push", "--creds", "-", &id, &guarded])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"pusher:s3cret\n")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(
+        out.status.success(),
+        "--creds - failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (ok, _, err) = commit_args(&config, &["--creds", "pusher:s3cret", &id, &guarded]);
     assert!(!ok && err.contains("--push"), "--creds needs --push: {err}");
     drop(locked);

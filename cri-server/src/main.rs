@@ -84,7 +84,9 @@ enum Cmd {
         /// or fetched again from the repository they were pulled from).
         #[arg(long)]
         push: bool,
-        /// USER:PASSWORD for the push's registry (default: anonymous).
+        /// USER:PASSWORD for the push's registry (default: anonymous); `-`
+        /// reads that line from stdin, keeping the password off the
+        /// command line (which every user can read in /proc).
         #[arg(long, value_name = "USER:PASSWORD", requires = "push")]
         creds: Option<String>,
         /// The admin socket (default: <state>/admin.sock).
@@ -141,13 +143,24 @@ fn main() -> ExitCode {
         let socket = admin_socket
             .clone()
             .unwrap_or_else(|| admin::socket_path(&config.state));
+        let creds = match creds.as_deref() {
+            Some("-") => {
+                let mut line = String::new();
+                if let Err(e) = std::io::stdin().read_line(&mut line) {
+                    eprintln!("berthd commit: reading --creds from stdin: {e}");
+                    return ExitCode::FAILURE;
+                }
+                Some(line.trim_end_matches(['\r', '\n']).to_string())
+            }
+            other => other.map(str::to_string),
+        };
         let req = admin::Request::Commit {
             container: container.clone(),
             name: name.clone(),
             comment: comment.clone(),
             pause: *pause,
             push: *push,
-            creds: creds.clone(),
+            creds,
         };
         return match admin::request(&socket, &req) {
             Ok(admin::Answer::Committed {
