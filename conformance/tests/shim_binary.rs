@@ -109,12 +109,20 @@ async fn a_container_cannot_reach_the_shim_binary_of_a_created_container() {
     }
     // On the host the bind is a read-only mount: no writer, with or
     // without a running shim to make the kernel say ETXTBSY.
-    let bind = env.berthd.state().join("berth-shim");
+    assert_read_only_mount(&env.berthd.state().join("berth-shim"));
+    assert_eq!(hash(), before, "the installed shim is unchanged");
+    let _ = victim;
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
+
+/// `path` is a mount point of a read-only mount (mountinfo's options).
+fn assert_read_only_mount(path: &std::path::Path) {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = info
         .lines()
-        .find(|l| l.split(' ').nth(4) == Some(bind.to_str().unwrap()))
-        .expect("the shim's bind mount");
+        .find(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("no mount at {}", path.display()));
     assert!(
         line.split(' ')
             .nth(5)
@@ -123,10 +131,6 @@ async fn a_container_cannot_reach_the_shim_binary_of_a_created_container() {
             .any(|o| o == "ro"),
         "{line}"
     );
-    assert_eq!(hash(), before, "the installed shim is unchanged");
-    let _ = victim;
-    remove_pod(&env, p).await;
-    env.finish().await;
 }
 
 #[tokio::test]
@@ -144,19 +148,7 @@ async fn the_shim_bind_refuses_writers_and_goes_with_berthd() {
         matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::ETXTBSY)),
         "{e}"
     );
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let line = info
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some(bind.to_str().unwrap()))
-        .expect("the shim's bind mount");
-    assert!(
-        line.split(' ')
-            .nth(5)
-            .unwrap()
-            .split(',')
-            .any(|o| o == "ro"),
-        "{line}"
-    );
+    assert_read_only_mount(&bind);
     // env.finish stops berthd (SIGTERM) and checks no mount is left
     // under its directory: the bind included.
     env.finish().await;

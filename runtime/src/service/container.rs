@@ -81,18 +81,17 @@ impl Runtime {
 
     pub(super) fn update_container(&self, rec: ContainerRecord) -> Result<()> {
         self.inner.store.put_container(&rec)?;
-        self.inner
-            .containers
-            .write()
-            .map_err(|_| poisoned())?
-            .insert(rec.id.clone(), rec);
-        Ok(())
+        self.remember_container(rec)
     }
 
     /// [`Self::update_container`] for a change the shim keeps too (a start,
     /// an exit): no sync of its own (see `put_container_rederivable`).
     pub(super) fn update_container_rederivable(&self, rec: ContainerRecord) -> Result<()> {
         self.inner.store.put_container_rederivable(&rec)?;
+        self.remember_container(rec)
+    }
+
+    fn remember_container(&self, rec: ContainerRecord) -> Result<()> {
         self.inner
             .containers
             .write()

@@ -128,16 +128,7 @@ impl OciRuntime {
             .arg(&self.bundle)
             .arg("--pid-file")
             .arg(PID_FILE);
-        let mut created = Created {
-            pid: Pid::from_raw(0),
-            start: None,
-            sync: None,
-            stdin: None,
-            stdout: None,
-            stderr: None,
-            pty: None,
-            steps: String::new(),
-        };
+        let mut created = Created::empty();
         let stdio = ExecStdio {
             tty,
             stdin,

@@ -300,6 +300,22 @@ pub struct Created {
     pub steps: String,
 }
 
+impl Created {
+    /// Nothing yet: the pid and the descriptors are filled in as made.
+    pub fn empty() -> Self {
+        Created {
+            pid: Pid::from_raw(0),
+            start: None,
+            sync: None,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            pty: None,
+            steps: String::new(),
+        }
+    }
+}
+
 /// The child's ends of its stdio.
 #[derive(Default)]
 struct ChildIo {
@@ -384,16 +400,7 @@ fn parse_pid(line: &str) -> Option<Result<Pid>> {
 pub fn create(plan: &ContainerPlan) -> Result<Created> {
     let (sync_r, sync_w) = cloexec_pipe()?;
     let (start_r, start_w) = cloexec_pipe()?;
-    let mut parent = Created {
-        pid: Pid::from_raw(0),
-        start: None,
-        sync: None,
-        stdin: None,
-        stdout: None,
-        stderr: None,
-        pty: None,
-        steps: String::new(),
-    };
+    let mut parent = Created::empty();
     let mut child = ChildIo::default();
     if plan.tty {
         let pty = nix::pty::openpty(None, None).map_err(sys("open", "pty"))?;
