@@ -13,8 +13,8 @@ use berth_conformance::cri::sandbox_config;
 use berth_conformance::leak;
 use berth_conformance::pods::{self, Pod};
 use berth_cri_api::v1::{
-    CreateContainerRequest, LinuxPodSandboxConfig, ListContainersRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest,
+    ContainerState, CreateContainerRequest, LinuxPodSandboxConfig, ListContainersRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest,
 };
 
 /// Directories named `name` below `parent` (relative to each hierarchy),
@@ -70,6 +70,59 @@ async fn a_container_cut_short_by_sigkill_leaves_no_cgroup() {
     env.assert_no_leaks_since(&before).await;
     let all = pods::list_containers(&env, &pod.id).await;
     assert!(all.is_empty(), "no record, no container: {all:?}");
+    pods::remove_pod(&env, pod).await;
+    env.finish().await;
+}
+
+/// SIGKILL after CreateContainer's durable record and before the shim's
+/// answer (the record is written while the shim starts, without the pid
+/// to come): the restart asks the shim for the pid, and the container
+/// starts and runs as if nothing had happened.
+#[tokio::test]
+async fn a_container_recorded_before_its_shim_answered_gets_its_pid_from_the_shim() {
+    let mut env = Env::start_pausing_at("container.before_pid", 5000).await;
+    let image = pods::push_busybox(&env, "crash/busybox:2").await;
+    let pod: Pod = pods::run_pod(&env, sandbox_config("crash-pid"), &image).await;
+    let req = CreateContainerRequest {
+        pod_sandbox_id: pod.id.clone(),
+        config: Some(pods::container(&pod, "early", &["sleep", "1000"])),
+        sandbox_config: Some(pod.config.clone()),
+    };
+    let mut rt = env.cri.runtime.clone();
+    let call = tokio::spawn(async move { rt.create_container(req).await });
+    // The shim writes init.pid as it finishes; berthd waits at the point
+    // by then (its record is written while the shim starts).
+    let containers = env.berthd.state().join("containers");
+    let init_pid = || {
+        std::fs::read_dir(&containers)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find_map(|e| std::fs::read_to_string(e.path().join("init.pid")).ok())
+            .and_then(|s| s.trim().parse::<i64>().ok())
+    };
+    wait_for("the shim writes init.pid", || init_pid().is_some()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = init_pid().unwrap();
+    assert!(pid > 0);
+    env.berthd.kill();
+    assert!(call.await.unwrap().is_err(), "the call died with berthd");
+    env.berthd.restart().await.expect("restart");
+    env.cri = env.berthd.cri().await.expect("reconnect");
+    let all = pods::list_containers(&env, &pod.id).await;
+    assert_eq!(all.len(), 1, "the durable record came back: {all:?}");
+    let id = all[0].id.clone();
+    assert_eq!(all[0].state, ContainerState::ContainerCreated as i32);
+    let info = pods::verbose_info(&env, &id).await;
+    assert_eq!(
+        info["pid"].as_i64(),
+        Some(pid),
+        "the pid, from the shim: {info}"
+    );
+    pods::start(&env, &id)
+        .await
+        .expect("start after the restart");
+    assert_eq!(pods::sh(&env, &id, "echo up").await.trim(), "up");
     pods::remove_pod(&env, pod).await;
     env.finish().await;
 }

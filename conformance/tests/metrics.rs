@@ -189,6 +189,8 @@ async fn the_metrics_endpoint_counts_what_berthd_did() {
         "container.dir_and_hold",
         "container.rootfs_mount",
         "container.spec",
+        "container.during_shim.hold_commit",
+        "container.during_shim.state_write",
         "container.state_write",
         "start.shim_start",
         "start.state_write",
@@ -211,6 +213,11 @@ async fn the_metrics_endpoint_counts_what_berthd_did() {
         "steps are parts of CreateContainer: {parts} s of {create} s"
     );
     assert!(step("init.mounts", "sum") < step("shim.create", "sum"));
+    // The durable writes of CreateContainer run while its shim starts.
+    assert!(
+        step("container.during_shim.state_write", "sum") < step("shim.spawn", "sum"),
+        "inside shim.spawn"
+    );
 
     remove_pod(&env, p).await;
     let (_, text) = get(port, "/metrics").await;

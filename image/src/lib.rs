@@ -9,10 +9,13 @@
 //! * [`store`]: the on-disk store: content blobs, layer snapshots keyed by chain
 //!   id, and the image records in an embedded database.
 //! * [`service`]: [`ImageService`], what the CRI server calls.
+//! * [`group_commit`]: one transaction for many threads' writes to a redb
+//!   database (the store's holds, berthd's runtime records).
 
 pub mod commit;
 pub mod digest;
 pub mod error;
+pub mod group_commit;
 pub mod limits;
 pub mod manifest;
 pub mod push;

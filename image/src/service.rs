@@ -438,6 +438,16 @@ impl ImageService {
         self.inner.store.hold(holder, image)
     }
 
+    /// [`Store::hold_uncommitted`], made durable by [`Self::commit_hold`].
+    pub fn hold_uncommitted(&self, holder: &str, image: &Digest) -> Result<Vec<PathBuf>> {
+        self.inner.store.hold_uncommitted(holder, image)
+    }
+
+    /// See [`Store::commit_hold`].
+    pub fn commit_hold(&self, holder: &str) -> Result<()> {
+        self.inner.store.commit_hold(holder)
+    }
+
     pub async fn release(&self, holder: &str) -> Result<()> {
         let _gc = self.inner.gc_lock.write().await;
         let inner = self.inner.clone();

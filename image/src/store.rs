@@ -129,6 +129,8 @@ impl Index {
 pub struct Store {
     root: PathBuf,
     db: redb::Database,
+    /// Holds and releases, which containers write many at a time.
+    group: crate::group_commit::GroupCommit,
     index: RwLock<Index>,
     blob_bytes: AtomicU64,
     blob_count: AtomicU64,
@@ -187,6 +189,7 @@ impl Store {
         let store = Store {
             root: root.to_path_buf(),
             db,
+            group: crate::group_commit::GroupCommit::new(),
             index: RwLock::new(Index::default()),
             blob_bytes: AtomicU64::new(0),
             blob_count: AtomicU64::new(0),
@@ -630,24 +633,70 @@ impl Store {
     }
 
     fn hold_as(&self, holder: &str, image: &Digest, volume: bool) -> Result<Vec<PathBuf>> {
+        self.hold_in(holder, image, volume, true)
+    }
+
+    /// [`Store::hold`] in memory only: GC in this process keeps the layers
+    /// from now on, and [`Store::commit_hold`] makes the hold durable. The
+    /// caller commits it before anything durable names `holder` (berthd
+    /// overlaps the commit with the shim's start); a crash before leaves a
+    /// holder nobody knows, and nothing to release.
+    pub fn hold_uncommitted(&self, holder: &str, image: &Digest) -> Result<Vec<PathBuf>> {
+        self.hold_in(holder, image, false, false)
+    }
+
+    /// Write the layer hold [`Store::hold_uncommitted`] made (grouped with
+    /// other containers' holds and releases into one transaction).
+    pub fn commit_hold(&self, holder: &str) -> Result<()> {
+        let chains = self
+            .index
+            .read()
+            .map_err(|_| poisoned())?
+            .holds
+            .get(holder)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no image hold of {holder:?} to commit")))?;
+        let row = json(&HoldRow::Layers(chains))?;
+        let holder = holder.to_string();
+        let change = Box::new(move |tx: &redb::WriteTransaction| {
+            tx.open_table(HOLDS)
+                .map_err(|e| e.to_string())?
+                .insert(holder.as_str(), row.as_slice())
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        });
+        self.group
+            .apply(&self.db, change, true)
+            .map_err(Error::Database)
+    }
+
+    fn hold_in(
+        &self,
+        holder: &str,
+        image: &Digest,
+        volume: bool,
+        durable: bool,
+    ) -> Result<Vec<PathBuf>> {
         let mut idx = self.index.write().map_err(|_| poisoned())?;
         let chains = idx
             .images
             .get(image)
             .map(|e| e.record.chain_ids.clone())
             .ok_or_else(|| Error::NotFound(format!("image {image} not found")))?;
-        let row = if volume {
-            HoldRow::Volume {
-                chains: chains.clone(),
-                image: image.clone(),
-            }
-        } else {
-            HoldRow::Layers(chains.clone())
-        };
-        let tx = self.db.begin_write()?;
-        tx.open_table(HOLDS)?
-            .insert(holder, json(&row)?.as_slice())?;
-        tx.commit()?;
+        if durable {
+            let row = if volume {
+                HoldRow::Volume {
+                    chains: chains.clone(),
+                    image: image.clone(),
+                }
+            } else {
+                HoldRow::Layers(chains.clone())
+            };
+            let tx = self.db.begin_write()?;
+            tx.open_table(HOLDS)?
+                .insert(holder, json(&row)?.as_slice())?;
+            tx.commit()?;
+        }
         let paths = chains.iter().map(|c| self.snapshot_path(c)).collect();
         idx.holds.insert(holder.to_string(), chains);
         if volume {
@@ -676,27 +725,37 @@ impl Store {
 
     /// Drop a holder's claim and those of `<holder>/…` (its image volumes),
     /// and collect layers nobody uses any more.
+    ///
+    /// The release is written without a sync of its own (the next durable
+    /// commit carries it): a crash may bring the hold back, and berthd's
+    /// start releases the holds of containers it has no record of, which a
+    /// removed container's is (its record's delete is durable after this).
     pub fn release(&self, holder: &str) -> Result<()> {
-        {
-            let mut idx = self.index.write().map_err(|_| poisoned())?;
-            let prefix = format!("{holder}/");
-            let gone: Vec<String> = idx
-                .holds
+        let prefix = format!("{holder}/");
+        let gone: Vec<String> = {
+            let idx = self.index.read().map_err(|_| poisoned())?;
+            idx.holds
                 .keys()
                 .filter(|h| *h == holder || h.starts_with(&prefix))
                 .cloned()
-                .collect();
-            if gone.is_empty() {
-                return Ok(());
+                .collect()
+        };
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let rows = gone.clone();
+        let change = Box::new(move |tx: &redb::WriteTransaction| {
+            let mut t = tx.open_table(HOLDS).map_err(|e| e.to_string())?;
+            for h in &rows {
+                t.remove(h.as_str()).map_err(|e| e.to_string())?;
             }
-            let tx = self.db.begin_write()?;
-            {
-                let mut t = tx.open_table(HOLDS)?;
-                for h in &gone {
-                    t.remove(h.as_str())?;
-                }
-            }
-            tx.commit()?;
+            Ok(())
+        });
+        self.group
+            .apply(&self.db, change, false)
+            .map_err(Error::Database)?;
+        {
+            let mut idx = self.index.write().map_err(|_| poisoned())?;
             for h in &gone {
                 idx.holds.remove(h);
                 idx.in_use.remove(h);
@@ -974,6 +1033,39 @@ mod tests {
         assert!(paths.iter().all(|p| p.is_dir()), "holds survive a restart");
         s.release("container-1").unwrap();
         assert!(paths.iter().all(|p| !p.exists()));
+    }
+
+    #[test]
+    fn an_uncommitted_hold_keeps_layers_in_process_and_survives_a_restart_only_once_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let a = add_image(&s, "example.com/a:1", &["base", "a"]);
+        let b = add_image(&s, "example.com/b:1", &["b"]);
+        let pa = s.hold_uncommitted("c-a", &a).unwrap();
+        let pb = s.hold_uncommitted("c-b", &b).unwrap();
+        s.remove(&a, None).unwrap();
+        s.remove(&b, None).unwrap();
+        assert!(
+            pa.iter().chain(&pb).all(|p| p.is_dir()),
+            "GC keeps held layers"
+        );
+        s.commit_hold("c-a").unwrap();
+        assert!(matches!(s.commit_hold("nobody"), Err(Error::NotFound(_))));
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.holders(),
+            vec!["c-a".to_string()],
+            "only the committed hold is on disk"
+        );
+        s.gc().unwrap();
+        assert!(pa.iter().all(|p| p.is_dir()));
+        assert!(
+            pb.iter().all(|p| !p.exists()),
+            "the uncommitted one left nothing held"
+        );
+        s.release("c-a").unwrap();
+        assert!(pa.iter().all(|p| !p.exists()));
     }
 
     #[test]

@@ -14,8 +14,10 @@
 //!   namespaces not yet;
 //! * `sandbox.before_commit`: RunPodSandbox, everything made, the record
 //!   not yet committed;
-//! * `container.before_commit`: CreateContainer, the shim started, the
-//!   record not yet committed.
+//! * `container.before_commit`: CreateContainer, the shim handed its
+//!   bundle and starting, the image hold and the record not yet committed;
+//! * `container.before_pid`: CreateContainer, the record committed without
+//!   the shim's pid, its answer not yet read.
 //!
 //! And one switch ([`enabled`], set with `=return`):
 //! * `rootfs.classic_lowerdir`: mount root filesystems with the classic

@@ -236,80 +236,115 @@ async fn take_warm(shim: &Path, dir: &Path) -> Option<tokio::process::Child> {
 /// `ok <pid>` line. The shim detaches; the process we started exits right
 /// after the line and is reaped here. The next warm shim is started after.
 pub async fn spawn(shim: &Path, dir: &Path) -> Result<i32, ShimError> {
-    let r = spawn_inner(shim, dir).await;
-    // The next one, off this call's path (and off the async workers: a
-    // spawn is a fork and an exec).
-    let shim = shim.to_path_buf();
-    tokio::task::spawn_blocking(move || prepare_warm(&shim));
-    r
+    begin(shim, dir).await?.finish().await
 }
 
-async fn spawn_inner(shim: &Path, dir: &Path) -> Result<i32, ShimError> {
-    let mut child = match take_warm(shim, dir).await {
+/// A shim started on a container's dir, not yet known to have started it:
+/// what berthd does meanwhile (its durable writes) overlaps the shim's
+/// work. [`Starting::finish`] must follow, on every path: it reaps the
+/// process and readies the next warm shim.
+pub struct Starting {
+    child: tokio::process::Child,
+    shim: PathBuf,
+    dir: PathBuf,
+}
+
+/// Hand `dir` to the warm shim, or start `shim <dir>` cold.
+pub async fn begin(shim: &Path, dir: &Path) -> Result<Starting, ShimError> {
+    let child = match take_warm(shim, dir).await {
         Some(c) => c,
-        None => shim_command(shim)
-            .arg(dir)
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|source| ShimError::Spawn {
-                path: shim.to_path_buf(),
-                source,
-            })?,
-    };
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let dir_s = dir.display().to_string();
-    let read = async {
-        let mut line = String::new();
-        if let Some(out) = stdout {
-            BufReader::new(out)
-                .read_line(&mut line)
-                .await
-                .map_err(|source| ShimError::Io {
-                    dir: dir_s.clone(),
-                    what: "reading the start line",
+        None => match shim_command(shim).arg(dir).stdin(Stdio::null()).spawn() {
+            Ok(c) => c,
+            Err(source) => {
+                ready_next(shim);
+                return Err(ShimError::Spawn {
+                    path: shim.to_path_buf(),
                     source,
-                })?;
-        }
-        let mut err_text = String::new();
-        if line.trim().is_empty()
-            && let Some(mut e) = stderr
-        {
-            use tokio::io::AsyncReadExt;
-            let _ = e.read_to_string(&mut err_text).await;
-        }
-        let _ = child.wait().await;
-        Ok::<_, ShimError>((line, err_text))
+                });
+            }
+        },
     };
-    let (line, err_text) = tokio::time::timeout(START_TIMEOUT, read)
-        .await
-        .map_err(|_| ShimError::Timeout {
-            dir: dir_s.clone(),
-            secs: START_TIMEOUT.as_secs(),
-        })??;
-    let line = line.trim();
-    if let Some(rest) = line.strip_prefix("ok ") {
-        // `ok <pid>`, then the shim's step timings (`name=micros`).
-        let (pid, steps) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
-        for (step, micros) in crate::steps::parse_shim_steps(steps) {
-            crate::steps::sample(&step, micros);
+    Ok(Starting {
+        child,
+        shim: shim.to_path_buf(),
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// The next warm shim, off the caller's path (and off the async workers:
+/// a spawn is a fork and an exec).
+fn ready_next(shim: &Path) {
+    let shim = shim.to_path_buf();
+    tokio::task::spawn_blocking(move || prepare_warm(&shim));
+}
+
+impl Starting {
+    /// Wait for the shim's start line: the container init's pid.
+    pub async fn finish(self) -> Result<i32, ShimError> {
+        let shim = self.shim.clone();
+        let r = self.read_start_line().await;
+        ready_next(&shim);
+        r
+    }
+
+    async fn read_start_line(self) -> Result<i32, ShimError> {
+        let Starting { mut child, dir, .. } = self;
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let dir_s = dir.display().to_string();
+        let read = async {
+            let mut line = String::new();
+            if let Some(out) = stdout {
+                BufReader::new(out)
+                    .read_line(&mut line)
+                    .await
+                    .map_err(|source| ShimError::Io {
+                        dir: dir_s.clone(),
+                        what: "reading the start line",
+                        source,
+                    })?;
+            }
+            let mut err_text = String::new();
+            if line.trim().is_empty()
+                && let Some(mut e) = stderr
+            {
+                use tokio::io::AsyncReadExt;
+                let _ = e.read_to_string(&mut err_text).await;
+            }
+            let _ = child.wait().await;
+            Ok::<_, ShimError>((line, err_text))
+        };
+        let (line, err_text) =
+            tokio::time::timeout(START_TIMEOUT, read)
+                .await
+                .map_err(|_| ShimError::Timeout {
+                    dir: dir_s.clone(),
+                    secs: START_TIMEOUT.as_secs(),
+                })??;
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("ok ") {
+            // `ok <pid>`, then the shim's step timings (`name=micros`).
+            let (pid, steps) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+            for (step, micros) in crate::steps::parse_shim_steps(steps) {
+                crate::steps::sample(&step, micros);
+            }
+            return pid.parse().map_err(|_| ShimError::Protocol {
+                dir: dir_s,
+                detail: format!("start line {line:?}"),
+            });
         }
-        return pid.parse().map_err(|_| ShimError::Protocol {
-            dir: dir_s,
-            detail: format!("start line {line:?}"),
-        });
+        if let Some(msg) = line.strip_prefix("error ") {
+            return Err(ShimError::Failed(msg.to_string()));
+        }
+        let detail = if err_text.trim().is_empty() {
+            line.to_string()
+        } else {
+            err_text.trim().to_string()
+        };
+        Err(ShimError::Failed(format!(
+            "berth-shim failed to start the container: {detail}"
+        )))
     }
-    if let Some(msg) = line.strip_prefix("error ") {
-        return Err(ShimError::Failed(msg.to_string()));
-    }
-    let detail = if err_text.trim().is_empty() {
-        line.to_string()
-    } else {
-        err_text.trim().to_string()
-    };
-    Err(ShimError::Failed(format!(
-        "berth-shim failed to start the container: {detail}"
-    )))
 }
 
 /// A short path to the socket in `dir`, through an open fd of the

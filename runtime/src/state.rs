@@ -1,9 +1,13 @@
 //! Sandbox and container records in berthd's embedded database
 //! (`<root>/runtime.redb`), so that berthd can be killed at any moment and
-//! rebuild its view on start. Each write is one transaction.
+//! rebuild its view on start.
+//!
+//! Writes are group-committed ([`berth_image::group_commit`]): at
+//! concurrency, writers queued behind one another's fsyncs share one.
 
 use std::path::{Path, PathBuf};
 
+use berth_image::group_commit::GroupCommit;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -11,8 +15,9 @@ use crate::model::{ContainerConfig, SandboxConfig};
 use crate::namespaces::Pinned;
 use crate::rootfs::Rootfs;
 
-const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
-const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+const SANDBOXES: Table = TableDefinition::new("sandboxes");
+const CONTAINERS: Table = TableDefinition::new("containers");
 
 #[derive(Debug, thiserror::Error)]
 #[error("runtime database: {0}")]
@@ -121,6 +126,7 @@ pub struct ContainerRecord {
 
 pub struct StateStore {
     db: redb::Database,
+    group: GroupCommit,
 }
 
 impl StateStore {
@@ -132,38 +138,46 @@ impl StateStore {
         tx.open_table(SANDBOXES)?;
         tx.open_table(CONTAINERS)?;
         tx.commit()?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            group: GroupCommit::new(),
+        })
     }
 
     fn put(
         &self,
-        table: TableDefinition<&str, &[u8]>,
+        table: Table,
         id: &str,
         v: &impl Serialize,
         durable: bool,
     ) -> Result<(), StateError> {
         let bytes = serde_json::to_vec(v)?;
-        let mut tx = self.db.begin_write()?;
-        if !durable {
-            tx.set_durability(redb::Durability::None)
-                .map_err(|e| StateError(e.to_string()))?;
-        }
-        tx.open_table(table)?.insert(id, bytes.as_slice())?;
-        tx.commit()?;
-        Ok(())
+        let id = id.to_string();
+        let change = Box::new(move |tx: &redb::WriteTransaction| {
+            tx.open_table(table)
+                .map_err(|e| e.to_string())?
+                .insert(id.as_str(), bytes.as_slice())
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        });
+        self.group
+            .apply(&self.db, change, durable)
+            .map_err(StateError)
     }
 
-    fn delete(&self, table: TableDefinition<&str, &[u8]>, id: &str) -> Result<(), StateError> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(table)?.remove(id)?;
-        tx.commit()?;
-        Ok(())
+    fn delete(&self, table: Table, id: &str) -> Result<(), StateError> {
+        let id = id.to_string();
+        let change = Box::new(move |tx: &redb::WriteTransaction| {
+            tx.open_table(table)
+                .map_err(|e| e.to_string())?
+                .remove(id.as_str())
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        });
+        self.group.apply(&self.db, change, true).map_err(StateError)
     }
 
-    fn all<T: for<'de> Deserialize<'de>>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-    ) -> Result<Vec<T>, StateError> {
+    fn all<T: for<'de> Deserialize<'de>>(&self, table: Table) -> Result<Vec<T>, StateError> {
         let tx = self.db.begin_read()?;
         let mut out = Vec::new();
         for row in tx.open_table(table)?.iter()? {
@@ -247,5 +261,60 @@ mod tests {
         s.delete_sandbox("abc").unwrap();
         assert!(s.sandboxes().unwrap().is_empty());
         s.delete_sandbox("abc").unwrap();
+    }
+
+    fn sandbox(id: &str, dir: &Path) -> SandboxRecord {
+        SandboxRecord {
+            id: id.into(),
+            config: SandboxConfig::default(),
+            runtime_handler: String::new(),
+            state: SandboxState::Ready,
+            created_at_ns: 1,
+            dir: dir.join(id),
+            namespaces: Pinned::default(),
+            pause: None,
+            cgroup: None,
+            shm: None,
+            network: None,
+        }
+    }
+
+    #[test]
+    fn writers_queued_behind_a_commit_share_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(StateStore::open(dir.path()).unwrap());
+        s.put_sandbox(&sandbox("old", dir.path())).unwrap();
+        // As if a leader were committing: every writer now queues.
+        s.group.hold();
+        let before = s.group.commits();
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let (s, d) = (s.clone(), dir.path().to_path_buf());
+                std::thread::spawn(move || match i {
+                    0 => s.delete_sandbox("old"),
+                    _ => s.put_sandbox(&sandbox(&format!("p{i}"), &d)),
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while s.group.pending() < 8 {
+            assert!(std::time::Instant::now() < deadline, "writers never queued");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(s.group.commits(), before, "nothing committed while held");
+        s.group.resume();
+        for w in writers {
+            w.join().unwrap().unwrap();
+        }
+        assert_eq!(
+            s.group.commits() - before,
+            1,
+            "the eight queued changes went in one transaction"
+        );
+        drop(s);
+        let s = StateStore::open(dir.path()).unwrap();
+        let mut ids: Vec<String> = s.sandboxes().unwrap().into_iter().map(|r| r.id).collect();
+        ids.sort();
+        assert_eq!(ids, (1..8).map(|i| format!("p{i}")).collect::<Vec<_>>());
     }
 }

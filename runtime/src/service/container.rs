@@ -79,15 +79,18 @@ impl Runtime {
         self.inner.cfg.handlers.get(&sb.runtime_handler).cloned()
     }
 
-    pub(super) fn update_container(&self, rec: ContainerRecord) -> Result<()> {
-        self.inner.store.put_container(&rec)?;
+    pub(super) async fn update_container(&self, rec: ContainerRecord) -> Result<()> {
+        let r = rec.clone();
+        self.store_write(move |s| s.put_container(&r)).await?;
         self.remember_container(rec)
     }
 
     /// [`Self::update_container`] for a change the shim keeps too (a start,
     /// an exit): no sync of its own (see `put_container_rederivable`).
-    pub(super) fn update_container_rederivable(&self, rec: ContainerRecord) -> Result<()> {
-        self.inner.store.put_container_rederivable(&rec)?;
+    pub(super) async fn update_container_rederivable(&self, rec: ContainerRecord) -> Result<()> {
+        let r = rec.clone();
+        self.store_write(move |s| s.put_container_rederivable(&r))
+            .await?;
         self.remember_container(rec)
     }
 
@@ -238,7 +241,7 @@ impl Runtime {
             })?;
         }
         rec.config.linux.resources = Some(resources);
-        self.update_container(rec)?;
+        self.update_container(rec).await?;
         Ok(())
     }
 
@@ -291,10 +294,9 @@ impl Runtime {
         }
         rec.state = ContainerState::Running;
         rec.started_at_ns = now_ns();
-        {
-            let _step = crate::step!("start.state_write");
-            self.update_container_rederivable(rec.clone())?;
-        }
+        self.update_container_rederivable(rec.clone())
+            .instrument(crate::step_span!("start.state_write"))
+            .await?;
         self.emit(&rec, EventKind::Started);
         self.watch_exit(full);
         Ok(())
@@ -350,7 +352,7 @@ impl Runtime {
             }
         }
         rec.state = ContainerState::Exited;
-        self.update_container_rederivable(rec.clone())?;
+        self.update_container_rederivable(rec.clone()).await?;
         self.emit(&rec, EventKind::Stopped);
         Ok(())
     }
@@ -483,7 +485,8 @@ impl Runtime {
         .await
         .map_err(|e| Error::Internal(format!("remove task failed: {e}")))?;
         self.inner.images.release(&full).await?;
-        self.inner.store.delete_container(&full)?;
+        let id = full.clone();
+        self.store_write(move |s| s.delete_container(&id)).await?;
         self.inner
             .containers
             .write()
@@ -739,7 +742,8 @@ impl Inner {
         let cg = pod_cg.join(&id)?;
         write_cgroup_file(&dir, &cg)?;
 
-        let lowers = self.images.hold(&id, &image.record.id)?;
+        // Made durable while the shim starts (below), before the record.
+        let lowers = self.images.hold_uncommitted(&id, &image.record.id)?;
         {
             let (images, holder) = (self.images.clone(), id.clone());
             undo.push("image hold", move || {
@@ -920,12 +924,10 @@ impl Inner {
                 }
             });
         }
-        let pid = self.start_shim(&dir, cs.spec, &shim_cfg)?;
-        {
-            let (d, c) = (dir.clone(), cg.clone());
-            undo.push("shim", move || kill_shim(&d, pid, Some(&c)));
-        }
-        let rec = ContainerRecord {
+        self.write_bundle(&dir, cs.spec, &shim_cfg)?;
+        let spawn_step = crate::step!("shim.spawn");
+        let starting = self.begin_shim(&dir)?;
+        let mut rec = ContainerRecord {
             id: id.clone(),
             sandbox_id: sb.id.clone(),
             image_ref,
@@ -939,16 +941,46 @@ impl Inner {
             exit_code: 0,
             reason: String::new(),
             message: String::new(),
-            pid,
+            // The shim's answer, below; recovery asks the shim for it if a
+            // crash leaves only this durable record.
+            pid: 0,
             dir,
             rootfs,
             log_path,
             cgroup: Some(cg.as_str().to_string()),
             user: Some(user),
         };
-        crate::failpoint::hit("container.before_commit");
+        // The two durable commits (about 0.4 ms each) while the shim
+        // starts (about 2 ms): the hold first, so that a durable record
+        // always has its layers held.
+        let written = (|| {
+            crate::failpoint::hit("container.before_commit");
+            let step = crate::step!("container.during_shim.hold_commit");
+            self.images.commit_hold(&id)?;
+            drop(step);
+            let _step = crate::step!("container.during_shim.state_write");
+            self.store.put_container(&rec)?;
+            Ok::<_, Error>(())
+        })();
+        if written.is_ok() {
+            let (store, id) = (self.store.clone(), id.clone());
+            undo.push("container record", move || {
+                if let Err(e) = store.delete_container(&id) {
+                    tracing::warn!(container = %id, "removing the record of a failed create: {e}");
+                }
+            });
+        }
+        crate::failpoint::hit("container.before_pid");
+        let pid = self.finish_shim(&rec.dir, starting)?;
+        drop(spawn_step);
+        {
+            let (d, c) = (rec.dir.clone(), cg.clone());
+            undo.push("shim", move || kill_shim(&d, pid, Some(&c)));
+        }
+        written?;
+        rec.pid = pid;
         let step = crate::step!("container.state_write");
-        self.store.put_container(&rec)?;
+        self.store.put_container_rederivable(&rec)?;
         drop(step);
         undo.disarm();
         Ok(rec)

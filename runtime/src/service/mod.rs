@@ -124,7 +124,7 @@ pub struct Runtime {
 
 struct Inner {
     cfg: RuntimeConfig,
-    store: StateStore,
+    store: Arc<StateStore>,
     images: Arc<berth_image::ImageService>,
     network: Arc<dyn berth_network::Plugin>,
     cgroups: Cgroups,
@@ -174,6 +174,23 @@ fn poisoned() -> Error {
 }
 
 impl Runtime {
+    /// A write to the state store, off the async workers: it waits for the
+    /// group commit that holds it, an fsync, maybe behind another one.
+    pub(super) async fn store_write(
+        &self,
+        write: impl FnOnce(&StateStore) -> std::result::Result<(), crate::state::StateError>
+        + Send
+        + 'static,
+    ) -> Result<()> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || write(&store))
+            .await
+            .map_err(|e| Error::Internal(format!("state write task failed: {e}")))?
+            .map_err(Error::from)
+    }
+}
+
+impl Runtime {
     /// Open the runtime database and rebuild the in-memory view.
     pub fn open(
         cfg: RuntimeConfig,
@@ -192,7 +209,7 @@ impl Runtime {
             fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
                 .map_err(|e| Error::io(format!("chmod 0700 {}", d.display()), e))?;
         }
-        let store = StateStore::open(&cfg.root)?;
+        let store = Arc::new(StateStore::open(&cfg.root)?);
         let cgroups = Cgroups::detect()?;
         let node = spec::Node::host(cgroups.version() == crate::cgroups::CgroupVersion::V2);
         let mut sandboxes = HashMap::new();
@@ -486,15 +503,29 @@ impl Inner {
     fn start_shim(
         &self,
         dir: &Path,
-        mut spec: oci_spec::runtime::Spec,
+        spec: oci_spec::runtime::Spec,
         shim_cfg: &ShimConfig,
     ) -> Result<i32> {
+        self.write_bundle(dir, spec, shim_cfg)?;
+        let _step = crate::step!("shim.spawn");
+        let starting = self.begin_shim(dir)?;
+        self.finish_shim(dir, starting)
+    }
+
+    /// The shim's bundle in `dir`: config.json, shim.json and the seccomp
+    /// program. `dir` is removed if it cannot be written.
+    fn write_bundle(
+        &self,
+        dir: &Path,
+        mut spec: oci_spec::runtime::Spec,
+        shim_cfg: &ShimConfig,
+    ) -> Result<()> {
         fs::DirBuilder::new()
             .mode(0o700)
             .recursive(true)
             .create(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let step = crate::step!("shim.bundle");
+        let _step = crate::step!("shim.bundle");
         let r = (|| {
             let write = |name: &str, bytes: &[u8]| {
                 fs::write(dir.join(name), bytes)
@@ -525,21 +556,39 @@ impl Inner {
             }
             let spec_json = serde_json::to_vec(&spec)
                 .map_err(|e| Error::Internal(format!("encoding the OCI spec: {e}")))?;
-            fs::write(dir.join(proto::CONFIG_FILE), spec_json)
-                .map_err(|e| Error::io(format!("writing the bundle in {}", dir.display()), e))?;
-
+            write(proto::CONFIG_FILE, &spec_json)?;
             let shim_json = serde_json::to_vec(&shim_cfg)
                 .map_err(|e| Error::Internal(format!("encoding shim.json: {e}")))?;
-            fs::write(dir.join(proto::SHIM_CONFIG_FILE), shim_json)
-                .map_err(|e| Error::io(format!("writing the bundle in {}", dir.display()), e))?;
-            drop(step);
-            let handle = tokio::runtime::Handle::try_current()
-                .map_err(|_| Error::Internal("no async runtime to start the shim from".into()))?;
-            let _step = crate::step!("shim.spawn");
-            handle
-                .block_on(shim_client::spawn(&self.cfg.shim_exec, dir))
-                .map_err(Error::from)
+            write(proto::SHIM_CONFIG_FILE, &shim_json)
         })();
+        if r.is_err() {
+            remove_dir_logged(dir);
+        }
+        r
+    }
+
+    /// Start the shim on the bundle in `dir` (the warm one if it waits);
+    /// [`Self::finish_shim`] waits for it. `dir` is removed if no shim
+    /// could start.
+    fn begin_shim(&self, dir: &Path) -> Result<shim_client::Starting> {
+        let r = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Internal("no async runtime to start the shim from".into()))
+            .and_then(|h| {
+                h.block_on(shim_client::begin(&self.cfg.shim_exec, dir))
+                    .map_err(Error::from)
+            });
+        if r.is_err() {
+            remove_dir_logged(dir);
+        }
+        r
+    }
+
+    /// The started shim's answer: the container init's pid. `dir` is
+    /// removed if it failed.
+    fn finish_shim(&self, dir: &Path, starting: shim_client::Starting) -> Result<i32> {
+        let r = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Internal("no async runtime to start the shim from".into()))
+            .and_then(|h| h.block_on(starting.finish()).map_err(Error::from));
         if r.is_err() {
             remove_dir_logged(dir);
         }

@@ -215,11 +215,12 @@ impl Runtime {
             Ok(Response::State(st)) => match st.status {
                 proto::Status::Exited => self.record_exit(&id, st.exit).await,
                 proto::Status::Running => {
-                    if rec.state != ContainerState::Running {
+                    if rec.state != ContainerState::Running || rec.pid != st.pid {
                         let mut r = rec.clone();
                         r.state = ContainerState::Running;
                         r.started_at_ns = st.started_at_ns;
-                        self.update_container(r)?;
+                        r.pid = st.pid;
+                        self.update_container(r).await?;
                     }
                     // berth freezes a container only for the length of a
                     // `commit --pause`; a berthd killed during one left it
@@ -232,6 +233,14 @@ impl Runtime {
                     }
                     self.watch_exit(id);
                     Ok(())
+                }
+                // CreateContainer's durable record is written while the
+                // shim starts, with the pid to come: a crash right after
+                // it leaves pid 0, which the shim knows.
+                proto::Status::Created if rec.pid != st.pid => {
+                    let mut r = rec.clone();
+                    r.pid = st.pid;
+                    self.update_container(r).await
                 }
                 proto::Status::Created => Ok(()),
             },

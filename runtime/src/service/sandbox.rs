@@ -54,7 +54,8 @@ impl Runtime {
                 })?;
         }
         rec.config = config;
-        self.inner.store.put_sandbox(&rec)?;
+        let r = rec.clone();
+        self.store_write(move |s| s.put_sandbox(&r)).await?;
         self.inner
             .sandboxes
             .write()
@@ -185,9 +186,10 @@ impl Runtime {
         if rec.state != SandboxState::NotReady || rec.network.is_some() {
             let att = rec.network.take();
             rec.state = SandboxState::NotReady;
-            let step = crate::step!("stop_pod.state_write");
-            self.inner.store.put_sandbox(&rec)?;
-            drop(step);
+            let r = rec.clone();
+            self.store_write(move |s| s.put_sandbox(&r))
+                .instrument(crate::step_span!("stop_pod.state_write"))
+                .await?;
             self.inner
                 .sandboxes
                 .write()
@@ -269,9 +271,10 @@ impl Runtime {
         })
         .await
         .map_err(|e| Error::Internal(format!("remove task failed: {e}")))?;
-        let step = crate::step!("remove_pod.state_delete");
-        self.inner.store.delete_sandbox(&full)?;
-        drop(step);
+        let id = full.clone();
+        self.store_write(move |s| s.delete_sandbox(&id))
+            .instrument(crate::step_span!("remove_pod.state_delete"))
+            .await?;
         self.inner
             .sandboxes
             .write()

@@ -125,7 +125,9 @@ fn nested(step: &str) -> bool {
     // The shim's own (shim.ready: its main to its `ok` line, with
     // shim.detach, shim.config, shim.create) are inside shim.spawn; init.*
     // inside shim.create;
-    // a.b.c inside a.b (pod.network.hostports in pod.network).
+    // a.b.c inside a.b (pod.network.hostports in pod.network), and
+    // container.during_shim.* inside shim.spawn (written while the shim
+    // starts).
     step.starts_with("init.")
         || (step.starts_with("shim.") && step != "shim.spawn" && step != "shim.bundle")
         || step.matches('.').count() > 1
