@@ -196,6 +196,7 @@ async fn the_metrics_endpoint_counts_what_berthd_did() {
         "start.state_write",
         "init.mounts",
         "init.pivot_root",
+        "init.exec_prepare",
     ] {
         assert_eq!(step(s, "count"), 3.0, "{s}");
     }

@@ -683,7 +683,13 @@ fn init(
         close_inherited();
         super::pause::run();
     }
-    report(sync_w.as_fd(), &format!("ready {steps}"));
+    let t = std::time::Instant::now();
+    let prepared = prepare_exec(&plan.process, plan.seccomp.as_ref(), userns);
+    let prep = t.elapsed().as_micros();
+    report(
+        sync_w.as_fd(),
+        &format!("ready {steps} init.exec_prepare={prep}"),
+    );
     let mut b = [0u8; 1];
     loop {
         match nix::unistd::read(&start_r, &mut b) {
@@ -694,12 +700,7 @@ fn init(
         }
     }
     drop(start_r);
-    exec_process(
-        &plan.process,
-        plan.seccomp.as_ref(),
-        Some(sync_w.as_fd()),
-        userns,
-    )
+    exec_prepared(prepared, plan.seccomp.as_ref(), Some(sync_w.as_fd()))
 }
 
 fn dup_onto(fd: BorrowedFd<'_>, target: i32) -> Result<()> {
@@ -991,7 +992,19 @@ pub fn exec_process(
     sync: Option<BorrowedFd<'_>>,
     userns: Option<BorrowedFd<'_>>,
 ) -> i32 {
-    let (code, msg) = match try_exec(cfg, filter, userns) {
+    let prepared = prepare_exec(cfg, filter, userns);
+    exec_prepared(prepared, filter, sync)
+}
+
+/// Exec what [`prepare_exec`] made ready, or report why it could not be:
+/// `exec failed: ...` on stderr and on `sync`. Returns only with an exit
+/// code.
+fn exec_prepared(
+    prepared: std::result::Result<Prepared, (i32, String)>,
+    filter: Option<&Program>,
+    sync: Option<BorrowedFd<'_>>,
+) -> i32 {
+    let (code, msg) = match prepared.and_then(|p| p.exec(filter)) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -1024,11 +1037,26 @@ fn home_dir(uid: u32) -> String {
         .unwrap_or_else(|| "/".to_string())
 }
 
-fn try_exec(
+/// A process ready to exec: its user, capabilities, limits and (without
+/// no_new_privs) seccomp filter in place, its program found.
+struct Prepared {
+    no_new_privs: bool,
+    path: PathBuf,
+    path_c: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+}
+
+/// Everything of an exec but the execve (and a no_new_privs filter, which
+/// goes last), in runc's order. A container's init does this before it
+/// waits for Start, as runc's init does before its exec fifo, so that
+/// StartContainer waits for the execve alone; a failure here is reported
+/// when Start comes, as the exec's.
+fn prepare_exec(
     cfg: &ProcessConfig,
     filter: Option<&Program>,
     userns: Option<BorrowedFd<'_>>,
-) -> std::result::Result<std::convert::Infallible, (i32, String)> {
+) -> std::result::Result<Prepared, (i32, String)> {
     let program = cfg.args.first().cloned().unwrap_or_default();
     // As runc does: HOME from the user's /etc/passwd entry in the container
     // (read while still root), "/" without one, unless the env sets it.
@@ -1041,16 +1069,13 @@ fn try_exec(
     // no_new_privs (which would stop the container's setuid programs), and
     // the user and capability changes below run under it; with
     // no_new_privs, as late as possible, just before execve.
-    let load = |f: &Program| {
-        seccomp::load(f).map_err(|e| (126, format!("loading the seccomp filter: {}", e.desc())))
-    };
     apply_rlimits(cfg).map_err(|e| (126, e.to_string()))?;
     // Before the filter, which may refuse setns.
     if let Some(u) = userns {
         join_userns(u).map_err(|e| (126, e.to_string()))?;
     }
     if let Some(f) = filter.filter(|_| !cfg.no_new_privs) {
-        load(f)?;
+        load_filter(f)?;
     }
     drop_privileges(cfg).map_err(|e| (126, e.to_string()))?;
     umask(Mode::from_bits_truncate(cfg.umask.unwrap_or(0o022)));
@@ -1074,15 +1099,34 @@ fn try_exec(
         .chain(home.iter())
         .map(|a| cstr(a))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    if let Some(f) = filter.filter(|_| cfg.no_new_privs) {
-        load(f)?;
+    Ok(Prepared {
+        no_new_privs: cfg.no_new_privs,
+        path,
+        path_c,
+        args,
+        env,
+    })
+}
+
+fn load_filter(f: &Program) -> std::result::Result<(), (i32, String)> {
+    seccomp::load(f).map_err(|e| (126, format!("loading the seccomp filter: {}", e.desc())))
+}
+
+impl Prepared {
+    fn exec(
+        self,
+        filter: Option<&Program>,
+    ) -> std::result::Result<std::convert::Infallible, (i32, String)> {
+        if let Some(f) = filter.filter(|_| self.no_new_privs) {
+            load_filter(f)?;
+        }
+        let e = match nix::unistd::execve(&self.path_c, &self.args, &self.env) {
+            Ok(never) => match never {},
+            Err(e) => e,
+        };
+        let code = if e == Errno::ENOENT { 127 } else { 126 };
+        Err((code, format!("{}: {}", self.path.display(), e.desc())))
     }
-    let e = match nix::unistd::execve(&path_c, &args, &env) {
-        Ok(never) => match never {},
-        Err(e) => e,
-    };
-    let code = if e == Errno::ENOENT { 127 } else { 126 };
-    Err((code, format!("{}: {}", path.display(), e.desc())))
 }
 
 /// How an exec process's stdio is wired: a pty (its output on stdout),
