@@ -9,6 +9,8 @@
 //!   step timed (p50, p99);
 //! * memory: one pod with K running containers, RSS and PSS (smaps_rollup) of
 //!   the daemon and of its shims;
+//! * memory: the daemon's PSS with --pss-pods pods of one running
+//!   container each;
 //! * ListContainers with M running containers (pods of 10).
 //!
 //! Pods use the host network (NamespaceMode NODE) for both runtimes, so
@@ -48,6 +50,8 @@ const TARGET13_CREATE_START_RATIO: f64 = 12.0;
 const TARGET13_STOP_REMOVE_POD_MS: f64 = 3.0;
 const TARGET13_CONCURRENT_RATIO: f64 = 5.0;
 const TARGET13_SHIM_PSS_KIB: u64 = 250;
+const TARGET13_DAEMON_PSS_KIB: u64 = 40 * 1024;
+const TARGET13_PSS_PODS: u32 = 250;
 /// Targets of issue 4.
 const TARGET_RUN_POD_MS: f64 = 10.0;
 const TARGET_RUN_POD_RATIO: f64 = 10.0;
@@ -76,6 +80,7 @@ const USERNS_HOST_ID: u32 = 65536 * 9;
         StopPodSandbox+RemovePodSandbox; p50 and p99 per step;\n\
         * memory: one pod with --memory-containers running containers: RSS and PSS (smaps_rollup) of the \
         daemon and of its shims;\n\
+        * memory: the daemon's PSS with --pss-pods pods of one running container each;\n\
         * ListContainers with --list-containers running containers (pods of 10).\n\n\
         Pods use the host network (NamespaceMode NODE) for both runtimes, so that the pod networks are \
         not timed here (berth-bench network times those), PID namespace CONTAINER, IPC POD. Must run as root. \
@@ -104,6 +109,11 @@ pub struct PodsArgs {
     /// seconds per runtime, and time ListContainers with those made so far.
     #[arg(long, default_value_t = 300)]
     list_setup_limit_s: u64,
+
+    /// Pods (one running container each) while the daemon's PSS is
+    /// measured, as on a full kubelet node (issue 13); 0 skips it.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u32).range(0..=5_000))]
+    pss_pods: u32,
 
     /// Also start Debian's containerd (CRI plugin, overlayfs, runc) and run the same workload.
     #[arg(long)]
@@ -174,6 +184,16 @@ struct Memory {
     pause: Vec<ProcMem>,
 }
 
+/// The daemon's memory with many pods (issue 13: berthd at most 40 MiB
+/// PSS with 250 pods).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+struct ManyPods {
+    pods: u32,
+    daemon: Option<ProcMem>,
+    setup_s: f64,
+    teardown_s: f64,
+}
+
 #[derive(Clone, Debug, Default, serde::Serialize)]
 struct Listing {
     asked: u32,
@@ -216,6 +236,7 @@ struct RtResult {
     breakdown_serial: Option<Vec<crate::breakdown::CallRow>>,
     breakdown_concurrent: Option<Vec<crate::breakdown::CallRow>>,
     memory: Option<Memory>,
+    many_pods: Option<ManyPods>,
     listing: Option<Listing>,
     error: Option<String>,
 }
@@ -476,6 +497,41 @@ async fn memory(ctx: &Ctx, procs: &Procs, k: u32) -> Result<Memory> {
     Ok(m)
 }
 
+/// `n` pods with one running container each (10 made at a time), then
+/// the daemon's PSS, then all of them removed.
+async fn many_pods(ctx: &Ctx, procs: &Procs, n: u32) -> Result<ManyPods> {
+    let t = Instant::now();
+    let errors = for_each_concurrently((0..n).collect(), 10, |p| async move {
+        let config = ctx.pod_config(&format!("many-{p}"))?;
+        let pod = ctx.run_pod(&config).await?;
+        let c = ctx.create(&pod, &config, "sleep").await?;
+        ctx.start(&c).await?;
+        Ok(())
+    })
+    .await;
+    let mut m = ManyPods {
+        pods: n,
+        setup_s: t.elapsed().as_secs_f64(),
+        ..Default::default()
+    };
+    let result = async {
+        if let Some(e) = errors.into_iter().next() {
+            return Err(e);
+        }
+        // As for the shims: let the daemon settle after the burst.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        m.daemon = procs.daemon_pid.and_then(|p| mem_of(p as i32, "daemon"));
+        Ok(())
+    }
+    .await;
+    let t = Instant::now();
+    let removed = ctx.remove_all_pods().await;
+    m.teardown_s = t.elapsed().as_secs_f64();
+    result?;
+    removed?;
+    Ok(m)
+}
+
 async fn listing(ctx: &Ctx, m: u32, limit: Duration) -> Result<Listing> {
     let t = Instant::now();
     let pods = m.div_ceil(10);
@@ -712,6 +768,22 @@ async fn workload(
         .context("memory")?;
     print_memory(name, &m);
     r.memory = Some(m);
+    if args.pss_pods > 0 {
+        println!(
+            "{name:<11} memory with {} pods (one running container each)...",
+            args.pss_pods
+        );
+        let mp = many_pods(ctx, procs, args.pss_pods)
+            .await
+            .context("many-pods memory step")?;
+        if let Some(d) = &mp.daemon {
+            println!(
+                "{name:<11} memory with {} pods: daemon PSS {} KiB (RSS {} KiB) (set-up {:.1} s, teardown {:.1} s)",
+                mp.pods, d.pss_kib, d.rss_kib, mp.setup_s, mp.teardown_s
+            );
+        }
+        r.many_pods = Some(mp);
+    }
     if args.list_containers > 0 {
         println!(
             "{name:<11} ListContainers: starting {} containers in pods of 10...",
@@ -1022,6 +1094,16 @@ fn print_report(r: &PodsReport) {
     println!();
     println!("memory (KiB, from /proc/PID/smaps_rollup)     PSS        RSS");
     for x in &r.runtimes {
+        if let Some(mp) = &x.many_pods
+            && let Some(d) = &mp.daemon
+        {
+            println!(
+                "{:<44} {:>6} {:>10}",
+                format!("{} daemon with {} pods", x.name, mp.pods),
+                d.pss_kib,
+                d.rss_kib
+            );
+        }
         let Some(m) = &x.memory else { continue };
         if let Some(d) = &m.daemon {
             println!(
@@ -1222,6 +1304,22 @@ fn print_issue13(b: &RtResult, c: Option<&RtResult>) {
             met(v <= TARGET13_SHIM_PSS_KIB)
         ),
         None => println!("  berth-shim PSS at most {TARGET13_SHIM_PSS_KIB} KiB: not measured"),
+    }
+    match b
+        .many_pods
+        .as_ref()
+        .and_then(|m| Some((m.pods, m.daemon.as_ref()?.pss_kib)))
+    {
+        Some((n, v)) if n >= TARGET13_PSS_PODS => println!(
+            "  berthd PSS at most {} MiB with {TARGET13_PSS_PODS} pods: {:.1} MiB with {n}: {}",
+            TARGET13_DAEMON_PSS_KIB / 1024,
+            v as f64 / 1024.0,
+            met(v <= TARGET13_DAEMON_PSS_KIB)
+        ),
+        _ => println!(
+            "  berthd PSS at most {} MiB with {TARGET13_PSS_PODS} pods: not measured (--pss-pods {TARGET13_PSS_PODS})",
+            TARGET13_DAEMON_PSS_KIB / 1024
+        ),
     }
 }
 
