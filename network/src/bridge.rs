@@ -408,14 +408,9 @@ impl BridgePlugin {
             Err(e) => return Err(nl(e)),
         }
         let r = (|| {
-            let link = sock
-                .link_by_name(&host)
-                .map_err(nl)?
-                .ok_or_else(|| Error::Failed(format!("veth {host} vanished after creation")))?;
-            sock.set_up_with_alias(link.index, true, Some(&pod.id))
+            sock.set_up_with_alias_by_name(&host, true, Some(&pod.id))
                 .map_err(nl)?;
-            configure_pod_side(&netns, ips, gateways)?;
-            Ok(link.index)
+            configure_pod_side(&netns, ips, gateways)
         })();
         match r {
             Ok(_) => Ok(host),

@@ -218,6 +218,8 @@ impl Netlink {
         peer_msg
             .attributes
             .push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
+        // Not up here: veth opens an end only once its peer exists, and
+        // the peer is made first (ENOTCONN).
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(host.to_string()));
         // The alias is set by set_up: the kernel ignores IFLA_IFALIAS on creation.
@@ -248,8 +250,32 @@ impl Netlink {
         hairpin: bool,
         alias: Option<&str>,
     ) -> NlResult<()> {
+        self.set_up_link(index, None, hairpin, alias)
+    }
+
+    /// [`Self::set_up_with_alias`] of the link named `name` (the kernel
+    /// looks it up: no request of ours for its index).
+    pub fn set_up_with_alias_by_name(
+        &mut self,
+        name: &str,
+        hairpin: bool,
+        alias: Option<&str>,
+    ) -> NlResult<()> {
+        self.set_up_link(0, Some(name), hairpin, alias)
+    }
+
+    fn set_up_link(
+        &mut self,
+        index: u32,
+        name: Option<&str>,
+        hairpin: bool,
+        alias: Option<&str>,
+    ) -> NlResult<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
+        if let Some(n) = name {
+            msg.attributes.push(LinkAttribute::IfName(n.to_string()));
+        }
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
         if let Some(a) = alias {
@@ -263,11 +289,11 @@ impl Netlink {
                 )])),
             ]));
         }
-        self.request(
-            &format!("setting link {index} up"),
-            RouteNetlinkMessage::NewLink(msg),
-            0,
-        )
+        let what = match name {
+            Some(n) => format!("setting link {n} up"),
+            None => format!("setting link {index} up"),
+        };
+        self.request(&what, RouteNetlinkMessage::NewLink(msg), 0)
     }
 
     pub fn set_up_by_name(&mut self, name: &str) -> NlResult<u32> {
