@@ -154,8 +154,8 @@ async fn the_shim_bind_refuses_writers_and_goes_with_berthd() {
     env.finish().await;
 }
 
-/// berthd keeps one shim exec'd ahead (`berth-shim --warm`, named
-/// berth-shim-warm while it waits): CreateContainer hands it the
+/// berthd keeps one shim exec'd and detached ahead (`berth-shim --warm`,
+/// named berth-shim-warm while it waits): CreateContainer hands it the
 /// container's state dir instead of starting a shim then, and the next
 /// one is started after. Stopping berthd ends the waiting one.
 #[tokio::test]
@@ -180,15 +180,19 @@ async fn berthd_keeps_one_shim_execd_ahead_and_ends_it_when_it_stops() {
     };
     let first = wait_for_one(None).await;
     assert!(first.cmdline.contains("--warm"), "{first:?}");
-    let ppid = std::fs::read_to_string(format!("/proc/{}/status", first.pid))
+    // Detached already, as a container's shim is once it runs: the
+    // process berthd started forked it and exited, and it leads a session
+    // of its own, so that no fork is left for CreateContainer.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", first.pid)).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
         .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("PPid:")
-                .map(|v| v.trim().parse::<u32>().unwrap())
-        })
-        .unwrap();
-    assert_eq!(Some(ppid), env.berthd.pid(), "berthd's own child");
+        .1
+        .split_whitespace()
+        .collect();
+    let (ppid, sid): (u32, u32) = (fields[1].parse().unwrap(), fields[3].parse().unwrap());
+    assert_ne!(Some(ppid), env.berthd.pid(), "not berthd's child any more");
+    assert_eq!(sid as i32, first.pid, "a session of its own: {stat}");
 
     let image = push_busybox(&env, "shim/warm:1").await;
     let p = run_pod(&env, sandbox_config("warm"), &image).await;

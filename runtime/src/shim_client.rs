@@ -198,18 +198,36 @@ pub fn prepare_warm(shim: &Path) {
     }
 }
 
-/// End the waiting warm shim, if any, and reap it (berthd stops).
+/// End the waiting warm shim, if any (berthd stops): its stdin closed, it
+/// reads EOF and exits, which its stdout's EOF tells (it holds that pipe
+/// until then); killed by the pid it reported if it does not within 1 s.
 pub async fn discard_warm() {
     let warm = WARM.lock().ok().and_then(|mut w| w.take());
-    if let Some(mut w) = warm {
-        // Its stdin closed: it reads EOF and exits; killed if it does not.
-        drop(w.child.stdin.take());
-        if tokio::time::timeout(Duration::from_secs(1), w.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = w.child.kill().await;
+    let Some(mut w) = warm else { return };
+    drop(w.child.stdin.take());
+    let mut pid = None;
+    if let Some(out) = w.child.stdout.take() {
+        let mut lines = BufReader::new(out).lines();
+        let gone = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Ok(Some(l)) = lines.next_line().await {
+                if let Some(p) = l.strip_prefix("warm ") {
+                    pid = p.trim().parse::<i32>().ok();
+                }
+            }
+        })
+        .await
+        .is_ok();
+        if !gone && let Some(p) = pid.and_then(rustix::process::Pid::from_raw) {
+            // It still holds the pipe, so the pid is still its own.
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
         }
+    }
+    // The process berthd started exited after its fork.
+    if tokio::time::timeout(Duration::from_secs(1), w.child.wait())
+        .await
+        .is_err()
+    {
+        let _ = w.child.kill().await;
     }
 }
 
@@ -295,14 +313,21 @@ impl Starting {
         let read = async {
             let mut line = String::new();
             if let Some(out) = stdout {
-                BufReader::new(out)
-                    .read_line(&mut line)
-                    .await
-                    .map_err(|source| ShimError::Io {
-                        dir: dir_s.clone(),
-                        what: "reading the start line",
-                        source,
-                    })?;
+                let mut out = BufReader::new(out);
+                loop {
+                    line.clear();
+                    out.read_line(&mut line)
+                        .await
+                        .map_err(|source| ShimError::Io {
+                            dir: dir_s.clone(),
+                            what: "reading the start line",
+                            source,
+                        })?;
+                    // A warm shim's first line names its detached process.
+                    if !line.starts_with("warm ") {
+                        break;
+                    }
+                }
             }
             let mut err_text = String::new();
             if line.trim().is_empty()

@@ -130,9 +130,11 @@ fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T
     })
 }
 
-/// `berth-shim --warm PAD`: started ahead by berthd, it waits for its
-/// state dir as one line on stdin, then runs as `berth-shim <dir>` would;
-/// EOF (berthd gone, or stopping) ends it. PAD (spaces) is room in its
+/// `berth-shim --warm PAD`: started ahead by berthd, it detaches at once
+/// (the process berthd started says `warm <pid>` of the detached one and
+/// exits), waits for its state dir as one line on stdin, then runs as
+/// `berth-shim <dir>` would after its detach; EOF (berthd gone, or
+/// stopping) ends it. PAD (spaces) is room in its
 /// command line for the dir, written there once it has one, so that `ps`
 /// shows which container a shim serves as for one started cold.
 pub const WARM_ARG: &str = "--warm";
@@ -182,9 +184,25 @@ pub fn main() -> i32 {
     if args.len() == 2 && args[1] == crate::namespaces::HELPER_ARG {
         return crate::namespaces::helper_main();
     }
+    let mut detached = false;
     if args.len() == 3 && args[1] == WARM_ARG {
         // Told apart from the shims of containers while it waits.
         let _ = nix::sys::prctl::set_name(c"berth-shim-warm");
+        // Detached now, while it waits: that fork is not on a container's
+        // start. The process berthd started says which one waits (berthd
+        // ends it by that pid if it does not go on EOF) and exits.
+        spawn::close_inherited();
+        match spawn::detach() {
+            Ok(Some(child)) => {
+                report(&format!("warm {child}"));
+                return 0;
+            }
+            Ok(None) => detached = true,
+            Err(e) => {
+                report(&format!("error {e}"));
+                return 1;
+            }
+        }
         let mut line = String::new();
         match std::io::stdin().read_line(&mut line) {
             Ok(n) if n > 1 && line.ends_with('\n') => {
@@ -213,13 +231,15 @@ pub fn main() -> i32 {
     };
     // Whatever berthd (or a test harness) let us inherit is not ours to
     // hold open for the container's lifetime.
-    spawn::close_inherited();
-    match spawn::detach() {
-        Ok(false) => return 0,
-        Ok(true) => {}
-        Err(e) => {
-            report(&format!("error {e}"));
-            return 1;
+    if !detached {
+        spawn::close_inherited();
+        match spawn::detach() {
+            Ok(Some(_)) => return 0,
+            Ok(None) => {}
+            Err(e) => {
+                report(&format!("error {e}"));
+                return 1;
+            }
         }
     }
     run_detached(&state_dir, t0)

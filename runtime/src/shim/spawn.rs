@@ -1344,19 +1344,19 @@ pub fn close_inherited() {
     }
 }
 
-/// Detaches from the caller: forks; the parent returns `false` (and should
-/// exit, to be reaped by whoever started it), the child `true`, in a new
-/// session and a child subreaper.
-pub fn detach() -> Result<bool> {
+/// Detaches from the caller: forks; the parent gets the child's pid (and
+/// should exit, to be reaped by whoever started it), the child `None`, in
+/// a new session and a child subreaper.
+pub fn detach() -> Result<Option<Pid>> {
     // SAFETY: the shim is single-threaded at this point (nothing has
     // started a thread), so the child inherits no held lock.
     match unsafe { fork() }.map_err(sys("fork", "shim"))? {
-        ForkResult::Parent { .. } => Ok(false),
+        ForkResult::Parent { child } => Ok(Some(child)),
         ForkResult::Child => {
             setsid().map_err(sys("setsid", "shim"))?;
             nix::sys::prctl::set_child_subreaper(true)
                 .map_err(sys("prctl", "PR_SET_CHILD_SUBREAPER"))?;
-            Ok(true)
+            Ok(None)
         }
     }
 }
