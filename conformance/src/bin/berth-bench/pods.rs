@@ -141,6 +141,9 @@ struct Steps {
     stop_remove_pod: Vec<f64>,
     /// Whole phase.
     wall_s: f64,
+    /// The host's CPU time over the phase (all processes: daemon, shims,
+    /// kernel, this bench), in core-seconds, from /proc/stat.
+    cpu_s: Option<f64>,
 }
 
 impl Steps {
@@ -426,8 +429,33 @@ async fn lifecycle_with(ctx: &Ctx, name: &str, userns: bool, handler: &str) -> R
     })
 }
 
+fn host_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Busy core-seconds of the whole host since boot (/proc/stat's `cpu` line
+/// less idle and iowait).
+fn host_busy_s() -> Option<f64> {
+    let text = fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = text
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is in user).
+    let busy: u64 = v.iter().take(8).sum::<u64>() - v.get(3)? - v.get(4)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| busy as f64 / hz as f64)
+}
+
 async fn phase(ctx: &Ctx, prefix: &str, n: u32, concurrency: u32) -> Result<Steps> {
     let t = Instant::now();
+    let busy0 = host_busy_s();
     let mut steps = Steps::default();
     if concurrency <= 1 {
         for i in 0..n {
@@ -457,6 +485,7 @@ async fn phase(ctx: &Ctx, prefix: &str, n: u32, concurrency: u32) -> Result<Step
         }
     }
     steps.wall_s = t.elapsed().as_secs_f64();
+    steps.cpu_s = busy0.zip(host_busy_s()).map(|(a, b)| b - a);
     Ok(steps)
 }
 
@@ -816,9 +845,16 @@ async fn workload(
 
 fn print_steps(name: &str, what: &str, s: &Steps) {
     println!(
-        "{name:<11} {what}: {} lifecycles in {:.2} s",
+        "{name:<11} {what}: {} lifecycles in {:.2} s{}",
         s.run_pod.len(),
-        s.wall_s
+        s.wall_s,
+        s.cpu_s
+            .map(|c| format!(
+                "; the host's CPU {:.2} ms per lifecycle (all processes), its cores {:.0}% busy",
+                c * 1000.0 / s.run_pod.len().max(1) as f64,
+                c / s.wall_s / host_cores() as f64 * 100.0
+            ))
+            .unwrap_or_default()
     );
     for (step, v) in s.named() {
         println!(
@@ -1237,7 +1273,7 @@ fn print_report(r: &PodsReport) {
     if let Some(b) = b {
         print_userns(b);
         print_handler(b, c.copied());
-        print_issue13(b, c.copied());
+        print_issue13(b, c.copied(), r.concurrency);
     }
     if r.leftover_mounts.is_empty() && r.leftover_processes.is_empty() {
         println!(
@@ -1253,7 +1289,7 @@ fn print_report(r: &PodsReport) {
 
 /// Issue 13's targets of this workload (serial p50s; the concurrent
 /// phase against the serial one).
-fn print_issue13(b: &RtResult, c: Option<&RtResult>) {
+fn print_issue13(b: &RtResult, c: Option<&RtResult>, concurrency: u32) {
     println!("targets (issue 13):");
     let p50 = |v: &Vec<f64>| pct(v, 50.0).unwrap_or(f64::NAN);
     let cs = p50(&b.serial.create_start);
@@ -1292,6 +1328,30 @@ fn print_issue13(b: &RtResult, c: Option<&RtResult>) {
             "  {step} at concurrency: p50 at most {TARGET13_CONCURRENT_RATIO}x the serial one: {conc:.2} vs {:.2} ms ({ratio:.1}x): {}",
             p50(serial),
             met(ratio <= TARGET13_CONCURRENT_RATIO)
+        );
+    }
+    // What the CPU alone allows: with C lifecycles in flight on K cores
+    // and X ms of the host's CPU per lifecycle, each takes about C/K * X
+    // ms; against its serial time Y, that is C/K * X/Y.
+    if let Some(cpu) = b.concurrent.cpu_s {
+        let n = b.concurrent.run_pod.len().max(1) as f64;
+        let x = cpu * 1000.0 / n;
+        let y: f64 = [
+            &b.serial.run_pod,
+            &b.serial.create_start,
+            &b.serial.stop_remove_container,
+            &b.serial.stop_remove_pod,
+        ]
+        .iter()
+        .map(|v| p50(v))
+        .sum();
+        let c = f64::from(concurrency).min(n);
+        let k = host_cores() as f64;
+        println!(
+            "  (the CPU's share: at concurrency {c:.0} on {k:.0} cores a lifecycle taking {x:.2} ms of the host's CPU \
+             (all processes) cannot take less than {:.1} ms; a serial one takes {y:.2} ms: {:.1}x from CPU alone)",
+            c / k * x,
+            c / k * x / y
         );
     }
     match b
