@@ -17,6 +17,24 @@ use berth_cri_api::v1::{
     RemovePodSandboxRequest, RunPodSandboxRequest,
 };
 
+/// CreateContainer of `config` in `pod`, in a task of its own (berthd
+/// pauses inside it at the scenario's failpoint).
+fn create_in_background(
+    env: &Env,
+    pod: &Pod,
+    config: berth_cri_api::v1::ContainerConfig,
+) -> tokio::task::JoinHandle<
+    Result<tonic::Response<berth_cri_api::v1::CreateContainerResponse>, tonic::Status>,
+> {
+    let req = CreateContainerRequest {
+        pod_sandbox_id: pod.id.clone(),
+        config: Some(config),
+        sandbox_config: Some(pod.config.clone()),
+    };
+    let mut rt = env.cri.runtime.clone();
+    tokio::spawn(async move { rt.create_container(req).await })
+}
+
 /// Directories named `name` below `parent` (relative to each hierarchy),
 /// in every mounted cgroup hierarchy.
 fn cgroups_named(parent: &str, name: &str) -> Vec<PathBuf> {
@@ -44,13 +62,7 @@ async fn a_container_cut_short_by_sigkill_leaves_no_cgroup() {
     let image = pods::push_busybox(&env, "crash/busybox:1").await;
     let pod: Pod = pods::run_pod(&env, sandbox_config("crash-create"), &image).await;
     let before = env.snapshot();
-    let req = CreateContainerRequest {
-        pod_sandbox_id: pod.id.clone(),
-        config: Some(pods::container(&pod, "cut", &["sleep", "1000"])),
-        sandbox_config: Some(pod.config.clone()),
-    };
-    let mut rt = env.cri.runtime.clone();
-    let call = tokio::spawn(async move { rt.create_container(req).await });
+    let call = create_in_background(&env, &pod, pods::container(&pod, "cut", &["sleep", "1000"]));
     // The container's cgroup is <pod cgroup>/<id>, beside the pause's leaf.
     let parent = env.berthd.cgroup_parent().to_string();
     let pod_id = pod.id.clone();
@@ -83,13 +95,11 @@ async fn a_container_recorded_before_its_shim_answered_gets_its_pid_from_the_shi
     let mut env = Env::start_pausing_at("container.before_pid", 5000).await;
     let image = pods::push_busybox(&env, "crash/busybox:2").await;
     let pod: Pod = pods::run_pod(&env, sandbox_config("crash-pid"), &image).await;
-    let req = CreateContainerRequest {
-        pod_sandbox_id: pod.id.clone(),
-        config: Some(pods::container(&pod, "early", &["sleep", "1000"])),
-        sandbox_config: Some(pod.config.clone()),
-    };
-    let mut rt = env.cri.runtime.clone();
-    let call = tokio::spawn(async move { rt.create_container(req).await });
+    let call = create_in_background(
+        &env,
+        &pod,
+        pods::container(&pod, "early", &["sleep", "1000"]),
+    );
     // The shim writes init.pid as it finishes; berthd waits at the point
     // by then (its record is written while the shim starts).
     let containers = env.berthd.state().join("containers");
@@ -187,13 +197,11 @@ async fn remove_pod_sandbox_racing_create_container_leaves_no_container_behind()
     let env = Env::start_pausing_at("container.before_commit", 600).await;
     let image = pods::push_busybox(&env, "race/busybox:1").await;
     let pod: Pod = pods::run_pod(&env, sandbox_config("race"), &image).await;
-    let req = CreateContainerRequest {
-        pod_sandbox_id: pod.id.clone(),
-        config: Some(pods::container(&pod, "late", &["sleep", "1000"])),
-        sandbox_config: Some(pod.config.clone()),
-    };
-    let mut rt = env.cri.runtime.clone();
-    let create = tokio::spawn(async move { rt.create_container(req).await });
+    let create = create_in_background(
+        &env,
+        &pod,
+        pods::container(&pod, "late", &["sleep", "1000"]),
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut rt = env.cri.runtime.clone();
     rt.remove_pod_sandbox(RemovePodSandboxRequest {
@@ -283,13 +291,7 @@ async fn a_container_cut_short_with_an_image_volume_leaves_no_mount_and_no_hold(
         readonly: true,
         ..Default::default()
     }];
-    let req = CreateContainerRequest {
-        pod_sandbox_id: pod.id.clone(),
-        config: Some(c),
-        sandbox_config: Some(pod.config.clone()),
-    };
-    let mut rt = env.cri.runtime.clone();
-    let call = tokio::spawn(async move { rt.create_container(req).await });
+    let call = create_in_background(&env, &pod, c);
     let state = env.berthd.dir().to_path_buf();
     wait_for("the image volume is mounted", || {
         std::fs::read_to_string("/proc/self/mountinfo")

@@ -22,6 +22,9 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 /// aborts the whole batch (every writer in it gets the error).
 pub type Change = Box<dyn FnOnce(&redb::WriteTransaction) -> Result<(), String> + Send>;
 
+/// The tables both of berth's databases keep their records in: key, JSON.
+pub type Table = redb::TableDefinition<'static, &'static str, &'static [u8]>;
+
 pub struct GroupCommit {
     queue: Mutex<Queue>,
     /// Signalled when a batch has committed (its writers' results are in
@@ -116,6 +119,43 @@ impl GroupCommit {
             }
             q = self.committed.wait(q).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// [`GroupCommit::apply`] of one row written into `table`.
+    pub fn put(
+        &self,
+        db: &redb::Database,
+        table: Table,
+        key: String,
+        value: Vec<u8>,
+        durable: bool,
+    ) -> Result<(), String> {
+        let change = Box::new(move |tx: &redb::WriteTransaction| {
+            tx.open_table(table)
+                .map_err(|e| e.to_string())?
+                .insert(key.as_str(), value.as_slice())
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        });
+        self.apply(db, change, durable)
+    }
+
+    /// [`GroupCommit::apply`] of rows removed from `table`.
+    pub fn remove(
+        &self,
+        db: &redb::Database,
+        table: Table,
+        keys: Vec<String>,
+        durable: bool,
+    ) -> Result<(), String> {
+        let change = Box::new(move |tx: &redb::WriteTransaction| {
+            let mut t = tx.open_table(table).map_err(|e| e.to_string())?;
+            for k in &keys {
+                t.remove(k.as_str()).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+        self.apply(db, change, durable)
     }
 
     /// One transaction for a batch, in queue order.

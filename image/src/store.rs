@@ -657,16 +657,8 @@ impl Store {
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("no image hold of {holder:?} to commit")))?;
         let row = json(&HoldRow::Layers(chains))?;
-        let holder = holder.to_string();
-        let change = Box::new(move |tx: &redb::WriteTransaction| {
-            tx.open_table(HOLDS)
-                .map_err(|e| e.to_string())?
-                .insert(holder.as_str(), row.as_slice())
-                .map_err(|e| e.to_string())?;
-            Ok(())
-        });
         self.group
-            .apply(&self.db, change, true)
+            .put(&self.db, HOLDS, holder.to_string(), row, true)
             .map_err(Error::Database)
     }
 
@@ -743,16 +735,8 @@ impl Store {
         if gone.is_empty() {
             return Ok(());
         }
-        let rows = gone.clone();
-        let change = Box::new(move |tx: &redb::WriteTransaction| {
-            let mut t = tx.open_table(HOLDS).map_err(|e| e.to_string())?;
-            for h in &rows {
-                t.remove(h.as_str()).map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        });
         self.group
-            .apply(&self.db, change, false)
+            .remove(&self.db, HOLDS, gone.clone(), false)
             .map_err(Error::Database)?;
         {
             let mut idx = self.index.write().map_err(|_| poisoned())?;

@@ -413,7 +413,7 @@ impl BridgePlugin {
             configure_pod_side(&netns, ips, gateways)
         })();
         match r {
-            Ok(_) => Ok(host),
+            Ok(()) => Ok(host),
             Err(e) => {
                 if let Ok(Some(l)) = sock.link_by_name(&host) {
                     let _ = sock.del_link(l.index);

@@ -15,7 +15,7 @@ use crate::model::{ContainerConfig, SandboxConfig};
 use crate::namespaces::Pinned;
 use crate::rootfs::Rootfs;
 
-type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+use berth_image::group_commit::Table;
 const SANDBOXES: Table = TableDefinition::new("sandboxes");
 const CONTAINERS: Table = TableDefinition::new("containers");
 
@@ -152,29 +152,15 @@ impl StateStore {
         durable: bool,
     ) -> Result<(), StateError> {
         let bytes = serde_json::to_vec(v)?;
-        let id = id.to_string();
-        let change = Box::new(move |tx: &redb::WriteTransaction| {
-            tx.open_table(table)
-                .map_err(|e| e.to_string())?
-                .insert(id.as_str(), bytes.as_slice())
-                .map_err(|e| e.to_string())?;
-            Ok(())
-        });
         self.group
-            .apply(&self.db, change, durable)
+            .put(&self.db, table, id.to_string(), bytes, durable)
             .map_err(StateError)
     }
 
     fn delete(&self, table: Table, id: &str) -> Result<(), StateError> {
-        let id = id.to_string();
-        let change = Box::new(move |tx: &redb::WriteTransaction| {
-            tx.open_table(table)
-                .map_err(|e| e.to_string())?
-                .remove(id.as_str())
-                .map_err(|e| e.to_string())?;
-            Ok(())
-        });
-        self.group.apply(&self.db, change, true).map_err(StateError)
+        self.group
+            .remove(&self.db, table, vec![id.to_string()], true)
+            .map_err(StateError)
     }
 
     fn all<T: for<'de> Deserialize<'de>>(&self, table: Table) -> Result<Vec<T>, StateError> {

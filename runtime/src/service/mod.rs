@@ -193,9 +193,7 @@ impl Runtime {
         };
         r.map_err(Error::from)
     }
-}
 
-impl Runtime {
     /// Open the runtime database and rebuild the in-memory view.
     pub fn open(
         cfg: RuntimeConfig,
@@ -576,29 +574,29 @@ impl Inner {
     /// [`Self::finish_shim`] waits for it. `dir` is removed if no shim
     /// could start.
     fn begin_shim(&self, dir: &Path) -> Result<shim_client::Starting> {
-        let r = tokio::runtime::Handle::try_current()
-            .map_err(|_| Error::Internal("no async runtime to start the shim from".into()))
-            .and_then(|h| {
-                h.block_on(shim_client::begin(&self.cfg.shim_exec, dir))
-                    .map_err(Error::from)
-            });
-        if r.is_err() {
-            remove_dir_logged(dir);
-        }
-        r
+        shim_on_runtime(dir, shim_client::begin(&self.cfg.shim_exec, dir))
     }
 
     /// The started shim's answer: the container init's pid. `dir` is
     /// removed if it failed.
     fn finish_shim(&self, dir: &Path, starting: shim_client::Starting) -> Result<i32> {
-        let r = tokio::runtime::Handle::try_current()
-            .map_err(|_| Error::Internal("no async runtime to start the shim from".into()))
-            .and_then(|h| h.block_on(starting.finish()).map_err(Error::from));
-        if r.is_err() {
-            remove_dir_logged(dir);
-        }
-        r
+        shim_on_runtime(dir, starting.finish())
     }
+}
+
+/// Run a shim step from blocking code on berthd's runtime (its child
+/// reaping); `dir` is removed if it fails.
+fn shim_on_runtime<T>(
+    dir: &Path,
+    step: impl std::future::Future<Output = std::result::Result<T, shim_client::ShimError>>,
+) -> Result<T> {
+    let r = tokio::runtime::Handle::try_current()
+        .map_err(|_| Error::Internal("no async runtime to start the shim from".into()))
+        .and_then(|h| h.block_on(step).map_err(Error::from));
+    if r.is_err() {
+        remove_dir_logged(dir);
+    }
+    r
 }
 
 // ---------------------------------------------------------------------------
