@@ -87,6 +87,11 @@ pub struct BerthdOptions {
     /// Run this berthd binary instead of the workspace's (e.g. a copy in a
     /// directory of the test's, to see what it does without its shim).
     pub binary: Option<PathBuf>,
+    /// Mount a tmpfs on the state dir before berthd starts (unmounted when
+    /// the [`Berthd`] is dropped), as /run is on a systemd node: the
+    /// benches' state dirs then sit on the file system a node's
+    /// `/run/berth` (and `/run/containerd`) would.
+    pub state_tmpfs: bool,
 }
 
 impl Default for BerthdOptions {
@@ -109,6 +114,7 @@ impl Default for BerthdOptions {
             node: None,
             cgroup2_view: false,
             binary: None,
+            state_tmpfs: false,
         }
     }
 }
@@ -188,6 +194,12 @@ impl BerthdOptions {
     /// Run this berthd binary (see [`BerthdOptions::binary`]).
     pub fn binary(mut self, path: &Path) -> Self {
         self.binary = Some(path.to_path_buf());
+        self
+    }
+
+    /// The state dir on a tmpfs (see [`BerthdOptions::state_tmpfs`]).
+    pub fn state_on_tmpfs(mut self) -> Self {
+        self.state_tmpfs = true;
         self
     }
 
@@ -376,6 +388,9 @@ impl Berthd {
             // No config file: berthd's embedded defaults, the bridge plugin
             // included, which must not touch the host's network.
             d.node = Some(Arc::new(NetNs::create("berth-node")?));
+        }
+        if d.options.state_tmpfs {
+            mount_tmpfs(&d.state())?;
         }
         d.write_config()?;
         d.spawn()?;
@@ -761,6 +776,20 @@ impl Berthd {
 
 /// Detach every mount under `dir` (deepest first) so that removing the
 /// directory can never reach into a mounted file system.
+/// Makes `dir` (created if missing) a fresh tmpfs, mode 0700, as /run is
+/// on a systemd node. [`unmount_all_under`] a directory above removes it.
+pub fn mount_tmpfs(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("mode=0700"),
+    )
+    .with_context(|| format!("mounting a tmpfs on {}", dir.display()))
+}
+
 pub fn unmount_all_under(dir: &Path) {
     let mounts = crate::leak::mounts_under(&[dir.to_path_buf()]);
     let mut mounts: Vec<_> = mounts.into_iter().collect();

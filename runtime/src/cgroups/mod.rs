@@ -385,8 +385,13 @@ fn read_file(path: &Path) -> Result<Option<String>, CgroupError> {
 
 /// Make `dir` and its missing parents; whether `dir` itself is new.
 fn mkdir_all(dir: &Path) -> Result<bool, CgroupError> {
-    if dir.is_dir() {
-        return Ok(false);
+    // The leaf first: its parent (the pod's, for a container) is there
+    // almost always, and each lookup on cgroupfs costs.
+    match fs::create_dir(dir) {
+        Ok(()) => return Ok(true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => return Ok(false),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("creating cgroup", dir)(e)),
     }
     if let Some(parent) = dir.parent() {
         fs::create_dir_all(parent).map_err(io_err("creating cgroup", parent))?;

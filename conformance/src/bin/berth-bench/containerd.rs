@@ -15,7 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use berth_conformance::{berthd::unmount_all_under, leak, util};
+use berth_conformance::berthd::{mount_tmpfs, unmount_all_under};
+use berth_conformance::{leak, util};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -180,6 +181,9 @@ disabled_plugins = [{disabled}]
         for sub in ["root", "state", "tmp", "opt", "cni/net.d"] {
             fs::create_dir_all(self.path.join(sub))?;
         }
+        // Its state (bundles, shim sockets) on a tmpfs, as /run/containerd
+        // is on a node, like berthd's (`BerthdOptions::state_tmpfs`).
+        mount_tmpfs(&self.path.join("state"))?;
         // Registry hosts: the loopback registry over plain HTTP.
         let hosts_dir = self.path.join("certs.d").join(&s.registry_host);
         fs::create_dir_all(&hosts_dir)?;

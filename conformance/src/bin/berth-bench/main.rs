@@ -796,9 +796,30 @@ async fn pull_endpoint(
 /// berthd for a benchmark: log level info, in the bench's (the host's)
 /// network namespace, where the loopback registry is, with `network` as
 /// its `[network]` table: `plugin = "none"` unless the bench gives it a
-/// bridge, subnet and nft table of its own.
+/// bridge, subnet and nft table of its own. Its state dir is a tmpfs, as
+/// `/run/berth` is on a node (and containerd's, as `/run/containerd`).
 fn berthd_options(network: &str) -> BerthdOptions {
-    BerthdOptions::default().log_level("info").network(network)
+    BerthdOptions::default()
+        .log_level("info")
+        .network(network)
+        .state_on_tmpfs()
+}
+
+/// The file system type of the temp dir (where each runtime's root is),
+/// from /proc/self/mountinfo: the mount with the longest matching point.
+fn fs_type_of_temp() -> String {
+    let tmp = std::env::temp_dir();
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let point = l.split(' ').nth(4)?;
+            let fstype = l.split(" - ").nth(1)?.split(' ').next()?;
+            tmp.starts_with(point)
+                .then(|| (point.len(), fstype.to_string()))
+        })
+        .max()
+        .map(|(_, t)| t)
+        .unwrap_or_else(|| "?".into())
 }
 
 fn tail_lines(s: &str, n: usize) -> String {

@@ -1069,8 +1069,16 @@ fn print_report(r: &PodsReport) {
     println!();
     println!("==== pods benchmark: summary ====");
     println!(
-        "{} cores, kernel {}, load average {} -> {}; {} pods per phase, concurrency {}; network: {}",
-        r.cores, r.kernel, r.loadavg_start, r.loadavg_end, r.pods, r.concurrency, r.network
+        "{} cores, kernel {}, load average {} -> {}; {} pods per phase, concurrency {}; network: {}; \
+         every runtime's state dir on a tmpfs (as /run is on a node), its root on {}",
+        r.cores,
+        r.kernel,
+        r.loadavg_start,
+        r.loadavg_end,
+        r.pods,
+        r.concurrency,
+        r.network,
+        crate::fs_type_of_temp()
     );
     if let (Some(a), Some(b)) = r.memory_cgroups {
         println!(
