@@ -22,6 +22,9 @@
 //! And one switch ([`enabled`], set with `=return`):
 //! * `rootfs.classic_lowerdir`: mount root filesystems with the classic
 //!   overlay options, as on a kernel before 6.8.
+//! * `shim.no_mount_setattr`: the container's v1 /sys/fs/cgroup made
+//!   read-only by a remount per mount, as on a kernel before 5.12 (the
+//!   shim reads `FAILPOINTS` too: it inherits berthd's environment).
 
 /// A named point (see the module docs).
 #[inline]

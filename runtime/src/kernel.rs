@@ -58,6 +58,19 @@ pub fn mount_setattr_recursive_rdonly(target: std::os::fd::BorrowedFd<'_>) -> ni
     mount_setattr(target, libc::AT_RECURSIVE, &attr)
 }
 
+/// Set `attrs` (MOUNT_ATTR_RDONLY, _NOSUID, ...) on the mount at `target`
+/// (an fd of its root) and on every mount below it: mount_setattr(2) with
+/// AT_RECURSIVE (Linux 5.12; ENOSYS before).
+pub fn mount_setattr_recursive(target: std::os::fd::BorrowedFd<'_>, attrs: u64) -> nix::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    mount_setattr(target, libc::AT_RECURSIVE, &attr)
+}
+
 /// Give the detached mount `tree` (from open_tree with OPEN_TREE_CLONE)
 /// the idmapping of the user namespace `userns`: mount_setattr(2) with
 /// MOUNT_ATTR_IDMAP (Linux 5.12, per filesystem after that: ext4, xfs and
@@ -238,6 +251,17 @@ pub fn check() -> Result<(), String> {
         .to_string_lossy()
         .into_owned();
     too_old(&release).map_or(Ok(()), Err)
+}
+
+/// A /proc file's text, read with room for `hint` bytes from the start:
+/// procfs reports size 0, so `fs::read_to_string` begins with a 32-byte
+/// read and doubles (nine reads for a short mountinfo, each generating
+/// its text again from where the last stopped); this takes one or two.
+pub fn read_proc(path: impl AsRef<std::path::Path>, hint: usize) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::with_capacity(hint);
+    std::fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 #[cfg(test)]

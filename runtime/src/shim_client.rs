@@ -346,30 +346,132 @@ impl Starting {
                     dir: dir_s.clone(),
                     secs: START_TIMEOUT.as_secs(),
                 })??;
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("ok ") {
-            // `ok <pid>`, then the shim's step timings (`name=micros`).
-            let (pid, steps) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
-            for (step, micros) in crate::steps::parse_shim_steps(steps) {
-                crate::steps::sample(&step, micros);
-            }
-            return pid.parse().map_err(|_| ShimError::Protocol {
-                dir: dir_s,
-                detail: format!("start line {line:?}"),
-            });
-        }
-        if let Some(msg) = line.strip_prefix("error ") {
-            return Err(ShimError::Failed(msg.to_string()));
-        }
-        let detail = if err_text.trim().is_empty() {
-            line.to_string()
-        } else {
-            err_text.trim().to_string()
-        };
-        Err(ShimError::Failed(format!(
-            "berth-shim failed to start the container: {detail}"
-        )))
+        parse_start_line(&line, &err_text, dir_s)
     }
+
+    /// [`Starting::finish`] for a blocking thread (CreateContainer's): the
+    /// start line is read with plain blocking reads, so that the shim's
+    /// `ok` wakes this thread directly, not the runtime's I/O driver first
+    /// and this thread after it. Needs the runtime's context (the child's
+    /// reaping and the next warm shim).
+    pub fn finish_blocking(self) -> Result<i32, ShimError> {
+        let shim = self.shim.clone();
+        let r = self.read_start_line_blocking();
+        ready_next(&shim);
+        r
+    }
+
+    fn read_start_line_blocking(self) -> Result<i32, ShimError> {
+        let Starting { mut child, dir, .. } = self;
+        let dir_s = dir.display().to_string();
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        let io = |what: &'static str| {
+            let dir = dir_s.clone();
+            move |source| ShimError::Io { dir, what, source }
+        };
+        let timeout = || ShimError::Timeout {
+            dir: dir_s.clone(),
+            secs: START_TIMEOUT.as_secs(),
+        };
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let fd = out.into_owned_fd().map_err(io("reading the start line"))?;
+            // A warm shim's first line names its detached process.
+            line = read_lines_until(&fd, deadline, |l| !l.starts_with("warm "))
+                .map_err(io("reading the start line"))?
+                .ok_or_else(timeout)?;
+        }
+        let mut err_text = String::new();
+        if line.trim().is_empty()
+            && let Some(e) = child.stderr.take()
+            && let Ok(fd) = e.into_owned_fd()
+        {
+            // Everything it said before it went (EOF ends the last line).
+            let mut all = String::new();
+            let _ = read_lines_until(&fd, deadline, |l| {
+                all.push_str(l);
+                false
+            });
+            err_text = all;
+        }
+        // The process berthd started exits right after its line.
+        if !matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = tokio::runtime::Handle::current()
+                .block_on(tokio::time::timeout(Duration::from_secs(5), child.wait()));
+        }
+        parse_start_line(&line, &err_text, dir_s)
+    }
+}
+
+/// Blocking reads of `fd` (non-blocking itself: poll waits) until a line
+/// that `wanted` takes, or EOF (what is left, maybe empty), or `deadline`
+/// (None).
+fn read_lines_until(
+    fd: &std::os::fd::OwnedFd,
+    deadline: std::time::Instant,
+    mut wanted: impl FnMut(&str) -> bool,
+) -> std::io::Result<Option<String>> {
+    use std::os::fd::AsFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let l: Vec<u8> = buf.drain(..=nl).collect();
+            let l = String::from_utf8_lossy(&l).into_owned();
+            if wanted(&l) {
+                return Ok(Some(l));
+            }
+        }
+        match nix::unistd::read(fd.as_fd(), &mut chunk) {
+            Ok(0) => return Ok(Some(String::from_utf8_lossy(&buf).into_owned())),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+                let mut fds = [nix::poll::PollFd::new(
+                    fd.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The shim's start line (and its stderr, if it said nothing): the init's
+/// pid on `ok`, with its step timings recorded.
+fn parse_start_line(line: &str, err_text: &str, dir_s: String) -> Result<i32, ShimError> {
+    let line = line.trim();
+    if let Some(rest) = line.strip_prefix("ok ") {
+        // `ok <pid>`, then the shim's step timings (`name=micros`).
+        let (pid, steps) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+        for (step, micros) in crate::steps::parse_shim_steps(steps) {
+            crate::steps::sample(&step, micros);
+        }
+        return pid.parse().map_err(|_| ShimError::Protocol {
+            dir: dir_s,
+            detail: format!("start line {line:?}"),
+        });
+    }
+    if let Some(msg) = line.strip_prefix("error ") {
+        return Err(ShimError::Failed(msg.to_string()));
+    }
+    let detail = if err_text.trim().is_empty() {
+        line.to_string()
+    } else {
+        err_text.trim().to_string()
+    };
+    Err(ShimError::Failed(format!(
+        "berth-shim failed to start the container: {detail}"
+    )))
 }
 
 /// A short path to the socket in `dir`, through an open fd of the

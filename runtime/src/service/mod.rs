@@ -580,7 +580,11 @@ impl Inner {
     /// The started shim's answer: the container init's pid. `dir` is
     /// removed if it failed.
     fn finish_shim(&self, dir: &Path, starting: shim_client::Starting) -> Result<i32> {
-        shim_on_runtime(dir, starting.finish())
+        let r = starting.finish_blocking().map_err(Error::from);
+        if r.is_err() {
+            remove_dir_logged(dir);
+        }
+        r
     }
 }
 

@@ -49,11 +49,12 @@ pub fn is_v2() -> bool {
 }
 
 pub fn v1_hierarchies() -> Result<Vec<Hierarchy>, CgroupError> {
-    let text =
-        std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| CgroupError::Read {
+    let text = crate::kernel::read_proc("/proc/self/mountinfo", 16 * 1024).map_err(|source| {
+        CgroupError::Read {
             path: "/proc/self/mountinfo".into(),
             source,
-        })?;
+        }
+    })?;
     Ok(plan::parse_cgroup_v1_mounts(&text))
 }
 

@@ -147,7 +147,7 @@ pub const WARM_PAD: usize = 400;
 /// fit. Through /proc/self/mem: no unsafe, and only our own memory.
 fn retitle(args: &[&std::ffi::OsStr]) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt as _;
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let stat = crate::kernel::read_proc("/proc/self/stat", 1024)?;
     let bad = || std::io::Error::other("unreadable /proc/self/stat");
     // Fields after the command's closing parenthesis start at field 3;
     // arg_start and arg_end are fields 48 and 49 (proc(5)).
@@ -180,6 +180,9 @@ fn retitle(args: &[&std::ffi::OsStr]) -> std::io::Result<()> {
 /// The entry point of the `berth-shim` binary; returns the exit code.
 pub fn main() -> i32 {
     let mut t0 = std::time::Instant::now();
+    // The test switches of a failpoints build (berthd refuses FAILPOINTS
+    // in any other, so there is nothing to report here).
+    let _ = crate::failpoint::setup();
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.len() == 2 && args[1] == crate::namespaces::HELPER_ARG {
         return crate::namespaces::helper_main();
@@ -355,7 +358,7 @@ pub(crate) fn release_memory() {
     // smaps, not maps: a code page that was written (a text relocation,
     // a uprobe's or debugger's breakpoint) is anonymous, and dropping it
     // would bring back the file's bytes. Such a mapping is left alone.
-    let Ok(maps) = std::fs::read_to_string("/proc/self/smaps") else {
+    let Ok(maps) = crate::kernel::read_proc("/proc/self/smaps", 64 * 1024) else {
         return;
     };
     let mut ranges = [(0usize, 0usize); 16];

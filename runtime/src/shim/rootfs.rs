@@ -141,7 +141,7 @@ pub fn prepare(s: &RootfsSetup<'_>) -> Result<OwnedFd> {
     if s.propagation.contains(MsFlags::MS_SHARED) {
         // runc's rootfsParentMountPrivate: pivot_root refuses a shared
         // parent, and the rootfs's own mounts must not reach the host.
-        let mi = std::fs::read_to_string("/proc/self/mountinfo")
+        let mi = crate::kernel::read_proc("/proc/self/mountinfo", 16 * 1024)
             .map_err(|e| fail("read", "/proc/self/mountinfo")(io_errno(&e)))?;
         if let Some(parent) = super::plan::shared_parent_mount(&mi, s.rootfs) {
             mount(
@@ -304,23 +304,54 @@ fn mount_cgroup(root: BorrowedFd<'_>, m: &MountStep, s: &RootfsSetup<'_>) -> Res
         Some("mode=755"),
         dest,
     )?;
+    // The tmpfs was mounted just now by this process, so nothing of the
+    // image is in it: its directories are made and opened relative to its
+    // root, with no walk through the image's paths.
+    let tmpfs = open_in_root(root, dest, Create::No)?;
+    let mut binds = Vec::with_capacity(cg.dirs.len());
     for (dir, h) in cg.dirs.iter().zip(&cg.hierarchies) {
         let Some(name) = h.mountpoint.file_name() else {
             continue;
         };
         let sub = dest.join(name);
-        let t = open_in_root(root, &sub, Create::Dir)?;
+        mkdirat(&tmpfs, name, Mode::from_bits_truncate(0o755))
+            .map_err(fail("create mount point", &sub))?;
+        let t = openat(
+            &tmpfs,
+            name,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(fail("open mount point", &sub))?;
         let src = dir.to_string_lossy();
         mount_at(Some(&src), &t, None, MsFlags::MS_BIND, None, &sub)?;
-        let t = open_in_root(root, &sub, Create::No)?;
-        mount_at(
-            None,
-            &t,
-            None,
-            flags | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-            &sub,
-        )?;
+        binds.push((name, sub));
+    }
+    let bind_flags = flags | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    if m.flags.contains(MsFlags::MS_RDONLY) && !crate::failpoint::enabled("shim.no_mount_setattr") {
+        // The tmpfs and every bind read-only (nosuid, nodev, noexec) by
+        // one recursive mount_setattr (Linux 5.12) rather than a remount
+        // each.
+        let attrs = libc::MOUNT_ATTR_RDONLY
+            | libc::MOUNT_ATTR_NOSUID
+            | libc::MOUNT_ATTR_NODEV
+            | libc::MOUNT_ATTR_NOEXEC;
+        match crate::kernel::mount_setattr_recursive(tmpfs.as_fd(), attrs) {
+            Ok(()) => return Ok(()),
+            Err(Errno::ENOSYS) => {}
+            Err(e) => return Err(fail("mount_setattr (read-only)", dest)(e)),
+        }
+    }
+    for (name, sub) in &binds {
+        // Looked up again: now the bind's root, not its mount point.
+        let t = openat(
+            &tmpfs,
+            *name,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(fail("open mount point", sub))?;
+        mount_at(None, &t, None, bind_flags, None, sub)?;
     }
     if m.flags.contains(MsFlags::MS_RDONLY) {
         let t = open_in_root(root, dest, Create::No)?;

@@ -896,7 +896,10 @@ fn drop_privileges(cfg: &ProcessConfig) -> Result<()> {
         }
     };
     if let Some(c) = &cfg.caps {
-        let supported = caps::runtime::thread_all_supported();
+        // cap_last_cap: one read, not a PR_CAPBSET_READ per capability;
+        // the probe where the container has no /proc.
+        let supported = caps::runtime::procfs_all_supported(None)
+            .unwrap_or_else(|_| caps::runtime::thread_all_supported());
         for cap in supported.difference(&c.bounding) {
             caps::drop(None, CapSet::Bounding, *cap)
                 .map_err(caps_err("drop bounding capability"))?;
