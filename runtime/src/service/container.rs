@@ -178,9 +178,7 @@ impl Runtime {
             )));
         }
         let inner = self.inner.clone();
-        let rec = tokio::task::spawn_blocking(move || inner.make_container(&sb, config))
-            .await
-            .map_err(|e| Error::Internal(format!("create task failed: {e}")))??;
+        let rec = Self::blocking("create", move || inner.make_container(&sb, config)).await??;
         let id = rec.id.clone();
         self.emit(&rec, EventKind::Created);
         self.inner
@@ -463,7 +461,7 @@ impl Runtime {
         let inner = self.inner.clone();
         let rec2 = rec.clone();
         let handler = self.handler_of(&rec);
-        tokio::task::spawn_blocking(move || {
+        Self::blocking("remove", move || {
             let cg = rec2.cgroup.as_deref().and_then(|c| CgroupPath::new(c).ok());
             kill_shim(&rec2.dir, rec2.pid, cg.as_ref());
             // The shim deletes the runtime's record when the container
@@ -482,8 +480,7 @@ impl Runtime {
             }
             remove_dir_logged(&rec2.dir);
         })
-        .await
-        .map_err(|e| Error::Internal(format!("remove task failed: {e}")))?;
+        .await?;
         self.inner.images.release(&full).await?;
         let id = full.clone();
         self.store_write(move |s| s.delete_container(&id)).await?;

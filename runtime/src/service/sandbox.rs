@@ -102,9 +102,8 @@ impl Runtime {
             let inner = self.inner.clone();
             let id2 = id.clone();
             let record =
-                tokio::task::spawn_blocking(move || inner.make_sandbox(&id2, config, handler))
-                    .await
-                    .map_err(|e| Error::Internal(format!("sandbox task failed: {e}")))??;
+                Self::blocking("sandbox", move || inner.make_sandbox(&id2, config, handler))
+                    .await??;
             Ok::<_, Error>((id, record))
         }
         .await;
@@ -176,9 +175,10 @@ impl Runtime {
             let net = self.inner.network.clone();
             let req = pod_request(&rec);
             let span = crate::step_span!("stop_pod.network");
-            tokio::task::spawn_blocking(move || span.in_scope(|| net.teardown(&req, &att)))
-                .await
-                .map_err(|e| Error::Internal(format!("network teardown task failed: {e}")))??;
+            Self::blocking("network teardown", move || {
+                span.in_scope(|| net.teardown(&req, &att))
+            })
+            .await??;
         }
         // Then the record: NotReady, its addresses free from this commit on.
         // A crash after it leaves a NotReady pod whose namespaces, pause and
@@ -201,11 +201,10 @@ impl Runtime {
         }
         let inner = self.inner.clone();
         let span = crate::step_span!("stop_pod.release");
-        tokio::task::spawn_blocking(move || {
+        Self::blocking("stop", move || {
             span.in_scope(|| inner.release_sandbox_resources(&rec))
         })
-        .await
-        .map_err(|e| Error::Internal(format!("stop task failed: {e}")))?;
+        .await?;
         Ok(())
     }
 
@@ -254,7 +253,7 @@ impl Runtime {
                 .ok()
         });
         let span = crate::step_span!("remove_pod.cgroups_and_dir");
-        tokio::task::spawn_blocking(move || {
+        Self::blocking("remove", move || {
             let _step = span.entered();
             if let Some(cg) = pause_cg {
                 remove_cgroup_logged(&cgroups, &cg);
@@ -269,8 +268,7 @@ impl Runtime {
             }
             remove_dir_logged(&dir)
         })
-        .await
-        .map_err(|e| Error::Internal(format!("remove task failed: {e}")))?;
+        .await?;
         let id = full.clone();
         self.store_write(move |s| s.delete_sandbox(&id))
             .instrument(crate::step_span!("remove_pod.state_delete"))
