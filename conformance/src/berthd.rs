@@ -777,7 +777,8 @@ impl Berthd {
 /// Detach every mount under `dir` (deepest first) so that removing the
 /// directory can never reach into a mounted file system.
 /// Makes `dir` (created if missing) a fresh tmpfs, mode 0700, as /run is
-/// on a systemd node. [`unmount_all_under`] a directory above removes it.
+/// on a systemd node. [`unmount_all_under`] a directory above removes it;
+/// the leak checks do not count it (`leak::harness_mount`).
 pub fn mount_tmpfs(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir)?;
     nix::mount::mount(
@@ -787,11 +788,13 @@ pub fn mount_tmpfs(dir: &Path) -> Result<()> {
         nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
         Some("mode=0700"),
     )
-    .with_context(|| format!("mounting a tmpfs on {}", dir.display()))
+    .with_context(|| format!("mounting a tmpfs on {}", dir.display()))?;
+    crate::leak::harness_mount(dir);
+    Ok(())
 }
 
 pub fn unmount_all_under(dir: &Path) {
-    let mounts = crate::leak::mounts_under(&[dir.to_path_buf()]);
+    let mounts = crate::leak::all_mounts_under(&[dir.to_path_buf()]);
     let mut mounts: Vec<_> = mounts.into_iter().collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in mounts {

@@ -301,6 +301,19 @@ fn unescape_mount(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Mounts the harness made itself and removes itself (a berthd state
+/// dir's tmpfs, see `berthd::mount_tmpfs`): not leftovers of what is
+/// tested, so the checks below do not name them (what is mounted under
+/// them still counts).
+static HARNESS_MOUNTS: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// Record `path` as a mount of the harness's own (see [`HARNESS_MOUNTS`]).
+pub fn harness_mount(path: &Path) {
+    if let Ok(mut m) = HARNESS_MOUNTS.lock() {
+        m.insert(path.display().to_string());
+    }
+}
+
 /// Mount points under any of `dirs`.
 pub fn mounts_under(dirs: &[PathBuf]) -> BTreeSet<String> {
     mounts_of("self", dirs).unwrap_or_default()
@@ -309,6 +322,24 @@ pub fn mounts_under(dirs: &[PathBuf]) -> BTreeSet<String> {
 /// Mount points under any of `dirs` in the mount namespace of process
 /// `pid` ("self": ours).
 pub fn mounts_of(pid: &str, dirs: &[PathBuf]) -> std::io::Result<BTreeSet<String>> {
+    let own = HARNESS_MOUNTS.lock().map(|m| m.clone()).unwrap_or_default();
+    Ok(all_mounts_of(pid, dirs)?
+        .into_iter()
+        .filter(|m| !own.contains(m))
+        .collect())
+}
+
+/// Every mount point under `dirs` in our mount namespace, the harness's
+/// own included (for detaching them all), which are then forgotten.
+pub fn all_mounts_under(dirs: &[PathBuf]) -> BTreeSet<String> {
+    let all = all_mounts_of("self", dirs).unwrap_or_default();
+    if let Ok(mut own) = HARNESS_MOUNTS.lock() {
+        own.retain(|m| !all.contains(m));
+    }
+    all
+}
+
+fn all_mounts_of(pid: &str, dirs: &[PathBuf]) -> std::io::Result<BTreeSet<String>> {
     let text = fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
     Ok(text
         .lines()

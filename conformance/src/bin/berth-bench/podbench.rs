@@ -328,6 +328,8 @@ pub struct Tracker {
     pub cgroup_parents: Vec<String>,
     /// Processes of a stopped daemon still alive (killed): "PID COMM: CMDLINE".
     pub leftover_processes: Vec<String>,
+    /// Mounts a stopped daemon left under its directory (detached).
+    pub leftover_mounts: Vec<String>,
 }
 
 /// Run `work` on a fresh berthd started with `options`, with a CRI
@@ -372,6 +374,11 @@ pub async fn on_berthd(
             .push(format!("{pid} {comm}: {cmd}"));
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
+    // Every pod was removed: nothing of berthd's may stay mounted (its
+    // state dir's own tmpfs, the harness's, aside).
+    track
+        .leftover_mounts
+        .extend(leak::mounts_under(&[d.dir().to_path_buf()]));
     unmount_all_under(d.dir());
     // Dropping `d` removes its cgroups and its directory.
     out
@@ -603,7 +610,12 @@ impl Tracker {
         cgroups_before: BTreeSet<PathBuf>,
     ) -> Result<Leftovers> {
         let dirs = self.dirs;
-        let mut mounts: Vec<String> = leak::mounts_under(&dirs).into_iter().collect();
+        let mut mounts = self.leftover_mounts;
+        for m in leak::mounts_under(&dirs) {
+            if !mounts.contains(&m) {
+                mounts.push(m);
+            }
+        }
         for d in &dirs {
             unmount_all_under(d);
         }
