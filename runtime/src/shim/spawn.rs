@@ -1,6 +1,12 @@
 //! Creating the container process (and exec processes): the fork/exec
 //! split that runc calls create and start.
 //!
+//! Where the init's PID namespace is new (the default) or the node's,
+//! one clone3 makes it in its new namespaces (v2: and in its cgroup), and
+//! it enters its cgroup (v1), joins the pod's namespaces and unshares its
+//! cgroup namespace itself; the shim is its parent. Joining a PID
+//! namespace (a pod's shared one, a target's) takes two forks:
+//!
 //! ```text
 //! shim ──fork──▶ intermediate: enter cgroup (v2: born there, clone3),
 //!                setns (joined namespaces),
@@ -13,12 +19,15 @@
 //!                child subreaper, becomes init's parent.
 //! ```
 //!
-//! Two forks because a process never changes its own PID namespace:
-//! unshare(CLONE_NEWPID) and setns(CLONE_NEWPID) only decide where the
-//! *next* child goes (see youki's process/fork.rs).
+//! Two forks there because a process never changes its own PID namespace:
+//! setns(CLONE_NEWPID) only decides where the *next* child goes (see
+//! youki's process/fork.rs); clone3 with CLONE_NEWPID puts the child it
+//! makes in a new one, which is what the one-fork path uses (as crun
+//! does).
 //!
 //! The intermediate and init report over one CLOEXEC pipe, a line each:
-//! `pid <n>`, then `ready` or `error <message>`; after Start, either EOF
+//! `pid <n>` (the intermediate's; with one fork the shim has it from the
+//! clone), then `ready` or `error <message>`; after Start, either EOF
 //! (execve succeeded and closed the pipe) or `error exec failed: …`.
 //!
 //! The shim is single-threaded, so the children may allocate and use
@@ -422,6 +431,35 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
         parent.stdin = Some(w);
         child.stdin = Some(r);
     }
+    // One fork where the init's PID namespace is new or the shim's: a
+    // clone3 makes it in its new namespaces (and on v2 in its cgroup) at
+    // once. Joining a PID namespace takes the intermediate below (setns of
+    // one applies to the children only), as does a kernel without clone3.
+    if !matches!(plan.ns.pid, PidNs::Join(_))
+        && let Some((r, placed)) = clone_init(plan)
+    {
+        return match r {
+            ForkResult::Child => {
+                drop(parent);
+                drop(start_w);
+                drop(sync_r);
+                exit_now(direct_init(plan, placed, &sync_w, start_r, child))
+            }
+            ForkResult::Parent { child: pid } => {
+                drop(child);
+                drop(start_r);
+                drop(sync_w);
+                let steps = await_ready(&sync_r, Some(pid), None)?.1;
+                parent.pid = pid;
+                parent.steps = steps;
+                parent.sync = Some(sync_r);
+                if !plan.pause {
+                    parent.start = Some(start_w);
+                }
+                Ok(parent)
+            }
+        };
+    }
     match fork_into(plan.cgroup.as_ref(), "intermediate process")? {
         (ForkResult::Child, placed) => {
             drop(parent);
@@ -439,39 +477,7 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
             drop(child);
             drop(start_r);
             drop(sync_w);
-            // Two reports, in either order: the intermediate's "pid" may
-            // come after init has already set up and said "ready".
-            let mut buf = Vec::new();
-            let mut pid = None;
-            let mut ready = false;
-            let mut steps = String::new();
-            let r = read_report(&sync_r, &mut buf, |line| {
-                match parse_pid(line) {
-                    Some(Ok(p)) => pid = Some(p),
-                    Some(Err(e)) => return Some(Err(e)),
-                    None => {
-                        if line == "ready" {
-                            ready = true;
-                        } else if let Some(rest) = line.strip_prefix("ready ") {
-                            ready = true;
-                            steps = rest.to_string();
-                        }
-                    }
-                }
-                (pid.is_some() && ready).then_some(Ok(()))
-            });
-            // The intermediate exits right after its report.
-            let _ = waitpid(mid, None);
-            if let Err(e) = r {
-                if let Some(pid) = pid {
-                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-                    let _ = waitpid(pid, None);
-                }
-                return Err(e);
-            }
-            let Some(pid) = pid else {
-                return Err(SpawnError::Child("no pid reported".into()));
-            };
+            let (pid, steps) = await_ready(&sync_r, None, Some(mid))?;
             parent.pid = pid;
             parent.steps = steps;
             parent.sync = Some(sync_r);
@@ -481,6 +487,158 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
             Ok(parent)
         }
     }
+}
+
+/// The init's reports on `sync_r` until it is ready: its pid (`known`, or
+/// the intermediate `mid`'s "pid" line, which may come before or after
+/// init's "ready") and its step timings. `mid` is reaped (it exits right
+/// after its report); on an error a known init is killed and reaped.
+fn await_ready(sync_r: &OwnedFd, known: Option<Pid>, mid: Option<Pid>) -> Result<(Pid, String)> {
+    let mut buf = Vec::new();
+    let mut pid = known;
+    let mut ready = false;
+    let mut steps = String::new();
+    let r = read_report(sync_r, &mut buf, |line| {
+        match parse_pid(line) {
+            Some(Ok(p)) if mid.is_some() => pid = Some(p),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Some(Err(e)),
+            None => {
+                if line == "ready" {
+                    ready = true;
+                } else if let Some(rest) = line.strip_prefix("ready ") {
+                    ready = true;
+                    steps = rest.to_string();
+                }
+            }
+        }
+        (pid.is_some() && ready).then_some(Ok(()))
+    });
+    if let Some(mid) = mid {
+        let _ = waitpid(mid, None);
+    }
+    if let Err(e) = r {
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+        return Err(e);
+    }
+    let Some(pid) = pid else {
+        return Err(SpawnError::Child("no pid reported".into()));
+    };
+    Ok((pid, steps))
+}
+
+/// The container's init made by one clone3: in the namespaces the plan
+/// creates (a new PID namespace included, where it asks for one; the
+/// cgroup namespace comes later, from inside the cgroup) and, on v2, in
+/// its cgroup (CLONE_INTO_CGROUP, see [`fork_into_cgroup`]). None where
+/// the kernel refuses that clone3 (before 5.3, a seccomp filter, a
+/// cgroup it will not place the process in): the caller takes the two
+/// forks. Whether the child is in the cgroup already comes with it. glibc
+/// only, as [`fork_into_cgroup`].
+fn clone_init(plan: &ContainerPlan) -> Option<(ForkResult, bool)> {
+    if !cfg!(target_env = "gnu") {
+        return None;
+    }
+    let mut flags = (plan.ns.create & !CloneFlags::CLONE_NEWCGROUP).bits() as u64;
+    if plan.ns.pid == PidNs::New {
+        flags |= CloneFlags::CLONE_NEWPID.bits() as u64;
+    }
+    let cgroup_fd = plan
+        .cgroup
+        .as_ref()
+        .filter(|c| c.v2)
+        .and_then(|c| c.dirs.first())
+        .and_then(|dir| {
+            open(
+                dir,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()
+        });
+    let mut args = CloneArgs {
+        flags,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    if let Some(fd) = &cgroup_fd {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd.as_raw_fd() as u64;
+    }
+    // SAFETY: as in fork_into_cgroup: clone3 without CLONE_VM (nor
+    // CLONE_THREAD, CLONE_SIGHAND, CLONE_FILES: `create` holds only
+    // namespace flags) is fork with more arguments, in a single-threaded
+    // process whose child ends in _exit.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    let placed = cgroup_fd.is_some();
+    match r {
+        0 => {
+            // As fork_into: non-dumpable until its execve.
+            let _ = nix::sys::prctl::set_dumpable(false);
+            Some((ForkResult::Child, placed))
+        }
+        pid if pid > 0 => Some((
+            ForkResult::Parent {
+                child: Pid::from_raw(pid as i32),
+            },
+            placed,
+        )),
+        _ => None,
+    }
+}
+
+/// The init made by [`clone_init`]: into its cgroup (v1), the joined
+/// namespaces and a new cgroup namespace (rooted there), then as
+/// [`init`]. Returns only with an exit code.
+fn direct_init(
+    plan: &ContainerPlan,
+    in_cgroup: bool,
+    sync_w: &OwnedFd,
+    start_r: OwnedFd,
+    io: ChildIo,
+) -> i32 {
+    let userns = match enter_joined(plan, in_cgroup) {
+        Ok(u) => u,
+        Err(e) => {
+            report(sync_w.as_fd(), &format!("error {e}"));
+            return 1;
+        }
+    };
+    init(
+        plan,
+        sync_w,
+        start_r,
+        io,
+        userns.as_ref().map(|f| f.as_fd()),
+    )
+}
+
+fn enter_joined(plan: &ContainerPlan, in_cgroup: bool) -> Result<Option<OwnedFd>> {
+    if let Some(cg) = plan.cgroup.as_ref().filter(|_| !in_cgroup) {
+        cg.enter_self()?;
+    }
+    let mut joins = Vec::with_capacity(plan.ns.join.len());
+    for (kind, path) in &plan.ns.join {
+        joins.push((*kind, open_ns(path)?, path));
+    }
+    // Joined by init last, just before its exec.
+    let userns = plan.ns.user.as_deref().map(open_ns).transpose()?;
+    for (kind, fd, path) in &joins {
+        setns(fd, kind.clone_flag()).map_err(sys("join namespace", path.display()))?;
+    }
+    if plan.ns.new_cgroup() {
+        unshare(CloneFlags::CLONE_NEWCGROUP).map_err(sys("unshare", "CLONE_NEWCGROUP"))?;
+    }
+    Ok(userns)
 }
 
 /// `clone3` arguments (linux/sched.h, CLONE_ARGS_SIZE_VER2): the libc
