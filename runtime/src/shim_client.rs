@@ -176,37 +176,33 @@ fn shim_command(shim: &Path) -> tokio::process::Command {
 
 /// Start the next warm shim of `shim`, unless one waits already. Needs
 /// the tokio runtime (its child reaping).
+///
+/// The slot's lock is held across the spawn, on purpose: a
+/// CreateContainer arriving meanwhile waits for this shim (its fork and
+/// exec are done by then; its loading goes on in it) rather than starting
+/// one cold with all of that on its path. Spawning unlocked was tried:
+/// more CreateContainers went cold at concurrency 10 (shim.detach 0.73-0.76
+/// ms mean against 0.39-0.60) for no gain in their p50.
 pub fn prepare_warm(shim: &Path) {
-    if WARM.lock().map_or(true, |slot| slot.is_some()) {
+    let Ok(mut slot) = WARM.lock() else {
+        return;
+    };
+    if slot.is_some() {
         return;
     }
-    // Spawned without the slot's lock: a CreateContainer taking the warm
-    // shim meanwhile must not wait for this fork and exec.
     let mut cmd = shim_command(shim);
     cmd.arg(crate::shim::WARM_ARG)
         .arg(" ".repeat(crate::shim::WARM_PAD))
         .stdin(Stdio::piped());
-    let child = match cmd.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot start a warm shim; the next one starts cold");
-            return;
+    match cmd.spawn() {
+        Ok(child) => {
+            *slot = Some(Warm {
+                shim: shim.to_path_buf(),
+                child,
+            })
         }
-    };
-    let warm = Warm {
-        shim: shim.to_path_buf(),
-        child,
-    };
-    let extra = match WARM.lock() {
-        Ok(mut slot) if slot.is_none() => {
-            *slot = Some(warm);
-            None
-        }
-        _ => Some(warm),
-    };
-    // Another one got there first (or the slot is poisoned): this one
-    // reads EOF on its stdin and exits (reaped by tokio).
-    drop(extra);
+        Err(e) => tracing::debug!(error = %e, "cannot start a warm shim; the next one starts cold"),
+    }
 }
 
 /// End the waiting warm shim, if any (berthd stops): its stdin closed, it
