@@ -712,6 +712,54 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// A non-blocking pipe, as tokio leaves a child's stdout.
+    fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC).unwrap()
+    }
+
+    #[test]
+    fn the_start_line_is_read_past_the_warm_line_and_split_writes() {
+        let (r, w) = pipe();
+        nix::unistd::write(&w, b"warm 42\nok 7 shim.con").unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            nix::unistd::write(&w, b"fig=3\nmore\n").unwrap();
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let line = read_lines_until(&r, deadline, |l| !l.starts_with("warm ")).unwrap();
+        writer.join().unwrap();
+        assert_eq!(line.as_deref(), Some("ok 7 shim.config=3\n"));
+        assert_eq!(
+            parse_start_line(line.as_deref().unwrap(), "", "d".into()).unwrap(),
+            7
+        );
+    }
+
+    #[test]
+    fn eof_gives_what_was_said_and_silence_runs_into_the_deadline() {
+        let (r, w) = pipe();
+        nix::unistd::write(&w, b"error no such").unwrap();
+        drop(w);
+        let far = std::time::Instant::now() + Duration::from_secs(5);
+        assert_eq!(
+            read_lines_until(&r, far, |_| true).unwrap().as_deref(),
+            Some("error no such")
+        );
+        assert!(matches!(
+            parse_start_line("error no such", "", "d".into()),
+            Err(ShimError::Failed(m)) if m == "no such"
+        ));
+        // Open and silent: None once the deadline passes.
+        let (r, _w) = pipe();
+        let t = std::time::Instant::now();
+        let soon = t + Duration::from_millis(50);
+        assert_eq!(read_lines_until(&r, soon, |_| true).unwrap(), None);
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        // Nothing at all before EOF: the shim's stderr is the message.
+        let e = parse_start_line("", "berth-shim: bad dir\n", "d".into()).unwrap_err();
+        assert!(e.to_string().contains("bad dir"), "{e}");
+    }
+
     #[test]
     fn a_missing_directory_or_unexecutable_shim_is_named() {
         let d = tempfile::tempdir().unwrap();
