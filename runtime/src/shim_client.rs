@@ -257,13 +257,6 @@ async fn take_warm(shim: &Path, dir: &Path) -> Option<tokio::process::Child> {
     }
 }
 
-/// Run `shim <dir>` (or hand `dir` to the warm shim) and wait for its
-/// `ok <pid>` line. The shim detaches; the process we started exits right
-/// after the line and is reaped here. The next warm shim is started after.
-pub async fn spawn(shim: &Path, dir: &Path) -> Result<i32, ShimError> {
-    begin(shim, dir).await?.finish().await
-}
-
 /// A shim started on a container's dir, not yet known to have started it:
 /// what berthd does meanwhile (its durable writes) overlaps the shim's
 /// work. [`Starting::finish`] must follow, on every path: it reaps the
@@ -304,71 +297,20 @@ fn ready_next(shim: &Path) {
 }
 
 impl Starting {
-    /// Wait for the shim's start line: the container init's pid.
-    pub async fn finish(self) -> Result<i32, ShimError> {
+    /// Wait for the shim's start line: the container init's pid. From a
+    /// blocking thread (CreateContainer's, RunPodSandbox's): the line is
+    /// read with plain blocking reads, so that the shim's `ok` wakes this
+    /// thread directly, not the runtime's I/O driver first and this thread
+    /// after it. Needs the runtime's context (the child's reaping and the
+    /// next warm shim).
+    pub fn finish(self) -> Result<i32, ShimError> {
         let shim = self.shim.clone();
-        let r = self.read_start_line().await;
+        let r = self.read_start_line();
         ready_next(&shim);
         r
     }
 
-    async fn read_start_line(self) -> Result<i32, ShimError> {
-        let Starting { mut child, dir, .. } = self;
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let dir_s = dir.display().to_string();
-        let read = async {
-            let mut line = String::new();
-            if let Some(out) = stdout {
-                let mut out = BufReader::new(out);
-                loop {
-                    line.clear();
-                    out.read_line(&mut line)
-                        .await
-                        .map_err(|source| ShimError::Io {
-                            dir: dir_s.clone(),
-                            what: "reading the start line",
-                            source,
-                        })?;
-                    // A warm shim's first line names its detached process.
-                    if !line.starts_with("warm ") {
-                        break;
-                    }
-                }
-            }
-            let mut err_text = String::new();
-            if line.trim().is_empty()
-                && let Some(mut e) = stderr
-            {
-                use tokio::io::AsyncReadExt;
-                let _ = e.read_to_string(&mut err_text).await;
-            }
-            let _ = child.wait().await;
-            Ok::<_, ShimError>((line, err_text))
-        };
-        let (line, err_text) =
-            tokio::time::timeout(START_TIMEOUT, read)
-                .await
-                .map_err(|_| ShimError::Timeout {
-                    dir: dir_s.clone(),
-                    secs: START_TIMEOUT.as_secs(),
-                })??;
-        parse_start_line(&line, &err_text, dir_s)
-    }
-
-    /// [`Starting::finish`] for a blocking thread (CreateContainer's): the
-    /// start line is read with plain blocking reads, so that the shim's
-    /// `ok` wakes this thread directly, not the runtime's I/O driver first
-    /// and this thread after it. Needs the runtime's context (the child's
-    /// reaping and the next warm shim).
-    pub fn finish_blocking(self) -> Result<i32, ShimError> {
-        let shim = self.shim.clone();
-        let r = self.read_start_line_blocking();
-        ready_next(&shim);
-        r
-    }
-
-    fn read_start_line_blocking(self) -> Result<i32, ShimError> {
+    fn read_start_line(self) -> Result<i32, ShimError> {
         let Starting { mut child, dir, .. } = self;
         let dir_s = dir.display().to_string();
         let deadline = std::time::Instant::now() + START_TIMEOUT;

@@ -188,9 +188,7 @@ impl Runtime {
         what: &'static str,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T> {
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_thread {
+        if on_multi_thread_runtime() {
             Ok(tokio::task::block_in_place(work))
         } else {
             tokio::task::spawn_blocking(work)
@@ -209,9 +207,7 @@ impl Runtime {
         write: impl FnOnce(&StateStore) -> std::result::Result<(), crate::state::StateError>,
     ) -> Result<()> {
         let store = &self.inner.store;
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let r = if multi_thread {
+        let r = if on_multi_thread_runtime() {
             tokio::task::block_in_place(|| write(store))
         } else {
             write(store)
@@ -605,12 +601,19 @@ impl Inner {
     /// The started shim's answer: the container init's pid. `dir` is
     /// removed if it failed.
     fn finish_shim(&self, dir: &Path, starting: shim_client::Starting) -> Result<i32> {
-        let r = starting.finish_blocking().map_err(Error::from);
+        let r = starting.finish().map_err(Error::from);
         if r.is_err() {
             remove_dir_logged(dir);
         }
         r
     }
+}
+
+/// Whether this thread runs on a multi-threaded tokio runtime, where
+/// block_in_place may be called.
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Run a shim step from blocking code on berthd's runtime (its child

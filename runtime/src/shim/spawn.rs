@@ -406,6 +406,27 @@ fn parse_pid(line: &str) -> Option<Result<Pid>> {
 
 /// Creates the container process, stopped before exec (a pause process
 /// runs at once).
+impl Created {
+    /// The parent's side once the init said ready: its pid, its steps, the
+    /// sync pipe (EOF at its exec) and, but for the pause, Start's pipe.
+    fn started(
+        mut self,
+        plan: &ContainerPlan,
+        pid: Pid,
+        steps: String,
+        sync_r: OwnedFd,
+        start_w: OwnedFd,
+    ) -> Self {
+        self.pid = pid;
+        self.steps = steps;
+        self.sync = Some(sync_r);
+        if !plan.pause {
+            self.start = Some(start_w);
+        }
+        self
+    }
+}
+
 pub fn create(plan: &ContainerPlan) -> Result<Created> {
     let (sync_r, sync_w) = cloexec_pipe()?;
     let (start_r, start_w) = cloexec_pipe()?;
@@ -449,14 +470,8 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
                 drop(child);
                 drop(start_r);
                 drop(sync_w);
-                let steps = await_ready(&sync_r, Some(pid), None)?.1;
-                parent.pid = pid;
-                parent.steps = steps;
-                parent.sync = Some(sync_r);
-                if !plan.pause {
-                    parent.start = Some(start_w);
-                }
-                Ok(parent)
+                let (pid, steps) = await_ready(&sync_r, Some(pid), None)?;
+                Ok(parent.started(plan, pid, steps, sync_r, start_w))
             }
         };
     }
@@ -478,13 +493,7 @@ pub fn create(plan: &ContainerPlan) -> Result<Created> {
             drop(start_r);
             drop(sync_w);
             let (pid, steps) = await_ready(&sync_r, None, Some(mid))?;
-            parent.pid = pid;
-            parent.steps = steps;
-            parent.sync = Some(sync_r);
-            if !plan.pause {
-                parent.start = Some(start_w);
-            }
-            Ok(parent)
+            Ok(parent.started(plan, pid, steps, sync_r, start_w))
         }
     }
 }
@@ -546,19 +555,7 @@ fn clone_init(plan: &ContainerPlan) -> Option<(ForkResult, bool)> {
     if plan.ns.pid == PidNs::New {
         flags |= CloneFlags::CLONE_NEWPID.bits() as u64;
     }
-    let cgroup_fd = plan
-        .cgroup
-        .as_ref()
-        .filter(|c| c.v2)
-        .and_then(|c| c.dirs.first())
-        .and_then(|dir| {
-            open(
-                dir,
-                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .ok()
-        });
+    let cgroup_fd = v2_cgroup_fd(plan.cgroup.as_ref());
     let mut args = CloneArgs {
         flags,
         exit_signal: libc::SIGCHLD as u64,
@@ -568,30 +565,55 @@ fn clone_init(plan: &ContainerPlan) -> Option<(ForkResult, bool)> {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = fd.as_raw_fd() as u64;
     }
-    // SAFETY: as in fork_into_cgroup: clone3 without CLONE_VM (nor
-    // CLONE_THREAD, CLONE_SIGHAND, CLONE_FILES: `create` holds only
-    // namespace flags) is fork with more arguments, in a single-threaded
-    // process whose child ends in _exit.
+    // `create` holds only namespace flags: no CLONE_VM, CLONE_THREAD,
+    // CLONE_SIGHAND or CLONE_FILES (see raw_clone3).
+    let r = raw_clone3(&mut args)?;
+    if let ForkResult::Child = r {
+        // As fork_into: non-dumpable until its execve.
+        let _ = nix::sys::prctl::set_dumpable(false);
+    }
+    Some((r, cgroup_fd.is_some()))
+}
+
+/// The container's v2 cgroup directory, opened for CLONE_INTO_CGROUP
+/// (glibc only: see [`fork_into_cgroup`]); None on v1 or if it cannot be
+/// opened (the child then enters it itself, which reports the error).
+fn v2_cgroup_fd(cgroup: Option<&Cgroup>) -> Option<OwnedFd> {
+    let dir = cgroup
+        .filter(|c| c.v2 && cfg!(target_env = "gnu"))
+        .and_then(|c| c.dirs.first())?;
+    open(
+        dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+}
+
+/// clone3 with `args`, which must not share memory, files or signal
+/// handlers (no CLONE_VM, CLONE_THREAD, CLONE_SIGHAND, CLONE_FILES):
+/// None where the kernel refuses it.
+fn raw_clone3(args: &mut CloneArgs) -> Option<ForkResult> {
+    // SAFETY: clone3 without CLONE_VM is fork with more arguments: the
+    // child gets a copy of this single-threaded process and returns here
+    // with 0. glibc's fork handlers do not run: the shim registers none
+    // and holds no lock in another thread. glibc (>= 2.25) caches no pid;
+    // the thread's cached tid stays the shim's, which the child's calls do
+    // not use (raise and abort ask the kernel; fork() gives a grandchild
+    // its own). The child must not call pthread functions on itself that
+    // act on that tid.
     let r = unsafe {
         libc::syscall(
             libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
+            args as *mut CloneArgs,
             std::mem::size_of::<CloneArgs>(),
         )
     };
-    let placed = cgroup_fd.is_some();
     match r {
-        0 => {
-            // As fork_into: non-dumpable until its execve.
-            let _ = nix::sys::prctl::set_dumpable(false);
-            Some((ForkResult::Child, placed))
-        }
-        pid if pid > 0 => Some((
-            ForkResult::Parent {
-                child: Pid::from_raw(pid as i32),
-            },
-            placed,
-        )),
+        0 => Some(ForkResult::Child),
+        pid if pid > 0 => Some(ForkResult::Parent {
+            child: Pid::from_raw(pid as i32),
+        }),
         _ => None,
     }
 }
@@ -606,7 +628,13 @@ fn direct_init(
     start_r: OwnedFd,
     io: ChildIo,
 ) -> i32 {
-    let userns = match enter_joined(plan, in_cgroup) {
+    let entered = enter_joined(plan, in_cgroup).and_then(|userns| {
+        if plan.ns.new_cgroup() {
+            unshare(CloneFlags::CLONE_NEWCGROUP).map_err(sys("unshare", "CLONE_NEWCGROUP"))?;
+        }
+        Ok(userns)
+    });
+    let userns = match entered {
         Ok(u) => u,
         Err(e) => {
             report(sync_w.as_fd(), &format!("error {e}"));
@@ -622,6 +650,9 @@ fn direct_init(
     )
 }
 
+/// Into the cgroup first (a new cgroup namespace is rooted where the
+/// process is when it is made), then the joined namespaces; the pod's user
+/// namespace only opened, for init to join last. Returns that fd.
 fn enter_joined(plan: &ContainerPlan, in_cgroup: bool) -> Result<Option<OwnedFd>> {
     if let Some(cg) = plan.cgroup.as_ref().filter(|_| !in_cgroup) {
         cg.enter_self()?;
@@ -634,9 +665,6 @@ fn enter_joined(plan: &ContainerPlan, in_cgroup: bool) -> Result<Option<OwnedFd>
     let userns = plan.ns.user.as_deref().map(open_ns).transpose()?;
     for (kind, fd, path) in &joins {
         setns(fd, kind.clone_flag()).map_err(sys("join namespace", path.display()))?;
-    }
-    if plan.ns.new_cgroup() {
-        unshare(CloneFlags::CLONE_NEWCGROUP).map_err(sys("unshare", "CLONE_NEWCGROUP"))?;
     }
     Ok(userns)
 }
@@ -695,47 +723,18 @@ fn fork_into(cgroup: Option<&Cgroup>, what: &str) -> Result<(ForkResult, bool)> 
 }
 
 fn fork_into_cgroup(cgroup: Option<&Cgroup>, what: &str) -> Result<(ForkResult, bool)> {
-    let v2_dir = cgroup
-        .filter(|c| c.v2 && cfg!(target_env = "gnu"))
-        .and_then(|c| c.dirs.first());
-    if let Some(dir) = v2_dir
-        && let Ok(fd) = open(
-            dir,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-    {
+    if let Some(fd) = v2_cgroup_fd(cgroup) {
         let mut args = CloneArgs {
             flags: CLONE_INTO_CGROUP,
             exit_signal: libc::SIGCHLD as u64,
             cgroup: fd.as_raw_fd() as u64,
             ..Default::default()
         };
-        // SAFETY: clone3 without CLONE_VM is fork with more arguments: the
-        // child gets a copy of this single-threaded process and returns
-        // here with 0. glibc's fork handlers do not run: the shim registers
-        // none and holds no lock in another thread. glibc (>= 2.25) caches
-        // no pid; the thread's cached tid stays the shim's, which the
-        // child's calls do not use (raise and abort ask the kernel;
-        // fork() gives the grandchild its own). The child must not call
-        // pthread functions on itself that act on that tid.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &mut args as *mut CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        match r {
-            0 => return Ok((ForkResult::Child, true)),
-            pid if pid > 0 => {
-                let child = Pid::from_raw(pid as i32);
-                return Ok((ForkResult::Parent { child }, true));
-            }
-            _ => {}
+        if let Some(r) = raw_clone3(&mut args) {
+            return Ok((r, true));
         }
     }
-    // SAFETY: as above: single-threaded, the child ends in _exit.
+    // SAFETY: single-threaded (see raw_clone3), the child ends in _exit.
     let r = unsafe { fork() }.map_err(sys("fork", what))?;
     Ok((r, false))
 }
@@ -759,23 +758,12 @@ fn intermediate(
     start_r: OwnedFd,
     io: ChildIo,
 ) -> Result<()> {
-    // Into the cgroup first: the cgroup namespace, if new, is rooted here.
-    if let Some(cg) = plan.cgroup.as_ref().filter(|_| !in_cgroup) {
-        cg.enter_self()?;
-    }
-    let mut joins = Vec::with_capacity(plan.ns.join.len());
-    for (kind, path) in &plan.ns.join {
-        joins.push((*kind, open_ns(path)?, path));
-    }
+    // Opened while the node's paths are in view (before any unshare).
     let pid_ns = match &plan.ns.pid {
         PidNs::Join(p) => Some(open_ns(p)?),
         _ => None,
     };
-    // Opened while the node's paths are in view; joined by init last.
-    let userns = plan.ns.user.as_deref().map(open_ns).transpose()?;
-    for (kind, fd, path) in &joins {
-        setns(fd, kind.clone_flag()).map_err(sys("join namespace", path.display()))?;
-    }
+    let userns = enter_joined(plan, in_cgroup)?;
     let mut create = plan.ns.create;
     if plan.ns.pid == PidNs::New {
         create |= CloneFlags::CLONE_NEWPID;

@@ -805,6 +805,14 @@ fn berthd_options(network: &str) -> BerthdOptions {
         .state_on_tmpfs()
 }
 
+/// Where each runtime's state and root are, for a summary's first line.
+fn where_state_and_root_are() -> String {
+    format!(
+        "every runtime's state dir on a tmpfs (as /run is on a node), its root on {}",
+        fs_type_of_temp()
+    )
+}
+
 /// The file system type of the temp dir (where each runtime's root is),
 /// from /proc/self/mountinfo: the mount with the longest matching point.
 fn fs_type_of_temp() -> String {

@@ -1417,8 +1417,7 @@ fn print_report(r: &NetworkReport) {
     println!();
     println!("==== network benchmark: summary ====");
     println!(
-        "{} cores, kernel {}, load average {} -> {}; {} pods per phase, concurrency {}, {} pods per breakdown variant; \
-         every runtime's state dir on a tmpfs (as /run is on a node), its root on {}",
+        "{} cores, kernel {}, load average {} -> {}; {} pods per phase, concurrency {}, {} pods per breakdown variant; {}",
         r.cores,
         r.kernel,
         r.loadavg_start,
@@ -1426,7 +1425,7 @@ fn print_report(r: &NetworkReport) {
         r.pods,
         r.concurrency,
         r.breakdown_pods,
-        crate::fs_type_of_temp()
+        crate::where_state_and_root_are()
     );
     for x in &r.runtimes {
         println!("{:<11} {}", x.name, x.network);

@@ -1069,8 +1069,7 @@ fn print_report(r: &PodsReport) {
     println!();
     println!("==== pods benchmark: summary ====");
     println!(
-        "{} cores, kernel {}, load average {} -> {}; {} pods per phase, concurrency {}; network: {}; \
-         every runtime's state dir on a tmpfs (as /run is on a node), its root on {}",
+        "{} cores, kernel {}, load average {} -> {}; {} pods per phase, concurrency {}; network: {}; {}",
         r.cores,
         r.kernel,
         r.loadavg_start,
@@ -1078,7 +1077,7 @@ fn print_report(r: &PodsReport) {
         r.pods,
         r.concurrency,
         r.network,
-        crate::fs_type_of_temp()
+        crate::where_state_and_root_are()
     );
     if let (Some(a), Some(b)) = r.memory_cgroups {
         println!(
