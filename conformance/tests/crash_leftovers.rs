@@ -360,3 +360,46 @@ async fn starts_and_exits_survive_a_sigkill_right_after_them() {
     pods::remove_pod(&env, p).await;
     env.finish().await;
 }
+
+/// SIGKILL after CreateContainer has answered and before berthd has
+/// read its shim's start line (the shim makes the init after the
+/// answer): the restart takes the pid from the shim, and the container
+/// kubelet was told about starts and runs.
+#[tokio::test]
+async fn a_container_killed_with_berthd_after_create_answered_still_starts() {
+    let mut env = Env::start_pausing_at("container.after_answer", 5000).await;
+    let image = pods::push_busybox(&env, "crash/busybox:5").await;
+    let pod: Pod = pods::run_pod(&env, sandbox_config("crash-answered"), &image).await;
+    let id = pods::create(
+        &env,
+        &pod,
+        pods::container(&pod, "answered", &["sleep", "1000"]),
+    )
+    .await
+    .expect("CreateContainer answers before the shim's start line");
+    let st = pods::status(&env, &id).await.expect("ContainerStatus");
+    assert_eq!(st.state, ContainerState::ContainerCreated as i32);
+    let dir = env.berthd.state().join("containers").join(&id);
+    wait_for("the shim writes init.pid", || dir.join("init.pid").exists()).await;
+    let pid: i64 = std::fs::read_to_string(dir.join("init.pid"))
+        .expect("init.pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    env.berthd.kill();
+    env.berthd.restart().await.expect("restart");
+    env.cri = env.berthd.cri().await.expect("reconnect");
+    let st = pods::status(&env, &id).await.expect("ContainerStatus");
+    assert_eq!(st.state, ContainerState::ContainerCreated as i32);
+    assert_eq!(
+        pods::verbose_info(&env, &id).await["pid"].as_i64(),
+        Some(pid),
+        "the pid, from the shim"
+    );
+    pods::start(&env, &id)
+        .await
+        .expect("start after the restart");
+    assert_eq!(pods::sh(&env, &id, "echo up").await.trim(), "up");
+    pods::remove_pod(&env, pod).await;
+    env.finish().await;
+}

@@ -144,11 +144,17 @@ async fn a_pod_on_the_runc_handler_runs_logs_execs_resizes_and_leaves_nothing() 
         localhost_ref: String::new(),
     });
     let id = create(&env, &p, c).await.expect("CreateContainer on runc");
-    assert_eq!(
-        runc_status(&env, &id).as_deref(),
-        Some("created"),
-        "runc made the container"
-    );
+    // CreateContainer answers once the shim has the bundle; the shim's
+    // `runc create` goes on after it, as containerd's task is made later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while runc_status(&env, &id).as_deref() != Some("created") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "runc made the container, stopped before its exec: {:?}",
+            runc_status(&env, &id)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     start(&env, &id).await.expect("StartContainer on runc");
     assert_eq!(runc_status(&env, &id).as_deref(), Some("running"));
 

@@ -4,6 +4,11 @@
 use super::*;
 use tracing::Instrument as _;
 
+/// A container whose process could not be made or started: containerd's
+/// `errorStartExitCode` and `errorStartReason`.
+pub(super) const START_ERROR_EXIT_CODE: i32 = 128;
+pub(super) const START_ERROR_REASON: &str = "StartError";
+
 pub(super) fn exit_reason(e: &proto::ExitStatus) -> (&'static str, String) {
     if e.oom_killed {
         ("OOMKilled", String::new())
@@ -177,16 +182,115 @@ impl Runtime {
                 sb.id
             )));
         }
+        // A pid TARGET container joins its target's init, which must be
+        // made first.
+        let ns = &config.security_context().namespace_options;
+        if ns.pid == NamespaceMode::Target
+            && let Ok(target) = self.resolve_container(&ns.target_id)
+        {
+            self.await_create(&target).await?;
+        }
         let inner = self.inner.clone();
-        let rec = Self::blocking("create", move || inner.make_container(&sb, config)).await??;
+        let (rec, starting) =
+            Self::blocking("create", move || inner.make_container(&sb, config)).await??;
         let id = rec.id.clone();
+        let (settled, rx) = tokio::sync::watch::channel(false);
+        self.inner
+            .creating
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(id.clone(), rx);
         self.emit(&rec, EventKind::Created);
         self.inner
             .containers
             .write()
             .map_err(|_| poisoned())?
             .insert(id.clone(), rec);
+        let rt = self.handle();
+        let cid = id.clone();
+        tokio::spawn(
+            async move {
+                rt.settle_create(&cid, starting).await;
+                settled.send_replace(true);
+                if let Ok(mut m) = rt.inner.creating.lock() {
+                    m.remove(&cid);
+                }
+            }
+            .in_current_span(),
+        );
         Ok((id, pod))
+    }
+
+    /// The rest of a CreateContainer after its answer: the shim's start
+    /// line. Its pid goes into the record; a shim that failed (a mount,
+    /// the program's lookup, the runtime's create) leaves the container
+    /// exited with reason StartError and the shim's message, which
+    /// StartContainer then returns, as containerd records a task that
+    /// failed to start. Everything else of the container stays for
+    /// RemoveContainer.
+    async fn settle_create(&self, id: &str, starting: shim_client::Starting) {
+        let r = tokio::task::spawn_blocking(move || {
+            let _step = crate::step!("shim.spawn");
+            crate::failpoint::hit("container.after_answer");
+            starting.finish()
+        })
+        .await
+        .map_err(|e| format!("the shim's start task failed: {e}"))
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        let done = async {
+            let lock = self.lock_for(id)?;
+            let _g = lock.lock().await;
+            let Ok(mut rec) = self.container(id) else {
+                return Ok(());
+            };
+            match r {
+                Ok(pid) => {
+                    rec.pid = pid;
+                    self.update_container_rederivable(rec)
+                        .instrument(crate::step_span!("shim.pid_write"))
+                        .await
+                }
+                Err(message) => {
+                    tracing::warn!(container = %id, error = %message, "the shim could not make the container's process");
+                    let (dir, cg) = (rec.dir.clone(), rec.cgroup.clone());
+                    // Whatever the shim left of the init (its monitor
+                    // reported the error and ends).
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let cg = cg.as_deref().and_then(|c| CgroupPath::new(c).ok());
+                        kill_shim(&dir, 0, cg.as_ref());
+                    })
+                    .await;
+                    rec.state = ContainerState::Exited;
+                    rec.exit_code = START_ERROR_EXIT_CODE;
+                    rec.finished_at_ns = now_ns();
+                    rec.reason = START_ERROR_REASON.into();
+                    rec.message = message;
+                    self.update_container(rec.clone()).await?;
+                    self.emit(&rec, EventKind::Stopped);
+                    Ok(())
+                }
+            }
+        };
+        if let Err(e) = done.await {
+            tracing::warn!(container = %id, error = %e, "recording the shim's start");
+        }
+    }
+
+    /// Wait until the container's shim has made its init (or failed to),
+    /// and that is recorded: CreateContainer answers before that.
+    pub(super) async fn await_create(&self, id: &str) -> Result<()> {
+        let rx = self
+            .inner
+            .creating
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(id)
+            .cloned();
+        if let Some(mut rx) = rx {
+            // Err: the task is gone without an answer (berthd stopping).
+            let _ = rx.wait_for(|settled| *settled).await;
+        }
+        Ok(())
     }
 
     /// UpdateContainerResources: the new limits go to the container's
@@ -265,9 +369,18 @@ impl Runtime {
                 "pod sandbox {sandbox_id} is not ready (stopped); its containers cannot start"
             )));
         }
+        self.await_create(&full)
+            .instrument(crate::step_span!("start.await_create"))
+            .await?;
         let lock = self.lock_for(&full)?;
         let _g = lock.lock().await;
         let mut rec = self.container(&full)?;
+        if rec.state == ContainerState::Exited && rec.reason == START_ERROR_REASON {
+            return Err(Error::FailedPrecondition(format!(
+                "starting container {full}: {}",
+                rec.message
+            )));
+        }
         if rec.state != ContainerState::Created {
             return Err(Error::FailedPrecondition(format!(
                 "container {full} is {:?}, not created; only a created container can start",
@@ -373,6 +486,7 @@ impl Runtime {
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        self.await_create(&full).await?;
         let rec = self.container(&full)?;
         if rec.state == ContainerState::Exited {
             return Ok(());
@@ -685,11 +799,17 @@ impl Inner {
     }
 
     /// The blocking part of CreateContainer, with its undo list.
+    /// CreateContainer's work up to its answer: everything berthd sets up
+    /// (checked, made, durable), and the shim started on the bundle. The
+    /// shim's own part, making the init stopped before its exec, goes on
+    /// after the answer (`Runtime::settle_create`): StartContainer waits
+    /// for it, as containerd's StartContainer makes its task. Any failure
+    /// before the shim starts undoes all of it.
     pub(super) fn make_container(
         &self,
         sb: &SandboxRecord,
         config: ContainerConfig,
-    ) -> Result<ContainerRecord> {
+    ) -> Result<(ContainerRecord, shim_client::Starting)> {
         if let Some(i) = config.mounts.iter().position(|m| m.recursive_read_only)
             && !crate::kernel::has_mount_setattr()
         {
@@ -922,9 +1042,10 @@ impl Inner {
             });
         }
         self.write_bundle(&dir, cs.spec, &shim_cfg)?;
-        let spawn_step = crate::step!("shim.spawn");
+        let step = crate::step!("container.shim_begin");
         let starting = self.begin_shim(&dir)?;
-        let mut rec = ContainerRecord {
+        drop(step);
+        let rec = ContainerRecord {
             id: id.clone(),
             sandbox_id: sb.id.clone(),
             image_ref,
@@ -938,8 +1059,9 @@ impl Inner {
             exit_code: 0,
             reason: String::new(),
             message: String::new(),
-            // The shim's answer, below; recovery asks the shim for it if a
-            // crash leaves only this durable record.
+            // The shim's answer, after CreateContainer's (`settle_create`);
+            // recovery asks the shim for it if a crash leaves only this
+            // durable record.
             pid: 0,
             dir,
             rootfs,
@@ -952,35 +1074,23 @@ impl Inner {
         // always has its layers held.
         let written = (|| {
             crate::failpoint::hit("container.before_commit");
-            let step = crate::step!("container.during_shim.hold_commit");
+            let step = crate::step!("container.hold_commit");
             self.images.commit_hold(&id)?;
             drop(step);
-            let _step = crate::step!("container.during_shim.state_write");
+            let _step = crate::step!("container.record_write");
             self.store.put_container(&rec)?;
             Ok::<_, Error>(())
         })();
-        if written.is_ok() {
-            let (store, id) = (self.store.clone(), id.clone());
-            undo.push("container record", move || {
-                if let Err(e) = store.delete_container(&id) {
-                    tracing::warn!(container = %id, "removing the record of a failed create: {e}");
-                }
-            });
+        if let Err(e) = written {
+            // The shim is told nothing: it is waited for (its init made)
+            // and killed with it, before the rest goes.
+            let pid = starting.finish().unwrap_or(0);
+            kill_shim(&rec.dir, pid, Some(&cg));
+            return Err(e);
         }
         crate::failpoint::hit("container.before_pid");
-        let pid = self.finish_shim(&rec.dir, starting)?;
-        drop(spawn_step);
-        {
-            let (d, c) = (rec.dir.clone(), cg.clone());
-            undo.push("shim", move || kill_shim(&d, pid, Some(&c)));
-        }
-        written?;
-        rec.pid = pid;
-        let step = crate::step!("container.state_write");
-        self.store.put_container_rederivable(&rec)?;
-        drop(step);
         undo.disarm();
-        Ok(rec)
+        Ok((rec, starting))
     }
 
     /// pid TARGET: the target container's PID namespace.

@@ -143,6 +143,10 @@ struct Inner {
     /// alone, so that a pod is never stopped or removed under a container
     /// being made in it.
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    /// Containers whose CreateContainer has answered while their shim
+    /// still makes the init (see `Runtime::await_create`): true once the
+    /// shim's start line is in and recorded.
+    creating: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     /// Previous CPU samples and cached writable-layer usage (stats.rs).
     stats: Mutex<stats::StatsCache>,
     /// Whether pods may have their own user namespace, probed at start
@@ -286,6 +290,7 @@ impl Runtime {
                 container_names,
                 locks: Mutex::new(HashMap::new()),
                 pod_locks: Mutex::new(HashMap::new()),
+                creating: Mutex::new(HashMap::new()),
                 stats: Mutex::new(stats::StatsCache::default()),
                 userns,
             }),
@@ -530,14 +535,20 @@ impl Inner {
         spec: oci_spec::runtime::Spec,
         shim_cfg: &ShimConfig,
     ) -> Result<i32> {
-        self.write_bundle(dir, spec, shim_cfg)?;
-        let _step = crate::step!("shim.spawn");
-        let starting = self.begin_shim(dir)?;
-        self.finish_shim(dir, starting)
+        let r = self.write_bundle(dir, spec, shim_cfg).and_then(|()| {
+            let _step = crate::step!("shim.spawn");
+            let starting = self.begin_shim(dir)?;
+            starting.finish().map_err(Error::from)
+        });
+        if r.is_err() {
+            remove_dir_logged(dir);
+        }
+        r
     }
 
     /// The shim's bundle in `dir`: config.json, shim.json and the seccomp
-    /// program. `dir` is removed if it cannot be written.
+    /// program. The caller removes `dir` if it fails (a container's holds
+    /// its mounted rootfs, which goes first).
     fn write_bundle(
         &self,
         dir: &Path,
@@ -550,62 +561,48 @@ impl Inner {
             .create(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let _step = crate::step!("shim.bundle");
-        let r = (|| {
-            let write = |name: &str, bytes: &[u8]| {
-                fs::write(dir.join(name), bytes)
-                    .map_err(|e| Error::io(format!("writing the bundle in {}", dir.display()), e))
-            };
-            let mut shim_cfg = shim_cfg.clone();
-            // A handler's runtime reads the profile from the spec itself.
-            let profile = match shim_cfg.runtime {
-                Some(_) => None,
-                None => spec
-                    .linux_mut()
-                    .as_mut()
-                    .and_then(|l| l.seccomp_mut().take()),
-            };
-            if let Some(profile) = profile {
-                let native = crate::seccomp::Native::host().ok_or_else(|| {
-                    Error::InvalidArgument(
-                        "seccomp filters are not supported on this node's architecture".into(),
-                    )
-                })?;
-                let program = crate::seccomp::compile(&profile, native)
-                    .map_err(|e| Error::InvalidArgument(format!("seccomp profile: {e}")))?;
-                let json = serde_json::to_vec(&profile)
-                    .map_err(|e| Error::Internal(format!("encoding the seccomp profile: {e}")))?;
-                write(proto::SECCOMP_PROFILE_FILE, &json)?;
-                write(proto::SECCOMP_FILE, &program.to_bytes())?;
-                shim_cfg.seccomp = true;
-            }
-            let spec_json = serde_json::to_vec(&spec)
-                .map_err(|e| Error::Internal(format!("encoding the OCI spec: {e}")))?;
-            write(proto::CONFIG_FILE, &spec_json)?;
-            let shim_json = serde_json::to_vec(&shim_cfg)
-                .map_err(|e| Error::Internal(format!("encoding shim.json: {e}")))?;
-            write(proto::SHIM_CONFIG_FILE, &shim_json)
-        })();
-        if r.is_err() {
-            remove_dir_logged(dir);
+        let write = |name: &str, bytes: &[u8]| {
+            fs::write(dir.join(name), bytes)
+                .map_err(|e| Error::io(format!("writing the bundle in {}", dir.display()), e))
+        };
+        let mut shim_cfg = shim_cfg.clone();
+        // A handler's runtime reads the profile from the spec itself.
+        let profile = match shim_cfg.runtime {
+            Some(_) => None,
+            None => spec
+                .linux_mut()
+                .as_mut()
+                .and_then(|l| l.seccomp_mut().take()),
+        };
+        if let Some(profile) = profile {
+            let native = crate::seccomp::Native::host().ok_or_else(|| {
+                Error::InvalidArgument(
+                    "seccomp filters are not supported on this node's architecture".into(),
+                )
+            })?;
+            let program = crate::seccomp::compile(&profile, native)
+                .map_err(|e| Error::InvalidArgument(format!("seccomp profile: {e}")))?;
+            let json = serde_json::to_vec(&profile)
+                .map_err(|e| Error::Internal(format!("encoding the seccomp profile: {e}")))?;
+            write(proto::SECCOMP_PROFILE_FILE, &json)?;
+            write(proto::SECCOMP_FILE, &program.to_bytes())?;
+            shim_cfg.seccomp = true;
         }
-        r
+        let spec_json = serde_json::to_vec(&spec)
+            .map_err(|e| Error::Internal(format!("encoding the OCI spec: {e}")))?;
+        write(proto::CONFIG_FILE, &spec_json)?;
+        let shim_json = serde_json::to_vec(&shim_cfg)
+            .map_err(|e| Error::Internal(format!("encoding shim.json: {e}")))?;
+        write(proto::SHIM_CONFIG_FILE, &shim_json)
     }
 
     /// Start the shim on the bundle in `dir` (the warm one if it waits);
-    /// [`Self::finish_shim`] waits for it. `dir` is removed if no shim
-    /// could start.
+    /// [`shim_client::Starting::finish`] waits for its start line.
     fn begin_shim(&self, dir: &Path) -> Result<shim_client::Starting> {
-        shim_on_runtime(dir, shim_client::begin(&self.cfg.shim_exec, dir))
-    }
-
-    /// The started shim's answer: the container init's pid. `dir` is
-    /// removed if it failed.
-    fn finish_shim(&self, dir: &Path, starting: shim_client::Starting) -> Result<i32> {
-        let r = starting.finish().map_err(Error::from);
-        if r.is_err() {
-            remove_dir_logged(dir);
-        }
-        r
+        tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Internal("no async runtime to start the shim from".into()))?
+            .block_on(shim_client::begin(&self.cfg.shim_exec, dir))
+            .map_err(Error::from)
     }
 }
 
@@ -614,21 +611,6 @@ impl Inner {
 fn on_multi_thread_runtime() -> bool {
     tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-}
-
-/// Run a shim step from blocking code on berthd's runtime (its child
-/// reaping); `dir` is removed if it fails.
-fn shim_on_runtime<T>(
-    dir: &Path,
-    step: impl std::future::Future<Output = std::result::Result<T, shim_client::ShimError>>,
-) -> Result<T> {
-    let r = tokio::runtime::Handle::try_current()
-        .map_err(|_| Error::Internal("no async runtime to start the shim from".into()))
-        .and_then(|h| h.block_on(step).map_err(Error::from));
-    if r.is_err() {
-        remove_dir_logged(dir);
-    }
-    r
 }
 
 // ---------------------------------------------------------------------------

@@ -467,6 +467,8 @@ fn releasable(line: &str, exe: &str, sp: usize) -> Option<(usize, usize, Releasa
 /// The monitor of the new container, and the start's step timings
 /// (`name=micros ...`).
 fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<(server::Monitor, String), ShimError> {
+    // A slow start, in tests: calls that come meanwhile find no socket.
+    crate::failpoint::hit("shim.start");
     let t = std::time::Instant::now();
     // SIGCHLD only through the signalfd; blocked before any child exists.
     let mut mask = SigSet::empty();

@@ -221,7 +221,10 @@ fn mount_one(root: BorrowedFd<'_>, m: &MountStep, s: &RootfsSetup<'_>) -> Result
                     .map_err(|e| fail("move_mount", dest)(io_errno(&e)))?;
             } else {
                 let src = source.to_string_lossy();
-                mount_at(Some(&src), &target, None, flags, None, dest)?;
+                // The source too: the request's to fix (a file over a
+                // directory of the image), so the error names both.
+                let what = PathBuf::from(format!("{src} on /{}", dest.display()));
+                mount_at(Some(&src), &target, None, flags, None, &what)?;
             }
             if m.needs_remount() {
                 // The fd above is the covered directory; look again to find
