@@ -185,3 +185,75 @@ async fn stop_and_remove_right_after_create_wait_for_the_shim_and_leave_nothing(
     assert!(list_containers(&env, &p.id).await.is_empty());
     env.finish().await;
 }
+
+/// Found by the fuzzing: a program name of 100 KB that is not there.
+/// The init reports it while the shim makes it, on its set-up pipe (not
+/// on its stderr, the log's pipe, which nobody reads until the shim's
+/// loop runs and which a message that long would fill), bounded.
+#[tokio::test]
+async fn a_long_missing_program_fails_start_with_a_bounded_message() {
+    let env = Env::start().await;
+    let image = push_busybox(&env, "early/busybox:4").await;
+    let p = run_pod(&env, sandbox_config("early-long"), &image).await;
+    let program = format!("/{}", "x".repeat(100_000));
+    let id = create(&env, &p, container(&p, "long", &[program.as_str()]))
+        .await
+        .expect("CreateContainer");
+    let s = expect_code(
+        start(&env, &id).await,
+        &[Code::FailedPrecondition],
+        "StartContainer of a program that is not there",
+    );
+    assert!(
+        s.message().contains("exec failed") && s.message().contains("xxxx"),
+        "{}",
+        &s.message()[..s.message().len().min(300)]
+    );
+    assert!(
+        s.message().len() < 8192,
+        "bounded: {} bytes",
+        s.message().len()
+    );
+    let st = status(&env, &id).await.expect("ContainerStatus");
+    assert_eq!(st.reason, "StartError", "{}", st.reason);
+    remove_pod(&env, p).await;
+    env.finish().await;
+}
+
+/// StartContainer answers once the init has its start byte (runc's start
+/// returns once its init has read the exec fifo): what only the execve
+/// itself finds (no format the kernel runs) is the container's exit, 126,
+/// with the message in its log, as kubelet shows runc's `exec format
+/// error`.
+#[tokio::test]
+async fn an_execve_that_fails_after_start_is_an_exit_with_the_error_in_the_log() {
+    let env = Env::start().await;
+    let image = push_busybox(&env, "early/busybox:5").await;
+    let p = run_pod(&env, sandbox_config("early-enoexec"), &image).await;
+    let junk = HostFile(env.berthd.dir().join(format!("{}-junk", marker("early"))));
+    std::fs::write(&junk.0, b"\0\0\0\0 not a program").expect("host file");
+    std::fs::set_permissions(&junk.0, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let mut c = container(&p, "enoexec", &["/junk"]);
+    c.mounts = vec![Mount {
+        container_path: "/junk".into(),
+        host_path: junk.0.display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
+    let id = create(&env, &p, c).await.expect("CreateContainer");
+    start(&env, &id)
+        .await
+        .expect("StartContainer answers before the execve");
+    let st = wait_exited(&env, &id, std::time::Duration::from_secs(10)).await;
+    assert_eq!(st.exit_code, 126, "{st:?}");
+    assert_eq!(st.reason, "Error", "{st:?}");
+    let log = std::fs::read_to_string(&st.log_path).expect("the container's log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" stderr ") && l.contains("exec failed") && l.contains("/junk")),
+        "{log}"
+    );
+    remove_pod(&env, p).await;
+    env.finish().await;
+}

@@ -419,24 +419,47 @@ fn a_pause_shim_holds_a_pid_namespace_that_a_container_joins() {
 }
 
 #[test]
-fn exec_failure_of_a_missing_binary_is_reported_by_start_and_in_the_log() {
+fn a_missing_binary_fails_the_shims_start_as_runcs_create_does() {
     require_root!();
-    let mut b = Bundle::new("enoent");
-    b.write(&b.spec(&["no-such-program", "x"]), ShimKind::Container);
-    b.run_shim().unwrap();
-    match b.start() {
-        Response::Error { message } => {
-            assert!(
-                message.contains("exec failed") && message.contains("no-such-program"),
-                "{message}"
-            )
+    for program in ["no-such-program", "/no/such/program"] {
+        let mut b = Bundle::new("enoent");
+        b.write(&b.spec(&[program, "x"]), ShimKind::Container);
+        let e = b.run_shim().expect_err("the shim's start");
+        assert!(
+            e.contains("exec failed") && e.contains(program),
+            "{program}: {e}"
+        );
+        if program.starts_with('/') {
+            assert!(e.contains("No such file or directory"), "{e}");
         }
-        other => panic!("Start: {other:?}"),
     }
+}
+
+#[test]
+fn an_execve_that_fails_after_start_is_the_containers_exit_and_in_its_log() {
+    require_root!();
+    let mut b = Bundle::new("enoexec");
+    // Executable, but no format the kernel runs (no ELF, no #!): execve
+    // says ENOEXEC, which only the execve itself finds.
+    let junk = b.rootfs.join("junk");
+    std::fs::write(&junk, b"\0\0\0\0 not a program").unwrap();
+    std::fs::set_permissions(&junk, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    b.write(&b.spec(&["/junk"]), ShimKind::Container);
+    b.run_shim()
+        .expect("the shim's start: /junk is there and executable");
+    assert_eq!(
+        b.start(),
+        Response::Ok,
+        "Start answers once the init is told"
+    );
     let exit = b.wait();
-    assert_eq!(exit.code, 127);
+    assert_eq!(exit.code, 126, "{exit:?}");
     let err = log_contents(&b.log_text(), "stderr");
-    assert!(err.iter().any(|l| l.contains("exec failed")), "{err:?}");
+    assert!(
+        err.iter()
+            .any(|l| l.contains("exec failed") && l.contains("/junk")),
+        "{err:?}"
+    );
 }
 
 #[test]

@@ -99,7 +99,10 @@ pub enum ShimKind {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Let the created process exec (StartContainer).
+    /// Let the created process exec (StartContainer). Answered once the
+    /// init is told, before its execve, as runc's start; an execve that
+    /// fails then is the container's exit (126 or 127, the message in its
+    /// log). A handler's runtime answers when its `start` returns.
     Start,
     /// Signal the container's process; `all` signals every process in its
     /// cgroup (or PID namespace), as at the end of StopContainer.

@@ -58,7 +58,6 @@ struct Output {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ConnState {
     Reading,
-    AwaitStart,
     AwaitExit,
     AwaitExec,
     Writing,
@@ -99,7 +98,7 @@ impl Conn {
 
     /// Waiting for the container (to start or to exit), nothing to do.
     fn parked(&self) -> bool {
-        matches!(self.state, ConnState::AwaitStart | ConnState::AwaitExit)
+        self.state == ConnState::AwaitExit
             || (self.state == ConnState::Attached && self.written == self.out.len())
     }
 }
@@ -138,7 +137,6 @@ pub struct Monitor {
     pub start: Option<OwnedFd>,
     pub sync: Option<OwnedFd>,
     sync_buf: Vec<u8>,
-    start_waiter: Option<u64>,
     outputs: [Option<Output>; 2],
     pub stdin: Option<OwnedFd>,
     /// Close stdin when the first attach that holds it ends.
@@ -243,7 +241,6 @@ impl Monitor {
             start: c.start,
             sync: if pause { None } else { c.sync },
             sync_buf: Vec::new(),
-            start_waiter: None,
             outputs,
             stdin: c.stdin,
             stdin_once: p.stdin_once,
@@ -523,21 +520,12 @@ impl Monitor {
         self.sync = None;
         let text = String::from_utf8_lossy(&self.sync_buf).into_owned();
         self.sync_buf = Vec::new();
-        let failure = text
-            .lines()
-            .find_map(|l| l.strip_prefix("error "))
-            .map(str::to_string);
-        let resp = match failure {
-            Some(msg) => Response::Error { message: msg },
-            None => {
-                if self.status == Status::Created {
-                    self.status = Status::Running;
-                }
-                Response::Ok
-            }
-        };
-        if let Some(id) = self.start_waiter.take() {
-            self.respond(id, &resp);
+        // Start has been answered (as runc's start returns once the init
+        // has its byte): an execve that failed ends the init, whose exit
+        // is the container's, and its message is in the container's log
+        // (the init wrote it on its stderr, as runc's does).
+        if let Some(msg) = text.lines().find_map(|l| l.strip_prefix("error ")) {
+            super::diag(&self.state_dir, msg);
         }
     }
 
@@ -647,9 +635,6 @@ impl Monitor {
                 let _ = kill(e.pid, Signal::SIGKILL);
             }
         }
-        if self.start_waiter == Some(id) {
-            self.start_waiter = None;
-        }
     }
 
     fn service_conn(&mut self, id: u64, ev: PollFlags) {
@@ -753,7 +738,7 @@ impl Monitor {
                 }
             }
             // Waiting for an answer: the peer may only hang up.
-            ConnState::AwaitStart | ConnState::AwaitExit | ConnState::AwaitExec => {
+            ConnState::AwaitExit | ConnState::AwaitExec => {
                 let mut b = [0u8; 64];
                 match c.sock.read(&mut b) {
                     Ok(0) => self.drop_conn(id),
@@ -910,8 +895,6 @@ impl Monitor {
             Response::Ok
         } else if self.status == Status::Exited {
             err("the container process has exited")
-        } else if self.start_waiter.is_some() {
-            err("a start is in progress")
         } else if let Some(rt) = self.oci.as_ref().filter(|_| self.status == Status::Created) {
             // The runtime's start returns once the process execs (or
             // failed to): its answer is the Start's.
@@ -925,15 +908,20 @@ impl Monitor {
                 Err(e) => err(&format!("start: {e}")),
             }
         } else if let Some(fd) = self.start.take() {
+            // runc's start: the init has everything of its exec ready but
+            // the execve (a set-up or lookup failure failed the create), so
+            // Start answers once the init is told, without waiting for the
+            // execve. The answer goes first: the woken init would
+            // otherwise run its execve ahead of it on this CPU.
             self.started_at_ns = now_ns();
-            match nix::unistd::write(&fd, b"s") {
-                Ok(_) => {
-                    self.start_waiter = Some(id);
-                    self.set_state(id, ConnState::AwaitStart);
-                    return;
-                }
-                Err(e) => err(&format!("start: {e}")),
+            self.status = Status::Running;
+            self.respond(id, &Response::Ok);
+            if let Err(e) = nix::unistd::write(&fd, b"s") {
+                // The init is gone: its exit, reaped next, is the
+                // container's.
+                super::diag(&self.state_dir, &format!("start: {e}"));
             }
+            return;
         } else {
             err("the container was already started")
         };
@@ -1253,14 +1241,6 @@ impl Monitor {
             super::diag(&self.state_dir, &format!("write exit status: {e}"));
         }
         self.exit = Some(exit.clone());
-        if let Some(id) = self.start_waiter.take() {
-            self.respond(
-                id,
-                &Response::Error {
-                    message: "the container process exited before it started".into(),
-                },
-            );
-        }
         let waiting: Vec<u64> = self
             .conns
             .iter()

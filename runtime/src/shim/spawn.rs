@@ -830,7 +830,21 @@ fn init(
         super::pause::run();
     }
     let t = std::time::Instant::now();
-    let prepared = prepare_exec(&plan.process, plan.seccomp.as_ref(), userns);
+    let prepared = match prepare_exec(&plan.process, plan.seccomp.as_ref(), userns) {
+        Ok(p) => p,
+        // What runc's create refuses (its set-up and LookPath before the
+        // exec fifo): the shim's start fails with it, and StartContainer
+        // returns it, as containerd's does.
+        // Not on stderr: the log's pipe is not read until the shim's
+        // loop runs, and a long message would block this write for ever.
+        Err((code, msg)) => {
+            report(
+                sync_w.as_fd(),
+                &format!("error exec failed: {}", bounded(&msg)),
+            );
+            return code;
+        }
+    };
     let prep = t.elapsed().as_micros();
     report(
         sync_w.as_fd(),
@@ -846,7 +860,7 @@ fn init(
         }
     }
     drop(start_r);
-    exec_prepared(prepared, plan.seccomp.as_ref(), Some(sync_w.as_fd()))
+    exec_prepared(Ok(prepared), plan.seccomp.as_ref(), Some(sync_w.as_fd()))
 }
 
 fn dup_onto(fd: BorrowedFd<'_>, target: i32) -> Result<()> {
@@ -1011,6 +1025,19 @@ pub fn set_oom_score_adj(adj: i32, restrict: bool) {
     }
 }
 
+/// `program` (a path) is a file with an execute bit: else the exit code
+/// and message of runc's `exec: "x": stat x: ...`.
+fn executable_at(program: &str) -> std::result::Result<(), (i32, String)> {
+    match std::fs::metadata(program) {
+        Err(e) => Err((127, format!("{program:?}: stat {program}: {e}"))),
+        Ok(m) if m.is_dir() => Err((126, format!("{program:?}: is a directory"))),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+            Err((126, format!("{program:?}: permission denied")))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
 fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -1157,7 +1184,7 @@ fn exec_prepared(
         Ok(never) => match never {},
         Err(e) => e,
     };
-    let line = format!("exec failed: {msg}");
+    let line = format!("exec failed: {}", bounded(&msg));
     // SAFETY: fd 2 is this process's stderr for its whole life.
     let stderr = unsafe { BorrowedFd::borrow_raw(2) };
     let _ = nix::unistd::write(stderr, format!("berth-shim: {line}\n").as_bytes());
@@ -1165,6 +1192,15 @@ fn exec_prepared(
         report(fd, &format!("error {line}"));
     }
     code
+}
+
+/// At most 4 KiB of `msg` (it may quote a request's program name).
+fn bounded(msg: &str) -> &str {
+    let mut end = msg.len().min(4096);
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    &msg[..end]
 }
 
 /// The home directory of `uid` in the container's /etc/passwd (a regular
@@ -1199,8 +1235,7 @@ struct Prepared {
 /// Everything of an exec but the execve (and a no_new_privs filter, which
 /// goes last), in runc's order. A container's init does this before it
 /// waits for Start, as runc's init does before its exec fifo, so that
-/// StartContainer waits for the execve alone; a failure here is reported
-/// when Start comes, as the exec's.
+/// Start is the execve alone; a failure here fails the init's set-up.
 fn prepare_exec(
     cfg: &ProcessConfig,
     filter: Option<&Program>,
@@ -1228,6 +1263,12 @@ fn prepare_exec(
     }
     drop_privileges(cfg).map_err(|e| (126, e.to_string()))?;
     umask(Mode::from_bits_truncate(cfg.umask.unwrap_or(0o022)));
+    if program.contains('/') {
+        // A path is not looked up, but checked as Go's LookPath (runc's)
+        // does: what is not there or cannot run fails here, not in the
+        // execve after Start has been answered.
+        executable_at(&program)?;
+    }
     let Some(path) = lookup_path(&program, &cfg.env, is_executable) else {
         return Err((
             127,
