@@ -518,6 +518,9 @@ impl Monitor {
             }
         }
         self.sync = None;
+        // The end of the start, after Start's answer: what it touched is
+        // given back with the rest (see the loop).
+        self.served = true;
         let text = String::from_utf8_lossy(&self.sync_buf).into_owned();
         self.sync_buf = Vec::new();
         // Start has been answered (as runc's start returns once the init
