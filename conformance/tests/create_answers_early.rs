@@ -257,3 +257,44 @@ async fn an_execve_that_fails_after_start_is_an_exit_with_the_error_in_the_log()
     remove_pod(&env, p).await;
     env.finish().await;
 }
+
+/// The shim makes the container's log file after its `ok` (off the
+/// create's path, as containerd opens the log at StartContainer): a log
+/// path that cannot be a file fails StartContainer, naming the log.
+#[tokio::test]
+async fn a_log_file_that_cannot_be_made_fails_start() {
+    let env = Env::start().await;
+    let image = push_busybox(&env, "early/busybox:6").await;
+    let p = run_pod(&env, sandbox_config("early-log"), &image).await;
+    let c = container(&p, "nolog", &["sleep", "1000"]);
+    // The log path is a directory already.
+    let log = std::path::Path::new(&p.config.log_directory).join(&c.log_path);
+    std::fs::create_dir_all(&log).expect("a directory where the log goes");
+    let id = create(&env, &p, c).await.expect("CreateContainer");
+    let s = expect_code(
+        start(&env, &id).await,
+        &[Code::FailedPrecondition],
+        "StartContainer with a log path that is a directory",
+    );
+    assert!(
+        s.message().contains("log") && s.message().contains(&log.display().to_string()),
+        "the error names the log: {}",
+        s.message()
+    );
+    let st = status(&env, &id).await.expect("ContainerStatus");
+    assert_eq!(
+        (st.state, st.reason.as_str(), st.exit_code),
+        (ContainerState::ContainerExited as i32, "StartError", 128),
+        "{st:?}"
+    );
+    assert!(st.message.contains("log"), "{st:?}");
+    let mut rt = env.cri.runtime.clone();
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("RemoveContainer");
+    std::fs::remove_dir(&log).expect("the test's directory");
+    remove_pod(&env, p).await;
+    env.finish().await;
+}

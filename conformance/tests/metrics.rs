@@ -192,7 +192,6 @@ async fn the_metrics_endpoint_counts_what_berthd_did() {
         "container.hold_commit",
         "container.record_write",
         "container.shim_begin",
-        "shim.pid_write",
         "start.await_create",
         "start.shim_start",
         "start.state_write",

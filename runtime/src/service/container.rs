@@ -244,11 +244,14 @@ impl Runtime {
                 return Ok(());
             };
             match r {
+                // In memory only: StartContainer (waiting for this) writes
+                // the record with it next, and until then the shim is where
+                // the pid is kept (recovery asks it, as after a crash
+                // before this point). A store write here would be on
+                // Create+Start's path.
                 Ok(pid) => {
                     rec.pid = pid;
-                    self.update_container_rederivable(rec)
-                        .instrument(crate::step_span!("shim.pid_write"))
-                        .await
+                    self.remember_container(rec)
                 }
                 Err(message) => {
                     tracing::warn!(container = %id, error = %message, "the shim could not make the container's process");
@@ -393,6 +396,24 @@ impl Runtime {
         {
             Response::Ok => {}
             Response::Error { message } => {
+                // As containerd records a task that failed to start: the
+                // container is exited (its init is killed), StartError.
+                let _ = shim_client::call(
+                    &rec.dir,
+                    &Request::Kill {
+                        signal: libc::SIGKILL,
+                        all: true,
+                    },
+                    Some(std::time::Duration::from_secs(5)),
+                )
+                .await;
+                rec.state = ContainerState::Exited;
+                rec.exit_code = START_ERROR_EXIT_CODE;
+                rec.finished_at_ns = now_ns();
+                rec.reason = START_ERROR_REASON.into();
+                rec.message = message.clone();
+                self.update_container(rec.clone()).await?;
+                self.emit(&rec, EventKind::Stopped);
                 return Err(Error::FailedPrecondition(format!(
                     "starting container {full}: {message}"
                 )));

@@ -170,6 +170,18 @@ impl LogFile {
         })
     }
 
+    /// The log at `path`, opened later by [`Self::reopen`]: the shim's
+    /// start leaves the file's create (a disk write) until after its
+    /// `ok`, as containerd opens the log at StartContainer. Output that
+    /// comes meanwhile waits in the pipes.
+    pub fn deferred(path: &str) -> Self {
+        LogFile {
+            path: (!path.is_empty()).then(|| PathBuf::from(path)),
+            file: None,
+            dropped: 0,
+        }
+    }
+
     /// Close and open the path again (kubelet renamed the file to rotate
     /// it). On failure the old file stays in use.
     pub fn reopen(&mut self) -> Result<(), LogError> {

@@ -24,7 +24,7 @@ pub mod spawn;
 use std::io::Write as _;
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -261,7 +261,6 @@ fn report(line: &str) {
 struct StartupGuard<'a> {
     dir: &'a Path,
     child: Option<nix::unistd::Pid>,
-    log_created: Option<PathBuf>,
     armed: bool,
 }
 
@@ -273,9 +272,6 @@ impl Drop for StartupGuard<'_> {
         if let Some(pid) = self.child {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, None);
-        }
-        if let Some(p) = &self.log_created {
-            let _ = std::fs::remove_file(p);
         }
         for f in [SOCKET_FILE, INIT_PID_FILE, SHIM_PID_FILE] {
             let _ = std::fs::remove_file(self.dir.join(f));
@@ -289,7 +285,6 @@ fn run_detached(dir: &Path, t0: std::time::Instant) -> i32 {
     let mut guard = StartupGuard {
         dir,
         child: None,
-        log_created: None,
         armed: true,
     };
     let (mut monitor, steps) = match start(dir, &mut guard) {
@@ -309,6 +304,9 @@ fn run_detached(dir: &Path, t0: std::time::Instant) -> i32 {
         monitor.pid,
         t0.elapsed().as_micros()
     ));
+    // The log's create, off the container's create: a file it cannot
+    // make fails Start, which says why.
+    monitor.open_log();
     // Detached for good: berthd's pipe and our stdio go.
     if let Ok(null) = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, Mode::empty()) {
         for fd in 0..3 {
@@ -499,10 +497,8 @@ fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<(server::Monitor, S
         plan.seccomp = Some(seccomp::read(&path).map_err(spawn::SpawnError::Child)?);
         plan.process.seccomp = Some(path);
     }
-    if !cfg.log_path.is_empty() && !Path::new(&cfg.log_path).exists() {
-        guard.log_created = Some(PathBuf::from(&cfg.log_path));
-    }
-    let log = crilog::LogFile::open(if pause { "" } else { &cfg.log_path })?;
+    // Opened after `ok` (see run_detached).
+    let log = crilog::LogFile::deferred(if pause { "" } else { &cfg.log_path });
     // A RuntimeClass handler's runtime makes the container (never the
     // pause process, which is berth's own); the shim stays its monitor.
     let oci = match (&cfg.runtime, pause) {

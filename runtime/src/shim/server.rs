@@ -143,6 +143,8 @@ pub struct Monitor {
     stdin_once: bool,
     pty: Option<OwnedFd>,
     pub log: LogFile,
+    /// Why the log could not be opened after `ok`: Start fails with it.
+    log_error: Option<String>,
     relay: Relay,
     listener: UnixListener,
     conns: Vec<Conn>,
@@ -246,6 +248,7 @@ impl Monitor {
             stdin_once: p.stdin_once,
             pty,
             log: p.log,
+            log_error: None,
             relay: Relay::new(),
             listener: p.listener,
             conns: Vec::new(),
@@ -896,6 +899,8 @@ impl Monitor {
         };
         let resp = if self.kind == ShimKind::Pause {
             Response::Ok
+        } else if let Some(e) = &self.log_error {
+            err(&format!("opening the container's log: {e}"))
         } else if self.status == Status::Exited {
             err("the container process has exited")
         } else if let Some(rt) = self.oci.as_ref().filter(|_| self.status == Status::Created) {
@@ -929,6 +934,13 @@ impl Monitor {
             err("the container was already started")
         };
         self.respond(id, &resp);
+    }
+
+    /// Open the container's log, right after the shim's `ok`.
+    pub fn open_log(&mut self) {
+        if let Err(e) = self.log.reopen() {
+            self.log_error = Some(e.to_string());
+        }
     }
 
     /// Every process left in the container's cgroup, SIGKILLed.

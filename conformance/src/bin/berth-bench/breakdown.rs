@@ -133,8 +133,7 @@ fn nested(step: &str) -> bool {
     // wait for the shim's start line); init.* inside shim.create; a.b.c
     // inside a.b (pod.network.hostports in pod.network).
     step.starts_with("init.")
-        || (step.starts_with("shim.")
-            && !matches!(step, "shim.spawn" | "shim.bundle" | "shim.pid_write"))
+        || (step.starts_with("shim.") && !matches!(step, "shim.spawn" | "shim.bundle"))
         || step.matches('.').count() > 1
 }
 
