@@ -5,7 +5,15 @@
 //! implement yet answer UNIMPLEMENTED themselves (`status::not_yet`).
 //!
 //! It logs one line per call at debug (method, code, duration), and keeps
-//! error messages within what a client takes: a message
+//! A call past the client's deadline (its `grpc-timeout`) is answered
+//! DEADLINE_EXCEEDED, as the gRPC spec has a server do: tonic's own
+//! deadline answers CANCELLED ("Timeout expired"), which clients read as a
+//! cancellation (critest's "public image should timeout if requested"
+//! wants DEADLINE_EXCEEDED). This layer's timer is made before tonic's,
+//! with the same duration, and tonic polls the call before its own timer,
+//! so this answer is the one sent.
+//!
+//! It keeps error messages within what a client takes: a message
 //! quoting a 70 KB hostname back would exceed HTTP/2's header list limit
 //! (16 KiB in grpc-go and hyper), and the client would see a protocol
 //! error instead of the answer. grpc-message is cut to MAX_MESSAGE bytes.
@@ -64,6 +72,43 @@ fn clip(value: &[u8]) -> Option<HeaderValue> {
     HeaderValue::from_str(&enc).ok()
 }
 
+/// The `grpc-timeout` header's duration (gRPC over HTTP/2: at most 8
+/// digits and a unit, H M S m u n); None if absent or malformed.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    if n.is_empty() || n.len() > 8 || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A trailers-only gRPC answer: DEADLINE_EXCEEDED.
+fn deadline_exceeded<B: Default>(path: &str, after: std::time::Duration) -> http::Response<B> {
+    let mut resp = http::Response::new(B::default());
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from_static("4"));
+    let msg: String = format!("{path}: the client's deadline ({after:?}) passed")
+        .chars()
+        .filter(|c| (c.is_ascii_graphic() || *c == ' ') && *c != '%')
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&msg) {
+        h.insert("grpc-message", v);
+    }
+    resp
+}
+
 #[derive(Clone)]
 pub struct NameUnimplemented<S> {
     inner: S,
@@ -79,6 +124,7 @@ impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for NameUnimple
 where
     S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -91,9 +137,18 @@ where
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let path = req.uri().path().to_string();
         let started = std::time::Instant::now();
+        // The instant now, in call(): tonic's timer is made after this
+        // returns, so this one is never the later of the two.
+        let deadline = grpc_timeout(req.headers()).map(|d| (d, tokio::time::Instant::now() + d));
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let mut resp = fut.await?;
+            let mut resp = match deadline {
+                None => fut.await?,
+                Some((d, at)) => match tokio::time::timeout_at(at, fut).await {
+                    Ok(r) => r?,
+                    Err(_) => deadline_exceeded(&path, d),
+                },
+            };
             let h = resp.headers_mut();
             // One line per call at debug, as CRI-O and containerd log them:
             // the method, its gRPC code (in the headers when it failed; a
@@ -134,6 +189,68 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeout_header_in_each_unit_and_junk_is_none() {
+        use std::time::Duration;
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert("grpc-timeout", HeaderValue::from_str(v).unwrap());
+            grpc_timeout(&m)
+        };
+        assert_eq!(h("1m"), Some(Duration::from_millis(1)));
+        assert_eq!(h("999999u"), Some(Duration::from_micros(999_999)));
+        assert_eq!(h("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(h("120S"), Some(Duration::from_secs(120)));
+        assert_eq!(h("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(h("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "m", "123456789m", "1x", "-1m", "1.5S", "+1m"] {
+            assert_eq!(h(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    /// The layer over a call that never ends, as tonic's server stacks it
+    /// (inside its own deadline, made after the layer's call returns): the
+    /// answer is DEADLINE_EXCEEDED, not tonic's CANCELLED.
+    #[tokio::test]
+    async fn a_call_past_its_grpc_timeout_is_deadline_exceeded_before_tonics_timer() {
+        use tower::Service as _;
+        let never = tower::service_fn(|_req: http::Request<()>| {
+            std::future::pending::<Result<http::Response<()>, std::convert::Infallible>>()
+        });
+        let mut svc = NameUnimplemented::new(never);
+        let req = http::Request::builder()
+            .uri("/runtime.v1.ImageService/PullImage")
+            .header("grpc-timeout", "1m")
+            .body(())
+            .unwrap();
+        let fut = svc.call(req);
+        // tonic's GrpcTimeout: its sleep made after the inner call, the
+        // inner future polled first.
+        let tonic_timer = tokio::time::sleep(std::time::Duration::from_millis(1));
+        let resp = tokio::select! {
+            biased;
+            r = fut => r.unwrap(),
+            _ = tonic_timer => panic!("tonic's deadline came first"),
+        };
+        assert_eq!(resp.headers()["grpc-status"], "4");
+    }
+
+    #[test]
+    fn a_passed_deadline_is_answered_deadline_exceeded() {
+        let r: http::Response<()> = deadline_exceeded(
+            "/runtime.v1.ImageService/PullImage",
+            std::time::Duration::from_millis(1),
+        );
+        assert_eq!(r.headers()["grpc-status"], "4");
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        let msg = r.headers()["grpc-message"].to_str().unwrap();
+        assert!(
+            msg.contains("PullImage") && msg.contains("deadline"),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn long_messages_are_cut_on_a_character_and_say_so() {
