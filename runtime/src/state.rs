@@ -112,6 +112,8 @@ pub struct ContainerRecord {
     pub exit_code: i32,
     pub reason: String,
     pub message: String,
+    /// The init's host pid: 0 in the store until StartContainer writes
+    /// it (the shim answers after CreateContainer; recovery asks it).
     pub pid: i32,
     /// `<state>/containers/<id>`: the bundle and the shim's files.
     pub dir: PathBuf,

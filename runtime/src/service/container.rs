@@ -263,20 +263,27 @@ impl Runtime {
                         kill_shim(&dir, 0, cg.as_ref());
                     })
                     .await;
-                    rec.state = ContainerState::Exited;
-                    rec.exit_code = START_ERROR_EXIT_CODE;
-                    rec.finished_at_ns = now_ns();
-                    rec.reason = START_ERROR_REASON.into();
-                    rec.message = message;
-                    self.update_container(rec.clone()).await?;
-                    self.emit(&rec, EventKind::Stopped);
-                    Ok(())
+                    self.record_start_error(rec, message).await
                 }
             }
         };
         if let Err(e) = done.await {
             tracing::warn!(container = %id, error = %e, "recording the shim's start");
         }
+    }
+
+    /// A container whose process could not be made or started, recorded
+    /// (durably) as containerd records a task that failed to start:
+    /// exited, StartError, 128, the message. The caller holds its lock.
+    async fn record_start_error(&self, mut rec: ContainerRecord, message: String) -> Result<()> {
+        rec.state = ContainerState::Exited;
+        rec.exit_code = START_ERROR_EXIT_CODE;
+        rec.finished_at_ns = now_ns();
+        rec.reason = START_ERROR_REASON.into();
+        rec.message = message;
+        self.update_container(rec.clone()).await?;
+        self.emit(&rec, EventKind::Stopped);
+        Ok(())
     }
 
     /// Wait until the container's shim has made its init (or failed to),
@@ -407,13 +414,7 @@ impl Runtime {
                     Some(std::time::Duration::from_secs(5)),
                 )
                 .await;
-                rec.state = ContainerState::Exited;
-                rec.exit_code = START_ERROR_EXIT_CODE;
-                rec.finished_at_ns = now_ns();
-                rec.reason = START_ERROR_REASON.into();
-                rec.message = message.clone();
-                self.update_container(rec.clone()).await?;
-                self.emit(&rec, EventKind::Stopped);
+                self.record_start_error(rec, message.clone()).await?;
                 return Err(Error::FailedPrecondition(format!(
                     "starting container {full}: {message}"
                 )));
@@ -1080,9 +1081,9 @@ impl Inner {
             exit_code: 0,
             reason: String::new(),
             message: String::new(),
-            // The shim's answer, after CreateContainer's (`settle_create`);
-            // recovery asks the shim for it if a crash leaves only this
-            // durable record.
+            // The shim's answer, after CreateContainer's (`settle_create`),
+            // in memory; stored with StartContainer's write. Until then
+            // the shim keeps it: recovery asks it after a crash.
             pid: 0,
             dir,
             rootfs,
