@@ -405,15 +405,7 @@ impl Runtime {
             Response::Error { message } => {
                 // As containerd records a task that failed to start: the
                 // container is exited (its init is killed), StartError.
-                let _ = shim_client::call(
-                    &rec.dir,
-                    &Request::Kill {
-                        signal: libc::SIGKILL,
-                        all: true,
-                    },
-                    Some(std::time::Duration::from_secs(5)),
-                )
-                .await;
+                sigkill_all(&rec.dir).await;
                 self.record_start_error(rec, message.clone()).await?;
                 return Err(Error::FailedPrecondition(format!(
                     "starting container {full}: {message}"
@@ -531,15 +523,7 @@ impl Runtime {
                 return self.record_exit(&full, Some(e)).await;
             }
         }
-        let _ = shim_client::call(
-            &rec.dir,
-            &Request::Kill {
-                signal: libc::SIGKILL,
-                all: true,
-            },
-            Some(std::time::Duration::from_secs(5)),
-        )
-        .await;
+        sigkill_all(&rec.dir).await;
         let exit = match shim_client::call(
             &rec.dir,
             &Request::Wait,
@@ -639,6 +623,20 @@ impl Runtime {
         self.emit(&rec, EventKind::Deleted);
         Ok(())
     }
+}
+
+/// SIGKILL to every process of the container, through its shim (bounded;
+/// a shim that is gone has nothing left to kill).
+async fn sigkill_all(dir: &Path) {
+    let _ = shim_client::call(
+        dir,
+        &Request::Kill {
+            signal: libc::SIGKILL,
+            all: true,
+        },
+        Some(std::time::Duration::from_secs(5)),
+    )
+    .await;
 }
 
 /// containerd's `restrict_oom_score_adj` for a handler's runtime, which
