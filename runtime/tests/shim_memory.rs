@@ -5,6 +5,8 @@
 
 mod shim_support;
 
+use std::time::Duration;
+
 use berth_runtime::shim::protocol::{Request, Response, ShimKind};
 use shim_support::*;
 
@@ -38,6 +40,9 @@ fn a_shim_watching_a_container_is_small() {
         b.state();
         bundles.push(b);
     }
+    // Idle shims: each gives back what its set-up and requests used once
+    // it has been idle for RELEASE_AFTER.
+    std::thread::sleep(berth_runtime::shim::server::RELEASE_AFTER + Duration::from_millis(300));
     let mut pss = Vec::new();
     for b in &bundles {
         let pid = b.shim_pid.unwrap();

@@ -316,8 +316,8 @@ fn run_detached(dir: &Path, t0: std::time::Instant) -> i32 {
             }
         }
     }
-    // The spec and the set-up are gone; give their heap and stack back.
-    release_memory();
+    // The spec and the set-up are gone: the loop gives their heap, stack
+    // and code pages back once it has been idle a while.
     let _ = monitor.run();
     let _ = std::fs::remove_file(dir.join(SOCKET_FILE));
     0
@@ -353,21 +353,34 @@ pub(crate) fn release_memory() {
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
         return;
     };
-    // smaps, not maps: a code page that was written (a text relocation,
-    // a uprobe's or debugger's breakpoint) is anonymous, and dropping it
-    // would bring back the file's bytes. Such a mapping is left alone.
-    let Ok(maps) = crate::kernel::read_proc("/proc/self/smaps", 64 * 1024) else {
+    // maps, then pagemap for the code ranges only: a code page that was
+    // written (a text relocation, a uprobe's or debugger's breakpoint) is
+    // anonymous, and dropping it would bring back the file's bytes; such a
+    // mapping is left alone. (smaps says that too, but generates a dozen
+    // counters per mapping by walking all of them, heap and stack
+    // included: it was a third of the shim's CPU at concurrency.)
+    let Ok(maps) = crate::kernel::read_proc("/proc/self/maps", 8 * 1024) else {
+        return;
+    };
+    let Ok(pagemap) = std::fs::File::open("/proc/self/pagemap") else {
         return;
     };
     let mut ranges = [(0usize, 0usize); 16];
     let mut n = 0;
-    for (lo, hi) in releasable_in_smaps(&maps, exe.to_str().unwrap_or_default(), sp) {
+    for line in maps.lines() {
         if n == ranges.len() {
             break;
+        }
+        let Some((lo, hi, kind)) = releasable(line, exe.to_str().unwrap_or_default(), sp) else {
+            continue;
+        };
+        if kind == Releasable::Code && has_written_page(&pagemap, lo, hi) {
+            continue;
         }
         ranges[n] = (lo, hi);
         n += 1;
     }
+    drop(pagemap);
     drop(maps);
     drop(exe);
     for &(lo, hi) in &ranges[..n] {
@@ -394,40 +407,41 @@ enum Releasable {
     Stack,
 }
 
-/// The ranges of /proc/self/smaps text whose pages can be dropped: those
-/// [`releasable`] names, code only where no page is anonymous (written).
-fn releasable_in_smaps<'a>(
-    smaps: &'a str,
-    exe: &'a str,
-    sp: usize,
-) -> impl Iterator<Item = (usize, usize)> + 'a {
-    let mut lines = smaps.lines().peekable();
-    std::iter::from_fn(move || {
-        loop {
-            let header = lines.next()?;
-            let mut anonymous = None;
-            // The fields up to the next mapping's header ("Name: value").
-            while let Some(l) = lines.peek() {
-                let Some((key, value)) = l.split_once(':') else {
-                    break;
-                };
-                if key.contains(' ') || key.contains('-') {
-                    break;
-                }
-                if key == "Anonymous" {
-                    anonymous = value
-                        .split_whitespace()
-                        .next()
-                        .and_then(|v| v.parse::<u64>().ok());
-                }
-                lines.next();
-            }
-            match releasable(header, exe, sp) {
-                Some((lo, hi, Releasable::Stack)) => return Some((lo, hi)),
-                Some((lo, hi, Releasable::Code)) if anonymous == Some(0) => return Some((lo, hi)),
-                _ => {}
-            }
+/// Whether a page of [lo, hi) is anonymous (present or swapped without
+/// the file-page bit), from /proc/self/pagemap; true where it cannot
+/// tell. Never inlined: its buffer is a frame below release_memory's,
+/// gone by the time the stack below that frame is dropped.
+#[inline(never)]
+fn has_written_page(pagemap: &std::fs::File, lo: usize, hi: usize) -> bool {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = [0u8; 4096];
+    let (mut page, end) = (lo / PAGE, hi / PAGE);
+    while page < end {
+        let want = ((end - page) * 8).min(buf.len());
+        let got = match pagemap.read_at(&mut buf[..want], (page * 8) as u64) {
+            Ok(got) if got > 0 && got % 8 == 0 => got,
+            _ => return true,
+        };
+        if written_in_pagemap(&buf[..got]) {
+            return true;
         }
+        page += got / 8;
+    }
+    false
+}
+
+const PAGE: usize = 4096;
+
+/// Whether one of these /proc/PID/pagemap entries (8 bytes each, native
+/// order) is a page that is not the file's: present (bit 63) or swapped
+/// (bit 62), and not a file page (bit 61).
+fn written_in_pagemap(entries: &[u8]) -> bool {
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    const FILE: u64 = 1 << 61;
+    entries.chunks_exact(8).any(|e| {
+        let e = u64::from_ne_bytes(e.try_into().unwrap_or_default());
+        e & (PRESENT | SWAPPED) != 0 && e & FILE == 0
     })
 }
 
@@ -561,7 +575,7 @@ fn start(dir: &Path, guard: &mut StartupGuard<'_>) -> Result<(server::Monitor, S
 
 #[cfg(test)]
 mod tests {
-    use super::{Releasable, STACK_MARGIN, releasable, releasable_in_smaps};
+    use super::{PAGE, Releasable, STACK_MARGIN, has_written_page, releasable, written_in_pagemap};
 
     const EXE: &str = "/usr/bin/berth-shim";
 
@@ -601,33 +615,34 @@ mod tests {
 
     #[test]
     fn code_with_written_pages_is_kept() {
-        let smaps = "\
-00400000-005c6000 r-xp 00000000 fe:00 12 /usr/bin/berth-shim
-Size:               1816 kB
-Rss:                 512 kB
-Anonymous:             0 kB
-VmFlags: rd ex mr mw me
-7f0000000000-7f0000150000 r-xp 00028000 fe:00 9 /usr/lib/x86_64-linux-gnu/libc.so.6
-Size:               1368 kB
-Anonymous:             4 kB
-VmFlags: rd ex mr mw me
-7f0000400000-7f0000410000 r-xp 00001000 fe:00 10 /usr/lib/x86_64-linux-gnu/libgcc_s.so.1
-Size:                 64 kB
-VmFlags: rd ex mr mw me
-7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
-Size:                132 kB
-Anonymous:            16 kB
-";
-        let sp = 0x7ffc00020123;
-        let got: Vec<_> = releasable_in_smaps(smaps, EXE, sp).collect();
-        assert_eq!(
-            got,
-            vec![
-                (0x400000, 0x5c6000),
-                (0x7ffc00000000, (sp - STACK_MARGIN) & !4095)
-            ],
-            "libc has a written page, libgcc_s no Anonymous line: both kept"
-        );
+        let entry = |bits: u64| bits.to_ne_bytes();
+        let file_page = entry(1 << 63 | 1 << 61 | 0x1234);
+        let absent = entry(0);
+        let cow = entry(1 << 63 | 0x99);
+        let swapped = entry(1 << 62);
+        let clean: Vec<u8> = [file_page, absent, file_page].concat();
+        assert!(!written_in_pagemap(&clean));
+        assert!(written_in_pagemap(&[file_page, cow].concat()));
+        assert!(written_in_pagemap(&[absent, swapped].concat()));
+        assert!(!written_in_pagemap(&[]));
+    }
+
+    #[test]
+    fn pagemap_tells_our_code_from_a_written_page() {
+        let pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let code = maps
+            .lines()
+            .find_map(|l| releasable(l, exe.to_str().unwrap(), 0))
+            .expect("a code mapping of this test binary");
+        // Nothing writes this binary's code.
+        assert!(!has_written_page(&pagemap, code.0, code.1), "{code:?}");
+        // A private page that was written is anonymous.
+        let mut page = vec![0u8; 3 * PAGE];
+        page.iter_mut().step_by(PAGE).for_each(|b| *b = 1);
+        let lo = (page.as_ptr() as usize).next_multiple_of(PAGE);
+        assert!(has_written_page(&pagemap, lo, lo + PAGE));
     }
 
     #[test]

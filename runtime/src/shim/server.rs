@@ -29,6 +29,10 @@ use super::spawn::{self, ProcessConfig};
 
 /// A request line longer than this is refused.
 const MAX_REQUEST: usize = 1 << 20;
+/// How long the shim is idle before it gives back what the set-up or a
+/// request used (see the loop in [`Monitor::run`]).
+pub const RELEASE_AFTER: Duration = Duration::from_millis(200);
+
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNS: usize = 64;
 /// Output an attach client has not taken yet, at most: while one is this
@@ -153,8 +157,11 @@ pub struct Monitor {
     sigfd: SignalFd,
     oom_base: u64,
     pub state_dir: PathBuf,
-    /// A client was served since memory was last given back.
+    /// A client was served (or the set-up ran) since memory was last
+    /// given back.
     served: bool,
+    /// When memory is given back, if the shim is still idle then.
+    release_at: Option<Instant>,
     /// The handler's OCI runtime, which made the container and makes its
     /// execs; None: the built-in executor.
     oci: Option<super::oci::OciRuntime>,
@@ -257,7 +264,9 @@ impl Monitor {
             sigfd: p.sigfd,
             oom_base,
             state_dir: p.state_dir,
-            served: false,
+            // The set-up's memory is given back like a request's.
+            served: true,
+            release_at: None,
             oci: p.oci,
         }
     }
@@ -300,13 +309,24 @@ impl Monitor {
             if let Some(exit) = self.pending_exit.take() {
                 self.finish(exit);
             }
-            // Idle again after a request (Start, an exec, a status): the
-            // code, heap and stack it used are given back, so that a shim
-            // between requests holds only what its loop and logging touch.
-            // berthd keeps a Wait parked for the container's whole life:
-            // parked connections count as idle.
-            if self.served && self.execs.is_empty() && self.conns.iter().all(Conn::parked) {
+            // Idle again after the set-up or a request (Start, an exec, a
+            // status): the code, heap and stack it used are given back, so
+            // that a shim between requests holds only what its loop and
+            // logging touch. berthd keeps a Wait parked for the
+            // container's whole life: parked connections count as idle.
+            // Not at once: requests come in bursts (kubelet's Start right
+            // after the create, berthd's Wait and status after Start), and
+            // each release makes the next request fault its code back in.
+            // As an allocator's decay does, the release waits until the
+            // shim has been idle for RELEASE_AFTER.
+            let idle = self.execs.is_empty() && self.conns.iter().all(Conn::parked);
+            if !idle {
+                self.release_at = None;
+            } else if self.served {
                 self.served = false;
+                self.release_at = Some(Instant::now() + RELEASE_AFTER);
+            } else if self.release_at.is_some_and(|t| t <= Instant::now()) {
+                self.release_at = None;
                 super::release_memory();
             }
         }
@@ -396,6 +416,7 @@ impl Monitor {
                     .iter()
                     .filter_map(|c| c.stalled_since.map(|t| t + ATTACH_STALL)),
             )
+            .chain(self.release_at)
             .map(|d| d.saturating_duration_since(now) + Duration::from_millis(1))
             .chain(cap)
             .min();
