@@ -409,6 +409,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     let streaming = streaming::Server::start(config.streaming.clone(), runtime.clone()).await?;
+    let runtime_at_exit = runtime.clone();
     let runtime = RuntimeServiceServer::new(runtime::RuntimeApi::new(runtime, streaming))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -454,6 +455,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.socket);
     let _ = std::fs::remove_file(&admin_path);
     berth_runtime::shim_client::discard_warm().await;
+    runtime_at_exit.shutdown();
     drop(pinned_shim);
     result.context("server task")?.context("gRPC server")?;
     tracing::info!("berthd stopped");

@@ -374,6 +374,15 @@ impl Runtime {
             .map_err(|e| Error::FailedPrecondition(format!("container {id}'s cgroup: {e}")))
     }
 
+    /// When berthd stops serving: berth's own parent cgroup of pods that
+    /// came without a `cgroup_parent` goes, in every hierarchy where no
+    /// pod is left in it. It stays while berthd runs: made again for every
+    /// such pod (crictl's, one at a time), it cost a dozen mkdirs and
+    /// cpuset copies on v1 per pod, and as many rmdirs.
+    pub fn shutdown(&self) {
+        remove_default_parent_if_empty(&self.inner.cfg.cgroup_parent);
+    }
+
     /// How many pods and containers are in each state, and how many
     /// berth-shims run (one per container not yet exited, one per pod
     /// pause): for the metrics endpoint, read without copying records.

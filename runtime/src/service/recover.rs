@@ -173,7 +173,6 @@ pub(super) fn cleanup_unrecorded(
                 .starts_with(&format!("{}/", cfg.cgroup_parent.trim_matches('/')))
         }) {
             remove_cgroup_logged(cgroups, &cg);
-            remove_default_parent_if_empty(&cfg.cgroup_parent);
         }
         remove_dir_logged(&dir);
     }

@@ -245,7 +245,6 @@ impl Runtime {
         let dir = rec.dir.clone();
         let cgroup = rec.cgroup.clone();
         let cgroups = self.inner.cgroups.clone();
-        let default_parent = self.inner.cfg.cgroup_parent.clone();
         let pause_cg = rec.pause.as_ref().and_then(|_| {
             self.inner
                 .pod_cgroup(&rec.config, &rec.id)
@@ -259,12 +258,9 @@ impl Runtime {
                 remove_cgroup_logged(&cgroups, &cg);
             }
             if let Some(cg) = cgroup.as_deref().and_then(|c| CgroupPath::new(c).ok()) {
+                // berth's own parent of pods without a cgroup_parent stays
+                // until berthd stops ([`Runtime::shutdown`]).
                 remove_cgroup_logged(&cgroups, &cg);
-                // berth's own parent of pods without a cgroup_parent goes
-                // with its last pod (it stays while another pod is in it).
-                if cg.as_str().starts_with(&format!("{default_parent}/")) {
-                    remove_default_parent_if_empty(&default_parent);
-                }
             }
             remove_dir_logged(&dir)
         })
