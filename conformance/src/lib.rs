@@ -278,6 +278,13 @@ impl Env {
             "mounts left under the test dirs: {:#?}",
             after.mounts
         );
+        // Its own parent of pods without a cgroup_parent, empty by now,
+        // goes when berthd stops.
+        let parents = leak::cgroup_parent_dirs(self.berthd.cgroup_parent());
+        assert!(
+            parents.is_empty(),
+            "berthd's parent cgroup is left after it stopped: {parents:#?}"
+        );
     }
 }
 

@@ -214,6 +214,34 @@ async fn remove_without_stop_releases_everything() {
     env.finish().await;
 }
 
+/// berthd's own parent cgroup of pods without a cgroup_parent (crictl's)
+/// outlives its last pod while berthd runs, as containerd's does, and the
+/// next pod goes into it; `finish` checks that it goes when berthd stops.
+#[tokio::test]
+async fn the_parent_cgroup_outlives_the_last_pod_until_berthd_stops() {
+    let env = Env::start().await;
+    let parent = env.berthd.cgroup_parent().to_string();
+    for round in 0..2 {
+        let id = run(&env, sandbox_config(&format!("parent-{round}")))
+            .await
+            .expect("RunPodSandbox");
+        let pod_dirs = berth_conformance::leak::cgroup_parent_dirs(&format!("{parent}/{id}"));
+        assert!(!pod_dirs.is_empty(), "the pod's cgroup is under {parent}");
+        stop(&env, &id).await.expect("StopPodSandbox");
+        remove(&env, &id).await.expect("RemovePodSandbox");
+        assert!(
+            pod_dirs.iter().all(|d| !d.exists()),
+            "the pod's cgroup goes with it: {pod_dirs:#?}"
+        );
+        let parents = berth_conformance::leak::cgroup_parent_dirs(&parent);
+        assert!(
+            !parents.is_empty(),
+            "the parent stays while berthd runs (round {round})"
+        );
+    }
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn unknown_ids_stop_and_remove_fine_but_have_no_status() {
     let env = Env::start().await;
