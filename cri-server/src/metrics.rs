@@ -289,7 +289,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "step_duration",
-            "How long each step of the pod and container calls took (berth_step spans: pod.*, container.*, shim.*, init.*, start.*, stop_pod.*, remove_pod.*)",
+            "How long each step of the pod and container calls took (berth_step spans: pod.*, container.*, shim.*, init.*, start.*, stop.*, remove.*, stop_pod.*, remove_pod.*)",
             Unit::Seconds,
             m.step_seconds.clone(),
         );

@@ -500,7 +500,9 @@ impl Runtime {
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        self.await_create(&full).await?;
+        self.await_create(&full)
+            .instrument(crate::step_span!("stop.await_create"))
+            .await?;
         let rec = self.container(&full)?;
         if rec.state == ContainerState::Exited {
             return Ok(());
@@ -523,18 +525,24 @@ impl Runtime {
                 return self.record_exit(&full, Some(e)).await;
             }
         }
-        sigkill_all(&rec.dir).await;
-        let exit = match shim_client::call(
-            &rec.dir,
-            &Request::Wait,
-            Some(std::time::Duration::from_secs(10)),
-        )
-        .await
-        {
-            Ok(Response::Exit(e)) => Some(e),
-            _ => shim_client::read_exit(&rec.dir),
-        };
-        self.record_exit(&full, exit).await
+        let exit = async {
+            sigkill_all(&rec.dir).await;
+            match shim_client::call(
+                &rec.dir,
+                &Request::Wait,
+                Some(std::time::Duration::from_secs(10)),
+            )
+            .await
+            {
+                Ok(Response::Exit(e)) => Some(e),
+                _ => shim_client::read_exit(&rec.dir),
+            }
+        }
+        .instrument(crate::step_span!("stop.kill_and_wait"))
+        .await;
+        self.record_exit(&full, exit)
+            .instrument(crate::step_span!("stop.record"))
+            .await
     }
 
     /// The signal StopContainer sends first: the container config's
@@ -583,6 +591,7 @@ impl Runtime {
         let handler = self.handler_of(&rec);
         Self::blocking("remove", move || {
             let cg = rec2.cgroup.as_deref().and_then(|c| CgroupPath::new(c).ok());
+            let step = crate::step_span!("remove.shim").entered();
             kill_shim(&rec2.dir, rec2.pid, cg.as_ref());
             // The shim deletes the runtime's record when the container
             // exits; a shim killed first left it.
@@ -591,19 +600,27 @@ impl Runtime {
             {
                 tracing::warn!(container = %rec2.id, "{e}");
             }
-            rec2.rootfs.remove();
+            drop(step);
+            crate::step_span!("remove.rootfs").in_scope(|| rec2.rootfs.remove());
             if let Some(cg) = cg {
                 // Nothing of the container outlives it, whatever the shim
                 // managed (it kills its cgroup when its init exits).
+                let _step = crate::step_span!("remove.cgroup").entered();
                 kill_cgroup_logged(&inner.cgroups, &cg);
                 remove_cgroup_logged(&inner.cgroups, &cg);
             }
-            remove_dir_logged(&rec2.dir);
+            crate::step_span!("remove.dir").in_scope(|| remove_dir_logged(&rec2.dir));
         })
         .await?;
-        self.inner.images.release(&full).await?;
+        self.inner
+            .images
+            .release(&full)
+            .instrument(crate::step_span!("remove.image_release"))
+            .await?;
         let id = full.clone();
-        self.store_write(move |s| s.delete_container(&id)).await?;
+        self.store_write(move |s| s.delete_container(&id))
+            .instrument(crate::step_span!("remove.state_delete"))
+            .await?;
         self.inner
             .containers
             .write()

@@ -120,6 +120,8 @@ fn call_of(step: &str) -> &'static str {
         "container" => "CreateContainer",
         "shim" | "init" => SHIM_START,
         "start" => "StartContainer",
+        "stop" => "StopContainer",
+        "remove" => "RemoveContainer",
         "stop_pod" => "StopPodSandbox",
         "remove_pod" => "RemovePodSandbox",
         _ => "other",
@@ -149,6 +151,8 @@ pub fn between(before: &Sample, after: &Sample, lifecycles: u32) -> Vec<CallRow>
         "RunPodSandbox",
         "CreateContainer",
         "StartContainer",
+        "StopContainer",
+        "RemoveContainer",
         "StopPodSandbox",
         "RemovePodSandbox",
     ]
