@@ -724,13 +724,21 @@ impl Store {
     /// removed container's is (its record's delete is durable after this).
     pub fn release(&self, holder: &str) -> Result<()> {
         let prefix = format!("{holder}/");
-        let gone: Vec<String> = {
+        let (gone, chains): (Vec<String>, HashSet<Digest>) = {
             let idx = self.index.read().map_err(|_| poisoned())?;
-            idx.holds
+            let gone: Vec<String> = idx
+                .holds
                 .keys()
                 .filter(|h| *h == holder || h.starts_with(&prefix))
                 .cloned()
-                .collect()
+                .collect();
+            let chains = gone
+                .iter()
+                .filter_map(|h| idx.holds.get(h))
+                .flatten()
+                .cloned()
+                .collect();
+            (gone, chains)
         };
         if gone.is_empty() {
             return Ok(());
@@ -738,14 +746,17 @@ impl Store {
         self.group
             .remove(&self.db, HOLDS, gone.clone(), false)
             .map_err(Error::Database)?;
-        {
-            let mut idx = self.index.write().map_err(|_| poisoned())?;
-            for h in &gone {
-                idx.holds.remove(h);
-                idx.in_use.remove(h);
-            }
+        let mut idx = self.index.write().map_err(|_| poisoned())?;
+        for h in &gone {
+            idx.holds.remove(h);
+            idx.in_use.remove(h);
         }
-        self.gc()
+        // Only the layers these holds kept can have become unused (an
+        // image removed while its containers ran); a release touches no
+        // image, hence no blob. The whole collection (every image's
+        // manifest read, the blob directory listed, the index locked
+        // throughout) is for when an image goes, not for every container.
+        self.drop_unused_snapshots(&mut idx, Some(&chains))
     }
 
     /// Remove snapshots and blobs that no image and no holder references.
@@ -754,10 +765,8 @@ impl Store {
     /// leaves directories without records, which the next start removes.
     pub fn gc(&self) -> Result<()> {
         let mut idx = self.index.write().map_err(|_| poisoned())?;
-        let mut live: HashSet<Digest> = HashSet::new();
         let mut live_blobs: HashSet<String> = HashSet::new();
         for e in idx.images.values() {
-            live.extend(e.record.chain_ids.iter().cloned());
             live_blobs.insert(e.record.id.hex().to_string());
             live_blobs.insert(e.record.manifest_digest.hex().to_string());
             // Layer blobs the store keeps (a commit's, a push's): the
@@ -775,13 +784,40 @@ impl Store {
                 }
             }
         }
+        self.drop_unused_snapshots(&mut idx, None)?;
+        drop(idx);
+        // Blobs: only sha256 ones are written by us.
+        let dir = self.root.join("content/sha256");
+        if let Ok(rd) = fs::read_dir(&dir) {
+            let mut removed = false;
+            for e in rd.flatten() {
+                if !live_blobs.contains(e.file_name().to_string_lossy().as_ref()) {
+                    let _ = fs::remove_file(e.path());
+                    removed = true;
+                }
+            }
+            if removed {
+                self.recount_blobs();
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the snapshots (of `only`, else all) that no image and no
+    /// holder references: records first, in one transaction, then the
+    /// directories moved to tmp/ and deleted off the caller's path.
+    fn drop_unused_snapshots(&self, idx: &mut Index, only: Option<&HashSet<Digest>>) -> Result<()> {
+        let mut live: HashSet<&Digest> = HashSet::new();
+        for e in idx.images.values() {
+            live.extend(e.record.chain_ids.iter());
+        }
         for chains in idx.holds.values() {
-            live.extend(chains.iter().cloned());
+            live.extend(chains.iter());
         }
         let dead: Vec<Digest> = idx
             .snapshots
             .keys()
-            .filter(|c| !live.contains(*c))
+            .filter(|c| only.is_none_or(|o| o.contains(*c)) && !live.contains(*c))
             .cloned()
             .collect();
         if !dead.is_empty() {
@@ -809,21 +845,6 @@ impl Store {
             }
             tracing::info!(snapshots = dead.len(), "collecting unused layers");
             std::thread::spawn(move || trash.iter().for_each(|p| remove_any(p)));
-        }
-        drop(idx);
-        // Blobs: only sha256 ones are written by us.
-        let dir = self.root.join("content/sha256");
-        if let Ok(rd) = fs::read_dir(&dir) {
-            let mut removed = false;
-            for e in rd.flatten() {
-                if !live_blobs.contains(e.file_name().to_string_lossy().as_ref()) {
-                    let _ = fs::remove_file(e.path());
-                    removed = true;
-                }
-            }
-            if removed {
-                self.recount_blobs();
-            }
         }
         Ok(())
     }
@@ -1017,6 +1038,25 @@ mod tests {
         assert!(paths.iter().all(|p| p.is_dir()), "holds survive a restart");
         s.release("container-1").unwrap();
         assert!(paths.iter().all(|p| !p.exists()));
+    }
+
+    #[test]
+    fn a_release_collects_only_its_own_unused_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let a = add_image(&s, "example.com/a:1", &["base", "a"]);
+        let b = add_image(&s, "example.com/b:1", &["base", "b"]);
+        let pa = s.hold("c-a", &a).unwrap();
+        let pb = s.hold("c-b", &b).unwrap();
+        assert_eq!(pa[0], pb[0], "the same base snapshot");
+        s.remove(&a, None).unwrap();
+        s.remove(&b, None).unwrap();
+        s.release("c-a").unwrap();
+        assert!(!pa[1].exists(), "a's own layer goes with its last holder");
+        assert!(pb.iter().all(|p| p.is_dir()), "what c-b holds stays");
+        s.release("c-b").unwrap();
+        assert!(pb.iter().all(|p| !p.exists()));
+        assert_eq!(s.snapshot_count(), 0);
     }
 
     #[test]
