@@ -187,8 +187,11 @@ async fn the_metrics_endpoint_counts_what_berthd_did() {
     }
     for s in [
         "container.dir_and_hold",
-        "container.rootfs_mount",
-        "container.spec",
+        "container.rootfs_and_cgroup",
+        "container.rootfs_and_cgroup.rootfs",
+        "container.rootfs_and_cgroup.cgroup",
+        "container.rootfs_and_cgroup.user",
+        "container.rootfs_and_cgroup.spec",
         "container.hold_commit",
         "container.record_write",
         "container.shim_begin",
@@ -204,15 +207,24 @@ async fn the_metrics_endpoint_counts_what_berthd_did() {
     // The shim's own steps come for the pause too, if the pod has one.
     assert!(step("shim.spawn", "count") >= 3.0);
     assert!(step("shim.create", "count") >= 3.0);
-    assert!(step("container.rootfs_mount", "sum") > 0.0);
+    assert!(step("container.rootfs_and_cgroup.rootfs", "sum") > 0.0);
     let create = must(
         &text,
         "berth_cri_request_duration_seconds_sum{method=\"CreateContainer\"}",
     );
-    let parts = step("container.rootfs_mount", "sum") + step("container.spec", "sum");
+    // The rootfs, the user and the spec one after another, the cgroup
+    // beside them: each within their step, which is within the call.
+    let whole = step("container.rootfs_and_cgroup", "sum");
+    let in_turn = step("container.rootfs_and_cgroup.rootfs", "sum")
+        + step("container.rootfs_and_cgroup.user", "sum")
+        + step("container.rootfs_and_cgroup.spec", "sum");
     assert!(
-        parts < create,
-        "steps are parts of CreateContainer: {parts} s of {create} s"
+        in_turn <= whole && step("container.rootfs_and_cgroup.cgroup", "sum") <= whole,
+        "parts of container.rootfs_and_cgroup: {in_turn} s in turn of {whole} s"
+    );
+    assert!(
+        whole < create,
+        "steps are parts of CreateContainer: {whole} s of {create} s"
     );
     assert!(step("init.mounts", "sum") < step("shim.create", "sum"));
     // CreateContainer answers once the shim is started and the record

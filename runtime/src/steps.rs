@@ -3,7 +3,7 @@
 //! its time, as berthd measures it itself.
 //!
 //! Each step is a tracing span of target [`TARGET`] at debug level, named
-//! after the step (`pod.netns_pin`, `container.rootfs_mount`, ...): any
+//! after the step (`pod.netns_pin`, `container.rootfs_and_cgroup`, ...): any
 //! tracing subscriber sees them (a JSON log with span events, a trace
 //! collector), and berthd's own layer turns each closed one into the
 //! Prometheus histogram `berth_step_duration_seconds{step}`. Steps timed
