@@ -72,3 +72,50 @@ fn a_shim_watching_a_container_is_small() {
     }
     assert!(avg(|p| p.0) < 2048, "PSS {pss:?}");
 }
+
+/// The shim gives back what a request touched once it has been idle for
+/// RELEASE_AFTER, not before: right after a burst of requests its code is
+/// still mapped, a while later it is not.
+#[test]
+fn a_shim_gives_memory_back_once_idle_not_during_a_burst() {
+    assert!(
+        is_root(),
+        "this test needs root (it starts real shims); run the suite as root"
+    );
+    let mut b = Bundle::new("release");
+    b.write(
+        &b.spec(&["sh", "-c", "echo started; exec sleep 1000"]),
+        ShimKind::Container,
+    );
+    b.run_shim().unwrap();
+    assert_eq!(b.start(), Response::Ok);
+    b.wait_log(10, |t| t.contains("started"));
+    let pid = b.shim_pid.unwrap();
+    std::thread::sleep(berth_runtime::shim::server::RELEASE_AFTER + Duration::from_millis(300));
+    let idle = rollup(pid, "Rss:");
+    // A burst: each request comes before the last one's release is due.
+    for _ in 0..5 {
+        b.state();
+        std::thread::sleep(berth_runtime::shim::server::RELEASE_AFTER / 4);
+    }
+    let busy = rollup(pid, "Rss:");
+    std::thread::sleep(berth_runtime::shim::server::RELEASE_AFTER + Duration::from_millis(300));
+    let after = rollup(pid, "Rss:");
+    println!("berth-shim RSS: idle {idle} KiB, in a burst {busy} KiB, idle again {after} KiB");
+    assert!(
+        busy > after,
+        "the burst's pages stay until the shim is idle, then go: {busy} KiB, then {after} KiB"
+    );
+    assert!(
+        after <= idle + 16,
+        "idle again: {after} KiB against {idle} KiB before"
+    );
+    assert_eq!(
+        b.request(&Request::Kill {
+            signal: 9,
+            all: true
+        }),
+        Response::Ok
+    );
+    assert_eq!(b.wait().code, 137);
+}
