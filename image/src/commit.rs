@@ -355,6 +355,8 @@ fn commit_in(
             }
         }
     }
+    // Until the record names them, the GC would take the new blobs.
+    let _kept_layer = store.keep_blobs(&[&layer_digest])?;
     store.adopt_blob(&layer_digest, &blob_path)?;
 
     let oci = manifest
@@ -407,6 +409,7 @@ fn commit_in(
     let manifest_json = serde_json::to_vec(&manifest)
         .map_err(|e| Error::Registry(format!("encoding the manifest: {e}")))?;
     let manifest_digest = Digest::sha256_of(&manifest_json);
+    let _kept = store.keep_blobs(&[&image_id, &manifest_digest])?;
     store.write_blob(&image_id, &config_json)?;
     store.write_blob(&manifest_digest, &manifest_json)?;
     let parsed = ImageConfig::parse(&config_json)?;

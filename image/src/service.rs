@@ -184,6 +184,8 @@ impl ImageService {
             let (cj, cfg) = (existing.config_json.clone(), existing.config.clone());
             let inner2 = inner.clone();
             tokio::task::spawn_blocking(move || -> Result<()> {
+                let digests: Vec<&Digest> = blobs.iter().map(|(d, _)| d).collect();
+                let _kept = inner2.store.keep_blobs(&digests)?;
                 for (d, b) in &blobs {
                     inner2.store.write_blob(d, b)?;
                 }
@@ -296,6 +298,9 @@ impl ImageService {
         let inner2 = inner.clone();
         let fetched = stats.layers_fetched;
         tokio::task::spawn_blocking(move || -> Result<()> {
+            // Until the record names them, the GC would take them.
+            let digests: Vec<&Digest> = blobs.iter().map(|(d, _)| d).collect();
+            let _kept = inner2.store.keep_blobs(&digests)?;
             for (d, b) in &blobs {
                 inner2.store.write_blob(d, b)?;
             }

@@ -86,6 +86,32 @@ struct Index {
     /// holder → the image it has mounted (an image volume): the image
     /// itself is in use, not only its layers.
     in_use: HashMap<String, Digest>,
+    /// Blobs (hex) a pull or a commit is writing for an image it has not
+    /// recorded yet, with how many of them keep each ([`Store::keep_blobs`]).
+    pending_blobs: HashMap<String, usize>,
+}
+
+/// Blobs kept out of the GC's reach until this is dropped: see
+/// [`Store::keep_blobs`].
+pub struct KeptBlobs<'a> {
+    store: &'a Store,
+    hexes: Vec<String>,
+}
+
+impl Drop for KeptBlobs<'_> {
+    fn drop(&mut self) {
+        let Ok(mut idx) = self.store.index.write() else {
+            return;
+        };
+        for h in &self.hexes {
+            if let Some(n) = idx.pending_blobs.get_mut(h) {
+                *n -= 1;
+                if *n == 0 {
+                    idx.pending_blobs.remove(h);
+                }
+            }
+        }
+    }
 }
 
 /// A hold as the holds table keeps it: the chain ids, and for an image
@@ -359,6 +385,20 @@ impl Store {
             fs::DirBuilder::new().mode(0o700).create(&p),
         )?;
         Ok(p)
+    }
+
+    /// Keep `digests` from the GC while the caller writes them for an image
+    /// it records next: the GC removes every blob no recorded image names,
+    /// and would take a pull's manifest and config between their write and
+    /// the record (the image then names blobs that are gone). Drop the
+    /// guard after [`Store::record_image`].
+    pub fn keep_blobs(&self, digests: &[&Digest]) -> Result<KeptBlobs<'_>> {
+        let hexes: Vec<String> = digests.iter().map(|d| d.hex().to_string()).collect();
+        let mut idx = self.index.write().map_err(|_| poisoned())?;
+        for h in &hexes {
+            *idx.pending_blobs.entry(h.clone()).or_default() += 1;
+        }
+        Ok(KeptBlobs { store: self, hexes })
     }
 
     /// Write a blob atomically (temp file, fsync, rename); a blob already
@@ -784,9 +824,12 @@ impl Store {
                 }
             }
         }
+        live_blobs.extend(idx.pending_blobs.keys().cloned());
         self.drop_unused_snapshots(&mut idx, None)?;
-        drop(idx);
-        // Blobs: only sha256 ones are written by us.
+        // Blobs: only sha256 ones are written by us. The index stays
+        // locked until they are gone: a pull that keeps its blobs
+        // ([`Store::keep_blobs`]) after this point writes them after the
+        // listing.
         let dir = self.root.join("content/sha256");
         if let Ok(rd) = fs::read_dir(&dir) {
             let mut removed = false;
@@ -797,6 +840,7 @@ impl Store {
                 }
             }
             if removed {
+                drop(idx);
                 self.recount_blobs();
             }
         }
@@ -1038,6 +1082,29 @@ mod tests {
         assert!(paths.iter().all(|p| p.is_dir()), "holds survive a restart");
         s.release("container-1").unwrap();
         assert!(paths.iter().all(|p| !p.exists()));
+    }
+
+    #[test]
+    fn kept_blobs_outlive_a_gc_until_their_image_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let (a, b) = (
+            Digest::sha256_of(b"a pull's manifest"),
+            Digest::sha256_of(b"a pull's config"),
+        );
+        let kept = s.keep_blobs(&[&a, &b]).unwrap();
+        let again = s.keep_blobs(&[&a]).unwrap();
+        s.write_blob(&a, b"a pull's manifest").unwrap();
+        s.write_blob(&b, b"a pull's config").unwrap();
+        s.gc().unwrap();
+        assert!(s.blob_path(&a).is_file() && s.blob_path(&b).is_file());
+        drop(kept);
+        s.gc().unwrap();
+        assert!(s.blob_path(&a).is_file(), "still kept by the second guard");
+        assert!(!s.blob_path(&b).exists(), "no image names it: collected");
+        drop(again);
+        s.gc().unwrap();
+        assert!(!s.blob_path(&a).exists());
     }
 
     #[test]
