@@ -785,15 +785,12 @@ pub fn cri_signal_number(name: &str) -> Option<i32> {
 }
 
 impl Inner {
-    /// Mount each image volume of `config` (KEP-4639) beside the rootfs,
-    /// read-only, its image held in use (RemoveImage refuses it) under
-    /// `<id>/ivol/<n>`; returns the bind sources, image_sub_path resolved
-    /// inside the image. Undone by the rootfs's removal and the release of
-    /// the container's image hold, both already on the undo list.
     /// The container's layers mounted at `rootfs` (through idmapped
-    /// mounts in a pod with its own user namespace), its image volumes,
-    /// and the user it runs as, looked up in the image's files.
-    fn mount_rootfs(
+    /// mounts in a pod with its own user namespace) with its image
+    /// volumes, the user it runs as (looked up in the image's files), and
+    /// its spec; with the image's name the record keeps.
+    #[allow(clippy::too_many_arguments)]
+    fn rootfs_and_spec(
         &self,
         sb: &SandboxRecord,
         id: &str,
@@ -801,7 +798,8 @@ impl Inner {
         lowers: &[PathBuf],
         config: &mut ContainerConfig,
         image: &berth_image::store::ImageEntry,
-    ) -> Result<(Vec<(usize, PathBuf)>, crate::user::ResolvedUser)> {
+        cg: &CgroupPath,
+    ) -> Result<(spec::ContainerSpec, String, crate::user::ResolvedUser)> {
         let step = crate::step!("container.rootfs_and_cgroup.rootfs");
         // A pod with its own user namespace (KEP-127) sees the layers
         // through idmapped mounts: the image's root is the container's.
@@ -837,15 +835,57 @@ impl Inner {
         rootfs.mount_mapped(lowers, idmap.as_ref())?;
         let image_volumes = self.mount_image_volumes(id, rootfs, idmap.as_ref(), config)?;
         drop(step);
-        let _step = crate::step!("container.rootfs_and_cgroup.user");
+        let step = crate::step!("container.rootfs_and_cgroup.user");
         let user = crate::user::resolve(
             &rootfs.target,
             image.config.config.user.as_deref(),
             config.security_context(),
         )?;
-        Ok((image_volumes, user))
+        drop(step);
+        let _step = crate::step!("container.rootfs_and_cgroup.spec");
+        let image_name = image
+            .record
+            .repo_tags
+            .first()
+            .or(image.record.repo_digests.first())
+            .cloned()
+            .unwrap_or_else(|| image.record.id.to_string());
+        // A container asking for the pod's PID namespace in a pod that has
+        // none to share (the pod's own pid mode is CONTAINER) gets its own.
+        if config.security_context().namespace_options.pid == NamespaceMode::Pod
+            && sb.pause.is_none()
+        {
+            config.linux.security_context.namespace_options.pid = NamespaceMode::Container;
+        }
+        let target_pid_ns = self.target_pid_ns(config)?;
+        let cgroups_path = self.cgroups.spec_path(cg);
+        let (paths, hostname) = (pod_paths(sb), pod_hostname(&sb.config));
+        let input = spec::ContainerInputs {
+            id,
+            config,
+            image: &image.config.config,
+            image_name: &image_name,
+            pod: spec::Pod {
+                id: &sb.id,
+                config: &sb.config,
+                paths: &paths,
+                hostname: &hostname,
+            },
+            rootfs: &rootfs.target,
+            user: &user,
+            cgroups_path: &cgroups_path,
+            target_pid_ns: target_pid_ns.as_deref(),
+            image_volumes: &image_volumes,
+        };
+        let cs = spec::container_spec(&self.node, &input, &spec::RealHost)?;
+        Ok((cs, image_name, user))
     }
 
+    /// Mount each image volume of `config` (KEP-4639) beside the rootfs,
+    /// read-only, its image held in use (RemoveImage refuses it) under
+    /// `<id>/ivol/<n>`; returns the bind sources, image_sub_path resolved
+    /// inside the image. Undone by the rootfs's removal and the release of
+    /// the container's image hold, both already on the undo list.
     fn mount_image_volumes(
         &self,
         id: &str,
@@ -965,12 +1005,12 @@ impl Inner {
             dir.join("rootfs"),
             self.cfg.root.join("containers").join(&id),
         );
-        // The cgroup (a mkdir with its cpuset copies in each hierarchy, a
-        // dozen on v1) does not need the rootfs, nor the rootfs it: it is
-        // made on a thread of its own while the layers are mounted and
-        // the image's user is looked up in them (two cores: about 0.2 ms
-        // off the path). Both outcomes are known before either is undone
-        // or returned.
+        // Undone whatever fails below: removing a rootfs that was never (or
+        // only partly) mounted removes the directories its mount made.
+        {
+            let r = rootfs.clone();
+            undo.push("rootfs", move || r.remove());
+        }
         let mut config = config;
         // The cgroup (a mkdir with its cpuset copies in each hierarchy, a
         // dozen on v1) needs neither the rootfs nor the spec, nor they
@@ -985,58 +1025,7 @@ impl Inner {
                 let _step = crate::step!("container.rootfs_and_cgroup.cgroup");
                 cgroups.create(&cg).map_err(Error::from)
             });
-            let built = (|| {
-                let mounted = self.mount_rootfs(sb, &id, &rootfs, &lowers, &mut config, &image);
-                // Undone whatever failed: removing a rootfs that was never
-                // (or only partly) mounted removes the directories its
-                // mount made.
-                {
-                    let r = rootfs.clone();
-                    undo.push("rootfs", move || r.remove());
-                }
-                let (image_volumes, user) = mounted?;
-                let _step = crate::step!("container.rootfs_and_cgroup.spec");
-                let image_name = image
-                    .record
-                    .repo_tags
-                    .first()
-                    .or(image.record.repo_digests.first())
-                    .cloned()
-                    .unwrap_or_else(|| image.record.id.to_string());
-                // A container asking for the pod's PID namespace in a pod
-                // that has none to share (the pod's own pid mode is
-                // CONTAINER) gets its own.
-                if config.security_context().namespace_options.pid == NamespaceMode::Pod
-                    && sb.pause.is_none()
-                {
-                    config.linux.security_context.namespace_options.pid = NamespaceMode::Container;
-                }
-                let target_pid_ns = self.target_pid_ns(&config)?;
-                let cgroups_path = self.cgroups.spec_path(&cg);
-                let (paths, hostname) = (pod_paths(sb), pod_hostname(&sb.config));
-                let input = spec::ContainerInputs {
-                    id: &id,
-                    config: &config,
-                    image: &image.config.config,
-                    image_name: &image_name,
-                    pod: spec::Pod {
-                        id: &sb.id,
-                        config: &sb.config,
-                        paths: &paths,
-                        hostname: &hostname,
-                    },
-                    rootfs: &rootfs.target,
-                    user: &user,
-                    cgroups_path: &cgroups_path,
-                    target_pid_ns: target_pid_ns.as_deref(),
-                    image_volumes: &image_volumes,
-                };
-                let mut cs = spec::container_spec(&self.node, &input, &spec::RealHost)?;
-                if handler.is_some() {
-                    restrict_oom_score_adj(&mut cs.spec);
-                }
-                Ok::<_, Error>((cs, image_name, user))
-            })();
+            let built = self.rootfs_and_spec(sb, &id, &rootfs, &lowers, &mut config, &image, &cg);
             let made = made.join().unwrap_or_else(|_| {
                 Err(Error::Internal(format!("making the cgroup {cg} panicked")))
             });
@@ -1049,8 +1038,11 @@ impl Inner {
                 remove_cgroup_logged(&cgroups, &c)
             });
         }
-        let (cs, image_name, user) = built?;
+        let (mut cs, image_name, user) = built?;
         cgroup_made?;
+        if handler.is_some() {
+            restrict_oom_score_adj(&mut cs.spec);
+        }
         let step = crate::step!("container.resources_and_dirs");
         if let Some(res) = cs
             .spec
