@@ -87,14 +87,7 @@ fn sigkill_is_reported_as_137() {
     b.run_shim().unwrap();
     assert_eq!(b.start(), Response::Ok);
     assert_status(&b, Status::Running);
-    assert_eq!(
-        b.request(&Request::Kill {
-            signal: 9,
-            all: true
-        }),
-        Response::Ok
-    );
-    let exit = b.wait();
+    let exit = b.kill_all();
     assert_eq!((exit.code, exit.signal), (137, Some(9)));
     assert!(b.wait_shim_gone(5));
 }
@@ -164,14 +157,7 @@ fn exec_sync_returns_output_and_exit_code_and_its_timeout_kills() {
 
     // The loop served all of that while the container kept running.
     assert_status(&b, Status::Running);
-    assert_eq!(
-        b.request(&Request::Kill {
-            signal: 9,
-            all: true
-        }),
-        Response::Ok
-    );
-    assert_eq!(b.wait().code, 137);
+    assert_eq!(b.kill_all().code, 137);
 }
 
 #[test]
@@ -304,14 +290,7 @@ fn reopen_log_after_rotation_writes_a_new_file() {
     std::fs::rename(&b.log, &rotated).unwrap();
     assert_eq!(b.request(&Request::ReopenLog), Response::Ok);
     b.wait_log(10, |t| t.lines().count() >= 3);
-    assert_eq!(
-        b.request(&Request::Kill {
-            signal: 9,
-            all: true
-        }),
-        Response::Ok
-    );
-    b.wait();
+    b.kill_all();
     let old = log_contents(&std::fs::read_to_string(&rotated).unwrap(), "stdout");
     let new = log_contents(&b.log_text(), "stdout");
     // Nothing lost or repeated across the rotation.

@@ -7,7 +7,7 @@ mod shim_support;
 
 use std::time::Duration;
 
-use berth_runtime::shim::protocol::{Request, Response, ShimKind};
+use berth_runtime::shim::protocol::{Response, ShimKind};
 use shim_support::*;
 
 const SHIMS: usize = 8;
@@ -61,14 +61,7 @@ fn a_shim_watching_a_container_is_small() {
         pss.iter().map(|p| p.0).collect::<Vec<_>>()
     );
     for b in &bundles {
-        assert_eq!(
-            b.request(&Request::Kill {
-                signal: 9,
-                all: true
-            }),
-            Response::Ok
-        );
-        assert_eq!(b.wait().code, 137);
+        assert_eq!(b.kill_all().code, 137);
     }
     assert!(avg(|p| p.0) < 2048, "PSS {pss:?}");
 }
@@ -110,12 +103,5 @@ fn a_shim_gives_memory_back_once_idle_not_during_a_burst() {
         after <= idle + 16,
         "idle again: {after} KiB against {idle} KiB before"
     );
-    assert_eq!(
-        b.request(&Request::Kill {
-            signal: 9,
-            all: true
-        }),
-        Response::Ok
-    );
-    assert_eq!(b.wait().code, 137);
+    assert_eq!(b.kill_all().code, 137);
 }

@@ -136,14 +136,7 @@ fn the_filter_goes_on_the_container_and_its_execs_not_the_shim() {
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(out.contains("Seccomp:\t2") && out.contains("etc"), "{out}");
     assert!(!b.rootfs.join("from-init").exists() && !b.rootfs.join("from-exec").exists());
-    assert_eq!(
-        b.request(&Request::Kill {
-            signal: 9,
-            all: true
-        }),
-        Response::Ok
-    );
-    assert_eq!(b.wait().code, 137);
+    assert_eq!(b.kill_all().code, 137);
 }
 
 #[test]

@@ -406,6 +406,19 @@ impl Bundle {
 
     /// Wait as berthd does: over the socket, or from exit.json once the
     /// shim is gone.
+    /// SIGKILL every process of the container through the shim, and its
+    /// exit.
+    pub fn kill_all(&self) -> ExitStatus {
+        assert_eq!(
+            self.request(&Request::Kill {
+                signal: 9,
+                all: true
+            }),
+            Response::Ok
+        );
+        self.wait()
+    }
+
     pub fn wait(&self) -> ExitStatus {
         match try_request(&self.dir.join("shim.sock"), &Request::Wait) {
             Ok(Response::Exit(e)) => return e,
